@@ -1,0 +1,46 @@
+"""keras-cait: CaiT image models for Keras 3 (TensorFlow, JAX, PyTorch).
+
+Pick the backend with the `KERAS_BACKEND` environment variable before
+importing Keras; keras-cait imports none of the backends itself.
+"""
+
+from keras_cait.convert.timm_weights import load_timm_state_dict
+from keras_cait.errors import (
+    CaiTConfigError,
+    CaiTError,
+    CaiTFileNotFoundError,
+    CaiTWeightsError,
+)
+from keras_cait.layers import (
+    CaiTMLP,
+    ClassAttention,
+    ClassAttentionBlock,
+    ClassToken,
+    DropPath,
+    LayerScale,
+    PatchEmbedding,
+    SelfAttentionBlock,
+    TalkingHeadsAttention,
+)
+from keras_cait.models import CaiTBackbone, CaiTImageClassifier
+from keras_cait.version import __version__
+
+__all__ = [
+    "CaiTBackbone",
+    "CaiTConfigError",
+    "CaiTError",
+    "CaiTFileNotFoundError",
+    "CaiTImageClassifier",
+    "CaiTMLP",
+    "CaiTWeightsError",
+    "ClassAttention",
+    "ClassAttentionBlock",
+    "ClassToken",
+    "DropPath",
+    "LayerScale",
+    "PatchEmbedding",
+    "SelfAttentionBlock",
+    "TalkingHeadsAttention",
+    "__version__",
+    "load_timm_state_dict",
+]

@@ -1,0 +1,1 @@
+"""Conversion of timm CaiT configurations and weights."""

@@ -1,0 +1,23 @@
+"""keras-cait's own exception types.
+
+Each subclasses the standard exception a caller would otherwise catch, so
+`except ValueError` or `except FileNotFoundError` keeps working.
+"""
+
+
+class CaiTError(Exception):
+    """Base class of every error keras-cait raises on purpose."""
+
+
+class CaiTConfigError(CaiTError, ValueError):
+    """A configuration (preset JSON, timm `config.json`, keras-cait
+    `config.json`, or arguments) is malformed or unsupported."""
+
+
+class CaiTWeightsError(CaiTError, ValueError):
+    """A weights file or state dict does not fit the model: missing,
+    unexpected or mis-shaped tensors, corrupt or truncated files."""
+
+
+class CaiTFileNotFoundError(CaiTError, FileNotFoundError):
+    """A file keras-cait needs is missing, locally or in the download cache."""

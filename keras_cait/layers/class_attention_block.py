@@ -1,0 +1,138 @@
+"""CaiT's class-attention block: updates the class token only."""
+
+import keras
+from keras import ops
+
+from keras_cait.layers.class_attention import ClassAttention
+from keras_cait.layers.layer_scale import LayerScale
+from keras_cait.layers.mlp import CaiTMLP
+from keras_cait.serialization import register
+
+
+@register
+class ClassAttentionBlock(keras.layers.Layer):
+    """A pre-norm block that refines the class token from frozen patches
+    (timm's `LayerScaleBlockClassAttn`):
+
+    `u = concat(cls, patches)`,
+    `cls = cls + gamma_1 * class_attention(norm1(u))`,
+    `cls = cls + gamma_2 * mlp(norm2(cls))`.
+
+    As in timm's CaiT, there is no dropout and no drop path here.
+
+    Args:
+        hidden_dim: int. The token dimension.
+        num_heads: int. The number of attention heads.
+        mlp_ratio: float. The MLP's hidden size as a multiple of `hidden_dim`.
+        use_qkv_bias: bool. Whether the query/key/value projections have a
+            bias.
+        layer_scale_init_value: float. Initial value of LayerScale's `gamma`.
+        layer_norm_epsilon: float. Epsilon of both LayerNorms.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Call arguments:
+        patch_tokens: tensor `(batch, num_patches, hidden_dim)`; not updated.
+        class_token: tensor `(batch, 1, hidden_dim)`.
+        return_attention: bool. If `True`, also return the class-attention
+            weights `(batch, heads, 1, 1 + num_patches)`.
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        mlp_ratio=4.0,
+        use_qkv_bias=True,
+        layer_scale_init_value=1e-5,
+        layer_norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.use_qkv_bias = use_qkv_bias
+        self.layer_scale_init_value = layer_scale_init_value
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def build(self, patch_tokens_shape, class_token_shape=None):
+        token_shape = (None, None, self.hidden_dim)
+        policy = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1"
+        )
+        self.norm1.build(token_shape)
+        self.attn = ClassAttention(
+            self.hidden_dim,
+            self.num_heads,
+            use_qkv_bias=self.use_qkv_bias,
+            dtype=policy,
+            name="attn",
+        )
+        self.attn.build(token_shape)
+        self.layer_scale_1 = LayerScale(
+            self.layer_scale_init_value, dtype=policy, name="layer_scale_1"
+        )
+        self.layer_scale_1.build(token_shape)
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2"
+        )
+        self.norm2.build(token_shape)
+        self.mlp = CaiTMLP(
+            self.hidden_dim,
+            int(self.hidden_dim * self.mlp_ratio),
+            dtype=policy,
+            name="mlp",
+        )
+        self.mlp.build(token_shape)
+        self.layer_scale_2 = LayerScale(
+            self.layer_scale_init_value, dtype=policy, name="layer_scale_2"
+        )
+        self.layer_scale_2.build(token_shape)
+
+    def call(self, patch_tokens, class_token, return_attention=False):
+        tokens = ops.concatenate([class_token, patch_tokens], axis=1)
+        attended = self.attn(
+            self.norm1(tokens), return_attention=return_attention
+        )
+        if return_attention:
+            attended, attention = attended
+        x = class_token + self.layer_scale_1(attended)
+        x = x + self.layer_scale_2(self.mlp(self.norm2(x)))
+        if return_attention:
+            return x, attention
+        return x
+
+    def compute_output_shape(self, patch_tokens_shape, class_token_shape=None):
+        return (patch_tokens_shape[0], 1, self.hidden_dim)
+
+    def compute_output_spec(
+        self, patch_tokens, class_token, return_attention=False
+    ):
+        outputs = keras.KerasTensor(
+            self.compute_output_shape(patch_tokens.shape),
+            dtype=self.compute_dtype,
+        )
+        if not return_attention:
+            return outputs
+        num_keys = patch_tokens.shape[1]
+        num_keys = None if num_keys is None else num_keys + 1
+        attention = keras.KerasTensor(
+            (patch_tokens.shape[0], self.num_heads, 1, num_keys),
+            dtype=self.compute_dtype,
+        )
+        return outputs, attention
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "mlp_ratio": self.mlp_ratio,
+                "use_qkv_bias": self.use_qkv_bias,
+                "layer_scale_init_value": self.layer_scale_init_value,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

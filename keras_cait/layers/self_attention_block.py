@@ -1,0 +1,161 @@
+"""CaiT's self-attention block: talking-heads attention and MLP with LayerScale."""
+
+import keras
+
+from keras_cait.layers.drop_path import DropPath
+from keras_cait.layers.layer_scale import LayerScale
+from keras_cait.layers.mlp import CaiTMLP
+from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
+from keras_cait.serialization import register
+
+
+@register
+class SelfAttentionBlock(keras.layers.Layer):
+    """A pre-norm transformer block over all patch tokens (timm's
+    `LayerScaleBlock`):
+
+    `x = x + drop_path(gamma_1 * attention(norm1(x)))`,
+    `x = x + drop_path(gamma_2 * mlp(norm2(x)))`.
+
+    Args:
+        hidden_dim: int. The token dimension.
+        num_heads: int. The number of attention heads.
+        mlp_ratio: float. The MLP's hidden size as a multiple of `hidden_dim`.
+        use_qkv_bias: bool. Whether the query/key/value projection has a bias.
+        layer_scale_init_value: float. Initial value of LayerScale's `gamma`.
+        dropout_rate: float. Dropout after the attention projection and in
+            the MLP.
+        attention_dropout: float. Dropout on the attention weights.
+        drop_path_rate: float. Stochastic depth rate of both branches.
+        layer_norm_epsilon: float. Epsilon of both LayerNorms.
+        seed: int or `None`. Seed of the drop-path masks.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Call arguments:
+        inputs: tensor of shape `(batch, num_patches, hidden_dim)`.
+        return_attention: bool. If `True`, also return the talking-heads
+            attention weights `(batch, heads, num_patches, num_patches)`.
+        training: bool. Whether dropout and drop path are active.
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        mlp_ratio=4.0,
+        use_qkv_bias=True,
+        layer_scale_init_value=1e-5,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.use_qkv_bias = use_qkv_bias
+        self.layer_scale_init_value = layer_scale_init_value
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.seed = seed
+
+    def build(self, input_shape):
+        token_shape = (None, None, self.hidden_dim)
+        policy = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1"
+        )
+        self.norm1.build(token_shape)
+        self.attn = TalkingHeadsAttention(
+            self.hidden_dim,
+            self.num_heads,
+            use_qkv_bias=self.use_qkv_bias,
+            attention_dropout=self.attention_dropout,
+            projection_dropout=self.dropout_rate,
+            dtype=policy,
+            name="attn",
+        )
+        self.attn.build(token_shape)
+        self.layer_scale_1 = LayerScale(
+            self.layer_scale_init_value, dtype=policy, name="layer_scale_1"
+        )
+        self.layer_scale_1.build(token_shape)
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2"
+        )
+        self.norm2.build(token_shape)
+        self.mlp = CaiTMLP(
+            self.hidden_dim,
+            int(self.hidden_dim * self.mlp_ratio),
+            dropout_rate=self.dropout_rate,
+            dtype=policy,
+            name="mlp",
+        )
+        self.mlp.build(token_shape)
+        self.layer_scale_2 = LayerScale(
+            self.layer_scale_init_value, dtype=policy, name="layer_scale_2"
+        )
+        self.layer_scale_2.build(token_shape)
+        seed_2 = None if self.seed is None else self.seed + 1
+        self.drop_path_1 = DropPath(
+            self.drop_path_rate, seed=self.seed, dtype=policy,
+            name="drop_path_1",
+        )
+        self.drop_path_2 = DropPath(
+            self.drop_path_rate, seed=seed_2, dtype=policy, name="drop_path_2"
+        )
+
+    def call(self, inputs, return_attention=False, training=None):
+        attended = self.attn(
+            self.norm1(inputs), return_attention=return_attention,
+            training=training,
+        )
+        if return_attention:
+            attended, attention = attended
+        x = inputs + self.drop_path_1(
+            self.layer_scale_1(attended), training=training
+        )
+        x = x + self.drop_path_2(
+            self.layer_scale_2(self.mlp(self.norm2(x), training=training)),
+            training=training,
+        )
+        if return_attention:
+            return x, attention
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_output_spec(self, inputs, return_attention=False, training=None):
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention:
+            return outputs
+        tokens = inputs.shape[1]
+        attention = keras.KerasTensor(
+            (inputs.shape[0], self.num_heads, tokens, tokens),
+            dtype=self.compute_dtype,
+        )
+        return outputs, attention
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "mlp_ratio": self.mlp_ratio,
+                "use_qkv_bias": self.use_qkv_bias,
+                "layer_scale_init_value": self.layer_scale_init_value,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "seed": self.seed,
+            }
+        )
+        return config

@@ -1,0 +1,159 @@
+"""Talking-heads multi-head self-attention, as in CaiT's self-attention blocks."""
+
+import keras
+from keras import ops
+
+from keras_cait.serialization import register
+
+
+def mix_heads(attention, head_mixer):
+    """Applies a `Dense(num_heads)` layer across the heads axis.
+
+    Args:
+        attention: tensor of shape `(batch, heads, queries, keys)`.
+        head_mixer: a built `keras.layers.Dense` whose kernel is
+            `(heads, heads)`.
+
+    Returns:
+        A tensor of the same shape: `out[:, g] = sum_h attention[:, h] *
+        kernel[h, g] + bias[g]`.
+    """
+    kernel = ops.cast(head_mixer.kernel, attention.dtype)
+    bias = ops.cast(head_mixer.bias, attention.dtype)
+    mixed = ops.einsum("bhqk,hg->bgqk", attention, kernel)
+    return mixed + ops.reshape(bias, (1, -1, 1, 1))
+
+
+@register
+class TalkingHeadsAttention(keras.layers.Layer):
+    """Self-attention whose heads exchange information before and after the
+    softmax (Shazeer et al., 2020), as used by CaiT.
+
+    `proj_l` mixes the attention logits across heads before the softmax and
+    `proj_w` mixes the probabilities after it. The softmax and both mixes run
+    in float32 whatever the compute dtype.
+
+    Args:
+        hidden_dim: int. The token dimension; must be divisible by `num_heads`.
+        num_heads: int. The number of attention heads.
+        use_qkv_bias: bool. Whether the fused query/key/value projection has
+            a bias.
+        attention_dropout: float. Dropout rate on the mixed attention weights.
+        projection_dropout: float. Dropout rate after the output projection.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Call arguments:
+        inputs: tensor of shape `(batch, tokens, hidden_dim)`.
+        return_attention: bool. If `True`, also return the attention weights
+            after the post-softmax mix, `(batch, heads, tokens, tokens)`.
+        training: bool. Whether dropout is active.
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        use_qkv_bias=True,
+        attention_dropout=0.0,
+        projection_dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads != 0:
+            raise ValueError(
+                f"`hidden_dim` ({hidden_dim}) must be divisible by "
+                f"`num_heads` ({num_heads})."
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.use_qkv_bias = use_qkv_bias
+        self.attention_dropout = attention_dropout
+        self.projection_dropout = projection_dropout
+        self.head_dim = hidden_dim // num_heads
+        self.scale = self.head_dim**-0.5
+
+    def build(self, input_shape):
+        token_shape = (None, None, self.hidden_dim)
+        self.qkv = keras.layers.Dense(
+            3 * self.hidden_dim,
+            use_bias=self.use_qkv_bias,
+            dtype=self.dtype_policy,
+            name="qkv",
+        )
+        self.qkv.build(token_shape)
+        self.proj_l = keras.layers.Dense(
+            self.num_heads, dtype=self.dtype_policy, name="proj_l"
+        )
+        self.proj_l.build((None, self.num_heads))
+        self.proj_w = keras.layers.Dense(
+            self.num_heads, dtype=self.dtype_policy, name="proj_w"
+        )
+        self.proj_w.build((None, self.num_heads))
+        self.attention_dropout_layer = keras.layers.Dropout(
+            self.attention_dropout, dtype=self.dtype_policy,
+            name="attention_dropout",
+        )
+        self.proj = keras.layers.Dense(
+            self.hidden_dim, dtype=self.dtype_policy, name="proj"
+        )
+        self.proj.build(token_shape)
+        self.projection_dropout_layer = keras.layers.Dropout(
+            self.projection_dropout, dtype=self.dtype_policy,
+            name="projection_dropout",
+        )
+
+    def call(self, inputs, return_attention=False, training=None):
+        num_tokens = ops.shape(inputs)[1]
+        qkv = self.qkv(inputs)
+        qkv = ops.reshape(
+            qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim)
+        )
+        query = qkv[:, :, 0] * ops.cast(self.scale, qkv.dtype)
+        key = qkv[:, :, 1]
+        value = qkv[:, :, 2]
+        logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
+        logits = mix_heads(ops.cast(logits, "float32"), self.proj_l)
+        attention = ops.softmax(logits, axis=-1)
+        attention = mix_heads(attention, self.proj_w)
+        attention = ops.cast(attention, self.compute_dtype)
+        dropped = self.attention_dropout_layer(attention, training=training)
+        outputs = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
+        outputs = ops.reshape(outputs, (-1, num_tokens, self.hidden_dim))
+        outputs = self.proj(outputs)
+        outputs = self.projection_dropout_layer(outputs, training=training)
+        if return_attention:
+            return outputs, attention
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.hidden_dim,)
+
+    def compute_attention_shape(self, input_shape):
+        """The shape of the attention weights for an input of `input_shape`."""
+        tokens = input_shape[1]
+        return (input_shape[0], self.num_heads, tokens, tokens)
+
+    def compute_output_spec(self, inputs, return_attention=False, training=None):
+        outputs = keras.KerasTensor(
+            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+        )
+        if not return_attention:
+            return outputs
+        attention = keras.KerasTensor(
+            self.compute_attention_shape(inputs.shape),
+            dtype=self.compute_dtype,
+        )
+        return outputs, attention
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "use_qkv_bias": self.use_qkv_bias,
+                "attention_dropout": self.attention_dropout,
+                "projection_dropout": self.projection_dropout,
+            }
+        )
+        return config

@@ -1,0 +1,245 @@
+"""CaiTBackbone: the CaiT feature extractor as a KerasHub backbone."""
+
+import keras
+from keras_hub.models import Backbone
+
+from keras_cait.layers.class_attention_block import ClassAttentionBlock
+from keras_cait.layers.embedding import ClassToken, PatchEmbedding
+from keras_cait.layers.self_attention_block import SelfAttentionBlock
+from keras_cait.serialization import register
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _check_image_shape(image_shape, patch_size):
+    if len(image_shape) != 3:
+        raise ValueError(
+            "`image_shape` must be (height, width, channels), got "
+            f"{image_shape!r}."
+        )
+    height, width, channels = image_shape
+    for axis, size in (("height", height), ("width", width)):
+        _check_positive_int(f"image_shape {axis}", size)
+        if size % patch_size != 0:
+            raise ValueError(
+                f"The image {axis} ({size}) in `image_shape={image_shape}` "
+                f"must be divisible by `patch_size` ({patch_size})."
+            )
+    _check_positive_int("image_shape channels", channels)
+
+
+@register
+class CaiTBackbone(Backbone):
+    """CaiT (Class-Attention in Image Transformers) backbone.
+
+    Patch embedding with a learned position embedding, `num_layers`
+    self-attention blocks with talking-heads attention and LayerScale over
+    the patches, then `num_class_attention_layers` class-attention blocks in
+    which a class token reads the patches, and a final LayerNorm over
+    `concat(class_token, patches)`. The output equals timm's
+    `Cait.forward_features`: `(batch, 1 + num_patches, hidden_dim)`, class
+    token first.
+
+    Args:
+        image_shape: tuple `(height, width, channels)`; height and width must
+            be divisible by `patch_size`. Images are NHWC.
+        patch_size: int. Side of the square patches.
+        hidden_dim: int. Token dimension (timm's `embed_dim`).
+        num_layers: int. Number of self-attention blocks (timm's `depth`).
+        num_heads: int. Attention heads; must divide `hidden_dim`.
+        num_class_attention_layers: int. Number of class-attention blocks
+            (timm's `depth_token_only`).
+        mlp_ratio: float. MLP width of the self-attention blocks, as a
+            multiple of `hidden_dim`.
+        class_attention_mlp_ratio: float. MLP width of the class-attention
+            blocks (timm's `mlp_ratio_token_only`).
+        use_qkv_bias: bool. Whether query/key/value projections have biases.
+        layer_scale_init_value: float. Initial LayerScale value (timm's
+            `init_values`).
+        dropout_rate: float. Dropout after the position embedding, the
+            attention projection and in the MLPs of the self-attention blocks
+            (timm's `pos_drop_rate` and `proj_drop_rate`).
+        attention_dropout: float. Dropout on the self-attention weights.
+        drop_path_rate: float. Stochastic depth rate, the same for every
+            self-attention block (as in timm's CaiT). The class-attention
+            blocks have no dropout and no drop path.
+        layer_norm_epsilon: float. Epsilon of every LayerNorm.
+        dtype: `None`, string or `keras.DTypePolicy`. The dtype policy.
+        **kwargs: other keyword arguments passed to `keras.Model`.
+
+    Example:
+    ```python
+    backbone = keras_cait.CaiTBackbone(
+        image_shape=(224, 224, 3), patch_size=16, hidden_dim=192,
+        num_layers=24, num_heads=4,
+    )
+    tokens = backbone(np.zeros((1, 224, 224, 3)))  # (1, 197, 192)
+    ```
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        num_class_attention_layers=2,
+        mlp_ratio=4.0,
+        class_attention_mlp_ratio=4.0,
+        use_qkv_bias=True,
+        layer_scale_init_value=1e-5,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        dtype=None,
+        **kwargs,
+    ):
+        image_shape = tuple(image_shape)
+        for name, value in (
+            ("patch_size", patch_size),
+            ("hidden_dim", hidden_dim),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("num_class_attention_layers", num_class_attention_layers),
+        ):
+            _check_positive_int(name, value)
+        _check_image_shape(image_shape, patch_size)
+        if hidden_dim % num_heads != 0:
+            raise ValueError(
+                f"`hidden_dim` ({hidden_dim}) must be divisible by "
+                f"`num_heads` ({num_heads})."
+            )
+        for name, value in (("mlp_ratio", mlp_ratio), (
+            "class_attention_mlp_ratio", class_attention_mlp_ratio
+        )):
+            if value <= 0:
+                raise ValueError(f"`{name}` must be positive, got {value!r}.")
+
+        # === Layers ===
+        patch_embedding = PatchEmbedding(
+            image_size=image_shape[:2],
+            patch_size=patch_size,
+            hidden_dim=hidden_dim,
+            dropout_rate=dropout_rate,
+            dtype=dtype,
+            name="patch_embedding",
+        )
+        class_token_layer = ClassToken(hidden_dim, dtype=dtype, name="class_token")
+        self_attention_blocks = [
+            SelfAttentionBlock(
+                hidden_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                use_qkv_bias=use_qkv_bias,
+                layer_scale_init_value=layer_scale_init_value,
+                dropout_rate=dropout_rate,
+                attention_dropout=attention_dropout,
+                drop_path_rate=drop_path_rate,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=dtype,
+                name=f"self_attention_block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        class_attention_blocks = [
+            ClassAttentionBlock(
+                hidden_dim,
+                num_heads,
+                mlp_ratio=class_attention_mlp_ratio,
+                use_qkv_bias=use_qkv_bias,
+                layer_scale_init_value=layer_scale_init_value,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=dtype,
+                name=f"class_attention_block_{i}",
+            )
+            for i in range(num_class_attention_layers)
+        ]
+        final_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="final_layernorm"
+        )
+
+        # === Functional model ===
+        # Every block is called with `return_attention=True`: the maps are
+        # computed anyway, so keeping them as graph nodes costs nothing and
+        # lets `attention_model()` expose them without a second pass.
+        images = keras.Input(shape=image_shape, name="images")
+        patches = patch_embedding(images)
+        block_outputs = {}
+        attention_maps = {}
+        for i, block in enumerate(self_attention_blocks):
+            patches, attention = block(patches, return_attention=True)
+            block_outputs[f"self_attention_block_{i}"] = patches
+            attention_maps[f"talking_head_attention_{i}"] = attention
+        class_token = class_token_layer(patches)
+        for i, block in enumerate(class_attention_blocks):
+            class_token, attention = block(
+                patches, class_token, return_attention=True
+            )
+            attention_maps[f"class_attention_{i}"] = attention
+        tokens = keras.layers.Concatenate(axis=1, name="tokens", dtype=dtype)(
+            [class_token, patches]
+        )
+        outputs = final_norm(tokens)
+
+        super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.num_class_attention_layers = num_class_attention_layers
+        self.mlp_ratio = mlp_ratio
+        self.class_attention_mlp_ratio = class_attention_mlp_ratio
+        self.use_qkv_bias = use_qkv_bias
+        self.layer_scale_init_value = layer_scale_init_value
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+        # Symbolic tensors of the graph above, for derived models.
+        self._block_outputs = block_outputs
+        self._attention_maps = attention_maps
+
+    @property
+    def grid_size(self):
+        """The patch grid `(rows, columns)`."""
+        return (
+            self.image_shape[0] // self.patch_size,
+            self.image_shape[1] // self.patch_size,
+        )
+
+    @property
+    def num_patches(self):
+        """The number of patch tokens."""
+        rows, columns = self.grid_size
+        return rows * columns
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_shape": self.image_shape,
+                "patch_size": self.patch_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "num_class_attention_layers": self.num_class_attention_layers,
+                "mlp_ratio": self.mlp_ratio,
+                "class_attention_mlp_ratio": self.class_attention_mlp_ratio,
+                "use_qkv_bias": self.use_qkv_bias,
+                "layer_scale_init_value": self.layer_scale_init_value,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,129 @@
+"""CaiTImageClassifier: a CaiT backbone with a pooling and a linear head."""
+
+import keras
+from keras import ops
+from keras_hub.models import ImageClassifier, Task
+
+from keras_cait.models.cait_backbone import CaiTBackbone
+from keras_cait.serialization import register
+
+POOLINGS = ("token", "avg")
+
+
+@register
+class CaiTImageClassifier(ImageClassifier):
+    """CaiT image classification task.
+
+    Pools the backbone's final tokens (`"token"`: the class token, as timm's
+    `global_pool="token"`; `"avg"`: the mean of the patch tokens), applies
+    dropout and a dense head. Calling the model never preprocesses:
+    `model(images)` takes normalised NHWC images and returns one tensor
+    `(batch, num_classes)`. `predict()`/`fit()` run the `preprocessor` first
+    when one is attached.
+
+    Args:
+        backbone: a `keras_cait.CaiTBackbone`.
+        num_classes: int. Number of classes. `0` gives no head: the model
+            returns the pooled features (timm's `num_classes=0`).
+        preprocessor: `None` or a `keras_cait.CaiTImageClassifierPreprocessor`
+            run by `predict()`, `fit()` and `evaluate()`.
+        pooling: `"token"` or `"avg"`.
+        activation: `None`, string or callable applied to the head's output.
+            `None` (default) returns logits.
+        dropout: float. Dropout before the head (timm's `drop_rate`).
+        head_dtype: `None`, string or `keras.DTypePolicy` for the head;
+            defaults to the backbone's policy.
+        compile: bool. Whether to compile with the defaults of
+            `keras_hub.models.ImageClassifier.compile()`; the default loss's
+            `from_logits` follows `activation`.
+        **kwargs: other keyword arguments passed to `keras.Model`.
+
+    Example:
+    ```python
+    classifier = keras_cait.CaiTImageClassifier(backbone, num_classes=10)
+    logits = classifier(images)  # (batch, 10)
+    ```
+    """
+
+    backbone_cls = CaiTBackbone
+    preprocessor_cls = None  # set by keras_cait.preprocessing once defined
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        preprocessor=None,
+        pooling="token",
+        activation=None,
+        dropout=0.0,
+        head_dtype=None,
+        compile=True,
+        **kwargs,
+    ):
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"`pooling` must be one of {POOLINGS}, got {pooling!r}."
+            )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
+            num_classes < 0
+        ):
+            raise ValueError(
+                "`num_classes` must be a non-negative integer, got "
+                f"{num_classes!r}."
+            )
+        head_dtype = head_dtype or backbone.dtype_policy
+
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.output_dropout = keras.layers.Dropout(
+            dropout, dtype=head_dtype, name="output_dropout"
+        )
+        if num_classes > 0:
+            self.output_dense = keras.layers.Dense(
+                num_classes,
+                activation=activation,
+                dtype=head_dtype,
+                name="predictions",
+            )
+        else:
+            self.output_dense = None
+
+        # === Functional model ===
+        inputs = self.backbone.input
+        tokens = self.backbone(inputs)
+        if pooling == "token":
+            pooled = tokens[:, 0]
+        else:
+            pooled = ops.mean(tokens[:, 1:], axis=1)
+        outputs = self.output_dropout(pooled)
+        if self.output_dense is not None:
+            outputs = self.output_dense(outputs)
+        # KerasHub's ImageClassifier builds a global-average-pooling graph;
+        # like its ViT, skip it and build ours.
+        Task.__init__(self, inputs=inputs, outputs=outputs, compile=False, **kwargs)
+
+        # === Config ===
+        # Stored before compiling: the default loss reads `self.activation`.
+        self.num_classes = num_classes
+        self.pooling = pooling
+        self.activation = activation
+        self.dropout = dropout
+        if compile:
+            self.compile()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "pooling": self.pooling,
+                "activation": keras.activations.serialize(
+                    keras.activations.get(self.activation)
+                )
+                if self.activation is not None
+                else None,
+                "dropout": self.dropout,
+            }
+        )
+        return config

@@ -1,0 +1,147 @@
+"""Each layer: config round trip, output shapes, and its own behaviour."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_cait
+from tests.support import to_numpy
+
+TOKENS = np.random.default_rng(0).standard_normal((2, 5, 16)).astype("float32")
+
+LAYER_CASES = {
+    "LayerScale": (lambda: keras_cait.LayerScale(0.1), TOKENS),
+    "DropPath": (lambda: keras_cait.DropPath(0.2, seed=3), TOKENS),
+    "CaiTMLP": (lambda: keras_cait.CaiTMLP(16, 32, dropout_rate=0.1), TOKENS),
+    "TalkingHeadsAttention": (
+        lambda: keras_cait.TalkingHeadsAttention(
+            16, 4, use_qkv_bias=False, attention_dropout=0.1,
+            projection_dropout=0.1,
+        ),
+        TOKENS,
+    ),
+    "ClassAttention": (lambda: keras_cait.ClassAttention(16, 2), TOKENS),
+    "SelfAttentionBlock": (
+        lambda: keras_cait.SelfAttentionBlock(
+            16, 4, mlp_ratio=2.0, layer_scale_init_value=0.1,
+            dropout_rate=0.1, attention_dropout=0.1, drop_path_rate=0.1,
+            seed=7,
+        ),
+        TOKENS,
+    ),
+    "PatchEmbedding": (
+        lambda: keras_cait.PatchEmbedding((8, 12), 4, 16, dropout_rate=0.1),
+        np.ones((2, 8, 12, 3), "float32"),
+    ),
+    "ClassToken": (lambda: keras_cait.ClassToken(16), TOKENS),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_config_round_trip_and_output_shape(name):
+    make, inputs = LAYER_CASES[name]
+    layer = make()
+    outputs = to_numpy(layer(inputs))
+    assert tuple(layer.compute_output_shape(inputs.shape)) == outputs.shape
+
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    # Every constructor argument is in the config.
+    import inspect
+
+    arguments = set(inspect.signature(type(layer).__init__).parameters)
+    assert arguments - {"self", "kwargs"} <= set(config)
+    # The clone computes the same thing with the same weights.
+    clone(inputs)
+    clone.set_weights(layer.get_weights())
+    if name != "DropPath":
+        np.testing.assert_allclose(to_numpy(clone(inputs)), outputs, atol=1e-6)
+    # Registered for deserialization by name.
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
+    assert type(restored) is type(layer)
+
+
+def test_class_attention_block_round_trip_and_shape():
+    block = keras_cait.ClassAttentionBlock(16, 4, mlp_ratio=3.0)
+    cls = TOKENS[:, :1]
+    outputs = to_numpy(block(TOKENS, cls))
+    assert outputs.shape == (2, 1, 16)
+    assert tuple(block.compute_output_shape(TOKENS.shape, cls.shape)) == (2, 1, 16)
+    clone = keras_cait.ClassAttentionBlock.from_config(block.get_config())
+    clone(TOKENS, cls)
+    clone.set_weights(block.get_weights())
+    np.testing.assert_allclose(to_numpy(clone(TOKENS, cls)), outputs, atol=1e-6)
+
+
+def test_attention_maps_shapes_and_normalisation():
+    attention = keras_cait.TalkingHeadsAttention(16, 4)
+    _, maps = attention(TOKENS, return_attention=True)
+    assert tuple(maps.shape) == (2, 4, 5, 5)
+    block = keras_cait.ClassAttentionBlock(16, 4)
+    _, class_maps = block(TOKENS, TOKENS[:, :1], return_attention=True)
+    class_maps = to_numpy(class_maps)
+    assert class_maps.shape == (2, 4, 1, 6)
+    np.testing.assert_allclose(class_maps.sum(-1), 1.0, atol=1e-5)
+
+
+def test_layer_scale_multiplies_by_gamma():
+    layer = keras_cait.LayerScale(0.5)
+    np.testing.assert_allclose(to_numpy(layer(TOKENS)), TOKENS * 0.5, atol=1e-7)
+
+
+def test_drop_path_is_identity_at_inference_and_rescales_in_training():
+    layer = keras_cait.DropPath(0.5, seed=1)
+    x = np.ones((256, 3, 4), "float32")
+    np.testing.assert_array_equal(to_numpy(layer(x)), x)
+    y = to_numpy(layer(x, training=True))
+    per_sample = y.reshape(256, -1)
+    # Whole samples are dropped or kept, the kept ones scaled by 1/keep_prob.
+    assert set(np.unique(per_sample)) == {0.0, 2.0}
+    assert np.all(per_sample.min(1) == per_sample.max(1))
+    assert 0.3 < (per_sample[:, 0] == 0).mean() < 0.7
+
+
+def test_seeded_drop_path_is_reproducible():
+    x = np.ones((64, 2, 2), "float32")
+    first = to_numpy(keras_cait.DropPath(0.3, seed=11)(x, training=True))
+    second = to_numpy(keras_cait.DropPath(0.3, seed=11)(x, training=True))
+    other = to_numpy(keras_cait.DropPath(0.3, seed=12)(x, training=True))
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+def test_drop_path_rejects_bad_rate():
+    with pytest.raises(ValueError, match="rate"):
+        keras_cait.DropPath(1.0)
+
+
+def test_mlp_uses_exact_gelu():
+    mlp = keras_cait.CaiTMLP(16, 32)
+    mlp.build(TOKENS.shape)
+    hidden = TOKENS @ to_numpy(mlp.fc1.kernel) + to_numpy(mlp.fc1.bias)
+    from math import erf, sqrt
+
+    exact = hidden * 0.5 * (1 + np.vectorize(lambda v: erf(v / sqrt(2)))(hidden))
+    expected = exact @ to_numpy(mlp.fc2.kernel) + to_numpy(mlp.fc2.bias)
+    np.testing.assert_allclose(to_numpy(mlp(TOKENS)), expected, atol=1e-5)
+
+
+def test_class_attention_uses_class_token_query_and_all_keys():
+    layer = keras_cait.ClassAttention(16, 2)
+    outputs = to_numpy(layer(TOKENS))
+    changed = TOKENS.copy()
+    changed[:, 1:] += 1.0  # patches feed keys and values
+    assert not np.allclose(to_numpy(layer(changed)), outputs)
+    changed = TOKENS.copy()
+    changed[:, 0] += 1.0  # the class token is query, key and value
+    assert not np.allclose(to_numpy(layer(changed)), outputs)
+
+
+def test_attention_heads_must_divide_dim():
+    with pytest.raises(ValueError, match="divisible"):
+        keras_cait.TalkingHeadsAttention(10, 4)
+    with pytest.raises(ValueError, match="divisible"):
+        keras_cait.ClassAttention(10, 4)

@@ -1,0 +1,131 @@
+"""CaiTBackbone and CaiTImageClassifier: construction, validation, configs."""
+
+import copy
+
+import keras
+import numpy as np
+import pytest
+
+import keras_cait
+from keras_cait.convert.timm_config import (
+    TIMM_ARCHITECTURES,
+    backbone_kwargs_from_timm,
+    resolve_timm_arguments,
+)
+from tests.support import TINY_BACKBONE, to_numpy, variants
+
+IMAGES = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
+
+
+def test_backbone_output_is_class_token_then_patches():
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    tokens = to_numpy(backbone(IMAGES))
+    assert tokens.shape == (2, 1 + 16, 48)
+    assert backbone.num_patches == 16 and backbone.grid_size == (4, 4)
+
+
+def test_non_square_images():
+    backbone = keras_cait.CaiTBackbone(**{**TINY_BACKBONE, "image_shape": (16, 40, 3)})
+    assert to_numpy(backbone(np.zeros((1, 16, 40, 3)))).shape == (1, 1 + 2 * 5, 48)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"image_shape": (30, 32, 3)}, "height .*divisible by `patch_size`"),
+        ({"image_shape": (32, 36, 3)}, "width .*divisible by `patch_size`"),
+        ({"hidden_dim": 50}, "`hidden_dim` \\(50\\) must be divisible by `num_heads`"),
+        ({"num_layers": 0}, "`num_layers` must be a positive integer"),
+        ({"num_heads": -1}, "`num_heads` must be a positive integer"),
+        ({"num_class_attention_layers": 0}, "`num_class_attention_layers`"),
+        ({"patch_size": 0}, "`patch_size` must be a positive integer"),
+        ({"mlp_ratio": 0}, "`mlp_ratio` must be positive"),
+        ({"image_shape": (32, 32)}, "`image_shape` must be"),
+    ],
+)
+def test_backbone_rejects_bad_arguments(override, match):
+    with pytest.raises(ValueError, match=match):
+        keras_cait.CaiTBackbone(**{**TINY_BACKBONE, **override})
+
+
+def test_backbone_config_round_trip():
+    backbone = keras_cait.CaiTBackbone(
+        **TINY_BACKBONE, mlp_ratio=3.0, class_attention_mlp_ratio=2.0,
+        use_qkv_bias=False, layer_scale_init_value=0.1, dropout_rate=0.1,
+        attention_dropout=0.1, drop_path_rate=0.1, layer_norm_epsilon=1e-5,
+    )
+    config = backbone.get_config()
+    clone = keras_cait.CaiTBackbone.from_config(config)
+    assert clone.get_config() == config
+    assert clone.count_params() == backbone.count_params()
+    clone.set_weights(backbone.get_weights())
+    np.testing.assert_allclose(
+        to_numpy(clone(IMAGES)), to_numpy(backbone(IMAGES)), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("pooling", ["token", "avg"])
+def test_classifier_config_round_trip(pooling):
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    classifier = keras_cait.CaiTImageClassifier(
+        backbone, num_classes=7, pooling=pooling, activation="softmax", dropout=0.2
+    )
+    config = classifier.get_config()
+    clone = keras_cait.CaiTImageClassifier.from_config(copy.deepcopy(config))
+    assert clone.get_config() == config
+    clone.set_weights(classifier.get_weights())
+    outputs = to_numpy(classifier(IMAGES))
+    assert outputs.shape == (2, 7)
+    np.testing.assert_allclose(outputs.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(clone(IMAGES)), outputs, atol=1e-6)
+
+
+def test_pooling_selects_tokens():
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    tokens = to_numpy(backbone(IMAGES))
+    token = keras_cait.CaiTImageClassifier(backbone, num_classes=0, pooling="token")
+    avg = keras_cait.CaiTImageClassifier(backbone, num_classes=0, pooling="avg")
+    np.testing.assert_allclose(to_numpy(token(IMAGES)), tokens[:, 0], atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(avg(IMAGES)), tokens[:, 1:].mean(1), atol=1e-6
+    )
+
+
+def test_classifier_rejects_bad_arguments():
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    with pytest.raises(ValueError, match="`pooling`"):
+        keras_cait.CaiTImageClassifier(backbone, num_classes=3, pooling="gap")
+    with pytest.raises(ValueError, match="`num_classes`"):
+        keras_cait.CaiTImageClassifier(backbone, num_classes=-1)
+
+
+@pytest.mark.parametrize(
+    "activation, from_logits", [(None, True), ("softmax", False)]
+)
+def test_default_compile_follows_activation(activation, from_logits):
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    classifier = keras_cait.CaiTImageClassifier(
+        backbone, num_classes=3, activation=activation
+    )
+    assert isinstance(classifier.loss, keras.losses.SparseCategoricalCrossentropy)
+    assert classifier.loss.from_logits is from_logits
+
+
+def test_model_call_returns_one_tensor_and_never_preprocesses():
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    classifier = keras_cait.CaiTImageClassifier(backbone, num_classes=3)
+    outputs = classifier(IMAGES)
+    assert not isinstance(outputs, (list, tuple, dict))
+    assert tuple(outputs.shape) == (2, 3)
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_ARCHITECTURES))
+def test_parameter_counts_equal_timm(name):
+    arguments = resolve_timm_arguments(name)
+    kwargs = backbone_kwargs_from_timm(arguments)
+    # Building large variants allocates their weights; bfloat16 halves that.
+    backbone = keras_cait.CaiTBackbone(**kwargs, dtype="bfloat16")
+    classifier = keras_cait.CaiTImageClassifier(
+        backbone, num_classes=arguments["num_classes"], compile=False
+    )
+    assert classifier.count_params() == variants()[name]["num_params"]
