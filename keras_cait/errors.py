@@ -21,3 +21,14 @@ class CaiTWeightsError(CaiTError, ValueError):
 
 class CaiTFileNotFoundError(CaiTError, FileNotFoundError):
     """A file keras-cait needs is missing, locally or in the download cache."""
+
+
+class CaiTIntegrityError(CaiTWeightsError):
+    """A file's SHA-256 digest differs from the one it was published with:
+    the file was tampered with, truncated or corrupted."""
+
+
+class CaiTUnsafeModelError(CaiTConfigError):
+    """A model file or configuration asks for something keras-cait refuses to
+    load: code (Lambda layers, functions), classes outside the allow-list,
+    hostile arguments, or archive members with unsafe paths or sizes."""
