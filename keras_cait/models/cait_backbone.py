@@ -243,3 +243,57 @@ class CaiTBackbone(Backbone):
             }
         )
         return config
+
+    def intermediate_model(self, blocks=None, output_format="tokens", norm=False):
+        """A cached model returning chosen self-attention block outputs.
+
+        Shares this backbone's layers. See `keras_cait.intermediate_model`.
+
+        Args:
+            blocks: `None` (all), an int `n` (the last `n` blocks) or a list
+                of block indices (negative counts from the end).
+            output_format: `"tokens"` `(batch, num_patches, hidden_dim)` or
+                `"grid"` `(batch, rows, columns, hidden_dim)`.
+            norm: bool. Apply the final LayerNorm to each output.
+        """
+        from keras_cait import intermediates
+
+        return intermediates.intermediate_model(self, blocks, output_format, norm)
+
+    def get_intermediate_outputs(
+        self, images, blocks=None, output_format="tokens", norm=False
+    ):
+        """Chosen self-attention block outputs for `images`, in one pass.
+
+        Like timm's `forward_intermediates`. See `intermediate_model()`.
+
+        Returns:
+            A dict `{"self_attention_block_{i}": tensor}`.
+        """
+        from keras_cait import intermediates
+
+        return intermediates.get_intermediate_outputs(
+            self, images, blocks, output_format, norm
+        )
+
+    @staticmethod
+    def get_layout_map(
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+    ):
+        """A `keras.distribution.LayoutMap` for `ModelParallel`.
+
+        Splits the attention and MLP kernels over the `"model"` mesh axis.
+        See `keras_cait.distribution.get_layout_map`.
+
+        Args:
+            device_mesh: a `keras.distribution.DeviceMesh`.
+            model_parallel_dim_name: str. The tensor-parallel mesh axis.
+            data_parallel_dim_name: str or `None`. The batch mesh axis.
+        """
+        from keras_cait import distribution
+
+        return distribution.get_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name
+        )
