@@ -9,8 +9,10 @@ from keras_cait.errors import (
     CaiTConfigError,
     CaiTError,
     CaiTFileNotFoundError,
+    CaiTImageError,
     CaiTWeightsError,
 )
+from keras_cait.image_io import load_image
 from keras_cait.layers import (
     CaiTMLP,
     ClassAttention,
@@ -23,6 +25,10 @@ from keras_cait.layers import (
     TalkingHeadsAttention,
 )
 from keras_cait.models import CaiTBackbone, CaiTImageClassifier
+from keras_cait.preprocessing import (
+    CaiTImageClassifierPreprocessor,
+    CaiTImageConverter,
+)
 from keras_cait.version import __version__
 
 __all__ = [
@@ -31,6 +37,9 @@ __all__ = [
     "CaiTError",
     "CaiTFileNotFoundError",
     "CaiTImageClassifier",
+    "CaiTImageClassifierPreprocessor",
+    "CaiTImageConverter",
+    "CaiTImageError",
     "CaiTMLP",
     "CaiTWeightsError",
     "ClassAttention",
@@ -42,5 +51,6 @@ __all__ = [
     "SelfAttentionBlock",
     "TalkingHeadsAttention",
     "__version__",
+    "load_image",
     "load_timm_state_dict",
 ]

@@ -31,7 +31,7 @@ def get_layout_map(
 
     Dense kernels are `(in_features, out_features)`:
 
-    | variables (regex on the variable path) | layout |
+    | variables (variable path ends with) | layout |
     | --- | --- |
     | `attn/(qkv|q|k|v)/kernel`, `mlp/fc1/kernel` | `(batch, model)` |
     | `attn/(qkv|q|k|v)/bias`, `mlp/fc1/bias` | `(model,)` |
@@ -95,11 +95,11 @@ def get_layout_map(
 
     layout_map = keras.distribution.LayoutMap(device_mesh)
     # Fan-out projections: split the output features.
-    layout_map[r"attn/(qkv|q|k|v)/kernel"] = (data_dim, model_dim)
-    layout_map[r"attn/(qkv|q|k|v)/bias"] = (model_dim,)
-    layout_map[r"mlp/fc1/kernel"] = (data_dim, model_dim)
-    layout_map[r"mlp/fc1/bias"] = (model_dim,)
+    layout_map[r".*attn/(qkv|q|k|v)/kernel"] = (data_dim, model_dim)
+    layout_map[r".*attn/(qkv|q|k|v)/bias"] = (model_dim,)
+    layout_map[r".*mlp/fc1/kernel"] = (data_dim, model_dim)
+    layout_map[r".*mlp/fc1/bias"] = (model_dim,)
     # Fan-in projections: split the input features.
-    layout_map[r"attn/proj/kernel"] = (model_dim, data_dim)
-    layout_map[r"mlp/fc2/kernel"] = (model_dim, data_dim)
+    layout_map[r".*attn/proj/kernel"] = (model_dim, data_dim)
+    layout_map[r".*mlp/fc2/kernel"] = (model_dim, data_dim)
     return layout_map

@@ -32,3 +32,8 @@ class CaiTUnsafeModelError(CaiTConfigError):
     """A model file or configuration asks for something keras-cait refuses to
     load: code (Lambda layers, functions), classes outside the allow-list,
     hostile arguments, or archive members with unsafe paths or sizes."""
+
+
+class CaiTImageError(CaiTError, ValueError):
+    """An image cannot be used: a file that is not an image or is truncated
+    or corrupt, or an image array of an unsupported shape."""

@@ -5,6 +5,9 @@ from keras import ops
 from keras_hub.models import ImageClassifier, Task
 
 from keras_cait.models.cait_backbone import CaiTBackbone
+from keras_cait.preprocessing.image_classifier_preprocessor import (
+    CaiTImageClassifierPreprocessor,
+)
 from keras_cait.serialization import register
 
 POOLINGS = ("token", "avg")
@@ -46,7 +49,7 @@ class CaiTImageClassifier(ImageClassifier):
     """
 
     backbone_cls = CaiTBackbone
-    preprocessor_cls = None  # set by keras_cait.preprocessing once defined
+    preprocessor_cls = CaiTImageClassifierPreprocessor
 
     def __init__(
         self,

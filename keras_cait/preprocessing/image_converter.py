@@ -1,0 +1,352 @@
+"""CaiTImageConverter: timm's evaluation transform as a KerasHub converter."""
+
+import math
+
+import keras
+import numpy as np
+
+# Private Keras/KerasHub helpers: the backend switch Keras's `tf.data`-safe
+# layers use, and KerasHub's graph test (versions pinned in pyproject.toml).
+from keras.src.utils.backend_utils import DynamicBackend
+from keras_hub.layers import ImageConverter
+from keras_hub.src.utils.tensor_utils import in_tf_function
+
+from keras_cait.errors import CaiTConfigError, CaiTImageError
+from keras_cait.models.cait_backbone import CaiTBackbone
+from keras_cait.serialization import register
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+def _select(condition, if_true, if_false, backend):
+    """`if_true if condition else if_false` for Python ints or tensors."""
+    if isinstance(condition, (bool, np.bool_)):
+        return if_true if condition else if_false
+    return backend.numpy.where(condition, if_true, if_false)
+
+
+def _round_half_even_ratio(numerator, denominator, backend):
+    """`round(numerator / denominator)` as Python's `round` (ties to even),
+    in exact integer arithmetic."""
+    quotient = numerator // denominator
+    twice_remainder = 2 * (numerator - quotient * denominator)
+    round_up = _select(
+        twice_remainder == denominator,
+        quotient % 2 == 1,
+        twice_remainder > denominator,
+        backend,
+    )
+    return quotient + _select(round_up, 1, 0, backend)
+
+
+def resized_shape(height, width, image_size, crop_pct, backend=None):
+    """The `(height, width)` an image is resized to before the center crop.
+
+    timm's evaluation transform: with `scale = floor(size / crop_pct)` per
+    side, a square `image_size` resizes the shorter side to `scale` and the
+    longer to `int(scale * long / short)` (torchvision's `Resize(int)`); a
+    non-square one scales both sides by the largest of `scale_h / height`
+    and `scale_w / width` and rounds to the nearest integer (ties to even;
+    timm's `ResizeKeepRatio`), so the result covers the crop.
+
+    Args:
+        height: int or scalar integer tensor. The input height.
+        width: int or scalar integer tensor. The input width.
+        image_size: `(int, int)`. The output `(height, width)` of the crop.
+        crop_pct: float in `(0, 1]`. The crop's fraction of the resized image.
+        backend: the ops namespace used when `height`/`width` are tensors.
+
+    Returns:
+        `(height, width)`: Python ints when the inputs are ints.
+
+    Example:
+    ```python
+    resized_shape(300, 451, (224, 224), 1.0)    # (224, 336)
+    resized_shape(300, 451, (224, 224), 0.875)  # (256, 384)
+    ```
+    """
+    scale_height = math.floor(image_size[0] / crop_pct)
+    scale_width = math.floor(image_size[1] / crop_pct)
+    if scale_height == scale_width:
+        scale = scale_height
+        width_is_short = width <= height
+        new_height = _select(
+            width_is_short, scale * height // width, scale, backend
+        )
+        new_width = _select(
+            width_is_short, scale, scale * width // height, backend
+        )
+        return new_height, new_width
+    # The height binds when height / scale_height <= width / scale_width.
+    height_binds = height * scale_width <= width * scale_height
+    new_height = _select(
+        height_binds,
+        scale_height,
+        _round_half_even_ratio(height * scale_width, width, backend),
+        backend,
+    )
+    new_width = _select(
+        height_binds,
+        _round_half_even_ratio(width * scale_height, height, backend),
+        scale_width,
+        backend,
+    )
+    return new_height, new_width
+
+
+def center_crop_offset(size, crop, backend=None):
+    """`int(round((size - crop) / 2))` with Python's ties-to-even `round`
+    (torchvision's `center_crop`), for ints or integer tensors."""
+    difference = size - crop
+    half = difference // 2
+    return half + (difference % 2) * (half % 2)
+
+
+def _standardize_image_size(image_size):
+    if isinstance(image_size, (int, np.integer)) and not isinstance(
+        image_size, bool
+    ):
+        image_size = (image_size, image_size)
+    if (
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            for v in image_size
+        )
+        or min(image_size) < 1
+    ):
+        raise CaiTConfigError(
+            "CaiTImageConverter: `image_size` must be a positive int or a "
+            f"(height, width) pair of positive ints. Received: {image_size!r}"
+        )
+    return (int(image_size[0]), int(image_size[1]))
+
+
+def _standardize_channel_values(name, values, positive):
+    try:
+        values = tuple(float(v) for v in np.ravel(values))
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise CaiTConfigError(
+            f"CaiTImageConverter: `{name}` must be one finite float or three "
+            f"(one per RGB channel). Received: {values!r}"
+        )
+    if positive and min(values) <= 0:
+        raise CaiTConfigError(
+            f"CaiTImageConverter: `{name}` must be positive. "
+            f"Received: {values!r}"
+        )
+    return values
+
+
+@register
+class CaiTImageConverter(ImageConverter):
+    """timm's evaluation transform for CaiT, as a KerasHub image converter.
+
+    Turns raw images (pixel values in `[0, 255]`) into the normalised inputs
+    the CaiT checkpoints were evaluated on, exactly as timm's evaluation
+    transform does it:
+
+    1. Resize (bicubic with antialias by default) so that the image covers
+       `floor(image_size / crop_pct)`: for a square `image_size`, the shorter
+       side becomes `floor(size / crop_pct)` and the longer
+       `int(that * long / short)`; the aspect ratio is kept.
+    2. Center-crop `image_size` (top offset `int(round((h - size) / 2))`,
+       likewise left).
+    3. Clip to `[0, 255]` (as PIL's resize does), divide by 255, subtract
+       `mean`, divide by `std`.
+
+    Inputs may be one image `(height, width, channels)` or a batch
+    `(batch, height, width, channels)` (channels last), uint8 or float, of
+    any size and aspect ratio, with 1 (greyscale, repeated to RGB), 3 (RGB)
+    or 4 (RGBA; alpha dropped) channels. A list of images of different sizes
+    is transformed image by image and stacked into a batch. The output is
+    `(…, image_size[0], image_size[1], 3)` in the layer's compute dtype.
+
+    The layer runs eagerly on every backend and inside `tf.data` pipelines
+    (where it uses TensorFlow ops, whatever the Keras backend), so it can be
+    a `CaiTImageClassifierPreprocessor`'s converter for `predict()`/`fit()`.
+
+    Args:
+        image_size: int or `(height, width)`. The output size.
+        crop_pct: float in `(0, 1]`. The fraction of the resized image kept
+            by the center crop. All CaiT checkpoints use `1.0`; `0.875` is
+            the classic "resize 256, crop 224".
+        interpolation: `"bicubic"` (timm's choice for CaiT), `"bilinear"`
+            or `"nearest"`.
+        mean: float or three floats. Per-channel mean of `[0, 1]` pixels.
+            Defaults to ImageNet's.
+        std: float or three floats. Per-channel standard deviation of
+            `[0, 1]` pixels. Defaults to ImageNet's.
+        antialias: bool. Whether to low-pass filter when downsampling, as
+            PIL does. Defaults to `True`.
+        **kwargs: other keyword arguments of `keras.layers.Layer` (`name`,
+            `dtype`).
+
+    Example:
+    ```python
+    converter = keras_cait.CaiTImageConverter(image_size=224)
+    image = keras_cait.load_image("cat.jpg")   # uint8 (H, W, 3)
+    x = converter(image)                       # (224, 224, 3), normalised
+    batch = converter(np.stack([image, image]))  # (2, 224, 224, 3)
+    ```
+    """
+
+    backbone_cls = CaiTBackbone
+
+    def __init__(
+        self,
+        image_size=224,
+        crop_pct=1.0,
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        antialias=True,
+        **kwargs,
+    ):
+        image_size = _standardize_image_size(image_size)
+        if isinstance(crop_pct, bool) or not isinstance(
+            crop_pct, (int, float, np.floating, np.integer)
+        ):
+            raise CaiTConfigError(
+                "CaiTImageConverter: `crop_pct` must be a float in (0, 1]. "
+                f"Received: {crop_pct!r}"
+            )
+        crop_pct = float(crop_pct)
+        if not 0.0 < crop_pct <= 1.0:
+            raise CaiTConfigError(
+                "CaiTImageConverter: `crop_pct` must be a float in (0, 1]. "
+                f"Received: {crop_pct!r}"
+            )
+        if interpolation not in INTERPOLATIONS:
+            raise CaiTConfigError(
+                "CaiTImageConverter: `interpolation` must be one of "
+                f"{INTERPOLATIONS}. Received: {interpolation!r}"
+            )
+        mean = _standardize_channel_values("mean", mean, positive=False)
+        std = _standardize_channel_values("std", std, positive=True)
+        kwargs.pop("data_format", None)
+        super().__init__(
+            image_size=image_size,
+            scale=None,
+            offset=None,
+            crop_to_aspect_ratio=False,
+            interpolation=interpolation,
+            antialias=bool(antialias),
+            data_format="channels_last",
+            **kwargs,
+        )
+        self.crop_pct = crop_pct
+        self.mean = mean
+        self.std = std
+
+    def _call_python(self, inputs):
+        # Called by `ImageConverter.call`, eagerly or (through its
+        # `_call_tf`) inside a `tf.function`/`tf.data` graph.
+        # Inside a graph the inputs are TensorFlow tensors, whatever the
+        # Keras backend, so the TensorFlow ops run there.
+        ops = DynamicBackend("tensorflow" if in_tf_function() else None)
+        if isinstance(inputs, (list, tuple)):
+            try:
+                inputs = np.stack([np.asarray(x) for x in inputs])
+            except ValueError:
+                # Images of different sizes: one by one, then a batch.
+                return ops.numpy.stack(
+                    [self._transform(x, ops) for x in inputs]
+                )
+        return self._transform(inputs, ops)
+
+    def _transform(self, images, ops):
+        if isinstance(images, dict):
+            raise CaiTImageError(
+                "CaiTImageConverter takes images, not a dict (bounding boxes "
+                "are not supported)."
+            )
+        images = ops.convert_to_tensor(images)
+        rank = len(images.shape)
+        if rank not in (3, 4):
+            raise CaiTImageError(
+                "CaiTImageConverter: images must have shape (height, width, "
+                "channels) or (batch, height, width, channels). Received "
+                f"shape {tuple(images.shape)}."
+            )
+        unbatched = rank == 3
+        if unbatched:
+            images = ops.numpy.expand_dims(images, 0)
+        channels = images.shape[-1]
+        if channels == 1:
+            images = ops.numpy.concatenate([images] * 3, axis=-1)
+        elif channels == 4:
+            images = images[..., :3]
+        elif channels != 3:
+            raise CaiTImageError(
+                "CaiTImageConverter: images must have 1, 3 or 4 channels "
+                f"(last axis). Received shape {tuple(images.shape)}."
+            )
+        images = ops.cast(images, "float32")
+
+        height, width = images.shape[1], images.shape[2]
+        if height is None or width is None:  # only in a traced graph
+            dynamic_shape = ops.shape(images)
+            height = height if height is not None else dynamic_shape[1]
+            width = width if width is not None else dynamic_shape[2]
+        new_height, new_width = resized_shape(
+            height, width, self.image_size, self.crop_pct, ops
+        )
+        static = all(
+            isinstance(v, (int, np.integer))
+            for v in (height, width, new_height, new_width)
+        )
+        if not static or (new_height, new_width) != (height, width):
+            images = ops.image.resize(
+                images,
+                (new_height, new_width),
+                interpolation=self.interpolation,
+                antialias=self.antialias,
+                data_format="channels_last",
+            )
+        crop_height, crop_width = self.image_size
+        top = center_crop_offset(new_height, crop_height)
+        left = center_crop_offset(new_width, crop_width)
+        images = images[
+            :, top : top + crop_height, left : left + crop_width, :
+        ]
+        if not static:
+            images = ops.numpy.reshape(
+                images, (-1, crop_height, crop_width, 3)
+            )
+
+        images = ops.numpy.clip(images, 0.0, 255.0)
+        mean = ops.convert_to_tensor(np.array(self.mean, "float32"))
+        std = ops.convert_to_tensor(np.array(self.std, "float32"))
+        images = (images / 255.0 - mean) / std
+        images = ops.cast(images, self.compute_dtype)
+        if unbatched:
+            images = images[0]
+        return images
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        return input_shape[:-3] + tuple(self.image_size) + (3,)
+
+    def get_config(self):
+        # Skips `ImageConverter.get_config`: scale/offset/resizing options
+        # are derived from the arguments below.
+        config = keras.layers.Layer.get_config(self)
+        config.update(
+            {
+                "image_size": tuple(self.image_size),
+                "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation,
+                "mean": tuple(self.mean),
+                "std": tuple(self.std),
+                "antialias": self.antialias,
+            }
+        )
+        return config

@@ -1,0 +1,366 @@
+"""CaiTImageConverter / CaiTImageClassifierPreprocessor: timm's evaluation
+transform, on every backend, in tf.data and in `predict()`."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import keras_cait
+from keras_cait.preprocessing.image_converter import (
+    center_crop_offset,
+    resized_shape,
+)
+from tests.support import IMAGES, TIMM, TINY_BACKBONE, to_numpy
+
+PHOTOS = {
+    "astronaut": "astronaut.png",
+    "camera": "camera.png",  # greyscale
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "rocket": "rocket.jpg",
+}
+MEAN = np.array(keras_cait.preprocessing.image_converter.IMAGENET_MEAN, "float32")
+STD = np.array(keras_cait.preprocessing.image_converter.IMAGENET_STD, "float32")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return {name: keras_cait.load_image(IMAGES / f) for name, f in PHOTOS.items()}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dict(np.load(TIMM / "preprocess.npz"))
+
+
+def mad(a, b):
+    return float(np.abs(np.asarray(a, "float64") - np.asarray(b, "float64")).mean())
+
+
+def pil_eval_transform(image, size, crop_pct):
+    """timm's eval transform written independently with PIL, for the cases
+    the reference file does not cover (non-square sizes)."""
+    height, width = image.shape[:2]
+    scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
+    if scale[0] == scale[1]:  # torchvision Resize(int)
+        if width <= height:
+            new = (int(scale[0] * height / width), scale[0])
+        else:
+            new = (scale[0], int(scale[0] * width / height))
+    else:  # timm ResizeKeepRatio(longest=0)
+        ratio = min(height / scale[0], width / scale[1])
+        new = (round(height / ratio), round(width / ratio))
+    pil = Image.fromarray(image).resize((new[1], new[0]), Image.BICUBIC)
+    top = int(round((new[0] - size[0]) / 2))
+    left = int(round((new[1] - size[1]) / 2))
+    pil = pil.crop((left, top, left + size[1], top + size[0]))
+    return (np.asarray(pil, "float32") / 255.0 - MEAN) / STD
+
+
+# --- parity with timm's reference transform ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "key, size, crop_pct",
+    [("224", 224, 1.0), ("384", 384, 1.0), ("224_crop0875", 224, 0.875)],
+)
+def test_matches_timm_reference(photos, reference, key, size, crop_pct):
+    converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
+    errors = {}
+    for name, image in photos.items():
+        out = to_numpy(converter(image))
+        expected = reference[f"{name}_{key}"]
+        assert out.shape == expected.shape == (size, size, 3)
+        assert out.dtype == np.float32
+        errors[name] = mad(out, expected)
+    print(f"{keras.config.backend()} {key} MAD:", errors)
+    assert max(errors.values()) < 0.01, errors
+
+
+def test_crop_pct_is_honoured(photos, reference):
+    # The 0.875 reference differs from the crop_pct=1.0 transform by far
+    # more than the tolerance, so honouring crop_pct is what makes it match.
+    full = keras_cait.CaiTImageConverter(image_size=224, crop_pct=1.0)
+    cropped = keras_cait.CaiTImageConverter(image_size=224, crop_pct=0.875)
+    for name in ("chelsea", "astronaut"):
+        expected = reference[f"{name}_224_crop0875"]
+        assert mad(to_numpy(full(photos[name])), expected) > 0.05
+        assert mad(to_numpy(cropped(photos[name])), expected) < 0.01
+
+
+def test_greyscale_photo(photos, reference):
+    # camera.png is mode "L": the 1-channel array gives the same as the
+    # RGB-expanded one, and every channel holds the same grey (normalised
+    # per channel).
+    grey = np.asarray(Image.open(IMAGES / "camera.png"))[..., None]
+    assert grey.shape == (512, 512, 1)
+    converter = keras_cait.CaiTImageConverter(image_size=224)
+    out = to_numpy(converter(grey))
+    np.testing.assert_allclose(out, to_numpy(converter(photos["camera"])), atol=1e-6)
+    assert mad(out, reference["camera_224"]) < 0.01
+    pixels = out * STD + MEAN
+    np.testing.assert_allclose(pixels[..., 0], pixels[..., 2], atol=1e-5)
+
+
+def test_pil_reference_implementation_matches_timm_file(photos, reference):
+    # Validates the test-side PIL transform used for non-square sizes.
+    for name in ("chelsea", "rocket"):
+        out = pil_eval_transform(photos[name], (224, 224), 0.875)
+        assert mad(out, reference[f"{name}_224_crop0875"]) < 1e-6
+
+
+@pytest.mark.parametrize("size, crop_pct", [((160, 224), 1.0), ((224, 128), 0.9)])
+def test_non_square_image_size(photos, size, crop_pct):
+    converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
+    for name in ("chelsea", "astronaut"):
+        out = to_numpy(converter(photos[name]))
+        assert out.shape == size + (3,)
+        assert mad(out, pil_eval_transform(photos[name], size, crop_pct)) < 0.01
+
+
+# --- the resize/crop arithmetic ----------------------------------------------
+
+
+def timm_resized_shape(height, width, size, crop_pct):
+    """timm/torchvision's float formulas, for comparison."""
+    scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
+    if scale[0] == scale[1]:
+        if width <= height:
+            return int(scale[0] * height / width), scale[0]
+        return scale[0], int(scale[0] * width / height)
+    ratio = min(height / scale[0], width / scale[1])
+    return round(height / ratio), round(width / ratio)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    height=st.integers(1, 5000),
+    width=st.integers(1, 5000),
+    size=st.tuples(st.integers(1, 600), st.integers(1, 600))
+    | st.integers(1, 600).map(lambda s: (s, s)),
+    crop_pct=st.sampled_from([1.0, 0.95, 0.9, 0.875, 0.5]),
+)
+def test_resized_shape_equals_timm_formulas(height, width, size, crop_pct):
+    new = resized_shape(height, width, size, crop_pct)
+    assert new == timm_resized_shape(height, width, size, crop_pct)
+    assert all(isinstance(v, int) for v in new)
+    # The resized image covers the crop.
+    assert new[0] >= size[0] and new[1] >= size[1]
+
+
+def test_resized_shape_on_tensors_equals_ints():
+    # The path taken when the image size is only known at run time.
+    backend = keras_cait.preprocessing.image_converter.DynamicBackend()
+    for height, width, size in [
+        (300, 451, (224, 224)),
+        (451, 300, (224, 224)),
+        (300, 451, (160, 224)),
+        (427, 640, (224, 128)),
+        (99, 7, (33, 17)),
+    ]:
+        tensors = resized_shape(
+            keras.ops.convert_to_tensor(height),
+            keras.ops.convert_to_tensor(width),
+            size,
+            0.875,
+            backend,
+        )
+        assert tuple(int(to_numpy(v)) for v in tensors) == resized_shape(
+            height, width, size, 0.875
+        )
+
+
+def test_center_crop_offset_rounds_like_python():
+    for size in range(10, 60):
+        for crop in range(1, size + 1):
+            assert center_crop_offset(size, crop) == int(round((size - crop) / 2))
+
+
+# --- input forms -----------------------------------------------------------------
+
+
+def test_input_forms():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 41, 57, 3), dtype=np.uint8)
+    converter = keras_cait.CaiTImageConverter(image_size=(24, 32))
+    batch = to_numpy(converter(images))
+    assert batch.shape == (2, 24, 32, 3)
+    # One image is the batch's first entry; float input is the same as uint8.
+    np.testing.assert_allclose(to_numpy(converter(images[0])), batch[0], atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(converter(images.astype("float32"))), batch, atol=1e-6
+    )
+    # A list of equal-sized images is a batch.
+    np.testing.assert_allclose(to_numpy(converter(list(images))), batch, atol=1e-6)
+    # Alpha is dropped.
+    alpha = rng.integers(0, 256, (2, 41, 57, 1), dtype=np.uint8)
+    rgba = np.concatenate([images, alpha], axis=-1)
+    np.testing.assert_allclose(to_numpy(converter(rgba)), batch, atol=1e-6)
+    # Greyscale is repeated to three channels.
+    grey = images[..., :1]
+    np.testing.assert_allclose(
+        to_numpy(converter(grey)),
+        to_numpy(converter(np.repeat(grey, 3, axis=-1))),
+        atol=1e-6,
+    )
+    # Images of different sizes (and portrait/landscape) become one batch.
+    mixed = [images[0], images[1, :30, :20]]
+    out = to_numpy(converter(mixed))
+    assert out.shape == (2, 24, 32, 3)
+    np.testing.assert_allclose(out[1], to_numpy(converter(mixed[1])), atol=1e-6)
+
+
+def test_output_range_and_statistics():
+    # A constant image maps to (value / 255 - mean) / std exactly: resizing
+    # a flat image keeps it flat.
+    image = np.full((50, 70, 3), 128, np.uint8)
+    out = to_numpy(keras_cait.CaiTImageConverter(image_size=16)(image))
+    np.testing.assert_allclose(out, np.broadcast_to((128 / 255 - MEAN) / STD, out.shape), atol=1e-5)
+    # Bicubic overshoot is clipped to [0, 255] before normalising, as PIL.
+    edges = np.zeros((64, 64, 3), np.uint8)
+    edges[:, ::2] = 255
+    out = to_numpy(keras_cait.CaiTImageConverter(image_size=20)(edges))
+    pixels = out * STD + MEAN
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(image_size=0), "image_size"),
+        (dict(image_size=(224, 224, 3)), "image_size"),
+        (dict(image_size="224"), "image_size"),
+        (dict(crop_pct=0.0), "crop_pct"),
+        (dict(crop_pct=1.2), "crop_pct"),
+        (dict(interpolation="lanczos7"), "interpolation"),
+        (dict(mean=(0.5, 0.5)), "mean"),
+        (dict(std=(0.2, 0.0, 0.2)), "std"),
+    ],
+)
+def test_bad_arguments(kwargs, word):
+    with pytest.raises(keras_cait.CaiTConfigError, match=word):
+        keras_cait.CaiTImageConverter(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (2, 2, 8, 8, 3), (8, 8, 2), (8, 8, 5)])
+def test_bad_image_shapes(shape):
+    converter = keras_cait.CaiTImageConverter(image_size=4)
+    with pytest.raises(keras_cait.CaiTImageError, match=r"shape|channels"):
+        converter(np.zeros(shape, np.uint8))
+
+
+# --- config, serialization, presets -----------------------------------------------
+
+
+def test_config_round_trip():
+    converter = keras_cait.CaiTImageConverter(
+        image_size=(96, 128),
+        crop_pct=0.9,
+        interpolation="bilinear",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.5, 1.0),
+        antialias=False,
+        name="my_converter",
+    )
+    config = converter.get_config()
+    for key, value in dict(
+        image_size=(96, 128),
+        crop_pct=0.9,
+        interpolation="bilinear",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.5, 1.0),
+        antialias=False,
+    ).items():
+        assert config[key] == value, key
+    restored = keras_cait.CaiTImageConverter.from_config(config)
+    assert restored.get_config() == config
+    image = np.random.default_rng(1).integers(0, 256, (100, 150, 3), np.uint8)
+    np.testing.assert_allclose(
+        to_numpy(restored(image)), to_numpy(converter(image)), atol=1e-6
+    )
+    # Through Keras's registry (as in `.keras` files), wrapped in the
+    # preprocessor.
+    preprocessor = keras_cait.CaiTImageClassifierPreprocessor(converter)
+    clone = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(preprocessor)
+    )
+    assert type(clone) is keras_cait.CaiTImageClassifierPreprocessor
+    assert type(clone.image_converter) is keras_cait.CaiTImageConverter
+    assert clone.image_converter.get_config() == config
+
+
+def test_save_to_preset_round_trip(tmp_path):
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    converter = keras_cait.CaiTImageConverter(image_size=32, crop_pct=0.875)
+    preprocessor = keras_cait.CaiTImageClassifierPreprocessor(converter)
+    backbone.save_to_preset(tmp_path)
+    preprocessor.save_to_preset(tmp_path)
+    assert (tmp_path / "preprocessor.json").exists()
+    assert (tmp_path / "image_converter.json").exists()
+
+    loaded = keras_cait.CaiTImageClassifierPreprocessor.from_preset(str(tmp_path))
+    assert type(loaded) is keras_cait.CaiTImageClassifierPreprocessor
+    assert loaded.image_converter.get_config() == converter.get_config()
+    loaded_converter = keras_cait.CaiTImageConverter.from_preset(str(tmp_path))
+    assert loaded_converter.get_config() == converter.get_config()
+    image = np.random.default_rng(2).integers(0, 256, (45, 60, 3), np.uint8)
+    np.testing.assert_allclose(
+        to_numpy(loaded(image)), to_numpy(preprocessor(image)), atol=1e-6
+    )
+
+
+# --- inside pipelines ---------------------------------------------------------------
+
+
+def test_tf_data_map():
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (3, 40, 57, 3), dtype=np.uint8)
+    labels = np.arange(3)
+    converter = keras_cait.CaiTImageConverter(image_size=32, crop_pct=0.875)
+    preprocessor = keras_cait.CaiTImageClassifierPreprocessor(converter)
+    eager = to_numpy(converter(images))
+
+    # Batched, with labels, known image size.
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+    ds = ds.map(preprocessor)
+    outputs, out_labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    np.testing.assert_allclose(np.concatenate(outputs), eager, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate(out_labels), labels)
+
+    # Single images whose size is unknown when the graph is traced.
+    def generate():
+        yield from images
+
+    spec = tf.TensorSpec((None, None, 3), tf.uint8)
+    ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
+    ds = ds.map(converter)
+    assert ds.element_spec.shape.as_list() == [32, 32, 3]
+    np.testing.assert_allclose(np.stack([x.numpy() for x in ds]), eager, atol=1e-5)
+
+
+def test_classifier_predict_on_raw_images():
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    converter = keras_cait.CaiTImageConverter(image_size=32)
+    classifier = keras_cait.CaiTImageClassifier(
+        backbone,
+        num_classes=5,
+        preprocessor=keras_cait.CaiTImageClassifierPreprocessor(converter),
+    )
+    assert keras_cait.CaiTImageClassifier.preprocessor_cls is (
+        keras_cait.CaiTImageClassifierPreprocessor
+    )
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)
+    predicted = classifier.predict(images, batch_size=2, verbose=0)
+    direct = to_numpy(classifier(converter(images)))
+    assert predicted.shape == (3, 5)
+    np.testing.assert_allclose(predicted, direct, atol=1e-5)
+    # The preprocessing is not a no-op: raw pixels give other logits.
+    raw = to_numpy(classifier(keras.ops.image.resize(images.astype("float32"), (32, 32))))
+    assert np.abs(raw - direct).max() > 1e-3
