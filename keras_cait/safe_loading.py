@@ -1,0 +1,660 @@
+"""Safe loading of `.keras` model files.
+
+`load_model(path)` inspects a `.keras` archive completely before Keras
+deserialises anything from it, and keeps Keras's `safe_mode` on:
+
+- archive: a readable ZIP holding only `config.json`, `metadata.json`,
+  `model.weights.h5` and `assets/...`; no absolute or `../` member names;
+  member sizes within limits and no decompression bombs;
+- `config.json`: valid JSON, and every serialised object in it resolves to
+  an allow-listed class: a Keras/KerasHub/keras-cait layer, model, optimizer,
+  loss, metric, initializer, regularizer, constraint, dtype policy or
+  learning-rate schedule; never a Lambda, a Python function outside Keras's
+  activations/losses/metrics, or anything from another module (`os`,
+  `subprocess`, ...);
+- keras-cait classes: their arguments are validated (types, ranges, a
+  parameter budget) before any layer is built, so a hostile config cannot
+  make the loader allocate billions of parameters;
+- `model.weights.h5`: a readable HDF5 file without external links, soft
+  links, external storage or virtual datasets;
+- after loading: every weight is finite unless the caller allows NaN/Inf.
+
+Every refusal is a keras-cait exception naming the file and the problem.
+"""
+
+import importlib
+import json
+import math
+import os
+import posixpath
+import zipfile
+
+import keras
+
+from keras_cait.errors import (
+    CaiTConfigError,
+    CaiTError,
+    CaiTFileNotFoundError,
+    CaiTUnsafeModelError,
+    CaiTWeightsError,
+)
+
+CONFIG_MEMBER = "config.json"
+METADATA_MEMBER = "metadata.json"
+WEIGHTS_MEMBER = "model.weights.h5"
+ASSETS_PREFIX = "assets/"
+
+# Size limits of the archive members, in bytes.
+MAX_CONFIG_BYTES = 16 * 2**20
+MAX_METADATA_BYTES = 2**20
+DEFAULT_MAX_WEIGHTS_BYTES = 16 * 2**30
+DEFAULT_MAX_PARAMETERS = 2_000_000_000
+# A member that decompresses to more than this ratio is a ZIP bomb (Keras
+# stores members uncompressed; DEFLATE rarely exceeds ~10x on weights).
+MAX_COMPRESSION_RATIO = 100
+_RATIO_FLOOR_BYTES = 2**20
+
+# Packages whose classes may appear in a config.
+ALLOWED_PACKAGES = ("keras", "keras_hub", "keras_cait")
+# Serialised special values Keras decodes without running code.
+SAFE_SPECIAL_CLASSES = (
+    "__keras_tensor__",
+    "__tensor__",
+    "__numpy__",
+    "__bytes__",
+    "__ellipsis__",
+    "__slice__",
+)
+# Modules whose *functions* may be named (activations, losses, metrics).
+ALLOWED_FUNCTION_MODULES = (
+    "builtins",
+    "keras.activations",
+    "keras.src.activations",
+    "keras.losses",
+    "keras.src.losses",
+    "keras.metrics",
+    "keras.src.metrics",
+)
+_FUNCTION_NAMESPACES = ("activations", "losses", "metrics")
+
+
+def _allowed_bases():
+    return (
+        keras.layers.Layer,
+        keras.optimizers.Optimizer,
+        keras.optimizers.schedules.LearningRateSchedule,
+        keras.losses.Loss,
+        keras.metrics.Metric,
+        keras.initializers.Initializer,
+        keras.regularizers.Regularizer,
+        keras.constraints.Constraint,
+        keras.DTypePolicy,
+    )
+
+
+def _denied_bases():
+    # Layers that run user code or load other files.
+    return (keras.layers.Lambda, keras.layers.TFSMLayer)
+
+
+def _unsafe(source, message):
+    return CaiTUnsafeModelError(f"{source}: {message}")
+
+
+# --------------------------------------------------------------------------
+# keras-cait argument validation
+# --------------------------------------------------------------------------
+
+# Upper bounds for integer arguments of keras-cait models; far above every
+# published CaiT (depth 48, width 768, 448x448 images).
+BACKBONE_INT_LIMITS = dict(
+    hidden_dim=16384,
+    num_layers=512,
+    num_heads=1024,
+    patch_size=1024,
+    num_class_attention_layers=64,
+)
+MAX_IMAGE_SIDE = 8192
+MAX_CHANNELS = 64
+MAX_CLASSES = 10_000_000
+_BASE_KEYS = {"name", "trainable", "dtype"}
+
+
+def _int_arg(source, key, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _unsafe(
+            source, f"`{key}` must be an integer, got {type(value).__name__} "
+            f"{value!r:.80}."
+        )
+    if not low <= value <= high:
+        raise _unsafe(source, f"`{key}` must be in [{low}, {high}], got {value}.")
+    return value
+
+
+def _float_arg(source, key, value, low, high, low_inclusive=True, high_inclusive=True):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _unsafe(
+            source, f"`{key}` must be a number, got {type(value).__name__} "
+            f"{value!r:.80}."
+        )
+    ok_low = value >= low if low_inclusive else value > low
+    ok_high = value <= high if high_inclusive else value < high
+    if not (math.isfinite(value) and ok_low and ok_high):
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        raise _unsafe(
+            source, f"`{key}` must be in {left}{low}, {high}{right}, got {value!r}."
+        )
+    return float(value)
+
+
+def _check_keys(source, cls, config):
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters
+    allowed = {name for name in parameters if name not in ("self", "kwargs")}
+    unknown = sorted(set(config) - allowed - _BASE_KEYS)
+    if unknown:
+        raise _unsafe(
+            source, f"unexpected arguments {unknown} for {cls.__name__}."
+        )
+
+
+def estimate_backbone_parameters(config):
+    """An upper estimate of a `CaiTBackbone`'s parameter count from its
+    (validated) config dict."""
+    d = config["hidden_dim"]
+    h = config["num_heads"]
+    height, width, channels = config["image_shape"]
+    p = config["patch_size"]
+    patches = (height // p) * (width // p)
+    mlp = int(d * config.get("mlp_ratio", 4.0))
+    ca_mlp = int(d * config.get("class_attention_mlp_ratio", 4.0))
+    attention = 4 * d * d + 4 * d  # q, k, v and the output projection
+    common = 6 * d  # two LayerNorms and two LayerScales
+    sa_block = attention + 2 * h * h + 2 * h + common + 2 * d * mlp + mlp + d
+    ca_block = attention + common + 2 * d * ca_mlp + ca_mlp + d
+    embedding = p * p * channels * d + d + patches * d + d  # conv, pos, cls
+    return (
+        embedding
+        + config["num_layers"] * sa_block
+        + config["num_class_attention_layers"] * ca_block
+        + 2 * d  # final LayerNorm
+    )
+
+
+def check_backbone_config(config, source="config", max_parameters=None):
+    """Validates a `CaiTBackbone` config dict before anything is built.
+
+    Args:
+        config: dict, the `config` of a serialised `CaiTBackbone`.
+        source: string naming where the config comes from, quoted in errors.
+        max_parameters: int or `None`; refuse configs above this estimated
+            parameter count (default 2 billion).
+
+    Raises:
+        CaiTUnsafeModelError: an argument has the wrong type, is out of
+            range, is unknown, or the model would be too large.
+
+    Example:
+    ```python
+    keras_cait.safe_loading.check_backbone_config(backbone.get_config())
+    ```
+    """
+    from keras_cait.models.cait_backbone import CaiTBackbone
+
+    max_parameters = max_parameters or DEFAULT_MAX_PARAMETERS
+    source = f"{source} (CaiTBackbone)"
+    if not isinstance(config, dict):
+        raise _unsafe(source, "the config must be an object.")
+    _check_keys(source, CaiTBackbone, config)
+    for key in ("hidden_dim", "num_layers", "num_heads"):
+        if key not in config:
+            raise _unsafe(source, f"the required argument `{key}` is missing.")
+    values = dict(config)
+    for key, high in BACKBONE_INT_LIMITS.items():
+        if key in values:
+            _int_arg(source, key, values[key], 1, high)
+    values.setdefault("patch_size", 16)
+    values.setdefault("num_class_attention_layers", 2)
+    image_shape = values.setdefault("image_shape", [224, 224, 3])
+    if not isinstance(image_shape, (list, tuple)) or len(image_shape) != 3:
+        raise _unsafe(
+            source, "`image_shape` must be [height, width, channels], got "
+            f"{image_shape!r:.80}."
+        )
+    for axis, value, high in zip(
+        ("height", "width", "channels"), image_shape,
+        (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS),
+    ):
+        _int_arg(source, f"image_shape {axis}", value, 1, high)
+    for axis, value in zip(("height", "width"), image_shape[:2]):
+        if value % values["patch_size"]:
+            raise _unsafe(
+                source, f"the image {axis} {value} is not divisible by "
+                f"`patch_size` {values['patch_size']}."
+            )
+    if values["hidden_dim"] % values["num_heads"]:
+        raise _unsafe(source, "`hidden_dim` must be divisible by `num_heads`.")
+    for key in ("mlp_ratio", "class_attention_mlp_ratio"):
+        if key in values:
+            _float_arg(source, key, values[key], 0, 64, low_inclusive=False)
+    for key in ("dropout_rate", "attention_dropout", "drop_path_rate"):
+        if key in values:
+            _float_arg(source, key, values[key], 0, 1, high_inclusive=False)
+    if "layer_scale_init_value" in values:
+        _float_arg(source, "layer_scale_init_value",
+                   values["layer_scale_init_value"], -1e6, 1e6)
+    if "layer_norm_epsilon" in values:
+        _float_arg(source, "layer_norm_epsilon", values["layer_norm_epsilon"],
+                   0, 1, low_inclusive=False)
+    if "use_qkv_bias" in values and not isinstance(values["use_qkv_bias"], bool):
+        raise _unsafe(source, "`use_qkv_bias` must be true or false.")
+    estimate = estimate_backbone_parameters(values)
+    if estimate > max_parameters:
+        raise _unsafe(
+            source, f"the model would have about {estimate:,} parameters, "
+            f"more than the limit of {max_parameters:,} (`max_parameters`)."
+        )
+
+
+def check_classifier_config(config, source="config", max_parameters=None):
+    """Validates a `CaiTImageClassifier` config dict (and its backbone's)
+    before anything is built.
+
+    Args:
+        config: dict, the `config` of a serialised `CaiTImageClassifier`.
+        source: string naming where the config comes from, quoted in errors.
+        max_parameters: int or `None`, passed to `check_backbone_config`.
+
+    Raises:
+        CaiTUnsafeModelError: an argument has the wrong type or is out of
+            range.
+    """
+    from keras_cait.models.cait_image_classifier import (
+        POOLINGS,
+        CaiTImageClassifier,
+    )
+
+    source = f"{source} (CaiTImageClassifier)"
+    if not isinstance(config, dict):
+        raise _unsafe(source, "the config must be an object.")
+    _check_keys(source, CaiTImageClassifier, config)
+    if "num_classes" not in config:
+        raise _unsafe(source, "the required argument `num_classes` is missing.")
+    _int_arg(source, "num_classes", config["num_classes"], 0, MAX_CLASSES)
+    if config.get("pooling", "token") not in POOLINGS:
+        raise _unsafe(
+            source, f"`pooling` must be one of {POOLINGS}, got "
+            f"{config.get('pooling')!r:.80}."
+        )
+    if "dropout" in config:
+        _float_arg(source, "dropout", config["dropout"], 0, 1, high_inclusive=False)
+    backbone = config.get("backbone")
+    if not isinstance(backbone, dict) or backbone.get("class_name") != "CaiTBackbone":
+        raise _unsafe(source, "`backbone` must be a serialised CaiTBackbone.")
+
+
+# --------------------------------------------------------------------------
+# The config tree
+# --------------------------------------------------------------------------
+
+
+def _resolve_class(source, node):
+    class_name = node.get("class_name")
+    module = node.get("module")
+    registered = node.get("registered_name")
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise _unsafe(source, f"invalid class name {class_name!r:.80}.")
+    if isinstance(registered, str) and ">" in registered:
+        package = registered.split(">", 1)[0]
+        if package not in ALLOWED_PACKAGES:
+            raise _unsafe(
+                source, f"class {registered!r} comes from package {package!r}, "
+                f"outside the allow-list {list(ALLOWED_PACKAGES)}."
+            )
+        obj = keras.saving.get_registered_object(registered)
+        if obj is not None:
+            return obj
+    if module is None:
+        raise _unsafe(source, f"class {class_name!r} names no module.")
+    if not isinstance(module, str) or not all(
+        part.isidentifier() for part in module.split(".")
+    ):
+        raise _unsafe(source, f"invalid module name {module!r:.80}.")
+    if module.split(".")[0] not in ALLOWED_PACKAGES:
+        raise _unsafe(
+            source, f"class {class_name!r} names module {module!r}, outside "
+            f"the allow-list {list(ALLOWED_PACKAGES)}; refusing to import it."
+        )
+    try:
+        imported = importlib.import_module(module)
+    except ImportError:
+        raise _unsafe(source, f"module {module!r} does not exist.") from None
+    obj = getattr(imported, class_name, None)
+    if obj is None:
+        raise _unsafe(source, f"{module}.{class_name} does not exist.")
+    return obj
+
+
+def _check_function(source, node):
+    module = node.get("module")
+    name = node.get("config")
+    if not isinstance(name, str) or not isinstance(module, str):
+        raise _unsafe(source, "a serialised function needs a module and a name.")
+    if not any(
+        module == allowed or module.startswith(allowed + ".")
+        for allowed in ALLOWED_FUNCTION_MODULES
+    ):
+        raise _unsafe(
+            source, f"function {name!r} from module {module!r} is not a Keras "
+            "activation, loss or metric; refusing to load code from a file."
+        )
+    if not any(
+        callable(getattr(getattr(keras, namespace), name, None))
+        for namespace in _FUNCTION_NAMESPACES
+    ):
+        raise _unsafe(
+            source, f"function {name!r} is not a Keras activation, loss or "
+            "metric."
+        )
+
+
+def _check_object(source, node, max_parameters):
+    from keras_cait.models.cait_backbone import CaiTBackbone
+    from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+
+    class_name = node["class_name"]
+    if class_name in ("__lambda__", "Lambda"):
+        raise _unsafe(
+            source, "the model contains a Lambda (Python code); keras-cait "
+            "never loads code from a file."
+        )
+    if class_name in SAFE_SPECIAL_CLASSES:
+        return
+    if not isinstance(class_name, str) or class_name.startswith("__"):
+        raise _unsafe(source, f"refusing serialised object {class_name!r:.80}.")
+    if class_name == "function":
+        _check_function(source, node)
+        return
+    cls = _resolve_class(source, node)
+    where = f"{source}: {class_name}"
+    if not isinstance(cls, type) or not issubclass(cls, _allowed_bases()):
+        raise _unsafe(
+            source, f"{class_name!r} is not a Keras layer, model, optimizer, "
+            "loss, metric, initializer, regularizer, constraint or dtype "
+            "policy; refusing to load it."
+        )
+    if issubclass(cls, _denied_bases()):
+        raise _unsafe(
+            source, f"{cls.__name__} layers run code or load other files; "
+            "keras-cait refuses them."
+        )
+    inner = node.get("config")
+    if issubclass(cls, CaiTBackbone):
+        check_backbone_config(inner, where, max_parameters)
+    elif issubclass(cls, CaiTImageClassifier):
+        check_classifier_config(inner, where, max_parameters)
+
+
+def check_model_config(config, source="config.json", max_parameters=None):
+    """Checks a serialised Keras object tree before it is deserialised.
+
+    Every object must resolve to an allow-listed class (see the module
+    docstring); keras-cait models get their arguments validated.
+
+    Args:
+        config: the parsed JSON (a `.keras` archive's or a preset's
+            `config.json`).
+        source: string naming the file, quoted in errors.
+        max_parameters: int or `None`, the largest accepted CaiT backbone
+            (estimated parameters; default 2 billion).
+
+    Raises:
+        CaiTUnsafeModelError: the config asks for something unsafe.
+
+    Example:
+    ```python
+    with open("config.json") as f:
+        keras_cait.safe_loading.check_model_config(json.load(f))
+    ```
+    """
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "class_name" in node:
+                _check_object(source, node, max_parameters)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+# --------------------------------------------------------------------------
+# The archive
+# --------------------------------------------------------------------------
+
+
+def _check_member_name(path, name):
+    parts = name.split("/")
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\0" in name
+        or ".." in parts
+        or (len(name) > 1 and name[1] == ":")
+        or posixpath.normpath(name).startswith("..")
+    ):
+        raise _unsafe(path, f"archive member {name!r} has an unsafe path.")
+    allowed = name in (CONFIG_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER) or (
+        name.startswith(ASSETS_PREFIX)
+    )
+    if not allowed:
+        raise _unsafe(
+            path, f"unexpected archive member {name!r}; a .keras file holds "
+            f"{CONFIG_MEMBER}, {METADATA_MEMBER}, {WEIGHTS_MEMBER} and assets/."
+        )
+
+
+def _check_members(path, archive, max_weights_bytes):
+    names = set()
+    limits = {
+        CONFIG_MEMBER: MAX_CONFIG_BYTES,
+        METADATA_MEMBER: MAX_METADATA_BYTES,
+        WEIGHTS_MEMBER: max_weights_bytes,
+    }
+    for info in archive.infolist():
+        _check_member_name(path, info.filename)
+        if info.filename in names:
+            raise _unsafe(path, f"archive member {info.filename!r} appears twice.")
+        names.add(info.filename)
+        limit = limits.get(info.filename, max_weights_bytes)
+        if info.file_size > limit:
+            raise _unsafe(
+                path, f"archive member {info.filename!r} is {info.file_size:,} "
+                f"bytes, above the {limit:,}-byte limit."
+            )
+        if (
+            info.file_size > _RATIO_FLOOR_BYTES
+            and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+        ):
+            raise _unsafe(
+                path, f"archive member {info.filename!r} expands from "
+                f"{info.compress_size:,} to {info.file_size:,} bytes: a "
+                "decompression bomb."
+            )
+    for required in (CONFIG_MEMBER, WEIGHTS_MEMBER):
+        if required not in names:
+            raise CaiTWeightsError(
+                f"{path}: the archive has no {required!r}; not a complete "
+                ".keras model file."
+            )
+
+
+def _read_json_member(path, archive, name, required=True):
+    source = f"{path}: {name}"
+    try:
+        raw = archive.read(name)
+    except KeyError:
+        if required:
+            raise CaiTWeightsError(f"{source} is missing.") from None
+        return None
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CaiTConfigError(f"{source} is not UTF-8 text.") from None
+    except json.JSONDecodeError as error:
+        raise CaiTConfigError(
+            f"{source} is not valid JSON: {error.msg} at line {error.lineno} "
+            f"column {error.colno}."
+        ) from None
+    except RecursionError:
+        raise CaiTConfigError(f"{source} is nested too deeply.") from None
+    if not isinstance(value, dict):
+        raise CaiTConfigError(
+            f"{source} must be a JSON object, got {type(value).__name__}."
+        )
+    return value
+
+
+def _check_weights_h5(path, archive):
+    import h5py
+
+    source = f"{path}: {WEIGHTS_MEMBER}"
+    with archive.open(WEIGHTS_MEMBER) as member:
+        try:
+            h5 = h5py.File(member, "r")
+        except (OSError, ValueError) as error:
+            raise CaiTWeightsError(
+                f"{source} is not a readable HDF5 file (truncated or "
+                f"corrupt): {error}."
+            ) from None
+        with h5:
+            groups = [h5]
+            while groups:
+                group = groups.pop()
+                for key in group:
+                    link = group.get(key, getlink=True)
+                    if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+                        raise _unsafe(
+                            source, f"{group.name}/{key} is an HDF5 "
+                            f"{type(link).__name__}; keras-cait refuses links "
+                            "that can read other files."
+                        )
+                    item = group[key]
+                    if isinstance(item, h5py.Group):
+                        groups.append(item)
+                    elif isinstance(item, h5py.Dataset) and (
+                        item.external or item.is_virtual
+                    ):
+                        raise _unsafe(
+                            source, f"dataset {item.name} stores its data in "
+                            "another file."
+                        )
+
+
+def _check_finite(path, model):
+    import numpy as np
+
+    for variable in model.weights:
+        value = np.asarray(keras.ops.convert_to_numpy(variable))
+        if np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16":
+            if not np.all(np.isfinite(value.astype("float32"))):
+                raise CaiTWeightsError(
+                    f"{path}: weight {variable.path!r} holds NaN or Inf "
+                    "values; pass `allow_non_finite=True` to load it anyway."
+                )
+
+
+def _keras_load(path, handle, compile):
+    """Loads through the already-checked open handle when Keras allows it
+    (its `saving_lib` takes file objects), so the file cannot be swapped
+    between the checks and the load; else through the path."""
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError:  # pragma: no cover - a future Keras layout
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    return saving_lib.load_model(handle, compile=compile, safe_mode=True)
+
+
+def load_model(
+    path,
+    compile=True,
+    allow_non_finite=False,
+    max_weights_bytes=DEFAULT_MAX_WEIGHTS_BYTES,
+    max_parameters=DEFAULT_MAX_PARAMETERS,
+):
+    """Loads a `.keras` file after checking that it is safe and intact.
+
+    Keras's `safe_mode` stays on. Before Keras sees the file, the archive's
+    members, `config.json` (allow-listed classes only; keras-cait arguments
+    validated) and the HDF5 weights (no links to other files) are checked;
+    afterwards, every weight must be finite. The file is opened once and
+    the same handle is checked and loaded.
+
+    Args:
+        path: path of a `.keras` file.
+        compile: bool. Whether to restore the saved compile configuration.
+        allow_non_finite: bool. Accept weights holding NaN or Inf.
+        max_weights_bytes: int. Largest accepted `model.weights.h5` member.
+        max_parameters: int. Largest accepted CaiT backbone, in (estimated)
+            parameters.
+
+    Returns:
+        The model (e.g. a `keras_cait.CaiTImageClassifier`).
+
+    Raises:
+        CaiTFileNotFoundError: the file does not exist.
+        CaiTUnsafeModelError: the archive or config asks for something
+            unsafe (code, foreign classes, hostile arguments, unsafe member
+            paths, oversized members).
+        CaiTConfigError: `config.json` or `metadata.json` is not valid JSON.
+        CaiTWeightsError: the file is empty, truncated or corrupt, the
+            weights do not fit the model, or a weight is NaN/Inf.
+
+    Example:
+    ```python
+    import keras_cait
+    model = keras_cait.load_model("cait.keras")
+    ```
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CaiTFileNotFoundError(f"{path}: no such file.")
+    if not os.path.isfile(path):
+        raise CaiTConfigError(f"{path}: is not a file; expected a .keras archive.")
+    if not path.endswith(".keras"):
+        raise CaiTConfigError(f"{path}: expected a file name ending in .keras.")
+    if os.path.getsize(path) == 0:
+        raise CaiTWeightsError(f"{path}: the file is empty (0 bytes).")
+    with open(path, "rb") as handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                _check_members(path, archive, max_weights_bytes)
+                config = _read_json_member(path, archive, CONFIG_MEMBER)
+                _read_json_member(path, archive, METADATA_MEMBER, required=False)
+                check_model_config(config, f"{path}: {CONFIG_MEMBER}", max_parameters)
+                _check_weights_h5(path, archive)
+        except CaiTError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
+                ValueError, NotImplementedError) as error:
+            raise CaiTWeightsError(
+                f"{path}: not a readable .keras archive (truncated or "
+                f"corrupt): {error}."
+            ) from None
+        handle.seek(0)
+        try:
+            model = _keras_load(path, handle, compile)
+        except CaiTError:
+            raise
+        except Exception as error:  # Keras reports e.g. UnboundLocalError.
+            raise CaiTWeightsError(
+                f"{path}: Keras could not load the model: "
+                f"{type(error).__name__}: {error}. The file is truncated, "
+                "corrupt, or its weights do not match its config.json."
+            ) from None
+    if not allow_non_finite:
+        _check_finite(path, model)
+    return model
