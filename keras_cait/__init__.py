@@ -29,6 +29,7 @@ from keras_cait.preprocessing import (
     CaiTImageClassifierPreprocessor,
     CaiTImageConverter,
 )
+from keras_cait.presets import get_preset, list_presets
 from keras_cait.version import __version__
 
 __all__ = [
@@ -52,5 +53,7 @@ __all__ = [
     "TalkingHeadsAttention",
     "__version__",
     "load_image",
+    "get_preset",
+    "list_presets",
     "load_timm_state_dict",
 ]

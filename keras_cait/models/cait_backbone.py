@@ -222,6 +222,32 @@ class CaiTBackbone(Backbone):
         rows, columns = self.grid_size
         return rows * columns
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Instantiates a `CaiTBackbone` from a preset.
+
+        Args:
+            preset: string. A preset name from `keras_cait.list_presets()`
+                (e.g. `"cait_xxs24_224"`), an `hf://owner/repo[@revision]`
+                handle of a timm repo (`config.json` + `model.safetensors`)
+                or of a keras-cait preset saved with `save_to_preset`, or a
+                local directory of either kind.
+            load_weights: bool. Load the pretrained weights. `False` builds
+                the architecture alone (for a preset name, without network).
+            **kwargs: `CaiTBackbone` arguments overriding the preset's, e.g.
+                `dtype` or `image_shape` (the position embedding is then
+                resampled).
+
+        Example:
+        ```python
+        backbone = keras_cait.CaiTBackbone.from_preset("cait_xxs24_224")
+        tokens = backbone(np.zeros((1, 224, 224, 3)))  # (1, 197, 192)
+        ```
+        """
+        from keras_cait.presets.loader import load_preset
+
+        return load_preset(cls, preset, load_weights=load_weights, **kwargs)
+
     def get_config(self):
         config = super().get_config()
         config.update(

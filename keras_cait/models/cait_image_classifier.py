@@ -115,6 +115,34 @@ class CaiTImageClassifier(ImageClassifier):
         if compile:
             self.compile()
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Instantiates a `CaiTImageClassifier` (with its preprocessor) from
+        a preset.
+
+        Args:
+            preset: string. A preset name from `keras_cait.list_presets()`
+                (e.g. `"cait_xxs24_224"`), an `hf://owner/repo[@revision]`
+                handle of a timm repo (`config.json` + `model.safetensors`)
+                or of a keras-cait preset saved with `save_to_preset`, or a
+                local directory of either kind.
+            load_weights: bool. Load the pretrained weights. `False` builds
+                the architecture alone (for a preset name, without network).
+            **kwargs: `CaiTImageClassifier` arguments. `num_classes`
+                different from the checkpoint's gives a fresh head on the
+                pretrained backbone; `image_shape` and `dtype` go to the
+                backbone.
+
+        Example:
+        ```python
+        model = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224")
+        logits = model.predict(uint8_photos)  # (batch, 1000), timm's logits
+        ```
+        """
+        from keras_cait.presets.loader import load_preset
+
+        return load_preset(cls, preset, load_weights=load_weights, **kwargs)
+
     def get_config(self):
         config = super().get_config()
         config.update(

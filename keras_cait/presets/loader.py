@@ -1,0 +1,461 @@
+"""`from_preset` for keras-cait's backbone, classifier, preprocessor and
+image converter.
+
+A preset is one of:
+
+1. a preset name (`keras_cait.list_presets()`): the architecture and the
+   preprocessing come from the shipped JSON, the weights from its timm repo;
+2. `hf://timm/<repo>`: a timm-format repo (`config.json` + `model.safetensors`);
+3. `hf://<user>/<repo>`: a keras-cait preset saved with `save_to_preset`;
+4. a local directory of either kind;
+5. any `hf://` handle with `@<revision>` (a branch, tag or commit).
+
+timm-format sources are handled by `TimmPresetLoader` below (converted
+weights are cached, see `conversion_cache`); keras-cait presets by KerasHub's
+own `KerasPresetLoader`.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_cait.convert.timm_weights import load_timm_state_dict, model_weight_map
+from keras_cait.errors import (
+    CaiTConfigError,
+    CaiTFileNotFoundError,
+    CaiTIntegrityError,
+    CaiTWeightsError,
+)
+from keras_cait.presets import handles, hub, registry, timm_repo
+from keras_cait.presets.conversion_cache import ConversionCache, SourceIdentity
+
+# Private KerasHub APIs, checked against keras-hub 0.32.0 (pinned in
+# pyproject.toml): the preset-loader base classes and the subclass lookup.
+from keras_hub.src.utils.preset_utils import (  # isort: skip
+    KerasPresetLoader,
+    PresetLoader,
+    find_subclass,
+)
+
+# Backbone arguments that decide the shapes of the weights.
+_SHAPE_ARGUMENTS = (
+    "image_shape",
+    "patch_size",
+    "hidden_dim",
+    "num_layers",
+    "num_heads",
+    "num_class_attention_layers",
+    "mlp_ratio",
+    "class_attention_mlp_ratio",
+    "use_qkv_bias",
+)
+
+
+class TimmPreset:
+    """A timm-format checkpoint: its architecture, preprocessing and where
+    its weights are.
+
+    Args:
+        label: string naming the source in errors and in the cache.
+        backbone_kwargs: dict. `CaiTBackbone` arguments of the checkpoint.
+        classifier_kwargs: dict. `num_classes`, `pooling` and `dropout` of
+            the checkpoint's head.
+        preprocessing: dict. `image_size`, `crop_pct`, `interpolation`,
+            `mean`, `std`.
+        fetch_weights: callable returning `(local_path, SourceIdentity)` of
+            the checkpoint's `model.safetensors` (it may download).
+    """
+
+    def __init__(
+        self, label, backbone_kwargs, classifier_kwargs, preprocessing, fetch_weights
+    ):
+        self.label = label
+        self.backbone_kwargs = dict(backbone_kwargs)
+        self.backbone_kwargs["image_shape"] = tuple(self.backbone_kwargs["image_shape"])
+        self.classifier_kwargs = dict(classifier_kwargs)
+        self.preprocessing = dict(preprocessing)
+        self.fetch_weights = fetch_weights
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, fetch_weights):
+        return cls(
+            checkpoint.source,
+            checkpoint.backbone_kwargs(),
+            checkpoint.classifier_kwargs(),
+            checkpoint.preprocessing(),
+            fetch_weights,
+        )
+
+
+def _hub_weights_fetcher(repo_id, revision, commit):
+    def fetch():
+        # The same commit as the config.json that was read.
+        path, got = hub.download_file(
+            repo_id, timm_repo.WEIGHTS_FILE, revision=commit or revision
+        )
+        return path, SourceIdentity.of_file(
+            path, repo_id, revision=revision, commit=got or commit
+        )
+
+    return fetch
+
+
+def _local_weights_fetcher(directory):
+    def fetch():
+        path = os.path.join(directory, timm_repo.WEIGHTS_FILE)
+        if not os.path.isfile(path):
+            raise CaiTFileNotFoundError(
+                f"{directory}: '{timm_repo.WEIGHTS_FILE}' is missing; a timm "
+                "directory holds config.json and model.safetensors."
+            )
+        return path, SourceIdentity.of_file(path, f"local:{directory}")
+
+    return fetch
+
+
+def _named_preset(name):
+    """A `TimmPreset` from a shipped preset JSON."""
+    data = registry.get_preset(name)
+    source = handles.parse_hf_handle(data["weights"]["source"])
+    classifier = dict(data["classifier"], dropout=0.0)
+
+    def fetch():
+        config_path, commit = hub.download_file(
+            source.repo_id, timm_repo.CONFIG_FILE, revision=source.revision
+        )
+        checkpoint = timm_repo.TimmCheckpoint(
+            timm_repo.read_json(config_path, f"{source.text} config.json"),
+            f"{source.text} config.json",
+        )
+        _check_agrees(name, data, checkpoint)
+        path, identity = _hub_weights_fetcher(source.repo_id, source.revision, commit)()
+        expected = data["weights"].get("sha256")
+        if expected and identity.sha256 != expected:
+            raise CaiTIntegrityError(
+                f"{path}: SHA-256 mismatch: the file's digest is "
+                f"{identity.sha256}, preset {name!r} expects {expected}. The "
+                "file was modified, truncated or corrupted; delete it from the "
+                "Hugging Face cache and download it again."
+            )
+        return path, identity
+
+    return TimmPreset(
+        f"{name} ({source.text})",
+        data["backbone"],
+        classifier,
+        data["preprocessing"],
+        fetch,
+    )
+
+
+def _check_agrees(name, data, checkpoint):
+    """The repo's config.json must describe the preset's model."""
+    expected = dict(data["backbone"], image_shape=tuple(data["backbone"]["image_shape"]))
+    found = checkpoint.backbone_kwargs()
+    found_classifier = checkpoint.classifier_kwargs()
+    differences = [
+        f"{key}: preset {expected[key]!r}, repo {found[key]!r}"
+        for key in _SHAPE_ARGUMENTS
+        if expected[key] != found[key]
+    ]
+    for key in ("num_classes", "pooling"):
+        if data["classifier"][key] != found_classifier[key]:
+            differences.append(
+                f"{key}: preset {data['classifier'][key]!r}, repo "
+                f"{found_classifier[key]!r}"
+            )
+    if differences:
+        raise CaiTConfigError(
+            f"{checkpoint.source} does not describe preset {name!r}: "
+            + "; ".join(differences)
+            + ". Pin the preset's revision or load the repo by its handle."
+        )
+
+
+def _timm_preset_from_config(handle, config, config_source, commit=None):
+    checkpoint = timm_repo.TimmCheckpoint(config, config_source)
+    if handle.kind == "local":
+        fetch = _local_weights_fetcher(handle.path)
+    else:
+        fetch = _hub_weights_fetcher(handle.repo_id, handle.revision, commit)
+    return TimmPreset.from_checkpoint(checkpoint, fetch)
+
+
+def get_loader(preset):
+    """Resolves a `from_preset` argument to a KerasHub `PresetLoader`.
+
+    Returns:
+        A `TimmPresetLoader` for preset names and timm-format sources, or
+        KerasHub's `KerasPresetLoader` on a local directory for keras-cait
+        presets.
+    """
+    handle = handles.parse_handle(preset)
+    if handle.kind == "name":
+        return TimmPresetLoader(preset, _named_preset(handle.name))
+    if handle.kind == "local":
+        directory = handle.path
+        config_source = os.path.join(directory, timm_repo.CONFIG_FILE)
+        config = timm_repo.read_json(config_source)
+        commit = None
+    else:
+        config_path, commit = hub.download_file(
+            handle.repo_id, timm_repo.CONFIG_FILE, revision=handle.revision
+        )
+        config_source = f"{handle.text} {timm_repo.CONFIG_FILE}"
+        config = timm_repo.read_json(config_path, config_source)
+        directory = None
+    if "registered_name" in config:
+        if directory is None:
+            directory = hub.download_repo(handle.repo_id, revision=commit or handle.revision)
+        return KerasPresetLoader(directory, config)
+    if "architecture" not in config:
+        raise CaiTConfigError(
+            f"{config_source}: neither a timm config (no `architecture`) nor "
+            "a keras-cait preset (no `registered_name`)."
+        )
+    spec = _timm_preset_from_config(handle, config, config_source, commit)
+    return TimmPresetLoader(preset, spec)
+
+
+def adapt_position_embedding(array, source, old_shape, new_shape, patch_size):
+    """The resolution hook: resamples a checkpoint's position embedding
+    `(1, old_h * old_w, D)` for a model built with another `image_shape`.
+
+    Uses `keras_cait.convert.resample.resample_position_embedding` when that
+    module exists.
+
+    Raises:
+        CaiTConfigError: resolution changes are not supported (yet).
+    """
+    old_grid = (old_shape[0] // patch_size, old_shape[1] // patch_size)
+    new_grid = (new_shape[0] // patch_size, new_shape[1] // patch_size)
+    try:
+        from keras_cait.convert.resample import resample_position_embedding
+    except ImportError:
+        raise CaiTConfigError(
+            f"{source}: the checkpoint was made for image_shape "
+            f"{tuple(old_shape)} (a {old_grid[0]}x{old_grid[1]} patch grid); "
+            f"image_shape={tuple(new_shape)} needs its position embedding "
+            "resampled, which this keras-cait version does not support yet."
+        ) from None
+    return np.asarray(resample_position_embedding(array, old_grid, new_grid))
+
+
+def assign_weights(model, arrays, source, checkpoint_image_shape, load_head):
+    """Assigns converted (Keras-layout) arrays, keyed by timm key, to a
+    backbone or classifier.
+
+    Args:
+        model: a `CaiTBackbone` or `CaiTImageClassifier`.
+        arrays: dict. timm key -> Keras-layout array.
+        source: string quoted in errors.
+        checkpoint_image_shape: the image shape the arrays were made for.
+        load_head: bool. Whether to assign `head.*` (else it stays fresh).
+
+    Raises:
+        CaiTWeightsError: a tensor is missing or of the wrong shape.
+    """
+    backbone = getattr(model, "backbone", model)
+    image_shape = tuple(backbone.image_shape)
+    plan = []
+    for key, variable, _ in model_weight_map(model):
+        if key.startswith("head.") and not load_head:
+            continue
+        if key not in arrays:
+            raise CaiTWeightsError(f"{source}: tensor '{key}' is missing.")
+        array = arrays[key]
+        if key == "pos_embed" and tuple(array.shape) != tuple(variable.shape):
+            if image_shape[:2] != tuple(checkpoint_image_shape[:2]):
+                array = adapt_position_embedding(
+                    array,
+                    source,
+                    checkpoint_image_shape,
+                    image_shape,
+                    backbone.patch_size,
+                )
+        if tuple(array.shape) != tuple(variable.shape):
+            raise CaiTWeightsError(
+                f"{source}: tensor '{key}' has shape {tuple(array.shape)} "
+                f"(in Keras layout); the model expects {tuple(variable.shape)}."
+            )
+        plan.append((variable, array))
+    for variable, array in plan:
+        variable.assign(array)
+
+
+def _convert_state_dict(path, spec, backbone):
+    """Reads a timm `model.safetensors`, checks it against the checkpoint's
+    architecture and returns its Keras-layout arrays by timm key."""
+    from keras_cait.models.cait_backbone import CaiTBackbone
+    from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+
+    state_dict = timm_repo.read_state_dict(path)
+    # Convert into the caller's backbone when it is the checkpoint's own
+    # float32 architecture; otherwise into a float32 reference copy.
+    config = backbone.get_config() if backbone is not None else {}
+    reuse = backbone is not None and all(
+        (tuple(config[k]) if k == "image_shape" else config[k])
+        == spec.backbone_kwargs[k]
+        for k in _SHAPE_ARGUMENTS
+    ) and backbone.dtype_policy.variable_dtype == "float32"
+    if not reuse:
+        backbone = CaiTBackbone(**spec.backbone_kwargs, dtype="float32")
+    reference = CaiTImageClassifier(
+        backbone,
+        num_classes=spec.classifier_kwargs["num_classes"],
+        pooling=spec.classifier_kwargs["pooling"],
+        compile=False,
+    )
+    load_timm_state_dict(reference, state_dict, source=path)
+    return {
+        key: np.asarray(keras.ops.convert_to_numpy(variable.value))
+        for key, variable, _ in model_weight_map(reference)
+    }
+
+
+class TimmPresetLoader(PresetLoader):
+    """Builds keras-cait models from a `TimmPreset` (a KerasHub
+    `PresetLoader`, so KerasHub's base classes can use it too).
+
+    Args:
+        preset: the handle, as given.
+        spec: a `TimmPreset`.
+    """
+
+    def __init__(self, preset, spec):
+        super().__init__(preset, {})
+        self.spec = spec
+
+    def check_backbone_class(self):
+        from keras_cait.models.cait_backbone import CaiTBackbone
+
+        return CaiTBackbone
+
+    def _build_backbone(self, cls, kwargs):
+        arguments = dict(self.spec.backbone_kwargs)
+        arguments.update({k: v for k, v in kwargs.items() if v is not None})
+        if "image_shape" in arguments:
+            arguments["image_shape"] = tuple(arguments["image_shape"])
+        return cls(**arguments)
+
+    def _load_weights(self, model, load_head):
+        path, identity = self.spec.fetch_weights()
+        backbone = getattr(model, "backbone", model)
+        arrays, _ = ConversionCache().get_or_convert(
+            identity, lambda: _convert_state_dict(path, self.spec, backbone)
+        )
+        assign_weights(
+            model,
+            arrays,
+            path,
+            self.spec.backbone_kwargs["image_shape"],
+            load_head=load_head,
+        )
+
+    def load_backbone(self, cls, load_weights, **kwargs):
+        backbone = self._build_backbone(cls, kwargs)
+        if load_weights:
+            self._load_weights(backbone, load_head=False)
+        return backbone
+
+    def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        backbone = kwargs.pop("backbone", None)
+        backbone_kwargs, kwargs = self.get_backbone_kwargs(**kwargs)
+        own_backbone = backbone is None
+        if own_backbone:
+            backbone = self._build_backbone(cls.backbone_cls, backbone_kwargs)
+        task_kwargs = dict(self.spec.classifier_kwargs)
+        task_kwargs.update(kwargs)
+        if "preprocessor" not in task_kwargs and cls.preprocessor_cls is not None:
+            task_kwargs["preprocessor"] = self.load_preprocessor(
+                cls.preprocessor_cls, image_size=tuple(backbone.image_shape[:2])
+            )
+        task = cls(backbone=backbone, **task_kwargs)
+        if load_weights:
+            checkpoint = self.spec.classifier_kwargs
+            load_head = (
+                task.num_classes == checkpoint["num_classes"]
+                and task.pooling == checkpoint["pooling"]
+                and task.num_classes > 0
+            )
+            if own_backbone:
+                self._load_weights(task, load_head)
+            elif load_head:
+                # The caller's backbone stays as it is; only the head loads.
+                path, identity = self.spec.fetch_weights()
+                arrays, _ = ConversionCache().get_or_convert(
+                    identity, lambda: _convert_state_dict(path, self.spec, None)
+                )
+                for key, variable, _ in model_weight_map(task):
+                    if key.startswith("head."):
+                        variable.assign(arrays[key])
+        return task
+
+    def load_image_converter(self, cls, **kwargs):
+        prep = self.spec.preprocessing
+        arguments = dict(
+            image_size=tuple(prep["image_size"]),
+            crop_pct=prep["crop_pct"],
+            interpolation=prep["interpolation"],
+            mean=tuple(prep["mean"]),
+            std=tuple(prep["std"]),
+        )
+        arguments.update(kwargs)
+        return cls(**arguments)
+
+    def load_preprocessor(self, cls, config_file=None, **kwargs):
+        image_size = kwargs.pop("image_size", None)
+        if "image_converter" not in kwargs and cls.image_converter_cls is not None:
+            converter_kwargs = {} if image_size is None else {"image_size": image_size}
+            kwargs["image_converter"] = self.load_image_converter(
+                cls.image_converter_cls, **converter_kwargs
+            )
+        return cls(**kwargs)
+
+
+def load_preset(cls, preset, load_weights=True, **kwargs):
+    """Loads a keras-cait object of class `cls` from a preset.
+
+    Args:
+        cls: `CaiTBackbone`, `CaiTImageClassifier`,
+            `CaiTImageClassifierPreprocessor`, `CaiTImageConverter` (or a
+            KerasHub base class they subclass).
+        preset: a preset name, an `hf://owner/repo[@revision]` handle, or a
+            local directory (timm-format or keras-cait preset).
+        load_weights: bool. Load the pretrained weights (models only);
+            `False` builds the architecture from the preset alone (for a
+            preset name, with no network access).
+        **kwargs: passed to the constructor; `image_shape` and `dtype` go to
+            the backbone, `num_classes` different from the checkpoint's gives
+            a fresh head.
+
+    Returns:
+        The loaded object.
+    """
+    from keras_hub.layers import ImageConverter
+    from keras_hub.models import Backbone, Preprocessor, Task
+
+    loader = get_loader(preset)
+    backbone_cls = loader.check_backbone_class()
+    if issubclass(cls, Backbone):
+        if not issubclass(backbone_cls, cls):
+            raise CaiTConfigError(
+                f"Preset {preset!r} holds a {backbone_cls.__name__}, not a "
+                f"{cls.__name__}."
+            )
+        return loader.load_backbone(backbone_cls, load_weights, **kwargs)
+    if issubclass(cls, Task):
+        if cls.backbone_cls is not backbone_cls:
+            cls = find_subclass(preset, cls, backbone_cls)
+        load_task_weights = "num_classes" not in kwargs
+        return loader.load_task(cls, load_weights, load_task_weights, **kwargs)
+    if issubclass(cls, Preprocessor):
+        if cls.backbone_cls is not backbone_cls:
+            cls = find_subclass(preset, cls, backbone_cls)
+        return loader.load_preprocessor(cls, **kwargs)
+    if issubclass(cls, ImageConverter):
+        if cls.backbone_cls is not backbone_cls:
+            cls = find_subclass(preset, cls, backbone_cls)
+        return loader.load_image_converter(cls, **kwargs)
+    raise CaiTConfigError(f"{cls.__name__} cannot be loaded from a preset.")

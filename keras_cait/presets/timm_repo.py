@@ -1,0 +1,140 @@
+"""timm-format repositories (`config.json` + `model.safetensors`).
+
+A timm `config.json` is read the way `timm.create_model(architecture,
+**model_args)` reads it (see `keras_cait.convert.timm_config`); its
+`pretrained_cfg` gives the preprocessing.
+"""
+
+import json
+import os
+
+from keras_cait.convert.timm_config import (
+    backbone_kwargs_from_timm,
+    classifier_kwargs_from_timm,
+    resolve_timm_arguments,
+)
+from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+# timm's defaults for ImageNet checkpoints, used when a config has no
+# `pretrained_cfg` entry for them.
+_DEFAULT_PREPROCESSING = dict(
+    crop_pct=0.875,
+    interpolation="bicubic",
+    mean=[0.485, 0.456, 0.406],
+    std=[0.229, 0.224, 0.225],
+)
+
+
+def read_json(path, source=None):
+    """Reads a JSON object from `path`, naming the file in errors."""
+    source = source or path
+    if not os.path.isfile(path):
+        raise CaiTFileNotFoundError(f"{source}: '{os.path.basename(path)}' is missing.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CaiTConfigError(f"{source}: not valid JSON ({e}).") from e
+    if not isinstance(data, dict):
+        raise CaiTConfigError(f"{source}: expected a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def is_timm_config(config):
+    """Whether a `config.json` dict is timm's (it has `architecture`)."""
+    return "architecture" in config and "registered_name" not in config
+
+
+def read_state_dict(path, expected_sha256=None):
+    """Reads a `.safetensors` file into `{key: numpy array}`.
+
+    Every safetensors read of keras-cait's preset loading goes through here;
+    it uses `keras_cait.safe_io.read_safetensors` (header, truncation, dtype
+    and NaN/Inf checks, optional sha256).
+
+    Raises:
+        CaiTFileNotFoundError: the file does not exist.
+        CaiTWeightsError: the file is truncated or corrupt, naming it.
+        CaiTIntegrityError: its sha256 differs from `expected_sha256`.
+    """
+    from keras_cait.safe_io import read_safetensors
+
+    return read_safetensors(path, expected_sha256=expected_sha256)
+
+
+class TimmCheckpoint:
+    """A timm CaiT checkpoint described by its `config.json`.
+
+    Args:
+        config: dict. timm's `config.json`.
+        source: string. Where it comes from, quoted in errors.
+    """
+
+    def __init__(self, config, source):
+        self.config = config
+        self.source = source
+        architecture = config.get("architecture")
+        if not isinstance(architecture, str):
+            raise CaiTConfigError(
+                f"{source}: `architecture` must be a string naming a timm "
+                f"model, got {architecture!r}."
+            )
+        self.arguments = resolve_timm_arguments(
+            architecture, config.get("model_args"), source=source
+        )
+        self.architecture = architecture
+
+    def backbone_kwargs(self):
+        """`CaiTBackbone` arguments of the checkpoint."""
+        return backbone_kwargs_from_timm(self.arguments)
+
+    def classifier_kwargs(self):
+        """`CaiTImageClassifier` arguments (other than the backbone)."""
+        return classifier_kwargs_from_timm(self.arguments)
+
+    def preprocessing(self):
+        """The evaluation preprocessing of the checkpoint's `pretrained_cfg`."""
+        cfg = self.config.get("pretrained_cfg") or {}
+        if not isinstance(cfg, dict):
+            raise CaiTConfigError(f"{self.source}: `pretrained_cfg` must be an object.")
+        height, width, _ = self.backbone_kwargs()["image_shape"]
+        prep = dict(_DEFAULT_PREPROCESSING, image_size=[height, width])
+        if "input_size" in cfg:
+            size = cfg["input_size"]
+            if (
+                not isinstance(size, list)
+                or len(size) != 3
+                or not all(isinstance(v, int) for v in size)
+            ):
+                raise CaiTConfigError(
+                    f"{self.source}: `pretrained_cfg.input_size` must be "
+                    f"[channels, height, width], got {size!r}."
+                )
+            prep["image_size"] = list(size[1:])
+        for key in ("crop_pct", "interpolation", "mean", "std"):
+            if cfg.get(key) is not None:
+                prep[key] = cfg[key]
+        if not isinstance(prep["crop_pct"], (int, float)) or not 0 < prep["crop_pct"] <= 1:
+            raise CaiTConfigError(
+                f"{self.source}: `pretrained_cfg.crop_pct` must be a number "
+                f"in (0, 1], got {prep['crop_pct']!r}."
+            )
+        for key in ("mean", "std"):
+            value = prep[key]
+            if not isinstance(value, (list, tuple)) or len(value) != 3:
+                raise CaiTConfigError(
+                    f"{self.source}: `pretrained_cfg.{key}` must be three "
+                    f"numbers, got {value!r}."
+                )
+            prep[key] = [float(v) for v in value]
+        prep["crop_pct"] = float(prep["crop_pct"])
+        return prep
+
+
+def read_checkpoint_config(directory, source=None):
+    """Reads a local timm directory's `config.json` as a `TimmCheckpoint`."""
+    path = os.path.join(directory, CONFIG_FILE)
+    return TimmCheckpoint(read_json(path, source or path), source or path)

@@ -1,0 +1,338 @@
+"""Preset files, the registry, and `from_preset` on local directories
+(no Hugging Face Hub involved; see test_presets_hub.py for `hf://`)."""
+
+import copy
+import json
+import os
+import shutil
+
+import keras_hub
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import keras_cait
+from keras_cait.convert.timm_config import (
+    TIMM_ARCHITECTURES,
+    backbone_kwargs_from_timm,
+    classifier_kwargs_from_timm,
+    resolve_timm_arguments,
+)
+from keras_cait.errors import (
+    CaiTConfigError,
+    CaiTFileNotFoundError,
+    CaiTWeightsError,
+)
+from keras_cait.presets import loader as loader_lib
+from keras_cait.presets import registry
+from keras_cait.presets.conversion_cache import ConversionCache, SourceIdentity
+from tests.support import TIMM, expected, to_numpy, variants
+
+TINY = TIMM / "tiny_token_head"
+HEADLESS = TIMM / "tiny_avg_headless"
+
+
+@pytest.fixture(autouse=True)
+def _conversion_cache(tmp_path, monkeypatch):
+    """Every test converts into its own cache folder, and never goes online."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("KERAS_CAIT_CACHE", str(tmp_path / "converted"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def _copy_repo(src, dst, skip=()):
+    os.makedirs(dst)
+    for name in ("config.json", "model.safetensors"):
+        if name not in skip:
+            shutil.copyfile(src / name, dst / name)
+    return dst
+
+
+# --- the preset files -------------------------------------------------------
+
+
+def test_every_preset_file_matches_the_schema_and_timm():
+    files = sorted(registry.presets_dir().glob("*.json"))
+    assert [f.stem for f in files] == sorted(TIMM_ARCHITECTURES)
+    counts = variants()
+    for path in files:
+        preset = registry.read_preset_file(path)
+        name = path.stem
+        timm = json.loads((TIMM / "configs" / f"{name}.json").read_text())
+        arguments = resolve_timm_arguments(timm["architecture"], timm["model_args"])
+        backbone = dict(preset["backbone"], image_shape=tuple(preset["backbone"]["image_shape"]))
+        assert backbone == backbone_kwargs_from_timm(arguments), name
+        head = classifier_kwargs_from_timm(arguments)
+        assert preset["classifier"] == {k: head[k] for k in ("num_classes", "pooling")}
+        assert preset["architecture"] == timm["architecture"] == name
+        cfg = timm["pretrained_cfg"]
+        prep = preset["preprocessing"]
+        assert prep["image_size"] == cfg["input_size"][1:]
+        assert prep["crop_pct"] == cfg["crop_pct"]
+        assert prep["interpolation"] == cfg["interpolation"]
+        assert prep["mean"] == cfg["mean"] and prep["std"] == cfg["std"]
+        assert preset["classifier"]["num_classes"] == cfg["num_classes"]
+        assert preset["license"] == cfg["license"]
+        assert preset["num_params"] == counts[name]["num_params"]
+        assert preset["weights"]["source"] == f"hf://timm/{name}.fb_dist_in1k"
+        assert 70 < preset["imagenet_top1"] < 90
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p.pop("license"), "`license` is missing"),
+        (lambda p: p.update(extra=1), "unknown key `extra`"),
+        (lambda p: p["backbone"].update(num_layers="24"), "`backbone.num_layers` must be int"),
+        (lambda p: p["backbone"].update(use_qkv_bias=1), "`backbone.use_qkv_bias`"),
+        (lambda p: p["preprocessing"].update(crop_pct=1.5), "`preprocessing.crop_pct`"),
+        (lambda p: p["weights"].update(source="timm/x"), "`weights.source`"),
+        (lambda p: p["weights"].update(sha256="abc"), "`weights.sha256`"),
+        (lambda p: p.update(architecture="vit_base"), "`architecture`"),
+    ],
+)
+def test_schema_names_the_bad_key(edit, message):
+    preset = copy.deepcopy(registry.get_preset("cait_xxs24_224"))
+    edit(preset)
+    with pytest.raises(CaiTConfigError, match=message.replace("(", r"\(")):
+        registry.validate_preset(preset, source="x.json")
+
+
+def test_presets_are_registered_everywhere():
+    names = set(TIMM_ARCHITECTURES)
+    assert set(keras_cait.list_presets()) == names
+    assert set(keras_cait.CaiTBackbone.presets) == names
+    assert set(keras_cait.CaiTImageClassifier.presets) == names
+    assert names <= set(keras_hub.models.ImageClassifier.presets)
+    metadata = keras_cait.CaiTBackbone.presets["cait_s36_384"]["metadata"]
+    assert metadata["params"] == 68366632 and metadata["imagenet_top1"] == 85.46
+
+
+def test_unknown_preset_lists_and_suggests():
+    with pytest.raises(CaiTConfigError) as info:
+        keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_244")
+    message = str(info.value)
+    assert "'cait_xxs24_244'" in message
+    assert "Did you mean 'cait_xxs24_224'?" in message
+    assert all(name in message for name in TIMM_ARCHITECTURES)
+
+
+def test_bad_handles():
+    with pytest.raises(CaiTFileNotFoundError, match="does not exist"):
+        keras_cait.CaiTBackbone.from_preset("./no/such/dir")
+    with pytest.raises(CaiTConfigError, match="nothing after '@'"):
+        keras_cait.CaiTBackbone.from_preset("hf://timm/x@")
+    with pytest.raises(CaiTConfigError, match="only 'hf://'"):
+        keras_cait.CaiTBackbone.from_preset("kaggle://a/b/c/d")
+
+
+# --- load_weights=False: the shipped JSON alone -----------------------------
+
+
+def test_architecture_from_preset_without_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was contacted")
+
+    monkeypatch.setattr("keras_cait.presets.hub.download_file", no_network)
+    monkeypatch.setattr("keras_cait.presets.hub.download_repo", no_network)
+    model = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224", load_weights=False)
+    assert model.count_params() == registry.get_preset("cait_xxs24_224")["num_params"]
+    assert model.backbone.num_layers == 24 and model.num_classes == 1000
+    converter = model.preprocessor.image_converter
+    assert tuple(converter.image_size) == (224, 224)
+    assert converter.crop_pct == 1.0 and converter.interpolation == "bicubic"
+
+
+def test_preprocessing_from_preset_without_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was contacted")
+
+    monkeypatch.setattr("keras_cait.presets.hub.download_file", no_network)
+    converter = keras_cait.CaiTImageConverter.from_preset("cait_xs24_384")
+    assert tuple(converter.image_size) == (384, 384)
+    preprocessor = keras_cait.CaiTImageClassifierPreprocessor.from_preset("cait_m48_448")
+    assert tuple(preprocessor.image_converter.image_size) == (448, 448)
+
+
+# --- timm-format local directories ------------------------------------------
+
+
+def test_local_timm_directory_reproduces_timm():
+    ref = expected("tiny_token_head")
+    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
+    np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["logits"], atol=1e-4)
+    backbone = keras_cait.CaiTBackbone.from_preset(str(TINY))
+    np.testing.assert_allclose(to_numpy(backbone(ref["images"])), ref["features"], atol=1e-4)
+
+    ref = expected("tiny_avg_headless")
+    model = keras_cait.CaiTImageClassifier.from_preset(str(HEADLESS))
+    assert model.num_classes == 0 and model.pooling == "avg"
+    np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["pre_logits"], atol=1e-4)
+
+
+def test_keras_hub_base_classes_dispatch_cait():
+    ref = expected("tiny_token_head")
+    model = keras_hub.models.ImageClassifier.from_preset(str(TINY))
+    assert isinstance(model, keras_cait.CaiTImageClassifier)
+    np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["logits"], atol=1e-4)
+    backbone = keras_hub.models.Backbone.from_preset(str(TINY))
+    assert isinstance(backbone, keras_cait.CaiTBackbone)
+    # Other timm architectures still reach KerasHub's own loader.
+    from keras_hub.src.utils.timm.preset_loader import TimmPresetLoader
+
+    with pytest.raises(ValueError, match="no converter for timm models"):
+        TimmPresetLoader("x", {"architecture": "swin_tiny"})
+
+
+def test_new_head_dtype_and_image_shape_pass_through():
+    pretrained = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
+    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY), num_classes=3)
+    assert model.output_dense.kernel.shape == (48, 3)
+    for a, b in zip(model.backbone.weights, pretrained.backbone.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+    half = keras_cait.CaiTBackbone.from_preset(str(TINY), dtype="bfloat16")
+    assert half.dtype_policy.name == "bfloat16"
+    np.testing.assert_allclose(
+        to_numpy(half.weights[0]).astype("float32"),
+        to_numpy(pretrained.backbone.weights[0]),
+        atol=1e-2,
+    )
+
+    # 32x32 -> 48x48: the 4x4 position embedding is resampled to 6x6.
+    wider = keras_cait.CaiTImageClassifier.from_preset(str(TINY), image_shape=(48, 48, 3))
+    embedding = wider.backbone.get_layer("patch_embedding").position_embedding
+    assert tuple(embedding.shape) == (1, 36, 48)
+    assert tuple(wider.preprocessor.image_converter.image_size) == (48, 48)
+    assert to_numpy(wider(np.zeros((1, 48, 48, 3), "float32"))).shape == (1, 10)
+
+
+def test_second_load_comes_from_the_conversion_cache(monkeypatch, tmp_path):
+    ref = expected("tiny_token_head")
+    keras_cait.CaiTImageClassifier.from_preset(str(TINY))
+    entries = list((tmp_path / "converted").rglob("meta.json"))
+    assert len(entries) == 1
+    meta = json.loads(entries[0].read_text())
+    assert meta["source_size"] == os.path.getsize(TINY / "model.safetensors")
+
+    def no_conversion(*args):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(loader_lib, "_convert_state_dict", no_conversion)
+    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
+    np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["logits"], atol=1e-4)
+
+    # A damaged entry is not trusted: it is rebuilt.
+    weights = entries[0].parent / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(AssertionError, match="converted again"):
+        keras_cait.CaiTImageClassifier.from_preset(str(TINY))
+
+
+def test_conversion_cache_entries(tmp_path):
+    cache = ConversionCache(str(tmp_path / "c"))
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(b"0123456789")
+    identity = SourceIdentity.of_file(source, "timm/x", revision="main", commit="a" * 40)
+    arrays = {"pos_embed": np.arange(6, dtype="float32").reshape(1, 2, 3)}
+    calls = []
+
+    def convert():
+        calls.append(1)
+        return arrays
+
+    got, hit = cache.get_or_convert(identity, convert)
+    assert not hit and calls == [1]
+    got, hit = cache.get_or_convert(identity, convert)
+    assert hit and calls == [1]
+    np.testing.assert_array_equal(got["pos_embed"], arrays["pos_embed"])
+    entry = cache.entry_dir(identity)
+    assert not [n for n in os.listdir(entry) if n.startswith(".tmp")]
+
+    # Another source file (same name and repo, other content) is another key.
+    source.write_bytes(b"0123456780")
+    other = SourceIdentity.of_file(source, "timm/x", revision="main")
+    assert cache.load(other) is None
+    # A stale meta.json (another keras-cait version) is not trusted.
+    meta_path = os.path.join(entry, "meta.json")
+    meta = json.loads(open(meta_path).read())
+    json.dump(dict(meta, keras_cait_version="0.0.0"), open(meta_path, "w"))
+    assert cache.load(identity) is None
+    # A missing meta.json (a write interrupted before it) is not trusted.
+    os.remove(meta_path)
+    assert cache.load(identity) is None
+    got, hit = cache.get_or_convert(identity, convert)
+    assert not hit and calls == [1, 1]
+
+
+def test_save_to_preset_round_trip(tmp_path):
+    ref = expected("tiny_token_head")
+    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
+    model.save_to_preset(str(tmp_path / "saved"))
+    loaded = keras_cait.CaiTImageClassifier.from_preset(str(tmp_path / "saved"))
+    assert isinstance(loaded.preprocessor, keras_cait.CaiTImageClassifierPreprocessor)
+    np.testing.assert_allclose(to_numpy(loaded(ref["images"])), ref["logits"], atol=1e-4)
+    backbone = keras_cait.CaiTBackbone.from_preset(str(tmp_path / "saved"))
+    np.testing.assert_allclose(to_numpy(backbone(ref["images"])), ref["features"], atol=1e-4)
+    fresh = keras_cait.CaiTImageClassifier.from_preset(str(tmp_path / "saved"), num_classes=2)
+    assert fresh.output_dense.kernel.shape == (48, 2)
+
+
+# --- errors -----------------------------------------------------------------
+
+
+def test_missing_files_are_named(tmp_path):
+    repo = _copy_repo(TINY, tmp_path / "no_weights", skip=("model.safetensors",))
+    with pytest.raises(CaiTFileNotFoundError, match="'model.safetensors' is missing"):
+        keras_cait.CaiTImageClassifier.from_preset(str(repo))
+    # load_weights=False needs no weights file.
+    keras_cait.CaiTBackbone.from_preset(str(repo), load_weights=False)
+    repo = _copy_repo(TINY, tmp_path / "no_config", skip=("config.json",))
+    with pytest.raises(CaiTFileNotFoundError, match="'config.json' is missing"):
+        keras_cait.CaiTImageClassifier.from_preset(str(repo))
+
+
+def test_config_errors_quote_the_file(tmp_path):
+    repo = _copy_repo(TINY, tmp_path / "vit")
+    config = json.loads((repo / "config.json").read_text())
+    (repo / "config.json").write_text(json.dumps(dict(config, architecture="vit_base_patch16_224")))
+    with pytest.raises(CaiTConfigError, match="'vit_base_patch16_224' is not a CaiT architecture"):
+        keras_cait.CaiTImageClassifier.from_preset(str(repo))
+
+    config["model_args"]["depth"] = "2"
+    (repo / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CaiTConfigError, match=r"`model_args.depth` must be int"):
+        keras_cait.CaiTImageClassifier.from_preset(str(repo))
+
+    config["model_args"]["depth"] = 2
+    config["model_args"]["use_fused_attn"] = True
+    (repo / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CaiTConfigError, match="`model_args.use_fused_attn` is not"):
+        keras_cait.CaiTImageClassifier.from_preset(str(repo))
+
+
+def test_bad_weights_are_reported(tmp_path):
+    state = load_file(TINY / "model.safetensors")
+    cases = {
+        "truncated": None,
+        "missing": {k: v for k, v in state.items() if k != "blocks.1.attn.proj_l.weight"},
+        "extra": dict(state, **{"dist_token": np.zeros((1, 1, 48), "float32")}),
+        "shape": dict(state, **{"blocks.0.attn.qkv.weight": state["blocks.0.attn.qkv.weight"].T.copy()}),
+    }
+    messages = {
+        "truncated": "model.safetensors",
+        "missing": r"missing tensors \['blocks.1.attn.proj_l.weight'\]",
+        "extra": r"unexpected tensors \['dist_token'\]",
+        "shape": r"'blocks.0.attn.qkv.weight' has shape \(48, 144\); the model expects \(144, 48\)",
+    }
+    for name, tensors in cases.items():
+        repo = _copy_repo(TINY, tmp_path / name)
+        path = repo / "model.safetensors"
+        if tensors is None:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        else:
+            save_file(tensors, path)
+        with pytest.raises(CaiTWeightsError, match=messages[name]):
+            keras_cait.CaiTImageClassifier.from_preset(str(repo))
+    assert not list((tmp_path / "converted").rglob("meta.json"))
