@@ -4,6 +4,14 @@ Pick the backend with the `KERAS_BACKEND` environment variable before
 importing Keras; keras-cait imports none of the backends itself.
 """
 
+from keras_cait.attention import (
+    attention_model,
+    class_attention_grid,
+    get_attention_maps,
+    head_maps,
+    saliency_map,
+    upsample_maps,
+)
 from keras_cait.convert.timm_weights import load_timm_state_dict
 from keras_cait.errors import (
     CaiTConfigError,
@@ -33,6 +41,13 @@ from keras_cait.presets import get_preset, list_presets
 from keras_cait.version import __version__
 
 __all__ = [
+    # attention maps (keras_cait.attention)
+    "attention_model",
+    "class_attention_grid",
+    "get_attention_maps",
+    "head_maps",
+    "saliency_map",
+    "upsample_maps",
     "CaiTBackbone",
     "CaiTConfigError",
     "CaiTError",

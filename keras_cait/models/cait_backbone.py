@@ -3,6 +3,7 @@
 import keras
 from keras_hub.models import Backbone
 
+from keras_cait import attention as attention_lib
 from keras_cait.layers.class_attention_block import ClassAttentionBlock
 from keras_cait.layers.embedding import ClassToken, PatchEmbedding
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
@@ -221,6 +222,34 @@ class CaiTBackbone(Backbone):
         """The number of patch tokens."""
         rows, columns = self.grid_size
         return rows * columns
+
+    def attention_model(self, self_attention_blocks=()):
+        """A cached `keras.Model` returning features and attention maps.
+
+        Its dict output holds `"features"`, `"class_attention_{i}"` for every
+        class-attention block and `"talking_head_attention_{i}"` for the
+        chosen self-attention blocks, in one forward pass over this
+        backbone's layers. See `keras_cait.attention_model`.
+
+        Args:
+            self_attention_blocks: int, iterable of ints, `"all"` or `()`.
+        """
+        return attention_lib.attention_model(self, self_attention_blocks)
+
+    def get_attention_maps(self, images, self_attention_blocks=(), batch_size=8):
+        """Features and attention maps of `images` as NumPy arrays.
+
+        Args:
+            images: array `(batch, height, width, channels)`, normalised.
+            self_attention_blocks: int, iterable of ints, `"all"` or `()`.
+            batch_size: int. Images per forward pass.
+
+        Returns:
+            A dict of NumPy arrays named as in `attention_model()`.
+        """
+        return attention_lib.get_attention_maps(
+            self, images, self_attention_blocks, batch_size=batch_size
+        )
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):

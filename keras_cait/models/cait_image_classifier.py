@@ -4,6 +4,7 @@ import keras
 from keras import ops
 from keras_hub.models import ImageClassifier, Task
 
+from keras_cait import attention as attention_lib
 from keras_cait.models.cait_backbone import CaiTBackbone
 from keras_cait.preprocessing.image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
@@ -114,6 +115,42 @@ class CaiTImageClassifier(ImageClassifier):
         self.dropout = dropout
         if compile:
             self.compile()
+
+    def attention_model(self, self_attention_blocks=()):
+        """A cached `keras.Model` returning predictions and attention maps.
+
+        Its dict output holds `"predictions"` (this model's output),
+        `"class_attention_{i}"` for every class-attention block and
+        `"talking_head_attention_{i}"` for the chosen self-attention blocks,
+        all from one forward pass. See `keras_cait.attention_model`.
+
+        Args:
+            self_attention_blocks: int, iterable of ints, `"all"` or `()`.
+        """
+        return attention_lib.attention_model(self, self_attention_blocks)
+
+    def get_attention_maps(
+        self, images, self_attention_blocks=(), batch_size=8, preprocess=None
+    ):
+        """Predictions and attention maps of `images` as NumPy arrays.
+
+        Args:
+            images: array `(batch, height, width, channels)`.
+            self_attention_blocks: int, iterable of ints, `"all"` or `()`.
+            batch_size: int. Images per forward pass.
+            preprocess: bool or `None`: run the `preprocessor` first
+                (default: when there is one, like `predict()`).
+
+        Returns:
+            A dict of NumPy arrays named as in `attention_model()`.
+        """
+        return attention_lib.get_attention_maps(
+            self,
+            images,
+            self_attention_blocks,
+            batch_size=batch_size,
+            preprocess=preprocess,
+        )
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
