@@ -531,27 +531,115 @@ def _check_weights_h5(path, archive):
                 f"corrupt): {error}."
             ) from None
         with h5:
-            groups = [h5]
-            while groups:
-                group = groups.pop()
-                for key in group:
-                    link = group.get(key, getlink=True)
-                    if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-                        raise _unsafe(
-                            source, f"{group.name}/{key} is an HDF5 "
-                            f"{type(link).__name__}; keras-cait refuses links "
-                            "that can read other files."
-                        )
-                    item = group[key]
-                    if isinstance(item, h5py.Group):
-                        groups.append(item)
-                    elif isinstance(item, h5py.Dataset) and (
-                        item.external or item.is_virtual
-                    ):
-                        raise _unsafe(
-                            source, f"dataset {item.name} stores its data in "
-                            "another file."
-                        )
+            _check_h5_links(source, h5)
+
+
+def _check_h5_links(source, h5):
+    import h5py
+
+    groups = [h5]
+    while groups:
+        group = groups.pop()
+        for key in group:
+            link = group.get(key, getlink=True)
+            if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+                raise _unsafe(
+                    source, f"{group.name.rstrip('/')}/{key} is an HDF5 "
+                    f"{type(link).__name__}; keras-cait refuses links that "
+                    "can read other files."
+                )
+            item = group[key]
+            if isinstance(item, h5py.Group):
+                groups.append(item)
+            elif isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
+                raise _unsafe(
+                    source, f"dataset {item.name} stores its data in another file."
+                )
+
+
+def _check_h5_file(path):
+    import h5py
+
+    try:
+        h5 = h5py.File(path, "r")
+    except (OSError, ValueError) as error:
+        raise CaiTWeightsError(
+            f"{path}: not a readable HDF5 file (truncated or corrupt): {error}."
+        ) from None
+    with h5:
+        _check_h5_links(path, h5)
+
+
+def _check_shard_names(path, index):
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CaiTConfigError(f"{path}: `weight_map` must be an object.")
+    for value in weight_map.values():
+        for name in value if isinstance(value, list) else [value]:
+            if (
+                not isinstance(name, str)
+                or not name
+                or os.path.basename(name) != name
+                or name in (".", "..")
+                or "\\" in name
+                or os.path.isabs(name)
+            ):
+                raise _unsafe(
+                    path, f"shard name {name!r} is not a plain file name in "
+                    "the preset directory (`../` and absolute paths are "
+                    "refused)."
+                )
+
+
+def _check_root_object(path, data):
+    """A preset's `config.json`/`task.json`/`preprocessor.json` is one
+    serialised object: `class_name`, `config` and `registered_name`."""
+    for key, expected in (("class_name", str), ("config", dict),
+                          ("registered_name", str)):
+        if not isinstance(data.get(key), expected):
+            what = "an object" if expected is dict else "a string"
+            raise CaiTConfigError(
+                f"{path}: `{key}` must be {what}, got "
+                f"{type(data.get(key)).__name__}"
+                + (" (the key is missing)." if key not in data else ".")
+            )
+
+
+def check_preset_directory(directory, max_parameters=None):
+    """Checks a keras-cait (`save_to_preset`) preset directory before
+    KerasHub deserialises anything from it.
+
+    Every JSON file must parse; every serialised object in them must pass
+    `check_model_config`; shard names in `model.weights.json` must be plain
+    file names; HDF5 weights files must have no links to other files.
+
+    Args:
+        directory: the preset directory.
+        max_parameters: int or `None`, see `check_model_config`.
+
+    Raises:
+        CaiTConfigError: a JSON file is malformed.
+        CaiTUnsafeModelError: something unsafe is requested.
+        CaiTWeightsError: an HDF5 file is truncated or corrupt.
+
+    Example:
+    ```python
+    keras_cait.safe_loading.check_preset_directory("./my_cait_preset")
+    ```
+    """
+    from keras_cait.presets.timm_repo import read_json
+
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.endswith(".json"):
+            data = read_json(path)
+            if "registered_name" in data or "class_name" in data:
+                _check_root_object(path, data)
+            check_model_config(data, path, max_parameters)
+            if name == "model.weights.json":
+                _check_shard_names(path, data)
+        elif name.endswith(".h5"):
+            _check_h5_file(path)
 
 
 def _check_finite(path, model):

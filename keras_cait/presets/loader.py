@@ -20,6 +20,7 @@ import os
 import keras
 import numpy as np
 
+from keras_cait import safe_loading
 from keras_cait.convert.timm_weights import load_timm_state_dict, model_weight_map
 from keras_cait.errors import (
     CaiTConfigError,
@@ -208,6 +209,8 @@ def get_loader(preset):
     if "registered_name" in config:
         if directory is None:
             directory = hub.download_repo(handle.repo_id, revision=commit or handle.revision)
+        # Every JSON and HDF5 file is checked before KerasHub reads it.
+        safe_loading.check_preset_directory(directory)
         return KerasPresetLoader(directory, config)
     if "architecture" not in config:
         raise CaiTConfigError(

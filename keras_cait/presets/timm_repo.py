@@ -86,6 +86,10 @@ class TimmCheckpoint:
             architecture, config.get("model_args"), source=source
         )
         self.architecture = architecture
+        # Hostile sizes (e.g. depth 10**9) are refused before any building.
+        from keras_cait.safe_loading import check_backbone_config
+
+        check_backbone_config(self.backbone_kwargs(), source)
 
     def backbone_kwargs(self):
         """`CaiTBackbone` arguments of the checkpoint."""
