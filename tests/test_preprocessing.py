@@ -221,12 +221,14 @@ def test_output_range_and_statistics():
     image = np.full((50, 70, 3), 128, np.uint8)
     out = to_numpy(keras_cait.CaiTImageConverter(image_size=16)(image))
     np.testing.assert_allclose(out, np.broadcast_to((128 / 255 - MEAN) / STD, out.shape), atol=1e-5)
-    # Bicubic overshoot is clipped to [0, 255] before normalising, as PIL.
-    edges = np.zeros((64, 64, 3), np.uint8)
-    edges[:, ::2] = 255
-    out = to_numpy(keras_cait.CaiTImageConverter(image_size=20)(edges))
+    # Bicubic overshoot (here at a step, upsampled) is clipped to [0, 255]
+    # before normalising, as PIL does.
+    edges = np.zeros((10, 10, 3), np.uint8)
+    edges[:, 5:] = 255
+    out = to_numpy(keras_cait.CaiTImageConverter(image_size=40)(edges))
     pixels = out * STD + MEAN
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    assert pixels.min() < 1e-5 and pixels.max() > 1 - 1e-5  # black and white kept
 
 
 @pytest.mark.parametrize(
@@ -292,6 +294,10 @@ def test_config_round_trip():
     assert type(clone) is keras_cait.CaiTImageClassifierPreprocessor
     assert type(clone.image_converter) is keras_cait.CaiTImageConverter
     assert clone.image_converter.get_config() == config
+    # `image_size` stays settable, as on KerasHub's converters.
+    clone.image_size = (64, 48)
+    assert clone.image_converter.get_config()["image_size"] == (64, 48)
+    assert to_numpy(clone(image)).shape == (64, 48, 3)
 
 
 def test_save_to_preset_round_trip(tmp_path):
@@ -345,7 +351,9 @@ def test_tf_data_map():
 
 
 def test_classifier_predict_on_raw_images():
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    keras.utils.set_random_seed(0)
+    # LayerScale 1.0 so that the random model's logits depend on the input.
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE, layer_scale_init_value=1.0)
     converter = keras_cait.CaiTImageConverter(image_size=32)
     classifier = keras_cait.CaiTImageClassifier(
         backbone,
@@ -363,4 +371,4 @@ def test_classifier_predict_on_raw_images():
     np.testing.assert_allclose(predicted, direct, atol=1e-5)
     # The preprocessing is not a no-op: raw pixels give other logits.
     raw = to_numpy(classifier(keras.ops.image.resize(images.astype("float32"), (32, 32))))
-    assert np.abs(raw - direct).max() > 1e-3
+    assert np.abs(raw - direct).max() > 0.05
