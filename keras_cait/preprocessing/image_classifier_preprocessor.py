@@ -46,3 +46,27 @@ class CaiTImageClassifierPreprocessor(ImageClassifierPreprocessor):
 
     backbone_cls = CaiTBackbone
     image_converter_cls = CaiTImageConverter
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """Instantiates the preprocessor of a preset (its
+        `CaiTImageConverter` carries the preset's timm transform).
+
+        Args:
+            preset: string. A preset name from `keras_cait.list_presets()`,
+                an `hf://owner/repo[@revision]` handle (timm repo or
+                keras-cait preset) or a local directory of either kind. A
+                preset name needs no network.
+            **kwargs: `CaiTImageClassifierPreprocessor` arguments.
+
+        Example:
+        ```python
+        preprocessor = keras_cait.CaiTImageClassifierPreprocessor.from_preset(
+            "cait_xxs24_224"
+        )
+        x = preprocessor(uint8_photos)  # (batch, 224, 224, 3)
+        ```
+        """
+        from keras_cait.presets.loader import load_preset
+
+        return load_preset(cls, preset, **kwargs)

@@ -335,6 +335,27 @@ class CaiTImageConverter(ImageConverter):
         input_shape = tuple(input_shape)
         return input_shape[:-3] + tuple(self.image_size) + (3,)
 
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """Instantiates the image converter of a preset.
+
+        Args:
+            preset: string. A preset name from `keras_cait.list_presets()`,
+                an `hf://owner/repo[@revision]` handle (timm repo or
+                keras-cait preset) or a local directory of either kind. A
+                preset name needs no network.
+            **kwargs: `CaiTImageConverter` arguments overriding the preset's.
+
+        Example:
+        ```python
+        converter = keras_cait.CaiTImageConverter.from_preset("cait_s24_384")
+        x = converter(uint8_photos)  # (batch, 384, 384, 3), normalised
+        ```
+        """
+        from keras_cait.presets.loader import load_preset
+
+        return load_preset(cls, preset, **kwargs)
+
     def get_config(self):
         # Skips `ImageConverter.get_config`: scale/offset/resizing options
         # are derived from the arguments below.

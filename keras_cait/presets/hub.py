@@ -33,13 +33,15 @@ def _describe(repo_id, revision):
     return f"hf://{repo_id}" + (f"@{revision}" if revision else "")
 
 
-def download_file(repo_id, filename, revision=None):
+def download_file(repo_id, filename, revision=None, label=None):
     """Downloads (or finds in the cache) one file of a Hub repo.
 
     Args:
         repo_id: string, e.g. `"timm/cait_xxs24_224.fb_dist_in1k"`.
         filename: string, e.g. `"model.safetensors"`.
         revision: `None` (the repo's `main`), a branch, tag or commit.
+        label: `None` or `(repo_id, revision)` to quote in errors instead
+            (the handle as the user wrote it).
 
     Returns:
         A `(local_path, commit)` tuple; `commit` is the resolved commit id
@@ -53,7 +55,8 @@ def download_file(repo_id, filename, revision=None):
     import huggingface_hub
     from huggingface_hub import errors
 
-    source = _describe(repo_id, revision)
+    shown_repo, shown_revision = label or (repo_id, revision)
+    source = _describe(shown_repo, shown_revision)
     try:
         path = huggingface_hub.hf_hub_download(
             repo_id=repo_id, filename=filename, revision=revision
@@ -63,7 +66,7 @@ def download_file(repo_id, filename, revision=None):
     except errors.LocalEntryNotFoundError as e:
         raise CaiTFileNotFoundError(
             f"{source}: '{filename}' is not available: "
-            + _offline_advice(repo_id, revision, [filename])
+            + _offline_advice(shown_repo, shown_revision, [filename])
         ) from e
     except errors.RemoteEntryNotFoundError as e:
         raise CaiTFileNotFoundError(
@@ -71,7 +74,7 @@ def download_file(repo_id, filename, revision=None):
         ) from e
     except errors.RevisionNotFoundError as e:
         raise CaiTFileNotFoundError(
-            f"{source}: revision {revision!r} does not exist in the repo."
+            f"{source}: revision {shown_revision!r} does not exist in the repo."
         ) from e
     except errors.RepositoryNotFoundError as e:
         raise CaiTFileNotFoundError(

@@ -66,10 +66,18 @@ class TimmPreset:
             `mean`, `std`.
         fetch_weights: callable returning `(local_path, SourceIdentity)` of
             the checkpoint's `model.safetensors` (it may download).
+        timm_arguments: `(architecture, model_args)`: how
+            `timm.create_model` builds the same model (for checks).
     """
 
     def __init__(
-        self, label, backbone_kwargs, classifier_kwargs, preprocessing, fetch_weights
+        self,
+        label,
+        backbone_kwargs,
+        classifier_kwargs,
+        preprocessing,
+        fetch_weights,
+        timm_arguments=None,
     ):
         self.label = label
         self.backbone_kwargs = dict(backbone_kwargs)
@@ -77,6 +85,7 @@ class TimmPreset:
         self.classifier_kwargs = dict(classifier_kwargs)
         self.preprocessing = dict(preprocessing)
         self.fetch_weights = fetch_weights
+        self.timm_arguments = timm_arguments
 
     @classmethod
     def from_checkpoint(cls, checkpoint, fetch_weights):
@@ -86,6 +95,7 @@ class TimmPreset:
             checkpoint.classifier_kwargs(),
             checkpoint.preprocessing(),
             fetch_weights,
+            (checkpoint.architecture, dict(checkpoint.config.get("model_args") or {})),
         )
 
 
@@ -93,7 +103,10 @@ def _hub_weights_fetcher(repo_id, revision, commit):
     def fetch():
         # The same commit as the config.json that was read.
         path, got = hub.download_file(
-            repo_id, timm_repo.WEIGHTS_FILE, revision=commit or revision
+            repo_id,
+            timm_repo.WEIGHTS_FILE,
+            revision=commit or revision,
+            label=(repo_id, revision),
         )
         return path, SourceIdentity.of_file(
             path, repo_id, revision=revision, commit=got or commit
@@ -147,6 +160,7 @@ def _named_preset(name):
         classifier,
         data["preprocessing"],
         fetch,
+        (data["architecture"], {}),
     )
 
 

@@ -1,0 +1,57 @@
+"""tools/convert_timm_checkpoint.py: timm checkpoint -> keras-cait preset."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+import keras_cait
+from tests.support import REPO, TIMM, expected, to_numpy
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location(
+        "convert_timm_checkpoint", REPO / "tools" / "convert_timm_checkpoint.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _conversion_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_CAIT_CACHE", str(tmp_path / "converted"))
+
+
+def test_convert_writes_a_preset_and_uploads(tmp_path, monkeypatch, capsys):
+    tool = _tool()
+    uploads = []
+    monkeypatch.setattr(
+        "keras_hub.upload_preset", lambda uri, preset: uploads.append((uri, preset))
+    )
+    out = tmp_path / "out" / "cait_tiny"
+    assert tool.main(
+        [str(TIMM / "tiny_token_head"), str(out), "--upload", "hf://someone/cait_tiny"]
+    ) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["reload_max_error"] == 0.0
+    assert summary["num_params"] == 124218
+    assert uploads == [("hf://someone/cait_tiny", str(out))]
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.weights.h5", "task.json", "preprocessor.json"} <= names
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp")]
+
+    # The written preset is a keras-cait preset with timm's logits.
+    ref = expected("tiny_token_head")
+    model = keras_cait.CaiTImageClassifier.from_preset(str(out))
+    np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["logits"], atol=1e-4)
+    if summary["timm_max_error"] is None:
+        assert summary["timm_check"] == "skipped: timm is not importable"
+    else:
+        assert summary["timm_max_error"] <= 1e-4
+
+    with pytest.raises(FileExistsError):
+        tool.main([str(TIMM / "tiny_token_head"), str(out)])
+    with pytest.raises(ValueError, match="hf://"):
+        tool.main([str(TIMM / "tiny_token_head"), str(tmp_path / "x"), "--upload", "kaggle://a"])
