@@ -278,6 +278,17 @@ def test_save_to_preset_round_trip(tmp_path):
     fresh = keras_cait.CaiTImageClassifier.from_preset(str(tmp_path / "saved"), num_classes=2)
     assert fresh.output_dense.kernel.shape == (48, 2)
 
+    # Another image_shape: the position embedding is resampled, the rest
+    # (head included) is the saved model's.
+    wider = keras_cait.CaiTImageClassifier.from_preset(
+        str(tmp_path / "saved"), image_shape=(48, 48, 3)
+    )
+    assert tuple(wider.backbone.get_layer("patch_embedding").position_embedding.shape) == (1, 36, 48)
+    np.testing.assert_array_equal(
+        to_numpy(wider.output_dense.kernel), to_numpy(model.output_dense.kernel)
+    )
+    assert tuple(wider.preprocessor.image_converter.image_size) == (48, 48)
+
 
 # --- errors -----------------------------------------------------------------
 

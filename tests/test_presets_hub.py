@@ -36,12 +36,14 @@ model = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224")
 out["xxs24_error"] = float(np.abs(to_numpy(model(ref["images"])) - ref["logits"]).max())
 out["xxs24_preprocessor"] = type(model.preprocessor).__name__
 
-# 2. Again, from the conversion cache: no conversion allowed.
+# 2. Again, through KerasHub's base class, from the conversion cache: no
+#    conversion allowed.
 def no_conversion(*args):
     raise AssertionError("converted again")
 real_convert = loader_lib._convert_state_dict
 loader_lib._convert_state_dict = no_conversion
-again = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224")
+again = keras_hub.models.ImageClassifier.from_preset("cait_xxs24_224")
+out["again_type"] = type(again).__name__
 out["t_first"] = time.time() - T0
 out["cached_error"] = float(np.abs(to_numpy(again(ref["images"][:1])) - ref["logits"][:1]).max())
 loader_lib._convert_state_dict = real_convert
@@ -133,10 +135,10 @@ def test_offline_hub_loading(hub_cache, monkeypatch):
     line = [x for x in output.splitlines() if x.startswith("RESULT")][-1]
     out = json.loads(line[len("RESULT") :])
 
-    print(out)
     assert out["xxs24_error"] < 1e-4
     assert out["xxs24_preprocessor"] == "CaiTImageClassifierPreprocessor"
     assert out["cached_error"] < 1e-4
+    assert out["again_type"] == "CaiTImageClassifier"
     assert out["legacy_matches"] and out["legacy_weights_equal"]
     assert out["main_error"] < 1e-4 and out["pinned_error"] < 1e-4
     assert out["v1_differs"] > 1e-2 and out["v1_commit_error"] == 0.0

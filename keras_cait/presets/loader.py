@@ -225,7 +225,7 @@ def get_loader(preset):
             directory = hub.download_repo(handle.repo_id, revision=commit or handle.revision)
         # Every JSON and HDF5 file is checked before KerasHub reads it.
         safe_loading.check_preset_directory(directory)
-        return KerasPresetLoader(directory, config)
+        return KerasCaiTPresetLoader(directory, config)
     if "architecture" not in config:
         raise CaiTConfigError(
             f"{config_source}: neither a timm config (no `architecture`) nor "
@@ -429,6 +429,60 @@ class TimmPresetLoader(PresetLoader):
                 cls.image_converter_cls, **converter_kwargs
             )
         return cls(**kwargs)
+
+
+def _arrays_of(model):
+    """A model's weights in Keras layout, keyed by timm key."""
+    return {
+        key: np.asarray(keras.ops.convert_to_numpy(variable.value))
+        for key, variable, _ in model_weight_map(model)
+    }
+
+
+class KerasCaiTPresetLoader(KerasPresetLoader):
+    """KerasHub's loader for keras-cait presets (`save_to_preset`), plus
+    `image_shape=` different from the saved one: the preset is loaded as
+    saved, then its weights go into a model of the new shape through
+    `assign_weights` (which resamples the position embedding)."""
+
+    def _resized(self, kwargs):
+        shape = kwargs.get("image_shape")
+        saved = self.config.get("config", {}).get("image_shape")
+        return (
+            shape is not None
+            and saved is not None
+            and tuple(shape)[:2] != tuple(saved)[:2]
+        )
+
+    def load_backbone(self, cls, load_weights, **kwargs):
+        if not (load_weights and self._resized(kwargs)):
+            return super().load_backbone(cls, load_weights, **kwargs)
+        saved = super().load_backbone(cls, True)
+        backbone = super().load_backbone(cls, False, **kwargs)
+        assign_weights(
+            backbone, _arrays_of(saved), self.preset, saved.image_shape, False
+        )
+        return backbone
+
+    def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        if not (load_weights and self._resized(kwargs)):
+            return super().load_task(cls, load_weights, load_task_weights, **kwargs)
+        image_shape = tuple(kwargs["image_shape"])
+        others = {k: v for k, v in kwargs.items() if k != "image_shape"}
+        saved = super().load_task(cls, True, load_task_weights, **others)
+        task = super().load_task(cls, False, load_task_weights, **kwargs)
+        arrays = _arrays_of(saved)
+        head = getattr(task, "output_dense", None)
+        load_head = (
+            head is not None
+            and "head.weight" in arrays
+            and tuple(arrays["head.weight"].shape) == tuple(head.kernel.shape)
+        )
+        assign_weights(task, arrays, self.preset, saved.backbone.image_shape, load_head)
+        converter = getattr(task.preprocessor, "image_converter", None)
+        if converter is not None:
+            converter.image_size = image_shape[:2]
+        return task
 
 
 def load_preset(cls, preset, load_weights=True, **kwargs):
