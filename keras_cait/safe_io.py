@@ -205,7 +205,7 @@ def _check_entry(path, name, entry, data_size):
             f"{sorted(_ENTRY_KEYS)}, got {keys}.",
         )
     code = entry["dtype"]
-    if code not in SAFETENSORS_DTYPES:
+    if not isinstance(code, str) or code not in SAFETENSORS_DTYPES:
         raise _fail(
             path,
             f"tensor {name!r}: unsupported dtype {code!r}; expected one of "

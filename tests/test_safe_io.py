@@ -158,6 +158,7 @@ def test_bad_header_json(tmp_path, header_bytes, message):
         ({"a": entry("F32", [1], 4, 8)}, b"\0" * 8, "unaccounted"),
         ({"a": entry("F32", [1], 0, 4)}, b"\0" * 12, "8 trailing bytes"),
         ({"a": entry("Q7", [1], 0, 4)}, b"\0" * 4, "unsupported dtype 'Q7'"),
+        ({"a": entry([], [1], 0, 4)}, b"\0" * 4, r"unsupported dtype \[\]"),
         ({"a": entry("F32", [-1], 0, 4)}, b"\0" * 4, "non-negative"),
         ({"a": entry("F32", ["2"], 0, 8)}, b"\0" * 8, "shape"),
         ({"a": entry("F32", [True], 0, 4)}, b"\0" * 4, "shape"),

@@ -254,7 +254,7 @@ def read_preset_file(path):
     path = pathlib.Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CaiTConfigError(f"{path}: not valid JSON ({e}).") from e
     validate_preset(data, source=str(path))
     if data["name"] != path.stem:

@@ -128,7 +128,14 @@ class TimmCheckpoint:
             )
         for key in ("mean", "std"):
             value = prep[key]
-            if not isinstance(value, (list, tuple)) or len(value) != 3:
+            if (
+                not isinstance(value, (list, tuple))
+                or len(value) != 3
+                or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool)
+                    for v in value
+                )
+            ):
                 raise CaiTConfigError(
                     f"{self.source}: `pretrained_cfg.{key}` must be three "
                     f"numbers, got {value!r}."
