@@ -7,6 +7,7 @@ from keras_cait import attention as attention_lib
 from keras_cait.layers.class_attention_block import ClassAttentionBlock
 from keras_cait.layers.embedding import ClassToken, PatchEmbedding
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
+from keras_cait.models.fast_inference import FastInferenceMixin
 from keras_cait.serialization import register
 
 
@@ -33,7 +34,7 @@ def _check_image_shape(image_shape, patch_size):
 
 
 @register
-class CaiTBackbone(Backbone):
+class CaiTBackbone(FastInferenceMixin, Backbone):
     """CaiT (Class-Attention in Image Transformers) backbone.
 
     Patch embedding with a learned position embedding, `num_layers`

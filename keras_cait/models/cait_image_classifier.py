@@ -6,6 +6,7 @@ from keras_hub.models import ImageClassifier, Task
 
 from keras_cait import attention as attention_lib
 from keras_cait.models.cait_backbone import CaiTBackbone
+from keras_cait.models.fast_inference import FastInferenceMixin
 from keras_cait.preprocessing.image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
 )
@@ -15,7 +16,7 @@ POOLINGS = ("token", "avg")
 
 
 @register
-class CaiTImageClassifier(ImageClassifier):
+class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
     """CaiT image classification task.
 
     Pools the backbone's final tokens (`"token"`: the class token, as timm's
