@@ -185,6 +185,10 @@ def get_attention_maps(
     Returns:
         A dict of NumPy arrays, see `attention_model()` for the keys.
 
+    The model is called eagerly, batch by batch (no compilation step, so the
+    first result comes fast). For large datasets, compile once with
+    `attention_model(model, blocks).predict(dataset)`.
+
     Example:
     ```python
     maps = classifier.get_attention_maps(images, self_attention_blocks=[-1])
@@ -203,8 +207,21 @@ def get_attention_maps(
             )
         images = preprocessor(images)
     images = keras.ops.convert_to_numpy(images)
-    outputs = derived.predict(images, batch_size=batch_size, verbose=0)
-    return {name: np.asarray(value) for name, value in outputs.items()}
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+        batch_size < 1
+    ):
+        raise CaiTConfigError(
+            f"`batch_size` must be a positive integer, got {batch_size!r}."
+        )
+    # Direct calls, batch by batch: no compilation step, which makes the
+    # first maps much faster than `predict()` (use
+    # `attention_model(...).predict(...)` to compile for large datasets).
+    pieces = {}
+    for start in range(0, len(images), batch_size):
+        outputs = derived(images[start : start + batch_size], training=False)
+        for name, value in outputs.items():
+            pieces.setdefault(name, []).append(keras.ops.convert_to_numpy(value))
+    return {name: np.concatenate(values) for name, values in pieces.items()}
 
 
 def _as_pair(size, name):

@@ -1,0 +1,8 @@
+"""`python -m keras_cait`: the `keras-cait` command line."""
+
+import sys
+
+from keras_cait.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
