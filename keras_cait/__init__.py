@@ -37,7 +37,7 @@ from keras_cait.preprocessing import (
     CaiTImageClassifierPreprocessor,
     CaiTImageConverter,
 )
-from keras_cait.presets import get_preset, list_presets
+from keras_cait.presets import decode_predictions, get_preset, list_presets
 from keras_cait.version import __version__
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "TalkingHeadsAttention",
     "__version__",
     "load_image",
+    "decode_predictions",
     "get_preset",
     "list_presets",
     "load_timm_state_dict",

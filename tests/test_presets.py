@@ -327,12 +327,14 @@ def test_bad_weights_are_reported(tmp_path):
     state = load_file(TINY / "model.safetensors")
     cases = {
         "truncated": None,
+        "corrupt": b"definitely not a safetensors file" * 100,
         "missing": {k: v for k, v in state.items() if k != "blocks.1.attn.proj_l.weight"},
         "extra": dict(state, **{"dist_token": np.zeros((1, 1, 48), "float32")}),
         "shape": dict(state, **{"blocks.0.attn.qkv.weight": state["blocks.0.attn.qkv.weight"].T.copy()}),
     }
     messages = {
         "truncated": "model.safetensors",
+        "corrupt": "model.safetensors",
         "missing": r"missing tensors \['blocks.1.attn.proj_l.weight'\]",
         "extra": r"unexpected tensors \['dist_token'\]",
         "shape": r"'blocks.0.attn.qkv.weight' has shape \(48, 144\); the model expects \(144, 48\)",
@@ -342,8 +344,24 @@ def test_bad_weights_are_reported(tmp_path):
         path = repo / "model.safetensors"
         if tensors is None:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        elif isinstance(tensors, bytes):
+            path.write_bytes(tensors)
         else:
             save_file(tensors, path)
         with pytest.raises(CaiTWeightsError, match=messages[name]):
             keras_cait.CaiTImageClassifier.from_preset(str(repo))
     assert not list((tmp_path / "converted").rglob("meta.json"))
+
+
+def test_decode_predictions():
+    logits = np.zeros((2, 1000), "float32")
+    logits[0, 281] = 5.0  # tabby
+    logits[1, 817] = 3.0  # sports_car
+    logits[1, 281] = 2.0
+    decoded = keras_cait.decode_predictions(logits, top=2)
+    assert [name for name, _ in decoded[0]][0] == "tabby"
+    assert [name for name, _ in decoded[1]] == ["sports_car", "tabby"]
+    probability = np.exp(5.0) / (np.exp(5.0) + 999)
+    np.testing.assert_allclose(decoded[0][0][1], probability, rtol=1e-5)
+    with pytest.raises(CaiTConfigError, match=r"\(batch, 1000\)"):
+        keras_cait.decode_predictions(np.zeros((1, 10)))

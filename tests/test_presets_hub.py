@@ -35,6 +35,13 @@ ref = expected("cait_xxs24_224")
 model = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224")
 out["xxs24_error"] = float(np.abs(to_numpy(model(ref["images"])) - ref["logits"]).max())
 out["xxs24_preprocessor"] = type(model.preprocessor).__name__
+# predict() on a raw uint8 photo runs the preset's preprocessing.
+photo = keras_cait.load_image("tests/fixtures/images/chelsea.png")
+pred = model.predict(photo[None], verbose=0)
+direct = to_numpy(model(model.preprocessor.image_converter(photo[None])))
+out["photo_shape"] = list(photo.shape)
+out["predict_shape"] = list(pred.shape)
+out["predict_error"] = float(np.abs(pred - direct).max())
 
 # 2. Again, through KerasHub's base class, from the conversion cache: no
 #    conversion allowed.
@@ -137,6 +144,8 @@ def test_offline_hub_loading(hub_cache, monkeypatch):
 
     assert out["xxs24_error"] < 1e-4
     assert out["xxs24_preprocessor"] == "CaiTImageClassifierPreprocessor"
+    assert out["photo_shape"] != [224, 224, 3]
+    assert out["predict_shape"] == [1, 1000] and out["predict_error"] < 1e-4
     assert out["cached_error"] < 1e-4
     assert out["again_type"] == "CaiTImageClassifier"
     assert out["legacy_matches"] and out["legacy_weights_equal"]
