@@ -1,0 +1,180 @@
+"""Mixed precision: every layer and both models under bfloat16,
+mixed_bfloat16 and mixed_float16, with the softmax and the talking-heads
+logits in float32, and training steps without NaNs."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_cait
+from tests.support import TINY_BACKBONE, to_numpy
+
+POLICIES = ("bfloat16", "mixed_bfloat16", "mixed_float16")
+COMPUTE = {"bfloat16": "bfloat16", "mixed_bfloat16": "bfloat16",
+           "mixed_float16": "float16"}
+# Relative tolerance against float32, by compute dtype (8 / 11 mantissa bits
+# through a few layers).
+RTOL = {"bfloat16": 5e-2, "float16": 1e-2}
+SMALL = dict(TINY_BACKBONE, num_layers=1, num_class_attention_layers=1)
+
+
+def _rng_array(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+LAYERS = {
+    "LayerScale": (lambda: keras_cait.LayerScale(0.5), lambda: (_rng_array((2, 5, 16)),)),
+    "DropPath": (lambda: keras_cait.DropPath(0.2), lambda: (_rng_array((2, 5, 16)),)),
+    "CaiTMLP": (lambda: keras_cait.CaiTMLP(16, 32), lambda: (_rng_array((2, 5, 16)),)),
+    "TalkingHeadsAttention": (
+        lambda: keras_cait.TalkingHeadsAttention(16, 4),
+        lambda: (_rng_array((2, 5, 16)),),
+    ),
+    "ClassAttention": (
+        lambda: keras_cait.ClassAttention(16, 4), lambda: (_rng_array((2, 6, 16)),)
+    ),
+    "SelfAttentionBlock": (
+        lambda: keras_cait.SelfAttentionBlock(16, 4, layer_scale_init_value=0.5),
+        lambda: (_rng_array((2, 5, 16)),),
+    ),
+    "ClassAttentionBlock": (
+        lambda: keras_cait.ClassAttentionBlock(16, 4, layer_scale_init_value=0.5),
+        lambda: (_rng_array((2, 5, 16)), _rng_array((2, 1, 16), seed=1)),
+    ),
+    "PatchEmbedding": (
+        lambda: keras_cait.PatchEmbedding((16, 16), 8, 16),
+        lambda: (_rng_array((2, 16, 16, 3)),),
+    ),
+    "ClassToken": (lambda: keras_cait.ClassToken(16), lambda: (_rng_array((2, 5, 16)),)),
+}
+
+
+def _with_policy(policy, make):
+    keras.config.set_dtype_policy(policy)
+    try:
+        return make()
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def _close(actual, expected, compute_dtype):
+    actual = to_numpy(actual).astype("float32")
+    expected = to_numpy(expected)
+    assert np.all(np.isfinite(actual))
+    scale = max(float(np.abs(expected).max()), 1e-3)
+    assert np.abs(actual - expected).max() <= RTOL[compute_dtype] * scale
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_matches_float32(policy, name):
+    make, inputs = LAYERS[name]
+    inputs = inputs()
+    reference = make()
+    expected = reference(*inputs)
+    layer = _with_policy(policy, make)
+    assert layer.compute_dtype == COMPUTE[policy]
+    layer(*inputs)  # builds
+    assert len(layer.weights) == len(reference.weights)
+    for target, source in zip(layer.weights, reference.weights):
+        assert target.path.split("/", 1)[1] == source.path.split("/", 1)[1]
+        target.assign(to_numpy(source))
+    if policy.startswith("mixed"):
+        assert {w.dtype for w in layer.weights} <= {"float32"}
+    outputs = layer(*inputs)
+    assert keras.backend.standardize_dtype(outputs.dtype) == COMPUTE[policy]
+    _close(outputs, expected, COMPUTE[policy])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_softmax_and_head_mixing_run_in_float32(policy, monkeypatch):
+    seen = {"softmax": [], "mix": []}
+    softmax, einsum = ops.softmax, ops.einsum
+
+    def spy_softmax(x, *args, **kwargs):
+        seen["softmax"].append(keras.backend.standardize_dtype(x.dtype))
+        return softmax(x, *args, **kwargs)
+
+    def spy_einsum(subscripts, *operands, **kwargs):
+        if subscripts == "bhqk,hg->bgqk":
+            seen["mix"] += [keras.backend.standardize_dtype(o.dtype) for o in operands]
+        return einsum(subscripts, *operands, **kwargs)
+
+    monkeypatch.setattr(ops, "softmax", spy_softmax)
+    monkeypatch.setattr(ops, "einsum", spy_einsum)
+    talking = _with_policy(policy, lambda: keras_cait.TalkingHeadsAttention(16, 4))
+    class_attention = _with_policy(policy, lambda: keras_cait.ClassAttention(16, 4))
+    tokens = _rng_array((2, 5, 16))
+    talking(tokens)
+    class_attention(tokens)
+    assert seen["softmax"] == ["float32", "float32"]
+    assert seen["mix"] == ["float32"] * 4  # proj_l and proj_w, both operands
+    _, attention = talking(tokens, return_attention=True)
+    assert keras.backend.standardize_dtype(attention.dtype) == COMPUTE[policy]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_models_match_float32(policy):
+    keras.utils.set_random_seed(0)
+    backbone = keras_cait.CaiTBackbone(**SMALL, layer_scale_init_value=0.5)
+    reference = keras_cait.CaiTImageClassifier(backbone, num_classes=3, compile=False)
+    images = _rng_array((2, 32, 32, 3))
+    expected = to_numpy(reference(images))
+    expected_features = to_numpy(backbone(images))
+
+    def make():
+        backbone = keras_cait.CaiTBackbone(**SMALL, layer_scale_init_value=0.5)
+        return keras_cait.CaiTImageClassifier(backbone, num_classes=3, compile=False)
+
+    model = _with_policy(policy, make)
+    model.set_weights(reference.get_weights())
+    compute = COMPUTE[policy]
+    assert model.backbone.compute_dtype == compute
+    _close(model.backbone(images), expected_features, compute)
+    logits = model(images)
+    assert keras.backend.standardize_dtype(logits.dtype) == compute
+    _close(logits, expected, compute)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_training_steps_are_finite(policy):
+    keras.utils.set_random_seed(0)
+    images = _rng_array((8, 32, 32, 3))
+    labels = np.arange(8) % 3
+
+    def make():
+        backbone = keras_cait.CaiTBackbone(**SMALL, layer_scale_init_value=0.5)
+        model = keras_cait.CaiTImageClassifier(backbone, num_classes=3, compile=False)
+        # Keras's Adam computes in the variables' dtype: with bfloat16
+        # variables, beta_2 = 0.999 rounds to 1 and no step is taken; pure
+        # bfloat16 training needs SGD (or mixed_bfloat16, float32 variables).
+        optimizer = (
+            keras.optimizers.SGD(0.05)
+            if policy == "bfloat16"
+            else keras.optimizers.AdamW(1e-3)
+        )
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            # Eager steps on TF/torch: compiling a train step per policy costs
+            # more than three tiny steps. JAX's eager mode compiles every op,
+            # so there one compiled step is cheaper.
+            run_eagerly=keras.backend.backend() != "jax",
+        )
+        return model
+
+    model = _with_policy(policy, make)
+    if policy == "mixed_float16":
+        # Keras wraps the optimizer for dynamic loss scaling by itself.
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    before = [to_numpy(w).astype("float32") for w in model.trainable_weights]
+    losses = [
+        float(model.train_on_batch(images, labels, return_dict=True)["loss"])
+        for _ in range(3)
+    ]
+    after = [to_numpy(w).astype("float32") for w in model.trainable_weights]
+    assert np.all(np.isfinite(losses))
+    assert all(np.all(np.isfinite(w)) for w in after)
+    changed = sum(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert changed > len(before) // 2
