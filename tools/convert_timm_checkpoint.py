@@ -49,7 +49,7 @@ def _timm_logits(source, images):
     from keras_cait.presets import loader as loader_lib
 
     loader = loader_lib.get_loader(source)
-    if not isinstance(loader, loader_lib.TimmPresetLoader):
+    if not isinstance(loader, loader_lib.CaiTTimmPresetLoader):
         return None
     path, _ = loader.spec.fetch_weights()
     architecture, model_args = loader.spec.timm_arguments

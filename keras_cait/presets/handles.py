@@ -55,8 +55,9 @@ def parse_handle(preset):
 
     Args:
         preset: string or path. A preset name (see
-            `keras_cait.list_presets()`), an `hf://owner/repo[@revision]`
-            handle, or a local directory.
+            `keras_cait.list_presets()`; a name wins over a local folder of
+            the same name, write `./name` for the folder), an
+            `hf://owner/repo[@revision]` handle, or a local directory.
 
     Returns:
         A `Handle`.
@@ -80,6 +81,8 @@ def parse_handle(preset):
             f"Preset handle {preset!r}: only 'hf://' handles, preset names "
             "and local directories are supported."
         )
+    if preset in registry.list_presets():
+        return Handle("name", preset, name=preset)
     expanded = os.path.expanduser(preset)
     if os.path.isdir(expanded):
         return Handle("local", preset, path=os.path.abspath(expanded))

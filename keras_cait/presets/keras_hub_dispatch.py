@@ -30,7 +30,7 @@ def _cait_loader(preset, config):
         f"{handle.path}/config.json" if handle.kind == "local" else f"{preset} config.json"
     )
     spec = loader._timm_preset_from_config(handle, config, source)
-    return loader.TimmPresetLoader(preset, spec)
+    return loader.CaiTTimmPresetLoader(preset, spec)
 
 
 def install():

@@ -10,12 +10,14 @@ A preset is one of:
 4. a local directory of either kind;
 5. any `hf://` handle with `@<revision>` (a branch, tag or commit).
 
-timm-format sources are handled by `TimmPresetLoader` below (converted
+timm-format sources are handled by `CaiTTimmPresetLoader` below (converted
 weights are cached, see `conversion_cache`); keras-cait presets by KerasHub's
 own `KerasPresetLoader`.
 """
 
+import functools
 import os
+import threading
 
 import keras
 import numpy as np
@@ -201,13 +203,13 @@ def get_loader(preset):
     """Resolves a `from_preset` argument to a KerasHub `PresetLoader`.
 
     Returns:
-        A `TimmPresetLoader` for preset names and timm-format sources, or
-        KerasHub's `KerasPresetLoader` on a local directory for keras-cait
-        presets.
+        A `CaiTTimmPresetLoader` for preset names and timm-format sources,
+        or a `KerasCaiTPresetLoader` (KerasHub's `KerasPresetLoader`) for
+        keras-cait presets.
     """
     handle = handles.parse_handle(preset)
     if handle.kind == "name":
-        return TimmPresetLoader(preset, _named_preset(handle.name))
+        return CaiTTimmPresetLoader(preset, _named_preset(handle.name))
     if handle.kind == "local":
         directory = handle.path
         config_source = os.path.join(directory, timm_repo.CONFIG_FILE)
@@ -232,7 +234,7 @@ def get_loader(preset):
             "a keras-cait preset (no `registered_name`)."
         )
     spec = _timm_preset_from_config(handle, config, config_source, commit)
-    return TimmPresetLoader(preset, spec)
+    return CaiTTimmPresetLoader(preset, spec)
 
 
 def adapt_position_embedding(array, source, old_shape, new_shape, patch_size):
@@ -331,7 +333,7 @@ def _convert_state_dict(path, spec, backbone):
     }
 
 
-class TimmPresetLoader(PresetLoader):
+class CaiTTimmPresetLoader(PresetLoader):
     """Builds keras-cait models from a `TimmPreset` (a KerasHub
     `PresetLoader`, so KerasHub's base classes can use it too).
 
@@ -485,6 +487,24 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
         return task
 
 
+# Building a Keras functional subclass model rewrites its class's
+# `__bases__` (Keras's `inject_functional_model_class`), which is not thread
+# safe: concurrent constructions fail with "inheritance cycle" or `super()`
+# errors. `from_preset` calls are therefore serialised within a process;
+# across processes, the conversion cache's file lock does the same job.
+_LOAD_LOCK = threading.RLock()
+
+
+def _serialized(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with _LOAD_LOCK:
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_serialized
 def load_preset(cls, preset, load_weights=True, **kwargs):
     """Loads a keras-cait object of class `cls` from a preset.
 
