@@ -1,0 +1,110 @@
+"""tools/benchmark.py: runs end to end in quick mode (so it cannot rot), and
+its FLOP count and timm checkpoint layout agree with the model.
+
+No timing is asserted: only that every measurement was taken and is sane.
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import keras
+import pytest
+
+import keras_cait
+from keras_cait.convert.timm_weights import _timm_shape, model_weight_map
+from tests.support import REPO, TINY_BACKBONE
+
+BENCHMARK = REPO / "tools" / "benchmark.py"
+
+
+def _load_benchmark_module():
+    spec = importlib.util.spec_from_file_location("cait_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = _load_benchmark_module()
+
+
+def test_timm_state_dict_shapes_match_the_model():
+    kwargs = dict(TINY_BACKBONE, use_qkv_bias=False, mlp_ratio=2.0)
+    model = keras_cait.CaiTImageClassifier(
+        keras_cait.CaiTBackbone(**kwargs), num_classes=7, compile=False
+    )
+    expected = {
+        key: _timm_shape(kind, variable.shape)
+        for key, variable, kind in model_weight_map(model)
+    }
+    assert benchmark.timm_state_dict_shapes(kwargs, 7) == expected
+
+
+def test_flops_of_cait_xxs24_224():
+    # The issue gives 5.05 GFLOP per 224x224 image for cait_xxs24_224.
+    _, kwargs, num_classes, _ = benchmark.resolve_model("cait_xxs24_224", None)
+    assert benchmark.flops_per_image(kwargs, num_classes) / 1e9 == pytest.approx(
+        5.05, abs=0.01
+    )
+    # Doubling the self-attention depth adds exactly one more stack of blocks.
+    deeper = dict(kwargs, num_layers=48)
+    base = dict(kwargs, num_layers=0)
+    assert benchmark.flops_per_image(deeper, 1000) - benchmark.flops_per_image(
+        base, 1000
+    ) == 2 * (
+        benchmark.flops_per_image(kwargs, 1000) - benchmark.flops_per_image(base, 1000)
+    )
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(SystemExit, match="--model"):
+        benchmark.resolve_model("resnet50", None)
+    with pytest.raises(SystemExit, match="--config"):
+        benchmark.resolve_model(None, "{not json")
+
+
+def test_quick_benchmark_end_to_end(tmp_path):
+    backend = keras.backend.backend()
+    json_out = tmp_path / "results.json"
+    markdown_out = tmp_path / "results.md"
+    process = subprocess.run(
+        [
+            sys.executable, str(BENCHMARK), "--quick",
+            "--backends", backend, "--conversion-backend", backend,
+            "--json-out", str(json_out), "--markdown-out", str(markdown_out),
+        ],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    results = json.loads(json_out.read_text())
+
+    keras_result = results["keras"][backend]
+    assert keras_result["backend"] == backend
+    for batch in ("1", "2"):
+        entry = keras_result["inference"][batch]
+        assert len(entry["times_s"]) == results["setup"]["repeats"]
+        assert math.isfinite(entry["images_per_s"]) and entry["images_per_s"] > 0
+        assert entry["first_call_s"] > 0
+    assert keras_result["training"]["batch_size"] == 2
+    assert keras_result["training"]["images_per_s"] > 0
+    assert keras_result["peak_rss_mb"] >= keras_result["peak_rss_inference_mb"] > 0
+    assert keras_result["save_load"]["outputs_match"] is True
+    assert keras_result["save_load"]["file_mb"] > 0
+    assert results["matmul_peak_gflops"] > 0
+
+    # timm is either measured or reported as missing, with the reason.
+    timm = results["timm"]
+    assert timm["available"] or "timm" in timm["reason"]
+
+    # The seeded checkpoint went through from_preset into the same model.
+    conversion = results["conversion"]
+    assert conversion["backend"] == backend
+    assert conversion["num_params"] == keras_result["num_params"]
+    assert conversion["peak_increase_mb"] >= 0
+
+    markdown = markdown_out.read_text()
+    assert f"| {backend} |" in markdown
+    assert "from_preset" in markdown
+    assert "timm" in markdown
