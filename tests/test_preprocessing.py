@@ -195,6 +195,9 @@ def test_input_forms():
     np.testing.assert_allclose(
         to_numpy(converter(images.astype("float32"))), batch, atol=1e-6
     )
+    # The output follows the layer's dtype policy.
+    half = keras_cait.CaiTImageConverter(image_size=(24, 32), dtype="bfloat16")
+    assert keras.backend.standardize_dtype(half(images).dtype) == "bfloat16"
     # A list of equal-sized images is a batch.
     np.testing.assert_allclose(to_numpy(converter(list(images))), batch, atol=1e-6)
     # Alpha is dropped.
@@ -348,6 +351,13 @@ def test_tf_data_map():
     ds = ds.map(converter)
     assert ds.element_spec.shape.as_list() == [32, 32, 3]
     np.testing.assert_allclose(np.stack([x.numpy() for x in ds]), eager, atol=1e-5)
+
+    # Unknown channels cannot be handled in a traced graph: a clear error
+    # (TensorFlow's AutoGraph re-raises it under its own type).
+    spec = tf.TensorSpec((None, None, None), tf.uint8)
+    ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
+    with pytest.raises(Exception, match="(?s)CaiTImageError.*channels=3"):
+        ds.map(converter)
 
 
 def test_classifier_predict_on_raw_images():

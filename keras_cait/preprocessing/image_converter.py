@@ -276,10 +276,18 @@ class CaiTImageConverter(ImageConverter):
                 "channels) or (batch, height, width, channels). Received "
                 f"shape {tuple(images.shape)}."
             )
+        input_shape = tuple(images.shape)
         unbatched = rank == 3
         if unbatched:
             images = ops.numpy.expand_dims(images, 0)
         channels = images.shape[-1]
+        if channels is None:
+            raise CaiTImageError(
+                "CaiTImageConverter: the number of channels (last axis) must "
+                "be known when the graph is traced, e.g. "
+                "`tf.io.decode_image(data, channels=3)`. Received shape "
+                f"{input_shape}."
+            )
         if channels == 1:
             images = ops.numpy.concatenate([images] * 3, axis=-1)
         elif channels == 4:
@@ -287,7 +295,7 @@ class CaiTImageConverter(ImageConverter):
         elif channels != 3:
             raise CaiTImageError(
                 "CaiTImageConverter: images must have 1, 3 or 4 channels "
-                f"(last axis). Received shape {tuple(images.shape)}."
+                f"(last axis). Received shape {input_shape}."
             )
         images = ops.cast(images, "float32")
 
