@@ -1,0 +1,285 @@
+"""The CaiT/DeiT fine-tuning recipe for Keras.
+
+CaiT and DeiT are fine-tuned with AdamW whose weight decay skips the 1-D
+parameters (biases, LayerNorm scales and offsets, LayerScale) and the learned
+embeddings (position embedding, class token), with stochastic depth
+(drop path), and, in later work (BEiT, DeiT III), layer-wise learning-rate
+decay: the deeper a layer, the larger its learning rate, so the pretrained
+early layers move least.
+
+- `finetuning_optimizer(model, ...)` builds that optimizer.
+- `LayerDecayAdamW` is AdamW with a per-variable learning-rate multiplier
+  (decoupled weight decay scaled the same way); Keras optimizers take a single
+  learning rate, so the multipliers are applied in `update_step`.
+- `layer_decay_multipliers(model, decay)` computes the multipliers.
+- `load_for_finetuning(preset, num_classes, ...)` loads a pretrained model
+  with a new head, an optional new resolution and a drop-path rate.
+"""
+
+import re
+
+import keras
+from keras import ops
+
+from keras_cait.errors import CaiTConfigError
+from keras_cait.serialization import register
+
+# Variable names (Keras `variable.name`) that get no weight decay: biases,
+# LayerNorm `gamma`/`beta`, LayerScale `gamma`, the position embedding and the
+# class token. Only the dense and convolution kernels are decayed.
+NO_WEIGHT_DECAY_NAMES = (
+    "bias",
+    "beta",
+    "gamma",
+    "position_embedding",
+    "class_token",
+)
+
+
+def _backbone_of(model):
+    from keras_cait.models.cait_backbone import CaiTBackbone
+
+    backbone = getattr(model, "backbone", model)
+    if not isinstance(backbone, CaiTBackbone):
+        raise CaiTConfigError(
+            "`model` must be a keras_cait.CaiTBackbone or CaiTImageClassifier, "
+            f"got {type(model).__name__}."
+        )
+    return backbone
+
+
+def uses_weight_decay(variable, no_weight_decay_names=NO_WEIGHT_DECAY_NAMES):
+    """Whether the recipe decays `variable` (its name matches none of
+    `no_weight_decay_names`).
+
+    Args:
+        variable: a `keras.Variable`.
+        no_weight_decay_names: strings; a variable whose name contains one of
+            them is not decayed.
+
+    Returns:
+        bool.
+
+    Example:
+    ```python
+    decayed = [v.path for v in model.trainable_weights if uses_weight_decay(v)]
+    ```
+    """
+    return not any(name in variable.name for name in no_weight_decay_names)
+
+
+def layer_decay_multipliers(model, layer_decay):
+    """Per-variable learning-rate multipliers for layer-wise decay.
+
+    Layers are numbered as timm groups CaiT: 0 for the stem (patch embedding,
+    position embedding, class token), `i + 1` for self-attention block `i`,
+    then the class-attention blocks in order, then the final LayerNorm and the
+    head (and anything else) on top. A variable of layer `l` gets
+    `layer_decay ** (top - l)`: 1 for the head, `layer_decay ** top` for the
+    patch embedding.
+
+    Args:
+        model: a `CaiTBackbone` or `CaiTImageClassifier`.
+        layer_decay: float in `(0, 1]`; e.g. 0.65 to 0.85 for CaiT-XXS/S.
+
+    Returns:
+        A dict `{variable.path: multiplier}` over the model's variables.
+
+    Example:
+    ```python
+    multipliers = layer_decay_multipliers(classifier, 0.75)
+    multipliers["patch_embedding/projection/kernel"]  # 0.75 ** 27 for xxs24
+    ```
+    """
+    if not 0.0 < float(layer_decay) <= 1.0:
+        raise CaiTConfigError(
+            f"`layer_decay` must be in (0, 1], got {layer_decay!r}."
+        )
+    backbone = _backbone_of(model)
+    top = backbone.num_layers + backbone.num_class_attention_layers + 1
+    self_attention = re.compile(r"(?:^|/)self_attention_block_(\d+)/")
+    class_attention = re.compile(r"(?:^|/)class_attention_block_(\d+)/")
+    stem = re.compile(r"(?:^|/)(patch_embedding|class_token)/")
+    multipliers = {}
+    for variable in model.weights:
+        path = variable.path
+        if match := self_attention.search(path):
+            layer = int(match.group(1)) + 1
+        elif match := class_attention.search(path):
+            layer = backbone.num_layers + 1 + int(match.group(1))
+        elif stem.search(path):
+            layer = 0
+        else:
+            layer = top
+        multipliers[path] = float(layer_decay) ** (top - layer)
+    return multipliers
+
+
+@register
+class LayerDecayAdamW(keras.optimizers.Adam):
+    """AdamW with a learning-rate multiplier per variable.
+
+    Decoupled weight decay as in `keras.optimizers.AdamW`
+    (`variable -= variable * weight_decay * learning_rate * multiplier`,
+    before the Adam step), skipped for variables whose name contains one of
+    `no_weight_decay_names`. A variable's Adam step uses
+    `learning_rate * multiplier`, the multiplier looked up by
+    `variable.path` (1 when absent). Works with learning-rate schedules and
+    on every backend.
+
+    Args:
+        learning_rate: float or `keras.optimizers.schedules` schedule.
+        weight_decay: float. Decoupled weight decay.
+        learning_rate_multipliers: dict `{variable.path: float}`, e.g. from
+            `layer_decay_multipliers`.
+        no_weight_decay_names: sequence of strings; see
+            `NO_WEIGHT_DECAY_NAMES`.
+        **kwargs: other `keras.optimizers.Adam` arguments (`beta_1`,
+            `beta_2`, `epsilon`, `global_clipnorm`, ...).
+
+    Example:
+    ```python
+    optimizer = LayerDecayAdamW(
+        learning_rate=1e-4,
+        weight_decay=0.05,
+        learning_rate_multipliers=layer_decay_multipliers(classifier, 0.75),
+    )
+    ```
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        weight_decay=0.004,
+        learning_rate_multipliers=None,
+        no_weight_decay_names=NO_WEIGHT_DECAY_NAMES,
+        name="layer_decay_adamw",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.decoupled_weight_decay = float(weight_decay)
+        self.learning_rate_multipliers = {
+            str(path): float(value)
+            for path, value in (learning_rate_multipliers or {}).items()
+        }
+        self.no_weight_decay_names = tuple(no_weight_decay_names)
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self.learning_rate_multipliers.get(variable.path, 1.0)
+        learning_rate = ops.cast(learning_rate, variable.dtype) * multiplier
+        if self.decoupled_weight_decay and uses_weight_decay(
+            variable, self.no_weight_decay_names
+        ):
+            decay = ops.cast(self.decoupled_weight_decay, variable.dtype)
+            self.assign_sub(variable, variable * decay * learning_rate)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("weight_decay", None)
+        config.update(
+            {
+                "weight_decay": self.decoupled_weight_decay,
+                "learning_rate_multipliers": dict(self.learning_rate_multipliers),
+                "no_weight_decay_names": list(self.no_weight_decay_names),
+            }
+        )
+        return config
+
+
+def finetuning_optimizer(
+    model,
+    learning_rate=5e-5,
+    weight_decay=0.05,
+    layer_decay=None,
+    **kwargs,
+):
+    """AdamW for fine-tuning CaiT, following the CaiT/DeiT recipe.
+
+    No weight decay on biases, norms, LayerScale, the position embedding and
+    the class token. With `layer_decay`, a `LayerDecayAdamW` whose per-layer
+    learning rates shrink geometrically from the head to the patch embedding;
+    without, a plain `keras.optimizers.AdamW`.
+
+    Args:
+        model: the `CaiTImageClassifier` (or `CaiTBackbone`) to train; needed
+            for the layer-wise multipliers.
+        learning_rate: float or schedule. CaiT fine-tunes at around
+            `5e-4 * batch_size / 512` from ImageNet; smaller for small data.
+        weight_decay: float. 0.05 in the CaiT/DeiT recipe.
+        layer_decay: `None` or float in `(0, 1]`.
+        **kwargs: other AdamW arguments (`beta_1`, `global_clipnorm`, ...).
+
+    Returns:
+        A Keras optimizer, to pass to `model.compile(optimizer=...)`.
+
+    Example:
+    ```python
+    classifier.compile(
+        optimizer=finetuning_optimizer(classifier, 1e-4, layer_decay=0.75),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    ```
+    """
+    if layer_decay is None:
+        _backbone_of(model)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
+        )
+        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY_NAMES))
+        return optimizer
+    return LayerDecayAdamW(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        learning_rate_multipliers=layer_decay_multipliers(model, layer_decay),
+        **kwargs,
+    )
+
+
+def load_for_finetuning(
+    preset,
+    num_classes,
+    image_shape=None,
+    drop_path_rate=0.0,
+    dropout=0.0,
+    **kwargs,
+):
+    """A pretrained classifier with a new head, ready to fine-tune.
+
+    The backbone comes from `CaiTBackbone.from_preset` with the given
+    `drop_path_rate` (and `image_shape`: the position embedding is resampled);
+    the task (pooling, preprocessor) from `CaiTImageClassifier.from_preset`
+    with that backbone and a freshly initialised `num_classes` head.
+
+    Args:
+        preset: a preset name, `hf://` handle or local directory.
+        num_classes: int. Classes of the new head.
+        image_shape: `None` (the checkpoint's) or `(height, width, 3)`.
+        drop_path_rate: float. Stochastic depth for the self-attention
+            blocks (CaiT fine-tunes with 0.1 for XXS/XS/S, more for M).
+        dropout: float. Dropout before the head.
+        **kwargs: other backbone arguments (e.g. `dtype`,
+            `attention_dropout`).
+
+    Returns:
+        A `CaiTImageClassifier` (compiled with KerasHub's defaults; compile
+        it again with `finetuning_optimizer`).
+
+    Example:
+    ```python
+    classifier = load_for_finetuning("cait_xxs24_224", num_classes=10,
+                                     image_shape=(160, 160, 3),
+                                     drop_path_rate=0.1)
+    ```
+    """
+    from keras_cait.models.cait_backbone import CaiTBackbone
+    from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+
+    backbone_kwargs = dict(kwargs, drop_path_rate=drop_path_rate)
+    if image_shape is not None:
+        backbone_kwargs["image_shape"] = tuple(image_shape)
+    backbone = CaiTBackbone.from_preset(preset, **backbone_kwargs)
+    return CaiTImageClassifier.from_preset(
+        preset, backbone=backbone, num_classes=num_classes, dropout=dropout
+    )
