@@ -1,14 +1,24 @@
 """Position-embedding resampling against timm's `resample_abs_pos_embed`."""
 
+import keras
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
+import keras_cait
 from keras_cait.convert.resample import (
     resample_position_embedding,
     resize_weights,
+    with_image_shape,
 )
 from keras_cait.errors import CaiTConfigError, CaiTWeightsError
-from tests.support import TIMM
+from tests.support import (
+    TIMM,
+    build_from_timm_config,
+    reference_classifier,
+    timm_config,
+    to_numpy,
+)
 
 CASES = {
     "14_to_24": ((14, 14), (24, 24)),
@@ -82,3 +92,91 @@ def test_bad_inputs():
     bad[0, 0, 0] = np.nan
     with pytest.raises(CaiTWeightsError, match="non-finite"):
         resample_position_embedding(bad, (4, 4), (2, 2))
+
+
+# --- Loading and saving models at another resolution -------------------------
+
+TINY_TIMM = TIMM / "tiny_token_head"  # 32x32 images, patch 8: a 4x4 grid
+
+
+def _embedding(model):
+    backbone = getattr(model, "backbone", model)
+    return to_numpy(backbone.get_layer("patch_embedding").position_embedding)
+
+
+def _check_other_weights_equal(model, reference):
+    got = {v.path: v for v in model.weights}
+    for variable in reference.weights:
+        if variable.path.endswith("position_embedding"):
+            continue
+        np.testing.assert_array_equal(
+            to_numpy(got[variable.path]), to_numpy(variable), err_msg=variable.path
+        )
+
+
+@pytest.mark.parametrize("image_shape", [(48, 48, 3), (40, 56, 3)])
+def test_from_preset_timm_directory_at_new_resolution(image_shape):
+    state_dict = load_file(TINY_TIMM / "model.safetensors")
+    grid = (image_shape[0] // 8, image_shape[1] // 8)
+    expected = resample_position_embedding(state_dict["pos_embed"], (4, 4), grid)
+    classifier = keras_cait.CaiTImageClassifier.from_preset(
+        str(TINY_TIMM), image_shape=image_shape
+    )
+    assert classifier.backbone.image_shape == image_shape
+    np.testing.assert_allclose(_embedding(classifier), expected, atol=1e-6)
+    _check_other_weights_equal(classifier, reference_classifier("tiny_token_head"))
+    # Same logits as a model built at that shape from the resampled state dict.
+    manual = build_from_timm_config(
+        dict(timm_config("tiny_token_head"),
+             model_args=dict(timm_config("tiny_token_head")["model_args"],
+                             img_size=list(image_shape[:2])))
+    )
+    keras_cait.load_timm_state_dict(manual, dict(state_dict, pos_embed=expected))
+    images = np.random.default_rng(0).standard_normal((2,) + image_shape)
+    np.testing.assert_allclose(
+        to_numpy(classifier(images)), to_numpy(manual(images)), atol=1e-5
+    )
+    backbone = keras_cait.CaiTBackbone.from_preset(str(TINY_TIMM), image_shape=image_shape)
+    np.testing.assert_allclose(_embedding(backbone), expected, atol=1e-6)
+
+
+def test_keras_preset_directory_at_new_resolution_and_round_trip(tmp_path):
+    reference = reference_classifier("tiny_token_head")
+    reference.save_to_preset(str(tmp_path / "preset"))
+    image_shape = (24, 40, 3)
+    expected = resample_position_embedding(_embedding(reference), (4, 4), (3, 5))
+    classifier = keras_cait.CaiTImageClassifier.from_preset(
+        str(tmp_path / "preset"), image_shape=image_shape
+    )
+    np.testing.assert_allclose(_embedding(classifier), expected, atol=1e-6)
+    _check_other_weights_equal(classifier, reference)
+
+    # Saving the resampled model and loading it back keeps the embedding.
+    classifier.save_to_preset(str(tmp_path / "resampled"))
+    again = keras_cait.CaiTImageClassifier.from_preset(str(tmp_path / "resampled"))
+    assert again.backbone.image_shape == image_shape
+    np.testing.assert_array_equal(_embedding(again), _embedding(classifier))
+    classifier.save(tmp_path / "resampled.keras")
+    loaded = keras.saving.load_model(tmp_path / "resampled.keras")
+    np.testing.assert_array_equal(_embedding(loaded), _embedding(classifier))
+    images = np.random.default_rng(1).standard_normal((2,) + image_shape)
+    np.testing.assert_allclose(
+        to_numpy(loaded(images)), to_numpy(classifier(images)), atol=1e-6
+    )
+
+
+def test_with_image_shape_copies_and_resamples(tmp_path):
+    reference = reference_classifier("tiny_token_head")
+    resized = with_image_shape(reference, (56, 32, 3))
+    assert type(resized) is type(reference)
+    assert resized.backbone.grid_size == (7, 4)
+    expected = resample_position_embedding(_embedding(reference), (4, 4), (7, 4))
+    np.testing.assert_array_equal(_embedding(resized), expected)
+    _check_other_weights_equal(resized, reference)
+    # The same grid copies the embedding unchanged.
+    backbone = with_image_shape(reference.backbone, (32, 32, 3))
+    np.testing.assert_array_equal(_embedding(backbone), _embedding(reference))
+    with pytest.raises(CaiTConfigError, match="height, width, 3"):
+        with_image_shape(reference, (64, 64, 1))
+    with pytest.raises(CaiTConfigError, match="CaiTBackbone"):
+        with_image_shape(keras.Sequential([keras.layers.Dense(1)]), (64, 64, 3))
