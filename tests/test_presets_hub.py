@@ -3,7 +3,8 @@
 One subprocess per backend run (HF_HUB_CACHE and HF_HUB_OFFLINE must be set
 before `huggingface_hub` is imported) loads from an offline cache built by
 `tests.hf_cache`: the preset name `cait_xxs24_224` (timm's logits within
-1e-4, then again from the conversion cache), the legacy config, pinned and
+1e-4, then again from the conversion cache), the legacy config (as a hub
+repo and as a local timm directory, timm's logits within 1e-4), pinned and
 unpinned handles, a keras-cait preset repo, KerasHub's base classes, and the
 offline errors.
 """
@@ -56,13 +57,16 @@ out["cached_error"] = float(np.abs(to_numpy(again(ref["images"][:1])) - ref["log
 loader_lib._convert_state_dict = real_convert
 out["t_cached"] = time.time() - T0
 
-# 3. The legacy config (no model_args) builds the same architecture.
-legacy = keras_cait.CaiTBackbone.from_preset("hf://timm/legacy_cait_xxs24_224")
+# 3. The legacy config (no model_args): the hub repo resolves to the same
+#    architecture, and its snapshot folder, used as a local timm directory,
+#    reproduces timm's logits.
+legacy = keras_cait.CaiTBackbone.from_preset(
+    "hf://timm/legacy_cait_xxs24_224", load_weights=False
+)
 strip = lambda c: {k: v for k, v in c.items() if k != "name"}
 out["legacy_matches"] = strip(legacy.get_config()) == strip(model.backbone.get_config())
-out["legacy_weights_equal"] = bool(
-    np.array_equal(to_numpy(legacy.weights[0]), to_numpy(model.backbone.weights[0]))
-)
+local = keras_cait.CaiTImageClassifier.from_preset(info["legacy_dir"])
+out["local_error"] = float(np.abs(to_numpy(local(ref["images"][:1])) - ref["logits"][:1]).max())
 
 # 4. Pinned and unpinned handles.
 tiny = expected("tiny_token_head")
@@ -128,7 +132,18 @@ def hub_cache(tmp_path_factory):
 def test_offline_hub_loading(hub_cache, monkeypatch):
     root, info = hub_cache
     tiny = info[hf_cache.TINY_TOKEN_HEAD]
-    args = json.dumps({"main_commit": tiny["commit"], "v1_commit": tiny["v1_commit"]})
+    legacy_dir = (
+        hf_cache.repo_folder(root / "hf", hf_cache.LEGACY_XXS24)
+        / "snapshots"
+        / info[hf_cache.LEGACY_XXS24]["commit"]
+    )
+    args = json.dumps(
+        {
+            "main_commit": tiny["commit"],
+            "v1_commit": tiny["v1_commit"],
+            "legacy_dir": str(legacy_dir),
+        }
+    )
     code = SCRIPT.replace("INFO_JSON", repr(args))
     output = run_python(
         code,
@@ -148,7 +163,7 @@ def test_offline_hub_loading(hub_cache, monkeypatch):
     assert out["predict_shape"] == [1, 1000] and out["predict_error"] < 1e-4
     assert out["cached_error"] < 1e-4
     assert out["again_type"] == "CaiTImageClassifier"
-    assert out["legacy_matches"] and out["legacy_weights_equal"]
+    assert out["legacy_matches"] and out["local_error"] < 1e-4
     assert out["main_error"] < 1e-4 and out["pinned_error"] < 1e-4
     assert out["v1_differs"] > 1e-2 and out["v1_commit_error"] == 0.0
     assert out["keras_repo_type"] == "CaiTImageClassifier"
