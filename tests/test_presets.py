@@ -27,7 +27,7 @@ from keras_cait.errors import (
 from keras_cait.presets import loader as loader_lib
 from keras_cait.presets import registry
 from keras_cait.presets.conversion_cache import ConversionCache, SourceIdentity
-from tests.support import TIMM, expected, to_numpy, variants
+from tests.support import TIMM, TINY_BACKBONE, expected, to_numpy, variants
 
 TINY = TIMM / "tiny_token_head"
 HEADLESS = TIMM / "tiny_avg_headless"
@@ -195,6 +195,17 @@ def test_new_head_dtype_and_image_shape_pass_through():
     assert model.output_dense.kernel.shape == (48, 3)
     for a, b in zip(model.backbone.weights, pretrained.backbone.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+    # A backbone of the caller's stays untouched; the head is timm's.
+    own = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    before = [to_numpy(w).copy() for w in own.weights]
+    custom = keras_cait.CaiTImageClassifier.from_preset(str(TINY), backbone=own)
+    assert custom.backbone is own
+    for weight, value in zip(own.weights, before):
+        np.testing.assert_array_equal(to_numpy(weight), value)
+    np.testing.assert_array_equal(
+        to_numpy(custom.output_dense.kernel), to_numpy(pretrained.output_dense.kernel)
+    )
 
     half = keras_cait.CaiTBackbone.from_preset(str(TINY), dtype="bfloat16")
     assert half.dtype_policy.name == "bfloat16"

@@ -407,8 +407,15 @@ class CaiTTimmPresetLoader(PresetLoader):
                     identity, lambda: _convert_state_dict(path, self.spec, None)
                 )
                 for key, variable, _ in model_weight_map(task):
-                    if key.startswith("head."):
-                        variable.assign(arrays[key])
+                    if not key.startswith("head."):
+                        continue
+                    if tuple(arrays[key].shape) != tuple(variable.shape):
+                        raise CaiTWeightsError(
+                            f"{path}: tensor '{key}' has shape "
+                            f"{tuple(arrays[key].shape)} (in Keras layout); the "
+                            f"given backbone's head expects {tuple(variable.shape)}."
+                        )
+                    variable.assign(arrays[key])
         return task
 
     def load_image_converter(self, cls, **kwargs):
