@@ -422,17 +422,85 @@ def _run_presets(args, argv):
 # --- convert -----------------------------------------------------------------
 
 
-def _run_convert(args, argv):
-    from keras_cait.errors import CaiTConfigError
+def _publishing_tool():
+    """`main` of the source tree's `tools/convert_timm_checkpoint.py`, or None.
 
+    The publishing tool lives in the repository (it is not part of the
+    wheel); from a source checkout or an editable install it is found next
+    to the package.
+    """
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "convert_timm_checkpoint.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("_keras_cait_convert_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _convert_with_the_package(arguments):
+    """`convert SOURCE OUTPUT_DIR` without the publishing tool.
+
+    Loads SOURCE with `CaiTImageClassifier.from_preset`, saves it with
+    `save_to_preset` into a temporary folder next to OUTPUT_DIR, reloads it,
+    checks the reloaded logits equal the loaded model's, then renames the
+    folder into place.
+    """
+    import shutil
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    from keras_cait import CaiTImageClassifier
+    from keras_cait.errors import CaiTConfigError, CaiTWeightsError
+
+    parser = _Parser(
+        prog="keras-cait convert",
+        description="Convert a CaiT checkpoint (preset name, hf:// handle or "
+        "local timm directory) into a keras-cait preset directory.",
+    )
+    parser.add_argument("source")
+    parser.add_argument("output_dir")
+    args = parser.parse_args(arguments)
+    output = os.path.abspath(args.output_dir)
+    if os.path.exists(output):
+        raise CaiTConfigError(f"output directory '{args.output_dir}' already exists")
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    model = CaiTImageClassifier.from_preset(args.source)
+    temporary = tempfile.mkdtemp(prefix=".tmp-preset-", dir=parent)
     try:
-        from keras_cait.presets.publish import main as publish_main
-    except ImportError:
-        raise CaiTConfigError(
-            "the conversion tool (keras_cait.presets.publish) is not "
-            "available in this installation"
-        ) from None
-    return publish_main(args.arguments)
+        model.save_to_preset(temporary)
+        reloaded = CaiTImageClassifier.from_preset(temporary)
+        images = np.random.default_rng(0).standard_normal(
+            (2, *model.backbone.image_shape)
+        ).astype("float32")
+        error = float(
+            np.abs(
+                keras.ops.convert_to_numpy(model(images))
+                - keras.ops.convert_to_numpy(reloaded(images))
+            ).max()
+        )
+        if error > 0:
+            raise CaiTWeightsError(
+                f"the written preset's logits differ from the source's by {error}"
+            )
+        os.replace(temporary, output)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    print(json.dumps({"source": args.source, "output_dir": args.output_dir, "reload_max_error": error}))
+    return 0
+
+
+def _run_convert(args, argv):
+    tool = _publishing_tool()
+    if tool is not None:
+        return tool(args.arguments)
+    return _convert_with_the_package(args.arguments)
 
 
 # --- entry point -------------------------------------------------------------
@@ -446,7 +514,11 @@ def main(argv=None):
             defaults to `sys.argv[1:]`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    if argv[:1] == ["convert"]:
+        # Everything after `convert`, `--help` included, is the tool's.
+        args = argparse.Namespace(run=_run_convert, arguments=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.run(args, argv) or 0
     except KeyboardInterrupt:

@@ -270,3 +270,27 @@ def test_attention_without_matplotlib_is_a_clear_error(monkeypatch, capfd, backe
         "--backend", backend,
     )
     _assert_one_line_error(status, out, err, "matplotlib")
+
+
+@pytest.mark.parametrize("use_tool", [True, False])
+def test_convert_writes_a_preset_that_predicts(use_tool, tmp_path, capfd, monkeypatch):
+    if use_tool:
+        assert cli._publishing_tool() is not None  # tools/ in this checkout
+    else:
+        monkeypatch.setattr(cli, "_publishing_tool", lambda: None)
+    source = str(REPO / "tests" / "fixtures" / "timm" / "tiny_token_head")
+    output = tmp_path / "preset"
+    status, out, err = _main(capfd, "convert", source, str(output))
+    assert status == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["reload_max_error"] == 0.0
+    converted = keras_cait.CaiTImageClassifier.from_preset(str(output))
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(converted(images)),
+        keras.ops.convert_to_numpy(_reference("tiny_token_head", 32)[0](images)),
+        atol=1e-6,
+    )
+    if not use_tool:  # never over an existing folder
+        _assert_one_line_error(
+            *_main(capfd, "convert", source, str(output)), "already exists"
+        )

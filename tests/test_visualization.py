@@ -1,5 +1,6 @@
 """Attention pictures: rendered PNGs have the right size, panels and content."""
 
+import ast
 import sys
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 
 import keras_cait
 from keras_cait import visualization
-from tests.support import IMAGES, run_python
+from tests.support import IMAGES, REPO
 
 pytest.importorskip("matplotlib")
 
@@ -142,10 +143,16 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch):
         visualization.plot_attention_heads(_attention(), GRID)
 
 
-def test_importing_keras_cait_does_not_import_matplotlib(backend):
-    out = run_python(
-        "import sys, keras_cait, keras_cait.visualization, keras_cait.cli\n"
-        "print('matplotlib' in sys.modules)",
-        backend,
-    )
-    assert out.strip().splitlines()[-1] == "False"
+def test_no_keras_cait_module_imports_matplotlib_at_import_time():
+    # Keras itself may import matplotlib (it does on TensorFlow); keras-cait
+    # only imports it inside the functions that draw.
+    for path in (REPO / "keras_cait").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n.split(".")[0] == "matplotlib" for n in names), path
