@@ -156,3 +156,36 @@ def test_no_keras_cait_module_imports_matplotlib_at_import_time():
             else:
                 continue
             assert not any(n.split(".")[0] == "matplotlib" for n in names), path
+
+
+def test_example_script_walks_the_tutorial_path(tmp_path, monkeypatch, capsys):
+    import runpy
+
+    from tests.support import reference_classifier
+
+    preset = tmp_path / "preset"
+    classifier = reference_classifier("tiny_token_head")
+    classifier.preprocessor = keras_cait.CaiTImageClassifierPreprocessor(
+        keras_cait.CaiTImageConverter(image_size=32)
+    )
+    classifier.save_to_preset(str(preset))
+    output = tmp_path / "out"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["attention_maps.py", str(IMAGES / "chelsea.png"), "--preset", str(preset),
+         "--output", str(output)],
+    )
+    runpy.run_path(str(REPO / "examples" / "attention_maps.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "class_attention_0: (1, 4, 1, 17)" in printed
+    assert "talking_head_attention_1: (1, 4, 16, 16)" in printed
+    assert "Top-5:" in printed and "Most attended patch" in printed
+    names = sorted(p.name for p in output.iterdir())
+    assert names == [
+        "chelsea_class_attention_0.png",
+        "chelsea_class_attention_1.png",
+        "chelsea_saliency.png",
+    ]
+    for name in names:
+        _assert_nontrivial(_png(output / name), min_colours=100)
