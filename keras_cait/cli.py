@@ -159,7 +159,7 @@ def _fail(message, status=1):
 def _stdout_to_stderr():
     """Sends everything written to stdout (Python or C level) to stderr.
 
-    The result is written on the saved real stdout afterwards, so that a
+    The result is printed after the block, on the restored stdout, so that a
     library printing on stdout (a log line, a progress bar) cannot break
     `--json` output.
     """
@@ -168,7 +168,7 @@ def _stdout_to_stderr():
     os.dup2(2, 1)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            yield os.fdopen(os.dup(saved), "w", encoding="utf-8")
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -184,10 +184,12 @@ def _progress(total, description, disable=False):
 # --- Backend selection -------------------------------------------------------
 
 
-def _switch_backend(backend, argv):
+def _switch_backend(backend, argv, can_restart):
     """Makes sure Keras runs on `backend`; may re-run this command.
 
-    Returns `None` to go on, or an exit status.
+    Returns `None` to go on, or an exit status. `can_restart` is false when
+    `main()` was called from Python code, whose process must not be
+    replaced.
     """
     if backend is None:
         return None
@@ -198,6 +200,12 @@ def _switch_backend(backend, argv):
 
     if keras.config.backend() == backend:
         return None
+    if not can_restart:
+        return _fail(
+            f"Keras is already running on {keras.config.backend()!r} in this "
+            f"Python process; set KERAS_BACKEND={backend} before importing "
+            "Keras to use another backend."
+        )
     if os.environ.get(_REEXEC_FLAG):
         return _fail(f"could not switch the Keras backend to {backend!r}.")
     # Keras is already imported with another backend: start again with the
@@ -369,10 +377,10 @@ def _format_table(results):
 
 
 def _run_predict(args, argv):
-    status = _switch_backend(args.backend, argv)
+    status = _switch_backend(args.backend, argv, args.can_restart)
     if status is not None:
         return status
-    with _stdout_to_stderr() as stdout:
+    with _stdout_to_stderr():
         import keras
 
         print(
@@ -380,12 +388,10 @@ def _run_predict(args, argv):
             file=sys.stderr,
         )
         results = _predict(args)
-    with stdout:
-        if args.json:
-            json.dump(results, stdout, indent=2)
-        else:
-            stdout.write(_format_table(results))
-        stdout.write("\n")
+    if args.json:
+        print(json.dumps(results, indent=2), flush=True)
+    else:
+        print(_format_table(results), flush=True)
     return 0
 
 
@@ -513,12 +519,14 @@ def main(argv=None):
         argv: list of strings, the arguments without the program name;
             defaults to `sys.argv[1:]`.
     """
+    can_restart = argv is None  # the `keras-cait` program, not a Python call
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["convert"]:
         # Everything after `convert`, `--help` included, is the tool's.
         args = argparse.Namespace(run=_run_convert, arguments=argv[1:])
     else:
         args = build_parser().parse_args(argv)
+    args.can_restart = can_restart
     try:
         return args.run(args, argv) or 0
     except KeyboardInterrupt:

@@ -294,3 +294,12 @@ def test_convert_writes_a_preset_that_predicts(use_tool, tmp_path, capfd, monkey
         _assert_one_line_error(
             *_main(capfd, "convert", source, str(output)), "already exists"
         )
+
+
+def test_main_called_from_python_never_replaces_the_process(capfd, backend):
+    other = next(b for b in cli.BACKENDS if b != backend)
+    _assert_one_line_error(
+        *_main(capfd, "predict", str(IMAGES / "coffee.png"), "--backend", other),
+        f"already running on '{backend}'",
+        f"KERAS_BACKEND={other}",
+    )
