@@ -222,7 +222,9 @@ def test_truncated_archive(saved, tmp_path, fraction):
         load_model(path)
 
 
-def test_truncated_weights_member_is_not_an_unbound_local_error(saved, tmp_path):
+def test_truncated_weights_member_gets_a_clear_weights_error(saved, tmp_path):
+    """Keras 3.15 reports this file with a bare h5py `OSError` (the issue
+    quotes `UnboundLocalError: weights_store` from other code paths)."""
     contents = members(saved[0])
     contents["model.weights.h5"] = contents["model.weights.h5"][:5000]
     path = write_archive(tmp_path / "short_weights.keras", contents)
