@@ -3,8 +3,8 @@
 One subprocess per backend run (HF_HUB_CACHE and HF_HUB_OFFLINE must be set
 before `huggingface_hub` is imported) loads from an offline cache built by
 `tests.hf_cache`: the preset name `cait_xxs24_224` (timm's logits within
-1e-4, then again from the conversion cache), the legacy config (as a hub
-repo and as a local timm directory, timm's logits within 1e-4), pinned and
+1e-4, then again from the conversion cache), the legacy config as a local
+timm directory (timm's logits within 1e-4), pinned and
 unpinned handles, a keras-cait preset repo, KerasHub's base classes, and the
 offline errors.
 """
@@ -57,15 +57,11 @@ out["cached_error"] = float(np.abs(to_numpy(again(ref["images"][:1])) - ref["log
 loader_lib._convert_state_dict = real_convert
 out["t_cached"] = time.time() - T0
 
-# 3. The legacy config (no model_args): the hub repo resolves to the same
-#    architecture, and its snapshot folder, used as a local timm directory,
-#    reproduces timm's logits.
-legacy = keras_cait.CaiTBackbone.from_preset(
-    "hf://timm/legacy_cait_xxs24_224", load_weights=False
-)
-strip = lambda c: {k: v for k, v in c.items() if k != "name"}
-out["legacy_matches"] = strip(legacy.get_config()) == strip(model.backbone.get_config())
+# 3. The legacy config (no model_args), as a local timm directory (the
+#    legacy repo's snapshot folder): same architecture, timm's logits.
 local = keras_cait.CaiTImageClassifier.from_preset(info["legacy_dir"])
+strip = lambda c: {k: v for k, v in c.items() if k != "name"}
+out["legacy_matches"] = strip(local.backbone.get_config()) == strip(model.backbone.get_config())
 out["local_error"] = float(np.abs(to_numpy(local(ref["images"][:1])) - ref["logits"][:1]).max())
 
 # 4. Pinned and unpinned handles.
