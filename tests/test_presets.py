@@ -396,3 +396,32 @@ def test_keras_hub_dispatch_is_version_pinned(monkeypatch):
     monkeypatch.setattr(keras_hub, "__version__", "0.40.0")
     with pytest.warns(UserWarning, match="KerasHub 0.40.0 is not a version"):
         assert keras_hub_dispatch.install() is False
+
+
+def test_conversion_cache_converts_once_under_concurrency(tmp_path):
+    import threading
+    import time
+
+    cache = ConversionCache(str(tmp_path / "c"))
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(b"weights")
+    identity = SourceIdentity.of_file(source, "timm/x")
+    calls, results = [], []
+
+    def convert():
+        calls.append(1)
+        time.sleep(0.3)
+        return {"w": np.ones((2, 2), "float32")}
+
+    def worker():
+        results.append(ConversionCache(cache.root).get_or_convert(identity, convert))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [1]
+    assert sorted(hit for _, hit in results) == [False, True, True]
+    for arrays, _ in results:
+        np.testing.assert_array_equal(arrays["w"], np.ones((2, 2)))
