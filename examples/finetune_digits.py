@@ -6,8 +6,8 @@ trained with keras-cait's fine-tuning recipe: AdamW without weight decay on
 biases, norms, LayerScale, position embedding and class token, layer-wise
 learning-rate decay, drop path, cosine learning-rate decay with warm-up.
 
-By default a small CaiT (4 self-attention blocks, 2 class-attention blocks,
-dim 96) starts from random weights, since no pretrained checkpoint is
+By default a small CaiT (4x4 patches of 2x2 digit pixels, 4 self-attention
+blocks, 2 class-attention blocks, dim 64) starts from random weights, since no pretrained checkpoint is
 reachable offline. `--preset` fine-tunes a pretrained checkpoint instead (a
 preset name, `hf://` handle or local directory) at the digits' resolution:
 its position embedding is resampled to the new patch grid.
@@ -74,8 +74,8 @@ def build_model(args):
         )
     backbone = keras_cait.CaiTBackbone(
         image_shape=(args.image_size, args.image_size, 3),
-        patch_size=4,
-        hidden_dim=96,
+        patch_size=args.image_size // 4,
+        hidden_dim=64,
         num_layers=4,
         num_heads=4,
         num_class_attention_layers=2,
@@ -89,7 +89,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default=None)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)

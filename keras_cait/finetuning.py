@@ -164,12 +164,25 @@ class LayerDecayAdamW(keras.optimizers.Adam):
         }
         self.no_weight_decay_names = tuple(no_weight_decay_names)
 
+    def build(self, var_list):
+        super().build(var_list)
+        # Looked up by variable index in `update_step`: some backends (TF)
+        # pass the backend's own variables there, which have no Keras path.
+        self._multipliers = [
+            self.learning_rate_multipliers.get(v.path, 1.0) for v in var_list
+        ]
+        self._decayed = [
+            bool(self.decoupled_weight_decay)
+            and uses_weight_decay(v, self.no_weight_decay_names)
+            for v in var_list
+        ]
+
     def update_step(self, gradient, variable, learning_rate):
-        multiplier = self.learning_rate_multipliers.get(variable.path, 1.0)
-        learning_rate = ops.cast(learning_rate, variable.dtype) * multiplier
-        if self.decoupled_weight_decay and uses_weight_decay(
-            variable, self.no_weight_decay_names
-        ):
+        index = self._get_variable_index(variable)
+        learning_rate = ops.cast(learning_rate, variable.dtype) * self._multipliers[
+            index
+        ]
+        if self._decayed[index]:
             decay = ops.cast(self.decoupled_weight_decay, variable.dtype)
             self.assign_sub(variable, variable * decay * learning_rate)
         super().update_step(gradient, variable, learning_rate)

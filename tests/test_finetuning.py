@@ -18,6 +18,9 @@ from keras_cait.finetuning import (
 from tests.support import TIMM, TINY_BACKBONE, reference_classifier, to_numpy
 
 TINY_TIMM = str(TIMM / "tiny_token_head")
+# XLA-compiling a TF train step costs more than these few tiny steps; JAX
+# needs jit (its eager mode compiles every op), torch runs eagerly anyway.
+JIT = keras.backend.backend() == "jax"
 
 
 def _classifier(num_classes=3, **backbone_kwargs):
@@ -112,6 +115,7 @@ def test_fit_with_the_recipe_lowers_the_loss():
     model.compile(
         optimizer=finetuning_optimizer(model, 2e-3, weight_decay=0.05, layer_decay=0.8),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=JIT,
     )
     rng = np.random.default_rng(0)
     images = rng.standard_normal((16, 32, 32, 3)).astype("float32")
@@ -134,6 +138,7 @@ def test_from_preset_new_head_and_frozen_backbone():
     classifier.compile(
         optimizer=finetuning_optimizer(classifier, 1e-2),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=JIT,
     )
     backbone_before = _values(classifier.backbone.weights)
     head_before = _values(classifier.output_dense.weights)
