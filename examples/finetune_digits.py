@@ -1,7 +1,8 @@
 """Fine-tune CaiT on scikit-learn's handwritten digits, offline, on the CPU.
 
 The digits (1,797 grey 8x8 images, 10 classes, shipped with scikit-learn) are
-upsampled to 32x32 RGB and split 80/20 (stratified, fixed seed). The model is
+upsampled to 32x32 RGB and split 80/20 (stratified, fixed seed); the training
+images get four copies shifted by one digit pixel (up, down, left, right). The model is
 trained with keras-cait's fine-tuning recipe: AdamW without weight decay on
 biases, norms, LayerScale, position embedding and class token, layer-wise
 learning-rate decay, drop path, cosine learning-rate decay with warm-up.
@@ -59,6 +60,19 @@ def load_digits(image_size, seed=0):
     return x_train, y_train, x_test, y_test
 
 
+def add_shifted_copies(images, labels, shift):
+    """Augments by translation: the images plus copies moved `shift` pixels
+    up, down, left and right (the background is 0, so edges fill with 0)."""
+    copies = [images]
+    for axis, step in ((1, shift), (1, -shift), (2, shift), (2, -shift)):
+        moved = np.roll(images, step, axis=axis)
+        edge = [slice(None)] * images.ndim
+        edge[axis] = slice(0, step) if step > 0 else slice(step, None)
+        moved[tuple(edge)] = 0.0
+        copies.append(moved)
+    return np.concatenate(copies), np.tile(labels, len(copies))
+
+
 def normalise(images):
     """What a CaiT preprocessor does to images already at the model's size."""
     return (images / 255.0 - MEAN) / STD
@@ -89,13 +103,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default=None)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--layer-decay", type=float, default=0.9)
     parser.add_argument("--drop-path-rate", type=float, default=0.1)
     parser.add_argument("--freeze-backbone", action="store_true")
+    parser.add_argument("--no-augment", dest="augment", action="store_false",
+                        help="no shifted copies of the training images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="64 training images, 1 epoch: a smoke test")
@@ -110,6 +126,10 @@ def main(argv=None):
         x_train, y_train = x_train[:64], y_train[:64]
         x_test, y_test = x_test[:64], y_test[:64]
         args.epochs = 1
+        args.augment = False
+    if args.augment:
+        # One digit pixel is image_size // 8 pixels here.
+        x_train, y_train = add_shifted_copies(x_train, y_train, args.image_size // 8)
 
     model = build_model(args)
     # A pretrained preset comes with its preprocessor, which `fit` and

@@ -13,6 +13,11 @@ import keras_cait
 from keras_cait.errors import CaiTConfigError
 from tests.support import run_python
 
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="keras.distribution runs on JAX; tested on the jax pass only",
+)
+
 SCRIPT = r"""
 import json
 import jax
@@ -103,8 +108,6 @@ print("RESULT" + json.dumps(result))
 
 @pytest.fixture(scope="module")
 def result():
-    if keras.backend.backend() != "jax":
-        pytest.skip("keras.distribution runs on JAX; tested on the jax pass only")
     out = run_python(
         SCRIPT,
         "jax",
