@@ -1,8 +1,8 @@
 """Fine-tune CaiT on scikit-learn's handwritten digits, offline, on the CPU.
 
 The digits (1,797 grey 8x8 images, 10 classes, shipped with scikit-learn) are
-upsampled to 32x32 RGB and split 80/20 (stratified, fixed seed); the training
-images get four copies shifted by one digit pixel (up, down, left, right). The model is
+upsampled to 32x32 RGB and split 80/20 (stratified, fixed seed). `--augment`
+adds four copies of the training images shifted by one digit pixel. The model is
 trained with keras-cait's fine-tuning recipe: AdamW without weight decay on
 biases, norms, LayerScale, position embedding and class token, layer-wise
 learning-rate decay, drop path, cosine learning-rate decay with warm-up.
@@ -103,15 +103,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default=None)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--layer-decay", type=float, default=0.9)
     parser.add_argument("--drop-path-rate", type=float, default=0.1)
     parser.add_argument("--freeze-backbone", action="store_true")
-    parser.add_argument("--no-augment", dest="augment", action="store_false",
-                        help="no shifted copies of the training images")
+    parser.add_argument("--augment", action="store_true",
+                        help="add copies of the training images shifted by "
+                        "one digit pixel (5x the data per epoch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="64 training images, 1 epoch: a smoke test")
