@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cait.layers.talking_heads_attention import apply_sublayer
 from keras_cait.serialization import register
 
 
@@ -64,16 +65,16 @@ class ClassAttention(keras.layers.Layer):
         )
 
     def call(self, inputs, return_attention=False):
-        query = self._split_heads(self.q(inputs[:, :1]))
+        query = self._split_heads(apply_sublayer(self.q, inputs[:, :1]))
         query = query * ops.cast(self.scale, query.dtype)
-        key = self._split_heads(self.k(inputs))
-        value = self._split_heads(self.v(inputs))
+        key = self._split_heads(apply_sublayer(self.k, inputs))
+        value = self._split_heads(apply_sublayer(self.v, inputs))
         logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
         attention = ops.softmax(ops.cast(logits, "float32"), axis=-1)
         attention = ops.cast(attention, self.compute_dtype)
         outputs = ops.einsum("bhqk,bkhd->bqhd", attention, value)
         outputs = ops.reshape(outputs, (-1, 1, self.hidden_dim))
-        outputs = self.proj(outputs)
+        outputs = apply_sublayer(self.proj, outputs)
         if return_attention:
             return outputs, attention
         return outputs

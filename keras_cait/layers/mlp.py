@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_cait.layers.talking_heads_attention import apply_dropout, apply_sublayer
 from keras_cait.serialization import register
 
 
@@ -37,11 +38,11 @@ class CaiTMLP(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
-        x = self.fc1(inputs)
+        x = apply_sublayer(self.fc1, inputs)
         x = keras.activations.gelu(x, approximate=False)
-        x = self.dropout(x, training=training)
-        x = self.fc2(x)
-        return self.dropout(x, training=training)
+        x = apply_dropout(self.dropout, x, training)
+        x = apply_sublayer(self.fc2, x)
+        return apply_dropout(self.dropout, x, training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)

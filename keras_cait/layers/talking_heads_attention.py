@@ -6,6 +6,31 @@ from keras import ops
 from keras_cait.serialization import register
 
 
+def apply_sublayer(layer, inputs):
+    """Runs a built sublayer's `call` directly, skipping `Layer.__call__`.
+
+    Inside a parent layer's call, `Layer.__call__` of a plain sublayer only
+    adds Python overhead (argument binding, input conversion, name scopes):
+    the parent already set the autocast scope and the sublayer is built.
+    That overhead is what makes eager execution (PyTorch) slow at small
+    batches. A quantized or rematerialized sublayer still goes through
+    `__call__`, which dispatches those modes.
+    """
+    if (
+        layer.dtype_policy.quantization_mode is None
+        and getattr(layer, "_remat_mode", None) is None
+    ):
+        return layer.call(inputs)
+    return layer(inputs)
+
+
+def apply_dropout(layer, inputs, training):
+    """Applies a `Dropout` sublayer only when it can change its input."""
+    if training and layer.rate > 0:
+        return layer(inputs, training=training)
+    return inputs
+
+
 def mix_heads(attention, head_mixer):
     """Applies a `Dense(num_heads)` layer across the heads axis.
 
@@ -104,7 +129,7 @@ class TalkingHeadsAttention(keras.layers.Layer):
 
     def call(self, inputs, return_attention=False, training=None):
         num_tokens = ops.shape(inputs)[1]
-        qkv = self.qkv(inputs)
+        qkv = apply_sublayer(self.qkv, inputs)
         qkv = ops.reshape(
             qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim)
         )
@@ -116,11 +141,11 @@ class TalkingHeadsAttention(keras.layers.Layer):
         attention = ops.softmax(logits, axis=-1)
         attention = mix_heads(attention, self.proj_w)
         attention = ops.cast(attention, self.compute_dtype)
-        dropped = self.attention_dropout_layer(attention, training=training)
+        dropped = apply_dropout(self.attention_dropout_layer, attention, training)
         outputs = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
         outputs = ops.reshape(outputs, (-1, num_tokens, self.hidden_dim))
-        outputs = self.proj(outputs)
-        outputs = self.projection_dropout_layer(outputs, training=training)
+        outputs = apply_sublayer(self.proj, outputs)
+        outputs = apply_dropout(self.projection_dropout_layer, outputs, training)
         if return_attention:
             return outputs, attention
         return outputs
