@@ -395,6 +395,35 @@ def _check_object(source, node, max_parameters):
         check_backbone_config(inner, where, max_parameters)
     elif issubclass(cls, CaiTImageClassifier):
         check_classifier_config(inner, where, max_parameters)
+    elif cls.__module__.split(".")[0] == "keras_cait":
+        _check_plain_numbers(where, inner)
+
+
+# Other keras-cait classes (layers, preprocessing) have no argument above
+# this; a larger integer (e.g. an image size of 10**9) is hostile.
+MAX_PLAIN_INT = 2**24
+
+
+def _check_plain_numbers(source, config):
+    """Numbers directly in a keras-cait class's config (not in nested
+    serialised objects, which are checked on their own) must be finite and
+    at most `MAX_PLAIN_INT` in magnitude."""
+    stack = [("", config)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            if "class_name" in value and key:
+                continue
+            stack.extend((f"{key}.{k}" if key else k, v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        elif not math.isfinite(value) or abs(value) > MAX_PLAIN_INT:
+            raise _unsafe(
+                source, f"`{key}` = {value!r:.40} is out of range (finite, "
+                f"|value| <= {MAX_PLAIN_INT})."
+            )
 
 
 def check_model_config(config, source="config.json", max_parameters=None):

@@ -300,3 +300,17 @@ def test_control_the_crafted_lambda_really_runs_when_loaded_unsafely(saved, tmp_
     restored = keras.saving.load_model(path, compile=False, safe_mode=False)
     restored(IMAGES)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("image_size", [[10**9, 10**9], [float("inf"), 32]])
+def test_other_keras_cait_classes_with_hostile_numbers(image_size):
+    converter = {
+        "module": "keras_cait.preprocessing.image_converter",
+        "class_name": "CaiTImageConverter",
+        "config": {"name": "converter", "image_size": image_size},
+        "registered_name": "keras_cait>CaiTImageConverter",
+    }
+    with pytest.raises(CaiTUnsafeModelError, match=r"preprocessor\.json.*image_size\[\d\]"):
+        check_model_config({"config": {"image_converter": converter}}, "preprocessor.json")
+    converter["config"]["image_size"] = [384, 384]
+    check_model_config(converter, "preprocessor.json")
