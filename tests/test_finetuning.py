@@ -55,7 +55,7 @@ def test_no_weight_decay_on_biases_norms_layer_scale_and_embeddings():
         )
         variables = model.trainable_weights
         before = _values(variables)
-        optimizer.apply([keras.ops.zeros_like(v) for v in variables], variables)
+        optimizer.apply([keras.ops.zeros(v.shape, v.dtype) for v in variables], variables)
         multipliers = (
             layer_decay_multipliers(model, layer_decay) if layer_decay else {}
         )
@@ -91,7 +91,7 @@ def test_layer_decay_multipliers_and_steps():
     )
     variables = model.trainable_weights
     before = _values(variables)
-    optimizer.apply([keras.ops.ones_like(v) for v in variables], variables)
+    optimizer.apply([keras.ops.ones(v.shape, v.dtype) for v in variables], variables)
     for variable, old in zip(variables, before):
         step = old - to_numpy(variable)
         np.testing.assert_allclose(
