@@ -185,3 +185,24 @@ def test_example_runs_in_quick_mode(tmp_path):
     result = example["main"](["--quick", "--output", str(tmp_path / "result.json")])
     assert 0.0 <= result["test_accuracy"] <= 1.0
     assert (tmp_path / "result.json").exists()
+
+
+@pytest.mark.parametrize("saved_as", ["timm", "keras_cait"])
+def test_from_preset_passes_regularisation_to_the_backbone(saved_as, tmp_path):
+    preset = TINY_TIMM
+    if saved_as == "keras_cait":
+        preset = str(tmp_path / "preset")
+        keras_cait.CaiTImageClassifier.from_preset(TINY_TIMM).save_to_preset(preset)
+    classifier = keras_cait.CaiTImageClassifier.from_preset(
+        preset, num_classes=4, drop_path_rate=0.1, dropout_rate=0.05,
+        attention_dropout=0.02,
+    )
+    backbone = classifier.backbone
+    assert (backbone.drop_path_rate, backbone.dropout_rate) == (0.1, 0.05)
+    assert backbone.attention_dropout == 0.02
+    assert {
+        backbone.get_layer(f"self_attention_block_{i}").drop_path_1.rate
+        for i in range(backbone.num_layers)
+    } == {0.1}
+    backbone = keras_cait.CaiTBackbone.from_preset(preset, drop_path_rate=0.3)
+    assert backbone.drop_path_rate == 0.3

@@ -55,6 +55,21 @@ _SHAPE_ARGUMENTS = (
 )
 
 
+# Backbone arguments `from_preset` passes to the backbone besides KerasHub's
+# `dtype` and `image_shape`: regularisation chosen at load time (fine-tuning).
+BACKBONE_LOAD_ARGUMENTS = ("drop_path_rate", "dropout_rate", "attention_dropout")
+
+
+def split_backbone_kwargs(backbone_kwargs, kwargs):
+    """Moves `BACKBONE_LOAD_ARGUMENTS` from task kwargs to backbone kwargs."""
+    backbone_kwargs = dict(backbone_kwargs)
+    kwargs = dict(kwargs)
+    for name in BACKBONE_LOAD_ARGUMENTS:
+        if name in kwargs:
+            backbone_kwargs[name] = kwargs.pop(name)
+    return backbone_kwargs, kwargs
+
+
 class TimmPreset:
     """A timm-format checkpoint: its architecture, preprocessing and where
     its weights are.
@@ -351,6 +366,9 @@ class CaiTTimmPresetLoader(PresetLoader):
 
         return CaiTBackbone
 
+    def get_backbone_kwargs(self, **kwargs):
+        return split_backbone_kwargs(*super().get_backbone_kwargs(**kwargs))
+
     def _build_backbone(self, cls, kwargs):
         arguments = dict(self.spec.backbone_kwargs)
         arguments.update({k: v for k, v in kwargs.items() if v is not None})
@@ -453,6 +471,9 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
     `image_shape=` different from the saved one: the preset is loaded as
     saved, then its weights go into a model of the new shape through
     `assign_weights` (which resamples the position embedding)."""
+
+    def get_backbone_kwargs(self, **kwargs):
+        return split_backbone_kwargs(*super().get_backbone_kwargs(**kwargs))
 
     def _resized(self, kwargs):
         shape = kwargs.get("image_shape")
