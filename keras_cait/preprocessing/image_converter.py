@@ -69,6 +69,15 @@ def resized_shape(height, width, image_size, crop_pct, backend=None):
     """
     scale_height = math.floor(image_size[0] / crop_pct)
     scale_width = math.floor(image_size[1] / crop_pct)
+    if all(isinstance(v, (int, np.integer)) for v in (height, width)):
+        # Python ints: timm's own floating-point formulas, so that the rare
+        # sizes where float rounding moves a side by one pixel match too.
+        if scale_height == scale_width:
+            if width <= height:
+                return int(scale_height * height / width), scale_height
+            return scale_height, int(scale_height * width / height)
+        ratio = min(height / scale_height, width / scale_width)
+        return round(height / ratio), round(width / ratio)
     if scale_height == scale_width:
         scale = scale_height
         width_is_short = width <= height
