@@ -27,6 +27,7 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
+from keras_cait.export import export_model
 from keras_cait.finetuning import (
     LayerDecayAdamW,
     finetuning_optimizer,
@@ -57,6 +58,7 @@ from keras_cait.safe_loading import load_model
 from keras_cait.version import __version__
 
 __all__ = [
+    "export_model",
     # attention maps (keras_cait.attention)
     "attention_model",
     "class_attention_grid",
