@@ -145,3 +145,41 @@ def test_attention_heads_must_divide_dim():
         keras_cait.TalkingHeadsAttention(10, 4)
     with pytest.raises(ValueError, match="divisible"):
         keras_cait.ClassAttention(10, 4)
+
+
+def _talking_heads_reference(layer, tokens):
+    """Talking-heads attention written out in NumPy from the layer's weights
+    (timm's order: scale, logits, proj_l with bias, softmax, proj_w with
+    bias, attention @ values, proj)."""
+    w = {v.path.split("/", 1)[1]: to_numpy(v) for v in layer.weights}
+    heads, dim = layer.num_heads, layer.hidden_dim
+    batch, tokens_n, _ = tokens.shape
+    qkv = tokens @ w["qkv/kernel"] + w["qkv/bias"]
+    qkv = qkv.reshape(batch, tokens_n, 3, heads, dim // heads)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    logits = (q * layer.scale) @ k.transpose(0, 1, 3, 2)
+    logits = np.einsum("bhqk,hg->bgqk", logits, w["proj_l/kernel"])
+    logits = logits + w["proj_l/bias"][None, :, None, None]
+    attention = np.exp(logits - logits.max(-1, keepdims=True))
+    attention = attention / attention.sum(-1, keepdims=True)
+    attention = np.einsum("bhqk,hg->bgqk", attention, w["proj_w/kernel"])
+    attention = attention + w["proj_w/bias"][None, :, None, None]
+    outputs = (attention @ v).transpose(0, 2, 1, 3).reshape(batch, tokens_n, dim)
+    return outputs @ w["proj/kernel"] + w["proj/bias"], attention
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_talking_heads_matches_numpy_with_large_head_mix_biases(training):
+    # Inference skips proj_l's bias (the softmax cancels it); a large bias
+    # shows that this is exact, and training (which keeps it) agrees.
+    layer = keras_cait.TalkingHeadsAttention(24, 4)
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((2, 7, 24)).astype("float32")
+    layer(tokens)
+    for variable in layer.weights:
+        scale = 5.0 if "proj_l/bias" in variable.path else 0.3
+        variable.assign(scale * rng.standard_normal(variable.shape))
+    expected, expected_attention = _talking_heads_reference(layer, tokens)
+    outputs, attention = layer(tokens, return_attention=True, training=training)
+    np.testing.assert_allclose(to_numpy(outputs), expected, atol=2e-5)
+    np.testing.assert_allclose(to_numpy(attention), expected_attention, atol=2e-5)

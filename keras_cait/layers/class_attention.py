@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_cait.layers.talking_heads_attention import apply_sublayer
+from keras_cait.layers.sublayers import apply_sublayer, cast_if_needed
 from keras_cait.serialization import register
 
 
@@ -66,12 +66,12 @@ class ClassAttention(keras.layers.Layer):
 
     def call(self, inputs, return_attention=False):
         query = self._split_heads(apply_sublayer(self.q, inputs[:, :1]))
-        query = query * ops.cast(self.scale, query.dtype)
+        query = query * self.scale
         key = self._split_heads(apply_sublayer(self.k, inputs))
         value = self._split_heads(apply_sublayer(self.v, inputs))
         logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
-        attention = ops.softmax(ops.cast(logits, "float32"), axis=-1)
-        attention = ops.cast(attention, self.compute_dtype)
+        attention = ops.softmax(cast_if_needed(logits, "float32"), axis=-1)
+        attention = cast_if_needed(attention, self.compute_dtype)
         outputs = ops.einsum("bhqk,bkhd->bqhd", attention, value)
         outputs = ops.reshape(outputs, (-1, 1, self.hidden_dim))
         outputs = apply_sublayer(self.proj, outputs)

@@ -6,6 +6,7 @@ from keras import ops
 from keras_cait.layers.class_attention import ClassAttention
 from keras_cait.layers.layer_scale import LayerScale
 from keras_cait.layers.mlp import CaiTMLP
+from keras_cait.layers.sublayers import apply_sublayer
 from keras_cait.serialization import register
 
 
@@ -92,13 +93,16 @@ class ClassAttentionBlock(keras.layers.Layer):
 
     def call(self, patch_tokens, class_token, return_attention=False):
         tokens = ops.concatenate([class_token, patch_tokens], axis=1)
-        attended = self.attn(
-            self.norm1(tokens), return_attention=return_attention
+        attended = apply_sublayer(
+            self.attn,
+            apply_sublayer(self.norm1, tokens),
+            return_attention=return_attention,
         )
         if return_attention:
             attended, attention = attended
-        x = class_token + self.layer_scale_1(attended)
-        x = x + self.layer_scale_2(self.mlp(self.norm2(x)))
+        x = class_token + apply_sublayer(self.layer_scale_1, attended)
+        branch = apply_sublayer(self.mlp, apply_sublayer(self.norm2, x))
+        x = x + apply_sublayer(self.layer_scale_2, branch)
         if return_attention:
             return x, attention
         return x

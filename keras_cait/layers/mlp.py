@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_cait.layers.talking_heads_attention import apply_dropout, apply_sublayer
+from keras_cait.layers.sublayers import apply_dropout, apply_sublayer
 from keras_cait.serialization import register
 
 

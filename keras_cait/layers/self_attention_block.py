@@ -5,6 +5,7 @@ import keras
 from keras_cait.layers.drop_path import DropPath
 from keras_cait.layers.layer_scale import LayerScale
 from keras_cait.layers.mlp import CaiTMLP
+from keras_cait.layers.sublayers import apply_sublayer
 from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
 from keras_cait.serialization import register
 
@@ -106,22 +107,32 @@ class SelfAttentionBlock(keras.layers.Layer):
             self.drop_path_rate, seed=self.seed, dtype=policy,
             name="drop_path_1",
         )
+        self.drop_path_1.build(token_shape)
         self.drop_path_2 = DropPath(
             self.drop_path_rate, seed=seed_2, dtype=policy, name="drop_path_2"
         )
+        self.drop_path_2.build(token_shape)
 
     def call(self, inputs, return_attention=False, training=None):
-        attended = self.attn(
-            self.norm1(inputs), return_attention=return_attention,
+        attended = apply_sublayer(
+            self.attn,
+            apply_sublayer(self.norm1, inputs),
+            return_attention=return_attention,
             training=training,
         )
         if return_attention:
             attended, attention = attended
-        x = inputs + self.drop_path_1(
-            self.layer_scale_1(attended), training=training
+        x = inputs + apply_sublayer(
+            self.drop_path_1,
+            apply_sublayer(self.layer_scale_1, attended),
+            training=training,
         )
-        x = x + self.drop_path_2(
-            self.layer_scale_2(self.mlp(self.norm2(x), training=training)),
+        branch = apply_sublayer(
+            self.mlp, apply_sublayer(self.norm2, x), training=training
+        )
+        x = x + apply_sublayer(
+            self.drop_path_2,
+            apply_sublayer(self.layer_scale_2, branch),
             training=training,
         )
         if return_attention:
