@@ -4,8 +4,14 @@
 claim it makes against the file before any tensor memory is allocated: the
 header length, its JSON, each tensor's dtype, shape and byte range, that the
 ranges tile the data section exactly (no gaps, overlaps or trailing bytes),
-and optionally the file's SHA-256. Tensor data is then read with NumPy.
-Every failure is a keras-cait exception that names the file and the problem.
+and optionally the file's SHA-256. Tensor data is then read with NumPy
+(`readinto`, never memory-mapped). Every failure is a keras-cait exception
+that names the file and the problem.
+
+`SafetensorsReader` does the same one tensor at a time (memory: the largest
+tensor, not the file), and `Float32SafetensorsWriter` writes a file one
+tensor at a time, header first; the preset loader streams conversions
+through both.
 
 The format (https://github.com/huggingface/safetensors): 8 bytes, a
 little-endian unsigned 64-bit header length `n`; `n` bytes of UTF-8 JSON
@@ -272,8 +278,21 @@ def read_safetensors_header(path):
     )
     ```
     """
+    path = os.fspath(path)
     _check_is_file(path)
-    size = os.path.getsize(path)
+
+    def read(p):
+        with open(p, "rb") as f:
+            entries, metadata, data_start, _ = _read_header(path, f)
+        return entries, metadata, data_start
+
+    return _open_error_guard(path, read)
+
+
+def _read_header(path, f):
+    """Validates the header of the open file `f` (read from its start);
+    returns `(entries, metadata, data_start, raw_header_bytes)`."""
+    size = os.fstat(f.fileno()).st_size
     if size == 0:
         raise _fail(path, "the file is empty (0 bytes); expected a safetensors file.")
     if size < _HEADER_LENGTH_BYTES:
@@ -282,26 +301,23 @@ def read_safetensors_header(path):
             f"the file is truncated: {size} bytes, shorter than the 8-byte "
             "header length of a safetensors file.",
         )
-
-    def read_header(p):
-        with open(p, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(_HEADER_LENGTH_BYTES))
-            if length > MAX_HEADER_BYTES:
-                raise _fail(
-                    path,
-                    f"the header claims {length} bytes, more than the "
-                    f"{MAX_HEADER_BYTES}-byte limit; not a safetensors file.",
-                )
-            if length > size - _HEADER_LENGTH_BYTES:
-                raise _fail(
-                    path,
-                    f"the header claims {length} bytes but only "
-                    f"{size - _HEADER_LENGTH_BYTES} follow; the file is "
-                    "truncated or not a safetensors file.",
-                )
-            return f.read(length)
-
-    raw = _open_error_guard(path, read_header)
+    f.seek(0)
+    prefix = f.read(_HEADER_LENGTH_BYTES)
+    (length,) = struct.unpack("<Q", prefix)
+    if length > MAX_HEADER_BYTES:
+        raise _fail(
+            path,
+            f"the header claims {length} bytes, more than the "
+            f"{MAX_HEADER_BYTES}-byte limit; not a safetensors file.",
+        )
+    if length > size - _HEADER_LENGTH_BYTES:
+        raise _fail(
+            path,
+            f"the header claims {length} bytes but only "
+            f"{size - _HEADER_LENGTH_BYTES} follow; the file is "
+            "truncated or not a safetensors file.",
+        )
+    raw = f.read(length)
     header = _parse_json_object(path, raw)
     data_start = _HEADER_LENGTH_BYTES + len(raw)
     data_size = size - data_start
@@ -337,20 +353,18 @@ def read_safetensors_header(path):
             "not described by the header; the file is corrupt or was "
             "modified.",
         )
-    return entries, metadata, data_start
+    return entries, metadata, data_start, prefix + raw
 
 
-def _read_tensors(path, entries, data_start):
-    tensors = {}
-    with open(path, "rb") as f:
-        for name, (code, shape, begin, end) in entries.items():
-            array = np.empty(shape, dtype=SAFETENSORS_DTYPES[code])
-            f.seek(data_start + begin)
-            view = memoryview(array.reshape(-1).view(np.uint8))
-            if f.readinto(view) != end - begin:
-                raise _fail(path, f"tensor {name!r}: the file ended early.")
-            tensors[name] = array
-    return tensors
+def _read_raw(path, f, name, entry, data_start):
+    """Reads one tensor's bytes into a new array of its file dtype."""
+    code, shape, begin, end = entry
+    array = np.empty(shape, dtype=SAFETENSORS_DTYPES[code])
+    f.seek(data_start + begin)
+    view = memoryview(array.reshape(-1).view(np.uint8))
+    if f.readinto(view) != end - begin:
+        raise _fail(path, f"tensor {name!r}: the file ended early.")
+    return array
 
 
 def _finalize(path, name, code, array, allow_non_finite):
@@ -381,6 +395,145 @@ def _finalize(path, name, code, array, allow_non_finite):
                 "`allow_non_finite=True` to load it anyway.",
             )
     return array
+
+
+class SafetensorsReader:
+    """A validated safetensors file, read one tensor at a time.
+
+    The header is read and checked completely when the reader is created
+    (as by `read_safetensors_header`) and the file stays open, so every
+    tensor comes from the file that was checked even if the path is
+    replaced meanwhile. Each tensor read is checked the way
+    `read_safetensors` checks it (float64 to float32, NaN/Inf), so the
+    memory in use is the size of one tensor, not of the file. Nothing is
+    memory-mapped.
+
+    Args:
+        path: path of a `.safetensors` file.
+        allow_non_finite: bool. Accept floating-point tensors holding NaN or
+            Inf (refused by default).
+
+    Attributes:
+        entries: dict of tensor name to `(dtype_code, shape, begin, end)`,
+            as `read_safetensors_header` returns it.
+        metadata: the header's `__metadata__` dict (or `{}`).
+        size: the open file's size in bytes.
+
+    Raises:
+        CaiTFileNotFoundError: the file does not exist.
+        CaiTWeightsError: the file is empty, truncated, not a safetensors
+            file, or its header is inconsistent with itself or the file size.
+
+    Example:
+    ```python
+    with keras_cait.safe_io.SafetensorsReader("model.safetensors") as reader:
+        for name, array in reader.items():
+            print(name, array.shape)
+    ```
+    """
+
+    def __init__(self, path, allow_non_finite=False):
+        self.path = os.fspath(path)
+        self.allow_non_finite = allow_non_finite
+        _check_is_file(self.path)
+        self._file = _open_error_guard(self.path, lambda p: open(p, "rb"))
+        try:
+            self.size = os.fstat(self._file.fileno()).st_size
+            (
+                self.entries,
+                self.metadata,
+                self.data_start,
+                self._header_bytes,
+            ) = _open_error_guard(self.path, lambda p: _read_header(p, self._file))
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Closes the file."""
+        self._file.close()
+
+    @property
+    def closed(self):
+        return self._file.closed
+
+    def names(self):
+        """Tensor names in the order of their data in the file."""
+        return [
+            name
+            for name, _ in sorted(
+                self.entries.items(), key=lambda item: (item[1][2], item[1][3])
+            )
+        ]
+
+    def __contains__(self, name):
+        return name in self.entries
+
+    def __len__(self):
+        return len(self.entries)
+
+    def dtype_code(self, name):
+        """The safetensors dtype code (`"F32"`, `"BF16"`, ...) of a tensor."""
+        return self.entries[name][0]
+
+    def shape(self, name):
+        """The shape of a tensor, as a tuple, from the header."""
+        return self.entries[name][1]
+
+    def _raw(self, name):
+        return _open_error_guard(
+            self.path,
+            lambda p: _read_raw(
+                p, self._file, name, self.entries[name], self.data_start
+            ),
+        )
+
+    def read(self, name):
+        """Reads and checks one tensor.
+
+        Args:
+            name: string, the tensor's name.
+
+        Returns:
+            A NumPy array: `F64` tensors are converted to float32 with a
+            warning (an error if a value does not fit in float32), `BF16`
+            tensors are `ml_dtypes.bfloat16` arrays.
+
+        Raises:
+            KeyError: no tensor has that name.
+            CaiTWeightsError: the file cannot be read or ended early, or the
+                tensor holds NaN/Inf (unless `allow_non_finite`).
+        """
+        code = self.entries[name][0]
+        return _finalize(self.path, name, code, self._raw(name), self.allow_non_finite)
+
+    def __getitem__(self, name):
+        return self.read(name)
+
+    def items(self, digest=None):
+        """Yields `(name, array)` for every tensor in file order, reading
+        one tensor at a time (each checked as by `read`).
+
+        Args:
+            digest: `None` or a `hashlib` object. It is fed every byte of
+                the file in order (the header, then each tensor's bytes as
+                they are read), so after the last tensor it holds the whole
+                file's digest.
+        """
+        if digest is not None:
+            digest.update(self._header_bytes)
+        for name in self.names():
+            code = self.entries[name][0]
+            raw = self._raw(name)
+            if digest is not None:
+                digest.update(memoryview(raw.reshape(-1).view(np.uint8)))
+            yield name, _finalize(self.path, name, code, raw, self.allow_non_finite)
 
 
 def read_safetensors(path, expected_sha256=None, allow_non_finite=False):
@@ -421,11 +574,100 @@ def read_safetensors(path, expected_sha256=None, allow_non_finite=False):
     path = os.fspath(path)
     if expected_sha256 is not None:
         verify_sha256(path, expected_sha256)
-    entries, _, data_start = read_safetensors_header(path)
-    tensors = _open_error_guard(
-        path, lambda p: _read_tensors(p, entries, data_start)
-    )
-    return {
-        name: _finalize(path, name, entries[name][0], array, allow_non_finite)
-        for name, array in tensors.items()
-    }
+    with SafetensorsReader(path, allow_non_finite=allow_non_finite) as reader:
+        # Header order, as before (the dict's insertion order).
+        return {name: reader.read(name) for name in reader.entries}
+
+
+class Float32SafetensorsWriter:
+    """Writes a float32 safetensors file one tensor at a time.
+
+    The header (every name, shape and byte range) is written first, from the
+    shapes given up front; then each tensor's bytes are written as they are
+    produced, so only one tensor needs to be in memory. The file's SHA-256
+    is computed while writing. The bytes are those `safetensors.numpy.save_file`
+    writes for the same float32 arrays (tensors sorted by name, the header
+    padded with spaces to a multiple of 8 bytes), so `safetensors` and
+    `read_safetensors` read it back.
+
+    Args:
+        file: a binary file object opened for writing, positioned at 0.
+        shapes: mapping of tensor name to shape.
+        path: string naming the file in errors.
+
+    Raises:
+        CaiTWeightsError: (from `write`/`finish`) a tensor comes out of
+            order, with another shape, not finite-sized, or one is missing.
+
+    Example:
+    ```python
+    shapes = {"a": (2, 3), "b": (4,)}
+    with open("out.safetensors", "wb") as f:
+        writer = Float32SafetensorsWriter(f, shapes)
+        for name in writer.order:
+            writer.write(name, np.zeros(shapes[name], "float32"))
+        size, sha256 = writer.finish()
+    ```
+    """
+
+    def __init__(self, file, shapes, path="safetensors file"):
+        self.path = path
+        self._file = file
+        self.order = sorted(shapes)
+        self.shapes = {name: tuple(int(d) for d in shapes[name]) for name in self.order}
+        header = {}
+        position = 0
+        for name in self.order:
+            size = math.prod(self.shapes[name]) * 4
+            header[name] = {
+                "dtype": "F32",
+                "shape": list(self.shapes[name]),
+                "data_offsets": [position, position + size],
+            }
+            position += size
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        raw += b" " * (-len(raw) % _HEADER_LENGTH_BYTES)
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._next = 0
+        self._put(struct.pack("<Q", len(raw)) + raw)
+
+    def _put(self, data):
+        self._file.write(data)
+        self._digest.update(data)
+        self._size += len(data)
+
+    def write(self, name, array):
+        """Writes the next tensor (in `order`) as little-endian float32."""
+        if self._next >= len(self.order) or self.order[self._next] != name:
+            expected = (
+                self.order[self._next] if self._next < len(self.order) else "none"
+            )
+            raise _fail(
+                self.path,
+                f"tensor {name!r} written out of order; the next tensor is "
+                f"{expected!r}.",
+            )
+        array = np.asarray(array, dtype="<f4", order="C")
+        if tuple(array.shape) != self.shapes[name]:
+            raise _fail(
+                self.path,
+                f"tensor {name!r} has shape {tuple(array.shape)}; the header "
+                f"says {self.shapes[name]}.",
+            )
+        self._put(memoryview(array.reshape(-1).view(np.uint8)))
+        self._next += 1
+
+    def finish(self):
+        """Checks every tensor was written and flushes.
+
+        Returns:
+            `(size_in_bytes, sha256_hex_digest)` of the file written.
+        """
+        if self._next != len(self.order):
+            raise _fail(
+                self.path,
+                f"only {self._next} of {len(self.order)} tensors were written.",
+            )
+        self._file.flush()
+        return self._size, self._digest.hexdigest()
