@@ -32,6 +32,10 @@ def mix_heads(attention, head_mixer, kernel_scale=1.0, use_bias=True):
     if kernel_scale != 1.0:
         kernel = kernel * kernel_scale
     shape = ops.shape(attention)
+    # One (heads, heads) kernel per image: a batched product of same-sized
+    # batches. With a 2-D kernel PyTorch folds the batch instead, through a
+    # transposed copy of the attention tensor in and out (4x slower).
+    kernel = ops.broadcast_to(kernel, (shape[0], shape[1], shape[1]))
     mixed = ops.matmul(kernel, ops.reshape(attention, (shape[0], shape[1], -1)))
     if use_bias:
         bias = cast_if_needed(head_mixer.bias, dtype)
@@ -123,8 +127,12 @@ class TalkingHeadsAttention(keras.layers.Layer):
         qkv = ops.reshape(
             qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim)
         )
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
+        # (3, batch, heads, tokens, head_dim), as timm lays it out: the
+        # products below then write contiguous (batch, heads, q, k) tensors,
+        # which the head mixes read without a copy.
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        logits = ops.matmul(query, ops.swapaxes(key, -1, -2))
         # `proj_l` with the query scale folded into its kernel. Its bias adds
         # one constant per head to every logit of that head, which the
         # softmax over keys cancels exactly; it is skipped in inference and
@@ -136,10 +144,24 @@ class TalkingHeadsAttention(keras.layers.Layer):
             use_bias=bool(training),
         )
         attention = ops.softmax(logits, axis=-1)
-        attention = mix_heads(attention, self.proj_w)
+        # `proj_w`'s bias b adds b[g] * sum_k value[k] to head g's output.
+        # Where nothing else reads the attention weights (no dropout, not
+        # returned) that sum is added to the output instead of adding b to
+        # every one of the (q, k) weights; in float32 only, so that reduced
+        # precision keeps the exact order of operations.
+        fold_bias = (
+            not return_attention
+            and not (training and self.attention_dropout > 0)
+            and self.compute_dtype == "float32"
+        )
+        attention = mix_heads(attention, self.proj_w, use_bias=not fold_bias)
         attention = cast_if_needed(attention, self.compute_dtype)
         dropped = apply_dropout(self.attention_dropout_layer, attention, training)
-        outputs = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
+        outputs = ops.matmul(dropped, value)
+        if fold_bias:
+            bias = ops.reshape(self.proj_w.bias, (1, -1, 1, 1))
+            outputs = outputs + bias * ops.sum(value, axis=2, keepdims=True)
+        outputs = ops.transpose(outputs, (0, 2, 1, 3))
         outputs = ops.reshape(outputs, (-1, num_tokens, self.hidden_dim))
         outputs = apply_sublayer(self.proj, outputs)
         outputs = apply_dropout(self.projection_dropout_layer, outputs, training)
