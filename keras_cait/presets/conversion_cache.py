@@ -11,10 +11,20 @@ Keras-layout arrays are then kept under the Keras cache directory:
 (`~/.keras/keras_cait/converted` by default). `<key>` hashes the repo id, the
 revision, the source file's size and sha256 and the cache format. Both files
 are written to a temporary file in the same folder and moved into place with
-`os.replace`, under a file lock, so readers never see half a file. An entry
-is used only if `meta.json` matches the source exactly (repo, revision,
-size, sha256, keras-cait version) and the weights file has the size and
-sha256 recorded there; anything else is rebuilt.
+`os.replace`, under a file lock, so readers never see half a file;
+`meta.json` is written last. An entry is used only if `meta.json` matches the
+source exactly (repo, revision, size, sha256, keras-cait version) and the
+weights file has the size and sha256 recorded there and holds finite float32
+tensors; anything else is rebuilt.
+
+Everything streams, one tensor at a time, so memory never holds a second
+copy of the weights: `store` takes a `TensorStream` (the shapes up front,
+then one tensor at a time), writes the safetensors header first and then
+each tensor as it is produced, hashing as it writes; `open` checks an entry
+in one pass and returns it as an open `keras_cait.safe_io.SafetensorsReader`
+that the loader reads and assigns one tensor at a time. A conversion that
+fails midway (a NaN tensor, a truncated source) leaves no entry and no
+temporary file. `load` and `get_or_convert` are the whole-dict forms.
 """
 
 import dataclasses
@@ -23,6 +33,8 @@ import json
 import os
 import re
 import tempfile
+
+import numpy as np
 
 from keras_cait.version import __version__
 
@@ -101,6 +113,36 @@ class SourceIdentity:
         )
 
 
+class TensorStream:
+    """Keras-layout float32 tensors for `ConversionCache.store`, produced one
+    at a time while the cache file is written.
+
+    Args:
+        shapes: dict of timm key to Keras-layout shape (known up front: the
+            cache file's header is written before any tensor).
+        produce: callable taking a key and returning that tensor (an array
+            of that shape); called once per key, in the file's order.
+        close: `None` or a callable run when writing ends (for example to
+            close the source file), whether it succeeded or not.
+    """
+
+    def __init__(self, shapes, produce, close=None):
+        self.shapes = {key: tuple(shape) for key, shape in shapes.items()}
+        self.produce = produce
+        self._close = close
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """A stream of arrays already in memory (`{key: array}`)."""
+        arrays = dict(arrays)
+        return cls({key: np.shape(value) for key, value in arrays.items()}, arrays.get)
+
+    def close(self):
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+
 def _write_atomically(path, write):
     """Calls `write(tmp_path)` then moves the result to `path`."""
     directory = os.path.dirname(path)
@@ -132,7 +174,7 @@ class ConversionCache:
         repo = re.sub(r"[^A-Za-z0-9._-]+", "--", identity.repo_id).strip("-")[-120:]
         return os.path.join(self.root, repo or "repo", key)
 
-    def _valid_meta(self, directory, identity):
+    def _read_meta(self, directory, identity):
         try:
             with open(os.path.join(directory, META_FILE), encoding="utf-8") as f:
                 meta = json.load(f)
@@ -143,50 +185,116 @@ class ConversionCache:
         for key, value in identity.key_fields().items():
             if meta.get(key) != value:
                 return None
-        weights = os.path.join(directory, WEIGHTS_FILE)
-        try:
-            size = os.path.getsize(weights)
-        except OSError:
-            return None
-        if size != meta.get("weights_size"):
-            return None
-        if file_sha256(weights) != meta.get("weights_sha256"):
-            return None
         return meta
 
-    def load(self, identity):
-        """The cached arrays for `identity`, or `None` if there is no valid
-        entry (missing, stale, half-written or corrupt)."""
+    def open(self, identity):
+        """The entry for `identity`, checked, as an open
+        `keras_cait.safe_io.SafetensorsReader` (close it, or use it in a
+        `with` block), or `None` if there is no valid entry (missing, stale,
+        half-written or corrupt).
+
+        The entry is checked in one pass over the open file, one tensor at a
+        time: its size and sha256 against `meta.json`, its header, and that
+        every tensor is finite float32. Tensors read later come from the
+        same open file, so a concurrent rebuild cannot change them.
+        """
         from keras_cait.errors import CaiTError
-        from keras_cait.presets.timm_repo import read_state_dict
+        from keras_cait.safe_io import SafetensorsReader
 
         directory = self.entry_dir(identity)
-        if self._valid_meta(directory, identity) is None:
+        meta = self._read_meta(directory, identity)
+        if meta is None:
             return None
         try:
-            return read_state_dict(os.path.join(directory, WEIGHTS_FILE))
+            reader = SafetensorsReader(os.path.join(directory, WEIGHTS_FILE))
         except (CaiTError, OSError):
             return None
+        try:
+            valid = reader.size == meta.get("weights_size")
+            if valid:
+                digest = hashlib.sha256()
+                for name, _ in reader.items(digest=digest):
+                    if reader.dtype_code(name) != "F32":
+                        valid = False
+                        break
+                valid = valid and digest.hexdigest() == meta.get("weights_sha256")
+        except (CaiTError, OSError):
+            valid = False
+        if not valid:
+            reader.close()
+            return None
+        return reader
 
-    def store(self, identity, arrays):
-        """Writes `arrays` ({timm key: Keras-layout array}) for `identity`."""
-        from safetensors.numpy import save_file
+    def load(self, identity):
+        """The cached arrays for `identity` (`{timm key: array}`), or `None`
+        if there is no valid entry (missing, stale, half-written or corrupt).
+        Reads the whole entry into memory; `open` reads one tensor at a
+        time."""
+        reader = self.open(identity)
+        if reader is None:
+            return None
+        with reader:
+            return {name: reader.read(name) for name in reader.names()}
 
+    def store(self, identity, tensors):
+        """Writes the entry for `identity`, one tensor at a time.
+
+        The weights file's header is written first, then each tensor as it
+        is produced, to a temporary file hashed as it is written and moved
+        into place; `meta.json` is written last. If producing a tensor fails
+        (a NaN in the source, a truncated file), the error propagates and no
+        entry and no temporary file is left.
+
+        Args:
+            identity: the `SourceIdentity` the tensors are made from.
+            tensors: a `TensorStream`, or a dict of timm key to Keras-layout
+                array (stored as float32).
+
+        Returns:
+            The entry's folder.
+        """
+        from keras_cait.safe_io import Float32SafetensorsWriter
+
+        stream = (
+            tensors if isinstance(tensors, TensorStream)
+            else TensorStream.from_arrays(tensors)
+        )
         directory = self.entry_dir(identity)
-        os.makedirs(directory, exist_ok=True)
         weights = os.path.join(directory, WEIGHTS_FILE)
         meta_path = os.path.join(directory, META_FILE)
-        # Invalidate the old entry first: a crash below leaves no meta.json.
-        if os.path.exists(meta_path):
-            os.remove(meta_path)
-        arrays = {key: value for key, value in arrays.items()}
-        _write_atomically(weights, lambda tmp: save_file(arrays, tmp))
+        written = {}
+
+        def write_weights(tmp):
+            with open(tmp, "wb") as f:
+                writer = Float32SafetensorsWriter(f, stream.shapes, path=weights)
+                for key in writer.order:
+                    writer.write(key, stream.produce(key))
+                written["size"], written["sha256"] = writer.finish()
+
+        try:
+            os.makedirs(directory, exist_ok=True)
+            # Invalidate the old entry first: a crash below leaves no meta.json.
+            if os.path.exists(meta_path):
+                os.remove(meta_path)
+            _write_atomically(weights, write_weights)
+        except BaseException:
+            # Nothing of a failed conversion stays: no weights file, and
+            # no folder if it is empty.
+            if os.path.exists(weights):
+                os.remove(weights)
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
+            raise
+        finally:
+            stream.close()
         meta = dict(
             identity.key_fields(),
             commit=identity.commit,
             weights_file=WEIGHTS_FILE,
-            weights_size=os.path.getsize(weights),
-            weights_sha256=file_sha256(weights),
+            weights_size=written["size"],
+            weights_sha256=written["sha256"],
         )
 
         def write_meta(tmp):
@@ -196,18 +304,46 @@ class ConversionCache:
         _write_atomically(meta_path, write_meta)
         return directory
 
+    def _locked(self, identity):
+        import filelock
+
+        directory = self.entry_dir(identity)
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        return filelock.FileLock(directory + ".lock", timeout=_LOCK_TIMEOUT_S)
+
+    def open_or_convert(self, identity, convert):
+        """Returns `(reader, from_cache)`: the entry for `identity` as an open
+        `SafetensorsReader` (see `open`), converting and storing it first if
+        there is no valid entry. Conversion runs under a file lock, so two
+        processes converting the same source do it once.
+
+        Args:
+            identity: a `SourceIdentity`.
+            convert: callable returning a `TensorStream` (or a dict of
+                arrays) for `store`.
+        """
+        from keras_cait.safe_io import SafetensorsReader
+
+        reader = self.open(identity)
+        if reader is not None:
+            return reader, True
+        with self._locked(identity):
+            reader = self.open(identity)
+            if reader is not None:
+                return reader, True
+            directory = self.store(identity, convert())
+            # Written by this process under the lock: no second hashing pass.
+            return SafetensorsReader(os.path.join(directory, WEIGHTS_FILE)), False
+
     def get_or_convert(self, identity, convert):
         """Returns `(arrays, from_cache)`: the cached arrays, or `convert()`'s
         result after storing it. Conversion runs under a file lock, so two
-        processes converting the same source do it once."""
-        import filelock
-
+        processes converting the same source do it once. (Whole arrays in
+        memory; `open_or_convert` streams.)"""
         arrays = self.load(identity)
         if arrays is not None:
             return arrays, True
-        directory = self.entry_dir(identity)
-        os.makedirs(os.path.dirname(directory), exist_ok=True)
-        with filelock.FileLock(directory + ".lock", timeout=_LOCK_TIMEOUT_S):
+        with self._locked(identity):
             arrays = self.load(identity)
             if arrays is not None:
                 return arrays, True

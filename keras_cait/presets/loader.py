@@ -13,9 +13,18 @@ A preset is one of:
 timm-format sources are handled by `CaiTTimmPresetLoader` below (converted
 weights are cached, see `conversion_cache`); keras-cait presets by KerasHub's
 own `KerasPresetLoader`.
+
+A timm checkpoint is converted and loaded one tensor at a time: its header
+is checked against the architecture, each tensor is read, transposed and
+written into the conversion cache's file (`_convert_state_dict`); the cache
+entry's shapes are then checked against the model and its tensors read and
+assigned one at a time (`assign_weights`). Besides the model's own
+variables, memory holds about one tensor, never a second copy of the
+weights.
 """
 
 import functools
+import math
 import os
 import threading
 
@@ -23,7 +32,13 @@ import keras
 import numpy as np
 
 from keras_cait import safe_loading
-from keras_cait.convert.timm_weights import load_timm_state_dict, model_weight_map
+from keras_cait.convert.timm_weights import (
+    check_timm_header,
+    keras_shape,
+    model_weight_map,
+    timm_weight_layout,
+    to_keras_array,
+)
 from keras_cait.errors import (
     CaiTConfigError,
     CaiTFileNotFoundError,
@@ -31,7 +46,12 @@ from keras_cait.errors import (
     CaiTWeightsError,
 )
 from keras_cait.presets import handles, hub, registry, timm_repo
-from keras_cait.presets.conversion_cache import ConversionCache, SourceIdentity
+from keras_cait.presets.conversion_cache import (
+    ConversionCache,
+    SourceIdentity,
+    TensorStream,
+)
+from keras_cait.safe_io import SafetensorsReader
 
 # Private KerasHub APIs, checked against keras-hub 0.32.0 (pinned in
 # pyproject.toml): the preset-loader base classes and the subclass lookup.
@@ -276,13 +296,60 @@ def adapt_position_embedding(array, source, old_shape, new_shape, patch_size):
     return np.asarray(resample_position_embedding(array, old_grid, new_grid))
 
 
+# Assigning frees each variable's initial value as its new value arrives;
+# the allocator keeps freed blocks resident, and new values do not always
+# reuse them (on JAX they never do), so without this the peak memory of
+# assigning grows by up to the model's size.
+_TRIM_EVERY_BYTES = 32 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc
+        return None
+
+
+def release_freed_memory():
+    """Returns memory freed by the process's heap to the system (glibc's
+    `malloc_trim(0)`; a no-op elsewhere). Best effort: never raises."""
+    trim = _malloc_trim()
+    if trim is not None:
+        try:
+            trim(0)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def _shape_of(arrays, key):
+    if isinstance(arrays, SafetensorsReader):
+        return tuple(arrays.shape(key))
+    return tuple(np.shape(arrays[key]))
+
+
+def _file_order(arrays, plan):
+    """Reads a file in order (sequential reads); dicts keep the model's."""
+    if not isinstance(arrays, SafetensorsReader):
+        return plan
+    return sorted(plan, key=lambda item: arrays.entries[item[0]][2])
+
+
 def assign_weights(model, arrays, source, checkpoint_image_shape, load_head):
     """Assigns converted (Keras-layout) arrays, keyed by timm key, to a
     backbone or classifier.
 
+    Every shape is checked before anything is assigned (from the file's
+    header when `arrays` is a reader), so a bad source leaves the model
+    untouched; then the tensors are read and assigned one at a time.
+
     Args:
         model: a `CaiTBackbone` or `CaiTImageClassifier`.
-        arrays: dict. timm key -> Keras-layout array.
+        arrays: dict of timm key to Keras-layout array, or an open
+            `keras_cait.safe_io.SafetensorsReader` of such arrays (a
+            conversion cache entry), read one tensor at a time.
         source: string quoted in errors.
         checkpoint_image_shape: the image shape the arrays were made for.
         load_head: bool. Whether to assign `head.*` (else it stays fresh).
@@ -298,54 +365,71 @@ def assign_weights(model, arrays, source, checkpoint_image_shape, load_head):
             continue
         if key not in arrays:
             raise CaiTWeightsError(f"{source}: tensor '{key}' is missing.")
-        array = arrays[key]
-        if key == "pos_embed" and tuple(array.shape) != tuple(variable.shape):
+        shape = _shape_of(arrays, key)
+        value = None  # read when assigned
+        if key == "pos_embed" and shape != tuple(variable.shape):
             if image_shape[:2] != tuple(checkpoint_image_shape[:2]):
-                array = adapt_position_embedding(
-                    array,
+                # Small (one embedding): resampled now, so its new shape is
+                # checked before anything is assigned.
+                value = adapt_position_embedding(
+                    arrays[key],
                     source,
                     checkpoint_image_shape,
                     image_shape,
                     backbone.patch_size,
                 )
-        if tuple(array.shape) != tuple(variable.shape):
+                shape = tuple(value.shape)
+        if shape != tuple(variable.shape):
             raise CaiTWeightsError(
-                f"{source}: tensor '{key}' has shape {tuple(array.shape)} "
+                f"{source}: tensor '{key}' has shape {shape} "
                 f"(in Keras layout); the model expects {tuple(variable.shape)}."
             )
-        plan.append((variable, array))
-    for variable, array in plan:
-        variable.assign(array)
+        plan.append((key, variable, value))
+    assigned = 0
+    for key, variable, value in _file_order(arrays, plan):
+        variable.assign(arrays[key] if value is None else value)
+        assigned += math.prod(variable.shape) * 4
+        if assigned >= _TRIM_EVERY_BYTES:
+            release_freed_memory()
+            assigned = 0
+    release_freed_memory()
 
 
-def _convert_state_dict(path, spec, backbone):
-    """Reads a timm `model.safetensors`, checks it against the checkpoint's
-    architecture and returns its Keras-layout arrays by timm key."""
-    from keras_cait.models.cait_backbone import CaiTBackbone
-    from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+def _convert_state_dict(path, spec):
+    """Checks a timm `model.safetensors` against the checkpoint's
+    architecture and returns a `TensorStream` of its Keras-layout arrays by
+    timm key, converted one tensor at a time as the cache writes them.
 
-    state_dict = timm_repo.read_state_dict(path)
-    # Convert into the caller's backbone when it is the checkpoint's own
-    # float32 architecture; otherwise into a float32 reference copy.
-    config = backbone.get_config() if backbone is not None else {}
-    reuse = backbone is not None and all(
-        (tuple(config[k]) if k == "image_shape" else config[k])
-        == spec.backbone_kwargs[k]
-        for k in _SHAPE_ARGUMENTS
-    ) and backbone.dtype_policy.variable_dtype == "float32"
-    if not reuse:
-        backbone = CaiTBackbone(**spec.backbone_kwargs, dtype="float32")
-    reference = CaiTImageClassifier(
-        backbone,
-        num_classes=spec.classifier_kwargs["num_classes"],
-        pooling=spec.classifier_kwargs["pooling"],
-        compile=False,
+    The whole header is checked first (every key present and expected,
+    floating-point dtypes, timm shapes from `timm_weight_layout`; no model
+    is built); each tensor is then read (NaN/Inf, float64 and bfloat16
+    handled by `SafetensorsReader`), transposed to Keras layout and handed
+    to the writer.
+
+    Raises:
+        CaiTWeightsError: the file is corrupt or does not match the
+            architecture (when called), or a tensor is not finite (while
+            the stream is written).
+    """
+    layout = timm_weight_layout(
+        spec.backbone_kwargs, spec.classifier_kwargs["num_classes"]
     )
-    load_timm_state_dict(reference, state_dict, source=path)
-    return {
-        key: np.asarray(keras.ops.convert_to_numpy(variable.value))
-        for key, variable, _ in model_weight_map(reference)
-    }
+    reader = SafetensorsReader(path)
+    try:
+        check_timm_header(path, layout, reader.entries)
+    except BaseException:
+        reader.close()
+        raise
+    kinds = {key: kind for key, _, kind in layout}
+
+    def produce(key):
+        return to_keras_array(kinds[key], reader.read(key))
+
+    return TensorStream(
+        {key: keras_shape(kind, shape) for key, shape, kind in layout},
+        produce,
+        close=reader.close,
+    )
 
 
 class CaiTTimmPresetLoader(PresetLoader):
@@ -376,19 +460,25 @@ class CaiTTimmPresetLoader(PresetLoader):
             arguments["image_shape"] = tuple(arguments["image_shape"])
         return cls(**arguments)
 
-    def _load_weights(self, model, load_head):
+    def _open_converted(self):
+        """`(path, reader)`: the checkpoint's conversion cache entry, made
+        first if needed, as an open `SafetensorsReader`."""
         path, identity = self.spec.fetch_weights()
-        backbone = getattr(model, "backbone", model)
-        arrays, _ = ConversionCache().get_or_convert(
-            identity, lambda: _convert_state_dict(path, self.spec, backbone)
+        reader, _ = ConversionCache().open_or_convert(
+            identity, lambda: _convert_state_dict(path, self.spec)
         )
-        assign_weights(
-            model,
-            arrays,
-            path,
-            self.spec.backbone_kwargs["image_shape"],
-            load_head=load_head,
-        )
+        return path, reader
+
+    def _load_weights(self, model, load_head):
+        path, reader = self._open_converted()
+        with reader:
+            assign_weights(
+                model,
+                reader,
+                path,
+                self.spec.backbone_kwargs["image_shape"],
+                load_head=load_head,
+            )
 
     def load_backbone(self, cls, load_weights, **kwargs):
         backbone = self._build_backbone(cls, kwargs)
@@ -420,20 +510,23 @@ class CaiTTimmPresetLoader(PresetLoader):
                 self._load_weights(task, load_head)
             elif load_head:
                 # The caller's backbone stays as it is; only the head loads.
-                path, identity = self.spec.fetch_weights()
-                arrays, _ = ConversionCache().get_or_convert(
-                    identity, lambda: _convert_state_dict(path, self.spec, None)
-                )
-                for key, variable, _ in model_weight_map(task):
-                    if not key.startswith("head."):
-                        continue
-                    if tuple(arrays[key].shape) != tuple(variable.shape):
-                        raise CaiTWeightsError(
-                            f"{path}: tensor '{key}' has shape "
-                            f"{tuple(arrays[key].shape)} (in Keras layout); the "
-                            f"given backbone's head expects {tuple(variable.shape)}."
-                        )
-                    variable.assign(arrays[key])
+                path, reader = self._open_converted()
+                with reader:
+                    head = [
+                        (key, variable)
+                        for key, variable, _ in model_weight_map(task)
+                        if key.startswith("head.")
+                    ]
+                    for key, variable in head:
+                        if tuple(reader.shape(key)) != tuple(variable.shape):
+                            raise CaiTWeightsError(
+                                f"{path}: tensor '{key}' has shape "
+                                f"{tuple(reader.shape(key))} (in Keras layout); "
+                                "the given backbone's head expects "
+                                f"{tuple(variable.shape)}."
+                            )
+                    for key, variable in head:
+                        variable.assign(reader.read(key))
         return task
 
     def load_image_converter(self, cls, **kwargs):
