@@ -51,9 +51,14 @@ def is_timm_config(config):
 def read_state_dict(path, expected_sha256=None):
     """Reads a `.safetensors` file into `{key: numpy array}`.
 
-    Every safetensors read of keras-cait's preset loading goes through here;
-    it uses `keras_cait.safe_io.read_safetensors` (header, truncation, dtype
-    and NaN/Inf checks, optional sha256).
+    Uses `keras_cait.safe_io.read_safetensors` (header, truncation, dtype
+    and NaN/Inf checks, optional sha256). The whole file goes into memory;
+    preset loading itself streams with `keras_cait.safe_io.SafetensorsReader`
+    (the same checks, one tensor at a time).
+
+    Args:
+        path: path of a `.safetensors` file.
+        expected_sha256: `None` or the file's SHA-256 hex digest.
 
     Raises:
         CaiTFileNotFoundError: the file does not exist.
