@@ -1,11 +1,11 @@
 """CaiT attention maps: one-pass attention models and NumPy helpers.
 
-A `CaiTBackbone` calls every block with `return_attention=True` and keeps the
-symbolic attention tensors of its graph (`backbone._attention_maps`). The
-models built here are plain `keras.Model`s over that same graph: they share
-the backbone's layers and weights, run one forward pass, and return the maps
-next to the features or the classifier's predictions. The backbone's own
-outputs are untouched, so `predict()` without maps costs what it always did.
+A `CaiTBackbone`'s own graph computes no attention maps (PyTorch, running
+eagerly, would pay for them). It also wires the same layers a second time
+with `return_attention=True` (`backbone.attention_graph()`); the models
+built here are plain `keras.Model`s over that graph: they share the
+backbone's layers and weights, run one forward pass, and return the maps
+next to the features or the classifier's predictions.
 
 Output names (keys of the dicts returned):
 - `"class_attention_{i}"`: class-attention block `i`, the class token's
@@ -149,19 +149,17 @@ def attention_model(model, self_attention_blocks=()):
     if blocks in cache:
         return cache[blocks]
 
-    maps = backbone._attention_maps
+    images, features, maps = backbone.attention_graph()
     outputs = {}
     if model is backbone:
-        outputs["features"] = backbone.output
+        outputs["features"] = features
     else:
-        outputs["predictions"] = _classifier_head(model, backbone)(backbone.output)
+        outputs["predictions"] = _classifier_head(model, backbone)(features)
     for i in range(backbone.num_class_attention_layers):
         outputs[f"class_attention_{i}"] = maps[f"class_attention_{i}"]
     for i in blocks:
         outputs[f"talking_head_attention_{i}"] = maps[f"talking_head_attention_{i}"]
-    derived = keras.Model(
-        backbone.input, outputs, name=f"{model.name}_attention"
-    )
+    derived = keras.Model(images, outputs, name=f"{model.name}_attention")
     cache[blocks] = derived
     return derived
 

@@ -33,6 +33,46 @@ def _check_image_shape(image_shape, patch_size):
     _check_positive_int("image_shape channels", channels)
 
 
+def _connect_layers(
+    images,
+    patch_embedding,
+    class_token_layer,
+    self_attention_blocks,
+    class_attention_blocks,
+    concatenate,
+    final_norm,
+    return_attention,
+):
+    """Wires CaiT's layers on a symbolic `images` tensor.
+
+    Returns:
+        `(features, block_outputs, attention_maps)`: the final-normalised
+        tokens, each self-attention block's output by layer name, and (when
+        `return_attention`) every block's attention weights by map name.
+    """
+    patches = patch_embedding(images)
+    block_outputs = {}
+    attention_maps = {}
+    for i, block in enumerate(self_attention_blocks):
+        if return_attention:
+            patches, attention = block(patches, return_attention=True)
+            attention_maps[f"talking_head_attention_{i}"] = attention
+        else:
+            patches = block(patches)
+        block_outputs[block.name] = patches
+    class_token = class_token_layer(patches)
+    for i, block in enumerate(class_attention_blocks):
+        if return_attention:
+            class_token, attention = block(
+                patches, class_token, return_attention=True
+            )
+            attention_maps[f"class_attention_{i}"] = attention
+        else:
+            class_token = block(patches, class_token)
+    tokens = concatenate([class_token, patches])
+    return final_norm(tokens), block_outputs, attention_maps
+
+
 @register
 class CaiTBackbone(FastInferenceMixin, Backbone):
     """CaiT (Class-Attention in Image Transformers) backbone.
@@ -166,28 +206,29 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         )
 
         # === Functional model ===
-        # Every block is called with `return_attention=True`: the maps are
-        # computed anyway, so keeping them as graph nodes costs nothing and
-        # lets `attention_model()` expose them without a second pass.
-        images = keras.Input(shape=image_shape, name="images")
-        patches = patch_embedding(images)
-        block_outputs = {}
-        attention_maps = {}
-        for i, block in enumerate(self_attention_blocks):
-            patches, attention = block(patches, return_attention=True)
-            block_outputs[f"self_attention_block_{i}"] = patches
-            attention_maps[f"talking_head_attention_{i}"] = attention
-        class_token = class_token_layer(patches)
-        for i, block in enumerate(class_attention_blocks):
-            class_token, attention = block(
-                patches, class_token, return_attention=True
-            )
-            attention_maps[f"class_attention_{i}"] = attention
-        tokens = keras.layers.Concatenate(axis=1, name="tokens", dtype=dtype)(
-            [class_token, patches]
+        # The model's own graph computes no attention maps: PyTorch runs
+        # eagerly and would pay for them. A second wiring of the same layers
+        # with `return_attention=True` serves the attention models. It comes
+        # first because Keras checks a functional graph's connectivity with
+        # each layer's first call's outputs, so that call must be the one
+        # with more outputs.
+        concatenate = keras.layers.Concatenate(axis=1, name="tokens", dtype=dtype)
+        layers = (
+            patch_embedding,
+            class_token_layer,
+            self_attention_blocks,
+            class_attention_blocks,
+            concatenate,
+            final_norm,
         )
-        outputs = final_norm(tokens)
-
+        attention_images = keras.Input(shape=image_shape, name="images")
+        attention_features, _, attention_maps = _connect_layers(
+            attention_images, *layers, return_attention=True
+        )
+        images = keras.Input(shape=image_shape, name="images")
+        outputs, block_outputs, _ = _connect_layers(
+            images, *layers, return_attention=False
+        )
         super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -206,9 +247,13 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
 
-        # Symbolic tensors of the graph above, for derived models.
+        # Symbolic tensors of the graphs above, for derived models.
         self._block_outputs = block_outputs
-        self._attention_maps = attention_maps
+        self._attention_graph = (
+            attention_images,
+            attention_features,
+            attention_maps,
+        )
 
     @property
     def grid_size(self):
@@ -223,6 +268,18 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         """The number of patch tokens."""
         rows, columns = self.grid_size
         return rows * columns
+
+    def attention_graph(self):
+        """This backbone's layers wired with their attention maps.
+
+        Returns:
+            `(images, features, attention_maps)`: a `keras.Input`, the
+            features computed from it (as the backbone's output) and a dict
+            of every block's attention weights (`"talking_head_attention_{i}"`,
+            `"class_attention_{i}"`), all symbolic, over this backbone's
+            layers and weights. `keras_cait.attention_model` builds on it.
+        """
+        return self._attention_graph
 
     def attention_model(self, self_attention_blocks=()):
         """A cached `keras.Model` returning features and attention maps.
