@@ -99,13 +99,40 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert timm["available"] or "timm" in timm["reason"]
 
     # The seeded checkpoint went through from_preset into the same model.
-    for step in ("from_preset", "load_timm_state_dict"):
+    for step in ("from_preset", "from_preset_cached", "load_timm_state_dict"):
         conversion = results["conversion"][step]
         assert conversion["backend"] == backend
         assert conversion["num_params"] == keras_result["num_params"]
         assert conversion["peak_increase_mb"] >= 0 and conversion["seconds"] > 0
+    # The second from_preset, in a fresh process, reads the conversion cache.
+    assert results["conversion"]["from_preset"]["from_cache"] is False
+    assert results["conversion"]["from_preset_cached"]["from_cache"] is True
 
     markdown = markdown_out.read_text()
     assert f"| {backend} |" in markdown
     assert "from_preset" in markdown
     assert "timm" in markdown
+
+
+def test_conversion_only(tmp_path):
+    """`--conversion-only` measures the from_preset conversion alone: the
+    first call and the cached one."""
+    backend = keras.backend.backend()
+    json_out = tmp_path / "results.json"
+    markdown_out = tmp_path / "results.md"
+    process = subprocess.run(
+        [
+            sys.executable, str(BENCHMARK), "--quick", "--conversion-only",
+            "--conversion-backend", backend,
+            "--json-out", str(json_out), "--markdown-out", str(markdown_out),
+        ],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    results = json.loads(json_out.read_text())
+    assert results["keras"] == {}
+    conversion = results["conversion"]
+    assert conversion["from_preset_cached"]["from_cache"] is True
+    assert conversion["from_preset"]["peak_increase_over_weights"] >= 0
+    markdown = markdown_out.read_text()
+    assert "second call" in markdown and "first call" in markdown
