@@ -228,3 +228,26 @@ def test_flat_saliency_is_zero_not_nan():
 def test_helper_errors_name_the_argument(call, message):
     with pytest.raises(keras_cait.CaiTConfigError, match=message):
         call()
+
+
+def test_plain_forward_computes_no_attention_maps(monkeypatch):
+    # The backbone's own graph asks no block for its maps (eager PyTorch
+    # would compute them for nothing); the attention model asks every block.
+    classifier = reference_classifier("tiny_token_head")  # fresh: not yet traced
+    asked = []
+    for cls in (keras_cait.TalkingHeadsAttention, keras_cait.ClassAttention):
+        original = cls.call
+
+        def spy(self, inputs, return_attention=False, _original=original, **kwargs):
+            asked.append(return_attention)
+            return _original(self, inputs, return_attention=return_attention, **kwargs)
+
+        monkeypatch.setattr(cls, "call", spy)
+    images = np.zeros((1,) + tuple(classifier.backbone.image_shape), "float32")
+    classifier.predict(images, verbose=0)
+    backbone = classifier.backbone
+    num_blocks = backbone.num_layers + backbone.num_class_attention_layers
+    assert asked == [False] * num_blocks
+    asked.clear()
+    classifier.get_attention_maps(images)
+    assert asked == [True] * num_blocks
