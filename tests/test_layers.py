@@ -183,3 +183,23 @@ def test_talking_heads_matches_numpy_with_large_head_mix_biases(training):
     outputs, attention = layer(tokens, return_attention=True, training=training)
     np.testing.assert_allclose(to_numpy(outputs), expected, atol=2e-5)
     np.testing.assert_allclose(to_numpy(attention), expected_attention, atol=2e-5)
+
+
+@pytest.mark.parametrize("variant", ["plain", "no_bias", "activation", "lora"])
+def test_apply_dense_equals_calling_the_layer(variant):
+    from keras_cait.layers.sublayers import apply_dense
+
+    layer = keras.layers.Dense(
+        6,
+        use_bias=variant != "no_bias",
+        activation="relu" if variant == "activation" else None,
+        bias_initializer="glorot_uniform",
+    )
+    layer.build((None, None, 5))
+    if variant == "lora":
+        layer.enable_lora(2)
+        layer.lora_kernel_b.assign(np.ones(layer.lora_kernel_b.shape))
+    tokens = np.random.default_rng(0).standard_normal((2, 3, 5)).astype("float32")
+    expected = to_numpy(layer(tokens))
+    outputs = to_numpy(apply_dense(layer, keras.ops.convert_to_tensor(tokens)))
+    np.testing.assert_allclose(outputs, expected, atol=1e-6)

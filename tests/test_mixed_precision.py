@@ -89,28 +89,31 @@ def test_layer_matches_float32(policy, name):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_softmax_and_head_mixing_run_in_float32(policy, monkeypatch):
+    from keras_cait.layers import talking_heads_attention
+
     seen = {"softmax": [], "mix": []}
-    softmax, matmul = ops.softmax, ops.matmul
+    softmax, mix_heads = ops.softmax, talking_heads_attention.mix_heads
 
     def spy_softmax(x, *args, **kwargs):
         seen["softmax"].append(keras.backend.standardize_dtype(x.dtype))
         return softmax(x, *args, **kwargs)
 
-    def spy_matmul(x1, x2):
-        # The head mixes: (batch, heads, heads) kernels times (batch, heads, q * k).
-        if tuple(x1.shape)[-2:] == (4, 4) and len(x2.shape) == 3:
-            seen["mix"] += [keras.backend.standardize_dtype(o.dtype) for o in (x1, x2)]
-        return matmul(x1, x2)
+    def spy_mix_heads(attention, head_mixer, **kwargs):
+        mixed = mix_heads(attention, head_mixer, **kwargs)
+        seen["mix"] += [
+            keras.backend.standardize_dtype(x.dtype) for x in (attention, mixed)
+        ]
+        return mixed
 
     monkeypatch.setattr(ops, "softmax", spy_softmax)
-    monkeypatch.setattr(ops, "matmul", spy_matmul)
+    monkeypatch.setattr(talking_heads_attention, "mix_heads", spy_mix_heads)
     talking = _with_policy(policy, lambda: keras_cait.TalkingHeadsAttention(16, 4))
     class_attention = _with_policy(policy, lambda: keras_cait.ClassAttention(16, 4))
     tokens = _rng_array((2, 5, 16))
     talking(tokens)
     class_attention(tokens)
     assert seen["softmax"] == ["float32", "float32"]
-    assert seen["mix"] == ["float32"] * 4  # proj_l and proj_w, both operands
+    assert seen["mix"] == ["float32"] * 4  # proj_l and proj_w, in and out
     _, attention = talking(tokens, return_attention=True)
     assert keras.backend.standardize_dtype(attention.dtype) == COMPUTE[policy]
 

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_cait.layers.sublayers import apply_sublayer, cast_if_needed
+from keras_cait.layers.sublayers import apply_dense, cast_if_needed
 from keras_cait.serialization import register
 
 
@@ -65,16 +65,16 @@ class ClassAttention(keras.layers.Layer):
         )
 
     def call(self, inputs, return_attention=False):
-        query = self._split_heads(apply_sublayer(self.q, inputs[:, :1]))
+        query = self._split_heads(apply_dense(self.q, inputs[:, :1]))
         query = query * self.scale
-        key = self._split_heads(apply_sublayer(self.k, inputs))
-        value = self._split_heads(apply_sublayer(self.v, inputs))
+        key = self._split_heads(apply_dense(self.k, inputs))
+        value = self._split_heads(apply_dense(self.v, inputs))
         logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
         attention = ops.softmax(cast_if_needed(logits, "float32"), axis=-1)
         attention = cast_if_needed(attention, self.compute_dtype)
         outputs = ops.einsum("bhqk,bkhd->bqhd", attention, value)
         outputs = ops.reshape(outputs, (-1, 1, self.hidden_dim))
-        outputs = apply_sublayer(self.proj, outputs)
+        outputs = apply_dense(self.proj, outputs)
         if return_attention:
             return outputs, attention
         return outputs

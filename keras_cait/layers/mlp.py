@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_cait.layers.sublayers import apply_dropout, apply_sublayer
+from keras_cait.layers.sublayers import apply_dense, apply_dropout
 from keras_cait.serialization import register
 
 
@@ -38,10 +38,10 @@ class CaiTMLP(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
-        x = apply_sublayer(self.fc1, inputs)
+        x = apply_dense(self.fc1, inputs)
         x = keras.activations.gelu(x, approximate=False)
         x = apply_dropout(self.dropout, x, training)
-        x = apply_sublayer(self.fc2, x)
+        x = apply_dense(self.fc2, x)
         return apply_dropout(self.dropout, x, training)
 
     def compute_output_shape(self, input_shape):

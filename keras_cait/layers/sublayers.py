@@ -9,6 +9,7 @@ calls. The helpers here call `layer.call` directly whenever that is exactly
 equivalent to `layer(...)`, and fall back to `__call__` otherwise.
 """
 
+import keras
 from keras import ops
 
 
@@ -47,6 +48,37 @@ def apply_sublayer(layer, *args, **kwargs):
     if _direct_call_is_equivalent(layer):
         return layer.call(*args, **kwargs)
     return layer(*args, **kwargs)
+
+
+def apply_dense(layer, inputs):
+    """Applies a `keras.layers.Dense` sublayer with the fewest ops.
+
+    A plain `Dense` (no activation, LoRA or quantization) is
+    `inputs @ kernel + bias`; written with the tensors' own operators this
+    skips the per-op dispatch of `keras.ops` (argument flattening, dtype
+    promotion, device checks), which in eager PyTorch costs more than the
+    product of a batch-1 token matrix. Variables are read through `.value`,
+    which applies the caller's autocast scope exactly as `Dense.call` does.
+    Any other `Dense` goes through `apply_sublayer`.
+
+    Args:
+        layer: a built `keras.layers.Dense` owned by the caller.
+        inputs: tensor `(..., input_dim)` in the layer's compute dtype.
+
+    Returns:
+        What `layer(inputs)` returns.
+    """
+    plain = (
+        _direct_call_is_equivalent(layer)
+        and not layer.lora_enabled
+        and layer.activation in (None, keras.activations.linear)
+    )
+    if not plain:
+        return apply_sublayer(layer, inputs)
+    outputs = inputs @ layer.kernel.value
+    if layer.use_bias:
+        outputs = outputs + layer.bias.value
+    return outputs
 
 
 def apply_dropout(layer, inputs, training):

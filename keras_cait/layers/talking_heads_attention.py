@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_cait.layers.sublayers import apply_dropout, apply_sublayer, cast_if_needed
+from keras_cait.layers.sublayers import apply_dense, apply_dropout, cast_if_needed
 from keras_cait.serialization import register
 
 
@@ -36,10 +36,10 @@ def mix_heads(attention, head_mixer, kernel_scale=1.0, use_bias=True):
     # batches. With a 2-D kernel PyTorch folds the batch instead, through a
     # transposed copy of the attention tensor in and out (4x slower).
     kernel = ops.broadcast_to(kernel, (shape[0], shape[1], shape[1]))
-    mixed = ops.matmul(kernel, ops.reshape(attention, (shape[0], shape[1], -1)))
+    mixed = kernel @ ops.reshape(attention, (shape[0], shape[1], -1))
     if use_bias:
         bias = cast_if_needed(head_mixer.bias, dtype)
-        mixed = mixed + ops.reshape(bias, (1, -1, 1))
+        mixed = mixed + bias[None, :, None]
     return ops.reshape(mixed, shape)
 
 
@@ -123,7 +123,7 @@ class TalkingHeadsAttention(keras.layers.Layer):
 
     def call(self, inputs, return_attention=False, training=None):
         num_tokens = ops.shape(inputs)[1]
-        qkv = apply_sublayer(self.qkv, inputs)
+        qkv = apply_dense(self.qkv, inputs)
         qkv = ops.reshape(
             qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim)
         )
@@ -132,7 +132,9 @@ class TalkingHeadsAttention(keras.layers.Layer):
         # which the head mixes read without a copy.
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         query, key, value = qkv[0], qkv[1], qkv[2]
-        logits = ops.matmul(query, ops.swapaxes(key, -1, -2))
+        # Products of tensors of one dtype, written with `@`: the same on
+        # every backend, without `keras.ops`' per-call dispatch.
+        logits = query @ ops.swapaxes(key, -1, -2)
         # `proj_l` with the query scale folded into its kernel. Its bias adds
         # one constant per head to every logit of that head, which the
         # softmax over keys cancels exactly; it is skipped in inference and
@@ -157,13 +159,13 @@ class TalkingHeadsAttention(keras.layers.Layer):
         attention = mix_heads(attention, self.proj_w, use_bias=not fold_bias)
         attention = cast_if_needed(attention, self.compute_dtype)
         dropped = apply_dropout(self.attention_dropout_layer, attention, training)
-        outputs = ops.matmul(dropped, value)
+        outputs = dropped @ value
         if fold_bias:
-            bias = ops.reshape(self.proj_w.bias, (1, -1, 1, 1))
+            bias = self.proj_w.bias[None, :, None, None]
             outputs = outputs + bias * ops.sum(value, axis=2, keepdims=True)
         outputs = ops.transpose(outputs, (0, 2, 1, 3))
         outputs = ops.reshape(outputs, (-1, num_tokens, self.hidden_dim))
-        outputs = apply_sublayer(self.proj, outputs)
+        outputs = apply_dense(self.proj, outputs)
         outputs = apply_dropout(self.projection_dropout_layer, outputs, training)
         if return_attention:
             return outputs, attention
