@@ -66,22 +66,13 @@ class ClassAttention(keras.layers.Layer):
 
     def call(self, inputs, return_attention=False):
         query = self._split_heads(apply_dense(self.q, inputs[:, :1]))
+        query = query * self.scale
         key = self._split_heads(apply_dense(self.k, inputs))
         value = self._split_heads(apply_dense(self.v, inputs))
-        if return_attention or self.compute_dtype != "float32":
-            # The weights are needed, or the softmax must run in float32
-            # whatever the compute dtype: written out.
-            logits = ops.einsum("bqhd,bkhd->bhqk", query * self.scale, key)
-            attention = ops.softmax(cast_if_needed(logits, "float32"), axis=-1)
-            attention = cast_if_needed(attention, self.compute_dtype)
-            outputs = ops.einsum("bhqk,bkhd->bqhd", attention, value)
-        else:
-            # Plain scaled dot-product attention of one query: the backend's
-            # fused kernel.
-            attention = None
-            outputs = ops.dot_product_attention(
-                query, key, value, scale=self.scale
-            )
+        logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
+        attention = ops.softmax(cast_if_needed(logits, "float32"), axis=-1)
+        attention = cast_if_needed(attention, self.compute_dtype)
+        outputs = ops.einsum("bhqk,bkhd->bqhd", attention, value)
         outputs = ops.reshape(outputs, (-1, 1, self.hidden_dim))
         outputs = apply_dense(self.proj, outputs)
         if return_attention:
