@@ -185,6 +185,61 @@ def test_talking_heads_matches_numpy_with_large_head_mix_biases(training):
     np.testing.assert_allclose(to_numpy(attention), expected_attention, atol=2e-5)
 
 
+def test_query_row_blocks_cover_the_rows_within_the_byte_budget():
+    from keras_cait.layers import talking_heads_attention as module
+
+    budget = module.ATTENTION_BLOCK_BYTES
+    for batch, heads, tokens in [(1, 4, 197), (32, 4, 197), (7, 3, 50), (64, 8, 577)]:
+        blocks = module.query_row_blocks(batch, heads, tokens)
+        assert blocks[0][0] == 0 and blocks[-1][1] == tokens
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+        assert all(start < stop for start, stop in blocks)
+        assert len(blocks) <= module.MAX_ATTENTION_BLOCKS
+        largest = max(stop - start for start, stop in blocks)
+        if len(blocks) < module.MAX_ATTENTION_BLOCKS:
+            assert 4 * batch * heads * largest * tokens <= budget
+    # Batch 1 at 224 px is one block; batch 32 (20 MB of logits) is split.
+    assert module.query_row_blocks(1, 4, 197) == [(0, 197)]
+    assert len(module.query_row_blocks(32, 4, 197)) == 3
+    # Never more blocks than rows, and symbolic sizes are not split.
+    assert len(module.query_row_blocks(10**6, 4, 3)) == 3
+    assert module.query_row_blocks(None, 4, 197) == [(0, 197)]
+    assert module.query_row_blocks(32, 4, None) == [(0, None)]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_talking_heads_in_row_blocks_matches_numpy(monkeypatch, training):
+    # A budget of a few rows' logits splits 7 tokens into uneven blocks; the
+    # outputs and the concatenated attention weights are still exact.
+    from keras_cait.layers import talking_heads_attention as module
+
+    monkeypatch.setattr(module, "ATTENTION_BLOCK_BYTES", 4 * 2 * 4 * 3 * 7)
+    assert module.query_row_blocks(2, 4, 7) == [(0, 3), (3, 6), (6, 7)]
+    attended_rows = []
+    attend = module.TalkingHeadsAttention._attend
+
+    def spy_attend(self, query, *args):
+        attended_rows.append(int(query.shape[2]))
+        return attend(self, query, *args)
+
+    monkeypatch.setattr(module.TalkingHeadsAttention, "_attend", spy_attend)
+    layer = keras_cait.TalkingHeadsAttention(24, 4)
+    rng = np.random.default_rng(1)
+    tokens = rng.standard_normal((2, 7, 24)).astype("float32")
+    layer(tokens)
+    for variable in layer.weights:
+        variable.assign(0.3 * rng.standard_normal(variable.shape))
+    expected, expected_attention = _talking_heads_reference(layer, tokens)
+    attended_rows.clear()
+    outputs, attention = layer(tokens, return_attention=True, training=training)
+    assert attended_rows == [3, 3, 1]
+    np.testing.assert_allclose(to_numpy(outputs), expected, atol=2e-5)
+    np.testing.assert_allclose(to_numpy(attention), expected_attention, atol=2e-5)
+    # Without the weights returned, proj_w's bias is folded into the output.
+    plain = layer(tokens, training=training)
+    np.testing.assert_allclose(to_numpy(plain), expected, atol=2e-5)
+
+
 @pytest.mark.parametrize("variant", ["plain", "no_bias", "activation", "lora"])
 def test_apply_dense_equals_calling_the_layer(variant):
     from keras_cait.layers.sublayers import apply_dense

@@ -43,6 +43,49 @@ def mix_heads(attention, head_mixer, kernel_scale=1.0, use_bias=True):
     return ops.reshape(mixed, shape)
 
 
+# The largest float32 (batch, heads, rows, tokens) logits tensor computed at
+# once, and the most row blocks one layer is split into (a bound on the size
+# of the traced graph).
+ATTENTION_BLOCK_BYTES = 8 * 2**20
+MAX_ATTENTION_BLOCKS = 16
+
+
+def query_row_blocks(batch_size, num_heads, num_tokens):
+    """Splits the query rows so that each block's logits stay small.
+
+    Self-attention materialises `(batch, heads, tokens, tokens)` float32
+    tensors four times over (logits, mixed logits, weights, mixed weights).
+    At `cait_xxs24_224`'s batch 32 each is 20 MB. Computing the attention a
+    block of query rows at a time gives the same numbers, bounds that memory
+    and keeps it out of page-faulting fresh allocations: with whole tensors,
+    JAX's CPU runtime allocated them anew on every call, 244,000 page faults
+    (1 GB) per batch-32 forward pass and ~20% of its time.
+
+    The split needs the batch size and token count as Python ints (always in
+    JAX and PyTorch, and in TensorFlow for static shapes); otherwise the
+    whole attention is one block.
+
+    Args:
+        batch_size: int, or a symbolic size.
+        num_heads: int.
+        num_tokens: int, or a symbolic size.
+
+    Returns:
+        A list of `(start, stop)` row ranges covering `range(num_tokens)` in
+        order; `[(0, num_tokens)]` when no split is needed or possible.
+    """
+    if not isinstance(batch_size, int) or not isinstance(num_tokens, int):
+        return [(0, num_tokens)]
+    logits_bytes = 4 * batch_size * num_heads * num_tokens * num_tokens
+    num_blocks = -(-logits_bytes // ATTENTION_BLOCK_BYTES)
+    num_blocks = max(1, min(num_blocks, MAX_ATTENTION_BLOCKS, num_tokens))
+    rows = -(-num_tokens // num_blocks)
+    return [
+        (start, min(start + rows, num_tokens))
+        for start in range(0, num_tokens, rows)
+    ]
+
+
 @register
 class TalkingHeadsAttention(keras.layers.Layer):
     """Self-attention whose heads exchange information before and after the
@@ -122,7 +165,7 @@ class TalkingHeadsAttention(keras.layers.Layer):
         )
 
     def call(self, inputs, return_attention=False, training=None):
-        num_tokens = ops.shape(inputs)[1]
+        batch_size, num_tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
         qkv = apply_dense(self.qkv, inputs)
         qkv = ops.reshape(
             qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim)
@@ -132,9 +175,63 @@ class TalkingHeadsAttention(keras.layers.Layer):
         # which the head mixes read without a copy.
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         query, key, value = qkv[0], qkv[1], qkv[2]
+        key_transposed = ops.swapaxes(key, -1, -2)
+        # `proj_w`'s bias b adds b[g] * sum_k value[k] to head g's output.
+        # Where nothing else reads the attention weights (no dropout, not
+        # returned) that sum is added to the output instead of adding b to
+        # every one of the (q, k) weights; in float32 only, so that reduced
+        # precision keeps the exact order of operations.
+        fold_bias = (
+            not return_attention
+            and not (training and self.attention_dropout > 0)
+            and self.compute_dtype == "float32"
+        )
+        # Every query row attends independently, so a large batch is
+        # computed a block of rows at a time (see `query_row_blocks`).
+        blocks = query_row_blocks(batch_size, self.num_heads, num_tokens)
+        outputs, attention = [], []
+        for start, stop in blocks:
+            rows = query if len(blocks) == 1 else query[:, :, start:stop]
+            block_outputs, block_attention = self._attend(
+                rows, key_transposed, value, fold_bias, training
+            )
+            outputs.append(block_outputs)
+            attention.append(block_attention)
+        if len(blocks) == 1:
+            outputs, attention = outputs[0], attention[0]
+        else:
+            outputs = ops.concatenate(outputs, axis=2)
+            if return_attention:
+                attention = ops.concatenate(attention, axis=2)
+        if fold_bias:
+            bias = self.proj_w.bias[None, :, None, None]
+            outputs = outputs + bias * ops.sum(value, axis=2, keepdims=True)
+        outputs = ops.transpose(outputs, (0, 2, 1, 3))
+        outputs = ops.reshape(outputs, (-1, num_tokens, self.hidden_dim))
+        outputs = apply_dense(self.proj, outputs)
+        outputs = apply_dropout(self.projection_dropout_layer, outputs, training)
+        if return_attention:
+            return outputs, attention
+        return outputs
+
+    def _attend(self, query, key_transposed, value, fold_bias, training):
+        """Attention of some query rows to all tokens.
+
+        Args:
+            query: tensor `(batch, heads, rows, head_dim)`.
+            key_transposed: tensor `(batch, heads, head_dim, tokens)`.
+            value: tensor `(batch, heads, tokens, head_dim)`.
+            fold_bias: bool. Whether `proj_w`'s bias is left to the caller.
+            training: bool or `None`.
+
+        Returns:
+            `(outputs, attention)`: the rows' outputs
+            `(batch, heads, rows, head_dim)` and their mixed attention
+            weights `(batch, heads, rows, tokens)`.
+        """
         # Products of tensors of one dtype, written with `@`: the same on
         # every backend, without `keras.ops`' per-call dispatch.
-        logits = query @ ops.swapaxes(key, -1, -2)
+        logits = query @ key_transposed
         # `proj_l` with the query scale folded into its kernel. Its bias adds
         # one constant per head to every logit of that head, which the
         # softmax over keys cancels exactly; it is skipped in inference and
@@ -146,30 +243,10 @@ class TalkingHeadsAttention(keras.layers.Layer):
             use_bias=bool(training),
         )
         attention = ops.softmax(logits, axis=-1)
-        # `proj_w`'s bias b adds b[g] * sum_k value[k] to head g's output.
-        # Where nothing else reads the attention weights (no dropout, not
-        # returned) that sum is added to the output instead of adding b to
-        # every one of the (q, k) weights; in float32 only, so that reduced
-        # precision keeps the exact order of operations.
-        fold_bias = (
-            not return_attention
-            and not (training and self.attention_dropout > 0)
-            and self.compute_dtype == "float32"
-        )
         attention = mix_heads(attention, self.proj_w, use_bias=not fold_bias)
         attention = cast_if_needed(attention, self.compute_dtype)
         dropped = apply_dropout(self.attention_dropout_layer, attention, training)
-        outputs = dropped @ value
-        if fold_bias:
-            bias = self.proj_w.bias[None, :, None, None]
-            outputs = outputs + bias * ops.sum(value, axis=2, keepdims=True)
-        outputs = ops.transpose(outputs, (0, 2, 1, 3))
-        outputs = ops.reshape(outputs, (-1, num_tokens, self.hidden_dim))
-        outputs = apply_dense(self.proj, outputs)
-        outputs = apply_dropout(self.projection_dropout_layer, outputs, training)
-        if return_attention:
-            return outputs, attention
-        return outputs
+        return dropped @ value, attention
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)
