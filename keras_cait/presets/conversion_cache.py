@@ -233,8 +233,7 @@ class ConversionCache:
         reader = self.open(identity)
         if reader is None:
             return None
-        with reader:
-            return {name: reader.read(name) for name in reader.names()}
+        return _read_all(reader)
 
     def store(self, identity, tensors):
         """Writes the entry for `identity`, one tensor at a time.
@@ -337,16 +336,13 @@ class ConversionCache:
 
     def get_or_convert(self, identity, convert):
         """Returns `(arrays, from_cache)`: the cached arrays, or `convert()`'s
-        result after storing it. Conversion runs under a file lock, so two
-        processes converting the same source do it once. (Whole arrays in
-        memory; `open_or_convert` streams.)"""
-        arrays = self.load(identity)
-        if arrays is not None:
-            return arrays, True
-        with self._locked(identity):
-            arrays = self.load(identity)
-            if arrays is not None:
-                return arrays, True
-            arrays = convert()
-            self.store(identity, arrays)
-        return arrays, False
+        result as stored. The whole-dict form of `open_or_convert` (same
+        lock, so two processes converting the same source do it once)."""
+        reader, from_cache = self.open_or_convert(identity, convert)
+        return _read_all(reader), from_cache
+
+
+def _read_all(reader):
+    """Reads every tensor of an open `SafetensorsReader`, then closes it."""
+    with reader:
+        return {name: reader.read(name) for name in reader.names()}
