@@ -1,5 +1,6 @@
 """Shared helpers for the test-suite: reference data and model builders."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -110,3 +111,11 @@ OTHER_BACKENDS = {
     "jax": ("tensorflow", "torch"),
     "torch": ("tensorflow", "jax"),
 }
+
+
+def load_tool(name):
+    """Imports `tools/<name>.py` (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ its FLOP count and timm checkpoint layout agree with the model.
 No timing is asserted: only that every measurement was taken and is sane.
 """
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -15,19 +14,11 @@ import pytest
 
 import keras_cait
 from keras_cait.convert.timm_weights import _timm_shape, model_weight_map
-from tests.support import REPO, TINY_BACKBONE
+from tests.support import REPO, TINY_BACKBONE, load_tool
 
 BENCHMARK = REPO / "tools" / "benchmark.py"
 
-
-def _load_benchmark_module():
-    spec = importlib.util.spec_from_file_location("cait_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load_benchmark_module()
+benchmark = load_tool("benchmark")
 
 
 def test_timm_state_dict_shapes_match_the_model():

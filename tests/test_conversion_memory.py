@@ -10,7 +10,6 @@ Only APIs that predate streaming are used (the checkpoint is written with
 tools/benchmark.py's recipe), so this test also runs against older code.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ import sys
 
 import keras
 
-from tests.support import REPO, TIMM
+from tests.support import REPO, TIMM, load_tool
 
 # ~49M parameters (187 MB float32): large enough that the model's own
 # variables dominate the backends' fixed costs.
@@ -55,18 +54,9 @@ print(json.dumps({"ratio": (peak - before) / weights_mb, "weights_mb": weights_m
 """
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location(
-        "cait_benchmark_memory", REPO / "tools" / "benchmark.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_from_preset_peak_memory_is_below_2_5x_the_weights(tmp_path):
     folder = tmp_path / "checkpoint"
-    written = _benchmark_module().worker_write_checkpoint(
+    written = load_tool("benchmark").worker_write_checkpoint(
         dict(
             backbone_kwargs=MEMORY_CONFIG,
             num_classes=1000,

@@ -1,22 +1,12 @@
 """tools/convert_timm_checkpoint.py: timm checkpoint -> keras-cait preset."""
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
 import keras_cait
-from tests.support import REPO, TIMM, expected, to_numpy
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_timm_checkpoint", REPO / "tools" / "convert_timm_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support import TIMM, expected, load_tool, to_numpy
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +15,7 @@ def _conversion_cache(tmp_path, monkeypatch):
 
 
 def test_convert_writes_a_preset_and_uploads(tmp_path, monkeypatch, capsys):
-    tool = _tool()
+    tool = load_tool("convert_timm_checkpoint")
     uploads = []
     monkeypatch.setattr(
         "keras_hub.upload_preset", lambda uri, preset: uploads.append((uri, preset))
