@@ -1,1 +1,1 @@
-"""Conversion of timm CaiT configurations and weights."""
+"""Conversion of timm CaiT configurations and weights (NumPy only)."""

@@ -7,7 +7,7 @@ assigned, so a bad state dict leaves the model untouched.
 `timm_weight_layout` gives a checkpoint's keys, shapes and layouts from its
 architecture alone, and `to_keras_array` converts one tensor: the preset
 loader uses them to convert a checkpoint one tensor at a time, without
-building a reference model (see `keras_cait.presets.loader`).
+building a reference model (see `keras_cait.loading.loader`).
 """
 
 import warnings
@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from keras_cait.errors import CaiTWeightsError
+from keras_cait.io.safetensors_io import FLOAT_DTYPES, SAFETENSORS_DTYPES
 
 # How a timm tensor becomes a Keras variable.
 _SAME = "same"  # identical layout
@@ -219,15 +220,13 @@ def check_timm_header(source, layout, entries):
         source: string quoted in errors (the file's path).
         layout: list of `(timm_key, timm_shape, layout)` (`timm_weight_layout`).
         entries: dict of name to `(dtype_code, shape, begin, end)`
-            (`keras_cait.safe_io.read_safetensors_header`).
+            (`keras_cait.io.safetensors_io.read_safetensors_header`).
 
     Raises:
         CaiTWeightsError: a tensor is missing or unexpected, not floating
             point, or of the wrong shape (the same messages as
             `load_timm_state_dict`).
     """
-    from keras_cait.safe_io import FLOAT_DTYPES, SAFETENSORS_DTYPES
-
     check_keys(source, [key for key, _, _ in layout], entries)
     for key, shape, _ in layout:
         code, found, _, _ = entries[key]

@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import struct
 import warnings
 
@@ -37,6 +36,7 @@ from keras_cait.errors import (
     CaiTIntegrityError,
     CaiTWeightsError,
 )
+from keras_cait.io.files import SHA256_PATTERN, sha256_file
 
 # safetensors dtype codes -> little-endian NumPy dtypes.
 SAFETENSORS_DTYPES = {
@@ -60,7 +60,6 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 MAX_HEADER_BYTES = 100_000_000
 _HEADER_LENGTH_BYTES = 8
 _ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
 
@@ -91,30 +90,12 @@ def normalize_sha256(expected_sha256, source="expected_sha256"):
     digest = expected_sha256.strip().lower()
     if digest.startswith("sha256:"):
         digest = digest[len("sha256:"):]
-    if not _SHA256.fullmatch(digest):
+    if not SHA256_PATTERN.fullmatch(digest):
         raise CaiTConfigError(
             f"{source}: {expected_sha256!r} is not a SHA-256 digest (64 "
             "hexadecimal digits)."
         )
     return digest
-
-
-def sha256_file(path):
-    """The SHA-256 hex digest of a file, computed in 1 MiB chunks.
-
-    Args:
-        path: path of the file.
-
-    Example:
-    ```python
-    keras_cait.safe_io.sha256_file("model.safetensors")  # '3f0a...'
-    ```
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(path, expected_sha256):
@@ -132,7 +113,7 @@ def verify_sha256(path, expected_sha256):
 
     Example:
     ```python
-    keras_cait.safe_io.verify_sha256("model.safetensors", "3f0a...")
+    keras_cait.io.safetensors_io.verify_sha256("model.safetensors", "3f0a...")
     ```
     """
     expected = normalize_sha256(expected_sha256, source=f"{path}: expected_sha256")
@@ -273,7 +254,7 @@ def read_safetensors_header(path):
 
     Example:
     ```python
-    entries, metadata, _ = keras_cait.safe_io.read_safetensors_header(
+    entries, metadata, _ = keras_cait.io.safetensors_io.read_safetensors_header(
         "model.safetensors"
     )
     ```
@@ -426,7 +407,7 @@ class SafetensorsReader:
 
     Example:
     ```python
-    with keras_cait.safe_io.SafetensorsReader("model.safetensors") as reader:
+    with keras_cait.io.safetensors_io.SafetensorsReader("model.safetensors") as reader:
         for name, array in reader.items():
             print(name, array.shape)
     ```
@@ -566,7 +547,7 @@ def read_safetensors(path, expected_sha256=None, allow_non_finite=False):
 
     Example:
     ```python
-    from keras_cait.safe_io import read_safetensors
+    from keras_cait.io.safetensors_io import read_safetensors
     state_dict = read_safetensors("model.safetensors")
     keras_cait.load_timm_state_dict(classifier, state_dict)
     ```

@@ -5,7 +5,7 @@ import dataclasses
 import os
 
 from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
-from keras_cait.presets import registry
+from keras_cait.loading import registry
 
 HF_PREFIX = "hf://"
 

@@ -29,7 +29,12 @@ import os
 import posixpath
 import zipfile
 
+import h5py
 import keras
+import numpy as np
+
+# Private Keras API (keras>=3.15.1,<4, pinned): `load_model` on an open file.
+from keras.src.saving import saving_lib  # isort: skip
 
 from keras_cait.errors import (
     CaiTConfigError,
@@ -38,6 +43,13 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
+from keras_cait.io.files import read_json
+from keras_cait.schema import (
+    DEFAULT_MAX_PARAMETERS,
+    check_backbone_config,
+    check_classifier_config,
+)
+from keras_cait.serialization import registered_class
 
 CONFIG_MEMBER = "config.json"
 METADATA_MEMBER = "metadata.json"
@@ -48,7 +60,6 @@ ASSETS_PREFIX = "assets/"
 MAX_CONFIG_BYTES = 16 * 2**20
 MAX_METADATA_BYTES = 2**20
 DEFAULT_MAX_WEIGHTS_BYTES = 16 * 2**30
-DEFAULT_MAX_PARAMETERS = 2_000_000_000
 # A member that decompresses to more than this ratio is a ZIP bomb (Keras
 # stores members uncompressed; DEFLATE rarely exceeds ~10x on weights).
 MAX_COMPRESSION_RATIO = 100
@@ -99,200 +110,6 @@ def _denied_bases():
 
 def _unsafe(source, message):
     return CaiTUnsafeModelError(f"{source}: {message}")
-
-
-# --------------------------------------------------------------------------
-# keras-cait argument validation
-# --------------------------------------------------------------------------
-
-# Upper bounds for integer arguments of keras-cait models; far above every
-# published CaiT (depth 48, width 768, 448x448 images).
-BACKBONE_INT_LIMITS = dict(
-    hidden_dim=16384,
-    num_layers=512,
-    num_heads=1024,
-    patch_size=1024,
-    num_class_attention_layers=64,
-)
-MAX_IMAGE_SIDE = 8192
-MAX_CHANNELS = 64
-MAX_CLASSES = 10_000_000
-_BASE_KEYS = {"name", "trainable", "dtype"}
-
-
-def _int_arg(source, key, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _unsafe(
-            source, f"`{key}` must be an integer, got {type(value).__name__} "
-            f"{value!r:.80}."
-        )
-    if not low <= value <= high:
-        raise _unsafe(source, f"`{key}` must be in [{low}, {high}], got {value}.")
-    return value
-
-
-def _float_arg(source, key, value, low, high, low_inclusive=True, high_inclusive=True):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _unsafe(
-            source, f"`{key}` must be a number, got {type(value).__name__} "
-            f"{value!r:.80}."
-        )
-    ok_low = value >= low if low_inclusive else value > low
-    ok_high = value <= high if high_inclusive else value < high
-    if not (math.isfinite(value) and ok_low and ok_high):
-        left = "[" if low_inclusive else "("
-        right = "]" if high_inclusive else ")"
-        raise _unsafe(
-            source, f"`{key}` must be in {left}{low}, {high}{right}, got {value!r}."
-        )
-    return float(value)
-
-
-def _check_keys(source, cls, config):
-    import inspect
-
-    parameters = inspect.signature(cls.__init__).parameters
-    allowed = {name for name in parameters if name not in ("self", "kwargs")}
-    unknown = sorted(set(config) - allowed - _BASE_KEYS)
-    if unknown:
-        raise _unsafe(
-            source, f"unexpected arguments {unknown} for {cls.__name__}."
-        )
-
-
-def estimate_backbone_parameters(config):
-    """An upper estimate of a `CaiTBackbone`'s parameter count from its
-    (validated) config dict."""
-    d = config["hidden_dim"]
-    h = config["num_heads"]
-    height, width, channels = config["image_shape"]
-    p = config["patch_size"]
-    patches = (height // p) * (width // p)
-    mlp = int(d * config.get("mlp_ratio", 4.0))
-    ca_mlp = int(d * config.get("class_attention_mlp_ratio", 4.0))
-    attention = 4 * d * d + 4 * d  # q, k, v and the output projection
-    common = 6 * d  # two LayerNorms and two LayerScales
-    sa_block = attention + 2 * h * h + 2 * h + common + 2 * d * mlp + mlp + d
-    ca_block = attention + common + 2 * d * ca_mlp + ca_mlp + d
-    embedding = p * p * channels * d + d + patches * d + d  # conv, pos, cls
-    return (
-        embedding
-        + config["num_layers"] * sa_block
-        + config["num_class_attention_layers"] * ca_block
-        + 2 * d  # final LayerNorm
-    )
-
-
-def check_backbone_config(config, source="config", max_parameters=None):
-    """Validates a `CaiTBackbone` config dict before anything is built.
-
-    Args:
-        config: dict, the `config` of a serialised `CaiTBackbone`.
-        source: string naming where the config comes from, quoted in errors.
-        max_parameters: int or `None`; refuse configs above this estimated
-            parameter count (default 2 billion).
-
-    Raises:
-        CaiTUnsafeModelError: an argument has the wrong type, is out of
-            range, is unknown, or the model would be too large.
-
-    Example:
-    ```python
-    keras_cait.safe_loading.check_backbone_config(backbone.get_config())
-    ```
-    """
-    from keras_cait.models.cait_backbone import CaiTBackbone
-
-    max_parameters = max_parameters or DEFAULT_MAX_PARAMETERS
-    source = f"{source} (CaiTBackbone)"
-    if not isinstance(config, dict):
-        raise _unsafe(source, "the config must be an object.")
-    _check_keys(source, CaiTBackbone, config)
-    for key in ("hidden_dim", "num_layers", "num_heads"):
-        if key not in config:
-            raise _unsafe(source, f"the required argument `{key}` is missing.")
-    values = dict(config)
-    for key, high in BACKBONE_INT_LIMITS.items():
-        if key in values:
-            _int_arg(source, key, values[key], 1, high)
-    values.setdefault("patch_size", 16)
-    values.setdefault("num_class_attention_layers", 2)
-    image_shape = values.setdefault("image_shape", [224, 224, 3])
-    if not isinstance(image_shape, (list, tuple)) or len(image_shape) != 3:
-        raise _unsafe(
-            source, "`image_shape` must be [height, width, channels], got "
-            f"{image_shape!r:.80}."
-        )
-    for axis, value, high in zip(
-        ("height", "width", "channels"), image_shape,
-        (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS),
-    ):
-        _int_arg(source, f"image_shape {axis}", value, 1, high)
-    for axis, value in zip(("height", "width"), image_shape[:2]):
-        if value % values["patch_size"]:
-            raise _unsafe(
-                source, f"the image {axis} {value} is not divisible by "
-                f"`patch_size` {values['patch_size']}."
-            )
-    if values["hidden_dim"] % values["num_heads"]:
-        raise _unsafe(source, "`hidden_dim` must be divisible by `num_heads`.")
-    for key in ("mlp_ratio", "class_attention_mlp_ratio"):
-        if key in values:
-            _float_arg(source, key, values[key], 0, 64, low_inclusive=False)
-    for key in ("dropout_rate", "attention_dropout", "drop_path_rate"):
-        if key in values:
-            _float_arg(source, key, values[key], 0, 1, high_inclusive=False)
-    if "layer_scale_init_value" in values:
-        _float_arg(source, "layer_scale_init_value",
-                   values["layer_scale_init_value"], -1e6, 1e6)
-    if "layer_norm_epsilon" in values:
-        _float_arg(source, "layer_norm_epsilon", values["layer_norm_epsilon"],
-                   0, 1, low_inclusive=False)
-    if "use_qkv_bias" in values and not isinstance(values["use_qkv_bias"], bool):
-        raise _unsafe(source, "`use_qkv_bias` must be true or false.")
-    estimate = estimate_backbone_parameters(values)
-    if estimate > max_parameters:
-        raise _unsafe(
-            source, f"the model would have about {estimate:,} parameters, "
-            f"more than the limit of {max_parameters:,} (`max_parameters`)."
-        )
-
-
-def check_classifier_config(config, source="config", max_parameters=None):
-    """Validates a `CaiTImageClassifier` config dict (and its backbone's)
-    before anything is built.
-
-    Args:
-        config: dict, the `config` of a serialised `CaiTImageClassifier`.
-        source: string naming where the config comes from, quoted in errors.
-        max_parameters: int or `None`, passed to `check_backbone_config`.
-
-    Raises:
-        CaiTUnsafeModelError: an argument has the wrong type or is out of
-            range.
-    """
-    from keras_cait.models.cait_image_classifier import (
-        POOLINGS,
-        CaiTImageClassifier,
-    )
-
-    source = f"{source} (CaiTImageClassifier)"
-    if not isinstance(config, dict):
-        raise _unsafe(source, "the config must be an object.")
-    _check_keys(source, CaiTImageClassifier, config)
-    if "num_classes" not in config:
-        raise _unsafe(source, "the required argument `num_classes` is missing.")
-    _int_arg(source, "num_classes", config["num_classes"], 0, MAX_CLASSES)
-    if config.get("pooling", "token") not in POOLINGS:
-        raise _unsafe(
-            source, f"`pooling` must be one of {POOLINGS}, got "
-            f"{config.get('pooling')!r:.80}."
-        )
-    if "dropout" in config:
-        _float_arg(source, "dropout", config["dropout"], 0, 1, high_inclusive=False)
-    backbone = config.get("backbone")
-    if not isinstance(backbone, dict) or backbone.get("class_name") != "CaiTBackbone":
-        raise _unsafe(source, "`backbone` must be a serialised CaiTBackbone.")
 
 
 # --------------------------------------------------------------------------
@@ -361,9 +178,6 @@ def _check_function(source, node):
 
 
 def _check_object(source, node, max_parameters):
-    from keras_cait.models.cait_backbone import CaiTBackbone
-    from keras_cait.models.cait_image_classifier import CaiTImageClassifier
-
     class_name = node["class_name"]
     if class_name in ("__lambda__", "Lambda"):
         raise _unsafe(
@@ -391,9 +205,9 @@ def _check_object(source, node, max_parameters):
             "keras-cait refuses them."
         )
     inner = node.get("config")
-    if issubclass(cls, CaiTBackbone):
+    if issubclass(cls, registered_class("CaiTBackbone")):
         check_backbone_config(inner, where, max_parameters)
-    elif issubclass(cls, CaiTImageClassifier):
+    elif issubclass(cls, registered_class("CaiTImageClassifier")):
         check_classifier_config(inner, where, max_parameters)
     elif cls.__module__.split(".")[0] == "keras_cait":
         _check_plain_numbers(where, inner)
@@ -445,7 +259,7 @@ def check_model_config(config, source="config.json", max_parameters=None):
     Example:
     ```python
     with open("config.json") as f:
-        keras_cait.safe_loading.check_model_config(json.load(f))
+        keras_cait.loading.safe_loading.check_model_config(json.load(f))
     ```
     """
     stack = [config]
@@ -548,7 +362,6 @@ def _read_json_member(path, archive, name, required=True):
 
 
 def _check_weights_h5(path, archive):
-    import h5py
 
     source = f"{path}: {WEIGHTS_MEMBER}"
     with archive.open(WEIGHTS_MEMBER) as member:
@@ -564,7 +377,6 @@ def _check_weights_h5(path, archive):
 
 
 def _check_h5_links(source, h5):
-    import h5py
 
     groups = [h5]
     while groups:
@@ -587,7 +399,6 @@ def _check_h5_links(source, h5):
 
 
 def _check_h5_file(path):
-    import h5py
 
     try:
         h5 = h5py.File(path, "r")
@@ -653,11 +464,9 @@ def check_preset_directory(directory, max_parameters=None):
 
     Example:
     ```python
-    keras_cait.safe_loading.check_preset_directory("./my_cait_preset")
+    keras_cait.loading.safe_loading.check_preset_directory("./my_cait_preset")
     ```
     """
-    from keras_cait.presets.timm_repo import read_json
-
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
         if name.endswith(".json"):
@@ -672,8 +481,6 @@ def check_preset_directory(directory, max_parameters=None):
 
 
 def _check_finite(path, model):
-    import numpy as np
-
     for variable in model.weights:
         value = np.asarray(keras.ops.convert_to_numpy(variable))
         if np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16":
@@ -687,11 +494,7 @@ def _check_finite(path, model):
 def _keras_load(path, handle, compile):
     """Loads through the already-checked open handle when Keras allows it
     (its `saving_lib` takes file objects), so the file cannot be swapped
-    between the checks and the load; else through the path."""
-    try:
-        from keras.src.saving import saving_lib
-    except ImportError:  # pragma: no cover - a future Keras layout
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    between the checks and the load."""
     return saving_lib.load_model(handle, compile=compile, safe_mode=True)
 
 

@@ -5,12 +5,20 @@ KerasHub 0.32's `get_preset_loader` sends every `config.json` with an
 whose constructor rejects architectures it has no converter for (CaiT among
 them) before any subclass is chosen. `install()` replaces that module
 attribute with a subclass whose constructor hands CaiT configs to
-keras-cait's loader and everything else to KerasHub's. `get_preset_loader`
-imports the name at call time, so this is the one place to extend it. It is
-installed only for the KerasHub releases it was checked against.
+keras-cait's one dispatch point, `loader.get_loader`, and everything else
+to KerasHub's. `get_preset_loader` imports the name at call time, so this
+is the one place to extend it. It is installed only for the KerasHub
+releases it was checked against.
 """
 
 import warnings
+
+import keras_hub
+
+# Private KerasHub module, checked against keras-hub 0.32.0.
+from keras_hub.src.utils.timm import preset_loader as timm_module
+
+from keras_cait.loading import loader
 
 CHECKED_KERAS_HUB = ("0.32.",)
 
@@ -18,19 +26,6 @@ CHECKED_KERAS_HUB = ("0.32.",)
 def is_cait_config(config):
     architecture = config.get("architecture") if isinstance(config, dict) else None
     return isinstance(architecture, str) and architecture.startswith("cait")
-
-
-def _cait_loader(preset, config):
-    from keras_cait.presets import handles, loader
-
-    handle = handles.parse_handle(preset)
-    if handle.kind == "name":
-        return loader.get_loader(preset)
-    source = (
-        f"{handle.path}/config.json" if handle.kind == "local" else f"{preset} config.json"
-    )
-    spec = loader._timm_preset_from_config(handle, config, source)
-    return loader.CaiTTimmPresetLoader(preset, spec)
 
 
 def install():
@@ -41,8 +36,6 @@ def install():
         KerasHub version (KerasHub's base classes then reject CaiT; the
         keras-cait classes keep working).
     """
-    import keras_hub
-
     if not keras_hub.__version__.startswith(CHECKED_KERAS_HUB):
         warnings.warn(
             f"keras-cait: KerasHub {keras_hub.__version__} is not a version "
@@ -52,9 +45,6 @@ def install():
             stacklevel=2,
         )
         return False
-    # Private KerasHub module, checked against keras-hub 0.32.0.
-    from keras_hub.src.utils.timm import preset_loader as timm_module
-
     original = timm_module.TimmPresetLoader
     if getattr(original, "_keras_cait_dispatch", False):
         return True
@@ -66,7 +56,7 @@ def install():
 
         def __new__(cls, preset, config):
             if is_cait_config(config):
-                return _cait_loader(preset, config)
+                return loader.get_loader(preset, config=config)
             return super().__new__(cls)
 
     TimmPresetLoader.__module__ = original.__module__

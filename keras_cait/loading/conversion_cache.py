@@ -21,10 +21,10 @@ Everything streams, one tensor at a time, so memory never holds a second
 copy of the weights: `store` takes a `TensorStream` (the shapes up front,
 then one tensor at a time), writes the safetensors header first and then
 each tensor as it is produced, hashing as it writes; `open` checks an entry
-in one pass and returns it as an open `keras_cait.safe_io.SafetensorsReader`
+in one pass and returns it as an open `keras_cait.io.safetensors_io.SafetensorsReader`
 that the loader reads and assigns one tensor at a time. A conversion that
 fails midway (a NaN tensor, a truncated source) leaves no entry and no
-temporary file. `load` and `get_or_convert` are the whole-dict forms.
+temporary file.
 """
 
 import dataclasses
@@ -34,8 +34,14 @@ import os
 import re
 import tempfile
 
-import numpy as np
+import filelock
 
+from keras_cait.errors import CaiTError
+from keras_cait.io.files import sha256_file, staged_path
+from keras_cait.io.safetensors_io import (
+    Float32SafetensorsWriter,
+    SafetensorsReader,
+)
 from keras_cait.version import __version__
 
 FORMAT_VERSION = 1
@@ -58,15 +64,6 @@ def cache_root():
         # As keras.utils.get_file does for an unwritable home.
         base = os.path.join(tempfile.gettempdir(), ".keras")
     return os.path.join(base, "keras_cait", "converted")
-
-
-def file_sha256(path, chunk_size=1 << 22):
-    """The sha256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +95,7 @@ class SourceIdentity:
             commit=commit,
             filename=os.path.basename(path),
             size=os.path.getsize(path),
-            sha256=file_sha256(path),
+            sha256=sha256_file(path),
         )
 
     def key_fields(self):
@@ -131,30 +128,10 @@ class TensorStream:
         self.produce = produce
         self._close = close
 
-    @classmethod
-    def from_arrays(cls, arrays):
-        """A stream of arrays already in memory (`{key: array}`)."""
-        arrays = dict(arrays)
-        return cls({key: np.shape(value) for key, value in arrays.items()}, arrays.get)
-
     def close(self):
         if self._close is not None:
             self._close()
             self._close = None
-
-
-def _write_atomically(path, write):
-    """Calls `write(tmp_path)` then moves the result to `path`."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class ConversionCache:
@@ -189,7 +166,7 @@ class ConversionCache:
 
     def open(self, identity):
         """The entry for `identity`, checked, as an open
-        `keras_cait.safe_io.SafetensorsReader` (close it, or use it in a
+        `keras_cait.io.safetensors_io.SafetensorsReader` (close it, or use it in a
         `with` block), or `None` if there is no valid entry (missing, stale,
         half-written or corrupt).
 
@@ -198,9 +175,6 @@ class ConversionCache:
         every tensor is finite float32. Tensors read later come from the
         same open file, so a concurrent rebuild cannot change them.
         """
-        from keras_cait.errors import CaiTError
-        from keras_cait.safe_io import SafetensorsReader
-
         directory = self.entry_dir(identity)
         meta = self._read_meta(directory, identity)
         if meta is None:
@@ -225,16 +199,6 @@ class ConversionCache:
             return None
         return reader
 
-    def load(self, identity):
-        """The cached arrays for `identity` (`{timm key: array}`), or `None`
-        if there is no valid entry (missing, stale, half-written or corrupt).
-        Reads the whole entry into memory; `open` reads one tensor at a
-        time."""
-        reader = self.open(identity)
-        if reader is None:
-            return None
-        return _read_all(reader)
-
     def store(self, identity, tensors):
         """Writes the entry for `identity`, one tensor at a time.
 
@@ -246,18 +210,13 @@ class ConversionCache:
 
         Args:
             identity: the `SourceIdentity` the tensors are made from.
-            tensors: a `TensorStream`, or a dict of timm key to Keras-layout
-                array (stored as float32).
+            tensors: a `TensorStream` of Keras-layout arrays by timm key
+                (stored as float32).
 
         Returns:
             The entry's folder.
         """
-        from keras_cait.safe_io import Float32SafetensorsWriter
-
-        stream = (
-            tensors if isinstance(tensors, TensorStream)
-            else TensorStream.from_arrays(tensors)
-        )
+        stream = tensors
         directory = self.entry_dir(identity)
         weights = os.path.join(directory, WEIGHTS_FILE)
         meta_path = os.path.join(directory, META_FILE)
@@ -275,7 +234,8 @@ class ConversionCache:
             # Invalidate the old entry first: a crash below leaves no meta.json.
             if os.path.exists(meta_path):
                 os.remove(meta_path)
-            _write_atomically(weights, write_weights)
+            with staged_path(weights) as temporary:
+                write_weights(temporary)
         except BaseException:
             # Nothing of a failed conversion stays: no weights file, and
             # no folder if it is empty.
@@ -300,12 +260,11 @@ class ConversionCache:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2)
 
-        _write_atomically(meta_path, write_meta)
+        with staged_path(meta_path) as temporary:
+            write_meta(temporary)
         return directory
 
     def _locked(self, identity):
-        import filelock
-
         directory = self.entry_dir(identity)
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         return filelock.FileLock(directory + ".lock", timeout=_LOCK_TIMEOUT_S)
@@ -318,11 +277,8 @@ class ConversionCache:
 
         Args:
             identity: a `SourceIdentity`.
-            convert: callable returning a `TensorStream` (or a dict of
-                arrays) for `store`.
+            convert: callable returning a `TensorStream` for `store`.
         """
-        from keras_cait.safe_io import SafetensorsReader
-
         reader = self.open(identity)
         if reader is not None:
             return reader, True
@@ -333,16 +289,3 @@ class ConversionCache:
             directory = self.store(identity, convert())
             # Written by this process under the lock: no second hashing pass.
             return SafetensorsReader(os.path.join(directory, WEIGHTS_FILE)), False
-
-    def get_or_convert(self, identity, convert):
-        """Returns `(arrays, from_cache)`: the cached arrays, or `convert()`'s
-        result as stored. The whole-dict form of `open_or_convert` (same
-        lock, so two processes converting the same source do it once)."""
-        reader, from_cache = self.open_or_convert(identity, convert)
-        return _read_all(reader), from_cache
-
-
-def _read_all(reader):
-    """Reads every tensor of an open `SafetensorsReader`, then closes it."""
-    with reader:
-        return {name: reader.read(name) for name in reader.names()}

@@ -1,27 +1,23 @@
 """The shipped preset files: reading, validating and registering them.
 
 Each pretrained variant is one JSON file in the top-level `presets/` folder
-of the repository (shipped in the wheel as `keras_cait/presets/files/`). A
+of the repository, shipped in the wheel as `keras_cait/presets/` (in a source
+checkout, `keras_cait/presets` is a link to the top-level folder). A
 file names its weights' source, the `CaiTBackbone` arguments, the classifier
 head, the preprocessing and the published figures of the checkpoint.
 """
 
 import difflib
 import functools
-import json
 import math
 import pathlib
-import re
 
 from keras_cait.convert.timm_config import TIMM_ARCHITECTURES
 from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait.io.files import SHA256_PATTERN, read_json
+from keras_cait.schema import INTERPOLATIONS, POOLINGS
 
-_PACKAGED = pathlib.Path(__file__).resolve().parent / "files"
-# In a source checkout the files live in the repository's `presets/`.
-_SOURCE_TREE = pathlib.Path(__file__).resolve().parents[2] / "presets"
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+PRESETS_DIR = pathlib.Path(__file__).resolve().parents[1] / "presets"
 
 # The `CaiTBackbone` arguments a preset must give, with their JSON types.
 _BACKBONE_TYPES = dict(
@@ -52,13 +48,6 @@ _TOP_LEVEL = (
     "imagenet_top1",
     "license",
 )
-
-
-def presets_dir():
-    """The folder holding the shipped preset JSON files."""
-    if _PACKAGED.is_dir():
-        return _PACKAGED
-    return _SOURCE_TREE
 
 
 def _fail(source, message):
@@ -145,7 +134,7 @@ def validate_preset(data, source="preset"):
             "weights.sha256",
             weights["sha256"],
             str,
-            _SHA256.match,
+            SHA256_PATTERN.fullmatch,
             "null or 64 lowercase hex digits",
         )
 
@@ -177,8 +166,8 @@ def validate_preset(data, source="preset"):
         "classifier.pooling",
         classifier["pooling"],
         str,
-        lambda v: v in ("token", "avg"),
-        "'token' or 'avg'",
+        lambda v: v in POOLINGS,
+        f"one of {POOLINGS}",
     )
 
     prep = data["preprocessing"]
@@ -252,10 +241,7 @@ def read_preset_file(path):
             schema, or its `name` differs from its file name.
     """
     path = pathlib.Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CaiTConfigError(f"{path}: not valid JSON ({e}).") from e
+    data = read_json(str(path))
     validate_preset(data, source=str(path))
     if data["name"] != path.stem:
         raise CaiTConfigError(
@@ -267,11 +253,10 @@ def read_preset_file(path):
 
 @functools.cache
 def _all_presets():
-    directory = presets_dir()
-    files = sorted(directory.glob("*.json"))
+    files = sorted(PRESETS_DIR.glob("*.json"))
     if not files:
         raise CaiTFileNotFoundError(
-            f"No preset files found in {directory}; the keras-cait "
+            f"No preset files found in {PRESETS_DIR}; the keras-cait "
             "installation is incomplete."
         )
     return {path.stem: read_preset_file(path) for path in files}
@@ -317,36 +302,3 @@ def unknown_preset_message(name):
         f"{', '.join(names)}. A preset can also be an 'hf://owner/repo"
         "[@revision]' handle or a local directory."
     )
-
-
-def keras_hub_entries():
-    """The presets in KerasHub's registry format (`metadata` and a handle)."""
-    entries = {}
-    for name, data in _all_presets().items():
-        source = data["weights"]["source"].split("@", 1)[0]
-        entries[name] = {
-            "metadata": {
-                "description": data["description"],
-                "params": data["num_params"],
-                "path": "cait",
-                "imagenet_top1": data["imagenet_top1"],
-                "license": data["license"],
-            },
-            # KerasHub resolves a name through this handle when loading via
-            # its base classes (keras_hub.models.Backbone.from_preset).
-            "kaggle_handle": source,
-        }
-    return entries
-
-
-def register_presets():
-    """Registers the presets with KerasHub so that `CaiTBackbone.presets`,
-    `CaiTImageClassifier.presets` and KerasHub's base classes list them."""
-    # Private KerasHub API, checked against keras-hub 0.32.0.
-    from keras_hub.src.utils.preset_utils import (
-        register_presets as keras_hub_register,
-    )
-
-    from keras_cait.models.cait_backbone import CaiTBackbone
-
-    keras_hub_register(keras_hub_entries(), CaiTBackbone)

@@ -23,6 +23,7 @@ variables, memory holds about one tensor, never a second copy of the
 weights.
 """
 
+import ctypes
 import functools
 import math
 import os
@@ -30,8 +31,10 @@ import threading
 
 import keras
 import numpy as np
+from keras_hub.layers import ImageConverter
+from keras_hub.models import Backbone, Preprocessor, Task
 
-from keras_cait import safe_loading
+from keras_cait.convert.resample import resample_position_embedding
 from keras_cait.convert.timm_weights import (
     check_timm_header,
     keras_shape,
@@ -45,13 +48,16 @@ from keras_cait.errors import (
     CaiTIntegrityError,
     CaiTWeightsError,
 )
-from keras_cait.presets import handles, hub, registry, timm_repo
-from keras_cait.presets.conversion_cache import (
+from keras_cait.io import hub
+from keras_cait.io.files import read_json
+from keras_cait.io.safetensors_io import SafetensorsReader
+from keras_cait.loading import handles, registry, safe_loading, timm_repo
+from keras_cait.loading.conversion_cache import (
     ConversionCache,
     SourceIdentity,
     TensorStream,
 )
-from keras_cait.safe_io import SafetensorsReader
+from keras_cait.serialization import registered_class
 
 # Private KerasHub APIs, checked against keras-hub 0.32.0 (pinned in
 # pyproject.toml): the preset-loader base classes and the subclass lookup.
@@ -176,7 +182,7 @@ def _named_preset(name):
             source.repo_id, timm_repo.CONFIG_FILE, revision=source.revision
         )
         checkpoint = timm_repo.TimmCheckpoint(
-            timm_repo.read_json(config_path, f"{source.text} config.json"),
+            read_json(config_path, f"{source.text} config.json"),
             f"{source.text} config.json",
         )
         _check_agrees(name, data, checkpoint)
@@ -234,8 +240,16 @@ def _timm_preset_from_config(handle, config, config_source, commit=None):
     return TimmPreset.from_checkpoint(checkpoint, fetch)
 
 
-def get_loader(preset):
-    """Resolves a `from_preset` argument to a KerasHub `PresetLoader`.
+def get_loader(preset, config=None):
+    """Resolves a `from_preset` argument to a KerasHub `PresetLoader`: the
+    one dispatch point of every `from_preset` (keras-cait's classes and
+    KerasHub's base classes, through `keras_hub_dispatch`).
+
+    Args:
+        preset: a preset name, an `hf://owner/repo[@revision]` handle or a
+            local directory.
+        config: `None`, or the source's `config.json` already read (as
+            KerasHub's dispatch has it).
 
     Returns:
         A `CaiTTimmPresetLoader` for preset names and timm-format sources,
@@ -245,18 +259,20 @@ def get_loader(preset):
     handle = handles.parse_handle(preset)
     if handle.kind == "name":
         return CaiTTimmPresetLoader(preset, _named_preset(handle.name))
+    commit = None
     if handle.kind == "local":
         directory = handle.path
         config_source = os.path.join(directory, timm_repo.CONFIG_FILE)
-        config = timm_repo.read_json(config_source)
-        commit = None
+        if config is None:
+            config = read_json(config_source)
     else:
-        config_path, commit = hub.download_file(
-            handle.repo_id, timm_repo.CONFIG_FILE, revision=handle.revision
-        )
-        config_source = f"{handle.text} {timm_repo.CONFIG_FILE}"
-        config = timm_repo.read_json(config_path, config_source)
         directory = None
+        config_source = f"{handle.text} {timm_repo.CONFIG_FILE}"
+        if config is None:
+            config_path, commit = hub.download_file(
+                handle.repo_id, timm_repo.CONFIG_FILE, revision=handle.revision
+            )
+            config = read_json(config_path, config_source)
     if "registered_name" in config:
         if directory is None:
             directory = hub.download_repo(handle.repo_id, revision=commit or handle.revision)
@@ -272,27 +288,12 @@ def get_loader(preset):
     return CaiTTimmPresetLoader(preset, spec)
 
 
-def adapt_position_embedding(array, source, old_shape, new_shape, patch_size):
-    """The resolution hook: resamples a checkpoint's position embedding
-    `(1, old_h * old_w, D)` for a model built with another `image_shape`.
-
-    Uses `keras_cait.convert.resample.resample_position_embedding` when that
-    module exists.
-
-    Raises:
-        CaiTConfigError: resolution changes are not supported (yet).
-    """
+def adapt_position_embedding(array, old_shape, new_shape, patch_size):
+    """Resamples a checkpoint's position embedding `(1, old_h * old_w, D)`
+    for a model built with another `image_shape` (see
+    `keras_cait.convert.resample.resample_position_embedding`)."""
     old_grid = (old_shape[0] // patch_size, old_shape[1] // patch_size)
     new_grid = (new_shape[0] // patch_size, new_shape[1] // patch_size)
-    try:
-        from keras_cait.convert.resample import resample_position_embedding
-    except ImportError:
-        raise CaiTConfigError(
-            f"{source}: the checkpoint was made for image_shape "
-            f"{tuple(old_shape)} (a {old_grid[0]}x{old_grid[1]} patch grid); "
-            f"image_shape={tuple(new_shape)} needs its position embedding "
-            "resampled, which this keras-cait version does not support yet."
-        ) from None
     return np.asarray(resample_position_embedding(array, old_grid, new_grid))
 
 
@@ -306,8 +307,6 @@ _TRIM_EVERY_BYTES = 32 << 20
 @functools.lru_cache(maxsize=None)
 def _malloc_trim():
     try:
-        import ctypes
-
         return ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError):  # not glibc
         return None
@@ -348,7 +347,7 @@ def assign_weights(model, arrays, source, checkpoint_image_shape, load_head):
     Args:
         model: a `CaiTBackbone` or `CaiTImageClassifier`.
         arrays: dict of timm key to Keras-layout array, or an open
-            `keras_cait.safe_io.SafetensorsReader` of such arrays (a
+            `keras_cait.io.safetensors_io.SafetensorsReader` of such arrays (a
             conversion cache entry), read one tensor at a time.
         source: string quoted in errors.
         checkpoint_image_shape: the image shape the arrays were made for.
@@ -373,7 +372,6 @@ def assign_weights(model, arrays, source, checkpoint_image_shape, load_head):
                 # checked before anything is assigned.
                 value = adapt_position_embedding(
                     arrays[key],
-                    source,
                     checkpoint_image_shape,
                     image_shape,
                     backbone.patch_size,
@@ -446,9 +444,7 @@ class CaiTTimmPresetLoader(PresetLoader):
         self.spec = spec
 
     def check_backbone_class(self):
-        from keras_cait.models.cait_backbone import CaiTBackbone
-
-        return CaiTBackbone
+        return registered_class("CaiTBackbone")
 
     def get_backbone_kwargs(self, **kwargs):
         return split_backbone_kwargs(*super().get_backbone_kwargs(**kwargs))
@@ -645,9 +641,6 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
     Returns:
         The loaded object.
     """
-    from keras_hub.layers import ImageConverter
-    from keras_hub.models import Backbone, Preprocessor, Task
-
     loader = get_loader(preset)
     backbone_cls = loader.check_backbone_class()
     if issubclass(cls, Backbone):

@@ -5,15 +5,13 @@ A timm `config.json` is read the way `timm.create_model(architecture,
 `pretrained_cfg` gives the preprocessing.
 """
 
-import json
-import os
-
 from keras_cait.convert.timm_config import (
     backbone_kwargs_from_timm,
     classifier_kwargs_from_timm,
     resolve_timm_arguments,
 )
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait.errors import CaiTConfigError
+from keras_cait.schema import IMAGENET_MEAN, IMAGENET_STD, check_backbone_config
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -23,51 +21,9 @@ WEIGHTS_FILE = "model.safetensors"
 _DEFAULT_PREPROCESSING = dict(
     crop_pct=0.875,
     interpolation="bicubic",
-    mean=[0.485, 0.456, 0.406],
-    std=[0.229, 0.224, 0.225],
+    mean=list(IMAGENET_MEAN),
+    std=list(IMAGENET_STD),
 )
-
-
-def read_json(path, source=None):
-    """Reads a JSON object from `path`, naming the file in errors."""
-    source = source or path
-    if not os.path.isfile(path):
-        raise CaiTFileNotFoundError(f"{source}: '{os.path.basename(path)}' is missing.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CaiTConfigError(f"{source}: not valid JSON ({e}).") from e
-    if not isinstance(data, dict):
-        raise CaiTConfigError(f"{source}: expected a JSON object, got {type(data).__name__}.")
-    return data
-
-
-def is_timm_config(config):
-    """Whether a `config.json` dict is timm's (it has `architecture`)."""
-    return "architecture" in config and "registered_name" not in config
-
-
-def read_state_dict(path, expected_sha256=None):
-    """Reads a `.safetensors` file into `{key: numpy array}`.
-
-    Uses `keras_cait.safe_io.read_safetensors` (header, truncation, dtype
-    and NaN/Inf checks, optional sha256). The whole file goes into memory;
-    preset loading itself streams with `keras_cait.safe_io.SafetensorsReader`
-    (the same checks, one tensor at a time).
-
-    Args:
-        path: path of a `.safetensors` file.
-        expected_sha256: `None` or the file's SHA-256 hex digest.
-
-    Raises:
-        CaiTFileNotFoundError: the file does not exist.
-        CaiTWeightsError: the file is truncated or corrupt, naming it.
-        CaiTIntegrityError: its sha256 differs from `expected_sha256`.
-    """
-    from keras_cait.safe_io import read_safetensors
-
-    return read_safetensors(path, expected_sha256=expected_sha256)
 
 
 class TimmCheckpoint:
@@ -92,8 +48,6 @@ class TimmCheckpoint:
         )
         self.architecture = architecture
         # Hostile sizes (e.g. depth 10**9) are refused before any building.
-        from keras_cait.safe_loading import check_backbone_config
-
         check_backbone_config(self.backbone_kwargs(), source)
 
     def backbone_kwargs(self):
@@ -148,9 +102,3 @@ class TimmCheckpoint:
             prep[key] = [float(v) for v in value]
         prep["crop_pct"] = float(prep["crop_pct"])
         return prep
-
-
-def read_checkpoint_config(directory, source=None):
-    """Reads a local timm directory's `config.json` as a `TimmCheckpoint`."""
-    path = os.path.join(directory, CONFIG_FILE)
-    return TimmCheckpoint(read_json(path, source or path), source or path)

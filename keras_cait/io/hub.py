@@ -5,15 +5,17 @@ and progress bars); this module only turns its exceptions into keras-cait
 errors that say which file is missing and what to do about it.
 """
 
+import contextlib
 import os
 import pathlib
+
+import huggingface_hub
+from huggingface_hub import errors as hub_errors
 
 from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
 
 
 def _offline_advice(repo_id, revision, filenames):
-    import huggingface_hub
-
     where = huggingface_hub.constants.HF_HUB_CACHE
     mode = (
         "offline mode is on (HF_HUB_OFFLINE=1)"
@@ -29,8 +31,30 @@ def _offline_advice(repo_id, revision, filenames):
     )
 
 
-def _describe(repo_id, revision):
-    return f"hf://{repo_id}" + (f"@{revision}" if revision else "")
+@contextlib.contextmanager
+def _hub_errors(repo_id, revision, filename=None):
+    """Turns `huggingface_hub`'s exceptions into keras-cait errors naming
+    the handle (`hf://repo_id@revision`) and `filename` (`None`: the repo)."""
+    source = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
+    what = f"'{filename}'" if filename else "the repo"
+    try:
+        yield
+    except hub_errors.HFValidationError as e:
+        raise CaiTConfigError(f"{source}: not a valid Hugging Face repo id ({e}).") from e
+    except hub_errors.LocalEntryNotFoundError as e:
+        advice = _offline_advice(repo_id, revision, [filename] if filename else [])
+        raise CaiTFileNotFoundError(f"{source}: {what} is not available: {advice}") from e
+    except hub_errors.RemoteEntryNotFoundError as e:
+        raise CaiTFileNotFoundError(f"{source}: the repo has no {what}.") from e
+    except hub_errors.RevisionNotFoundError as e:
+        raise CaiTFileNotFoundError(
+            f"{source}: revision {revision!r} does not exist in the repo."
+        ) from e
+    except hub_errors.RepositoryNotFoundError as e:
+        raise CaiTFileNotFoundError(
+            f"{source}: the repo does not exist or is private/gated (log in "
+            "with `hf auth login` or set HF_TOKEN for private repos)."
+        ) from e
 
 
 def download_file(repo_id, filename, revision=None, label=None):
@@ -52,35 +76,10 @@ def download_file(repo_id, filename, revision=None, label=None):
             it is not cached and the Hub cannot be reached.
         CaiTConfigError: the repo id or revision is malformed.
     """
-    import huggingface_hub
-    from huggingface_hub import errors
-
-    shown_repo, shown_revision = label or (repo_id, revision)
-    source = _describe(shown_repo, shown_revision)
-    try:
+    with _hub_errors(*(label or (repo_id, revision)), filename):
         path = huggingface_hub.hf_hub_download(
             repo_id=repo_id, filename=filename, revision=revision
         )
-    except errors.HFValidationError as e:
-        raise CaiTConfigError(f"{source}: not a valid Hugging Face repo id ({e}).") from e
-    except errors.LocalEntryNotFoundError as e:
-        raise CaiTFileNotFoundError(
-            f"{source}: '{filename}' is not available: "
-            + _offline_advice(shown_repo, shown_revision, [filename])
-        ) from e
-    except errors.RemoteEntryNotFoundError as e:
-        raise CaiTFileNotFoundError(
-            f"{source}: the repo has no '{filename}'."
-        ) from e
-    except errors.RevisionNotFoundError as e:
-        raise CaiTFileNotFoundError(
-            f"{source}: revision {shown_revision!r} does not exist in the repo."
-        ) from e
-    except errors.RepositoryNotFoundError as e:
-        raise CaiTFileNotFoundError(
-            f"{source}: the repo does not exist or is private/gated (log in "
-            "with `hf auth login` or set HF_TOKEN for private repos)."
-        ) from e
     return path, snapshot_commit(path)
 
 
@@ -95,29 +94,10 @@ def download_repo(repo_id, revision=None):
         The local snapshot directory.
 
     Raises:
-        CaiTFileNotFoundError: as `download_file`.
+        CaiTFileNotFoundError, CaiTConfigError: as `download_file`.
     """
-    import huggingface_hub
-    from huggingface_hub import errors
-
-    source = _describe(repo_id, revision)
-    try:
+    with _hub_errors(repo_id, revision):
         return huggingface_hub.snapshot_download(repo_id=repo_id, revision=revision)
-    except errors.HFValidationError as e:
-        raise CaiTConfigError(f"{source}: not a valid Hugging Face repo id ({e}).") from e
-    except errors.LocalEntryNotFoundError as e:
-        raise CaiTFileNotFoundError(
-            f"{source}: the repo is not available: "
-            + _offline_advice(repo_id, revision, [])
-        ) from e
-    except errors.RevisionNotFoundError as e:
-        raise CaiTFileNotFoundError(
-            f"{source}: revision {revision!r} does not exist in the repo."
-        ) from e
-    except errors.RepositoryNotFoundError as e:
-        raise CaiTFileNotFoundError(
-            f"{source}: the repo does not exist or is private/gated."
-        ) from e
 
 
 def snapshot_commit(path):

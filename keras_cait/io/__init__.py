@@ -1,0 +1,1 @@
+"""File and network input: safetensors, images, JSON and the Hugging Face Hub."""

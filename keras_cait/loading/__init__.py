@@ -1,0 +1,2 @@
+"""Loading: the shipped presets, preset handles, timm repositories, the
+`from_preset` dispatch point and the safety checks of files from others."""
