@@ -1,23 +1,14 @@
 """keras-cait: CaiT image models for Keras 3 (TensorFlow, JAX, PyTorch).
 
 Pick the backend with the `KERAS_BACKEND` environment variable before
-importing Keras; keras-cait imports none of the backends itself.
+importing Keras; keras-cait imports none of the backends itself. Importing
+the package registers its classes with Keras and its presets with KerasHub.
 """
 
-from keras_cait.attention import (
-    attention_model,
-    class_attention_grid,
-    get_attention_maps,
-    head_maps,
-    saliency_map,
-    upsample_maps,
-)
-from keras_cait.convert.resample import (
-    resample_position_embedding,
-    with_image_shape,
-)
+import warnings
+
+from keras_cait.convert.resample import resample_position_embedding
 from keras_cait.convert.timm_weights import load_timm_state_dict
-from keras_cait.distribution import get_layout_map
 from keras_cait.errors import (
     CaiTConfigError,
     CaiTError,
@@ -34,8 +25,8 @@ from keras_cait.finetuning import (
     layer_decay_multipliers,
     load_for_finetuning,
 )
-from keras_cait.image_io import load_image
-from keras_cait.intermediates import get_intermediate_outputs, intermediate_model
+from keras_cait.io.images import load_image
+from keras_cait.io.safetensors_io import read_safetensors
 from keras_cait.layers import (
     CaiTMLP,
     ClassAttention,
@@ -47,37 +38,65 @@ from keras_cait.layers import (
     SelfAttentionBlock,
     TalkingHeadsAttention,
 )
-from keras_cait.models import CaiTBackbone, CaiTImageClassifier
-from keras_cait.preprocessing import (
+from keras_cait.loading.registry import get_preset, list_presets
+from keras_cait.loading.safe_loading import load_model
+from keras_cait.models import CaiTBackbone
+from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+from keras_cait.models.cait_image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
-    CaiTImageConverter,
 )
-from keras_cait.presets import decode_predictions, get_preset, list_presets
-from keras_cait.safe_io import read_safetensors
-from keras_cait.safe_loading import load_model
+from keras_cait.models.cait_image_converter import CaiTImageConverter
+from keras_cait.predictions import decode_predictions
+from keras_cait.resolution import with_image_shape
+from keras_cait.saliency import (
+    class_attention_grid,
+    head_maps,
+    saliency_map,
+    upsample_maps,
+)
 from keras_cait.version import __version__
 
+get_layout_map = CaiTBackbone.get_layout_map
+
+
+def _deprecated_method_alias(name):
+    """`keras_cait.<name>(model, ...)`, kept for one release: the feature is
+    the model's method `model.<name>(...)` now."""
+
+    def alias(model, *args, **kwargs):
+        warnings.warn(
+            f"keras_cait.{name}(model, ...) is deprecated and will be removed "
+            f"in the next release; call model.{name}(...) instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        method = getattr(model, name, None)
+        if not isinstance(model, (CaiTBackbone, CaiTImageClassifier)) or method is None:
+            raise CaiTConfigError(
+                f"`model` must be a keras_cait CaiTBackbone or CaiTImageClassifier "
+                f"with a `{name}` method, got {type(model).__name__}."
+            )
+        return method(*args, **kwargs)
+
+    alias.__name__ = name
+    alias.__doc__ = f"Deprecated: use `model.{name}(...)`."
+    return alias
+
+
+attention_model = _deprecated_method_alias("attention_model")
+get_attention_maps = _deprecated_method_alias("get_attention_maps")
+intermediate_model = _deprecated_method_alias("intermediate_model")
+get_intermediate_outputs = _deprecated_method_alias("get_intermediate_outputs")
+
 __all__ = [
-    "export_model",
-    # attention maps (keras_cait.attention)
-    "attention_model",
-    "class_attention_grid",
-    "get_attention_maps",
-    "head_maps",
-    "saliency_map",
-    "upsample_maps",
+    "__version__",
+    # models
     "CaiTBackbone",
-    "CaiTConfigError",
-    "CaiTError",
-    "CaiTFileNotFoundError",
     "CaiTImageClassifier",
     "CaiTImageClassifierPreprocessor",
     "CaiTImageConverter",
-    "CaiTImageError",
-    "CaiTIntegrityError",
+    # layers
     "CaiTMLP",
-    "CaiTUnsafeModelError",
-    "CaiTWeightsError",
     "ClassAttention",
     "ClassAttentionBlock",
     "ClassToken",
@@ -86,23 +105,40 @@ __all__ = [
     "PatchEmbedding",
     "SelfAttentionBlock",
     "TalkingHeadsAttention",
-    "__version__",
-    "load_image",
-    "decode_predictions",
+    # errors
+    "CaiTConfigError",
+    "CaiTError",
+    "CaiTFileNotFoundError",
+    "CaiTImageError",
+    "CaiTIntegrityError",
+    "CaiTUnsafeModelError",
+    "CaiTWeightsError",
+    # presets and weights
     "get_preset",
     "list_presets",
     "load_timm_state_dict",
-    # safe loading (keras_cait.safe_loading, keras_cait.safe_io)
-    "load_model",
     "read_safetensors",
-    # resolution, features, multi-device, fine-tuning (issue 6)
-    "LayerDecayAdamW",
-    "finetuning_optimizer",
-    "get_intermediate_outputs",
-    "get_layout_map",
-    "intermediate_model",
-    "layer_decay_multipliers",
-    "load_for_finetuning",
+    "load_model",
+    # images and predictions
+    "load_image",
+    "decode_predictions",
+    # attention maps (the maps themselves: model.get_attention_maps)
+    "class_attention_grid",
+    "head_maps",
+    "saliency_map",
+    "upsample_maps",
+    # resolution, fine-tuning, multi-device, export
     "resample_position_embedding",
     "with_image_shape",
+    "LayerDecayAdamW",
+    "finetuning_optimizer",
+    "layer_decay_multipliers",
+    "load_for_finetuning",
+    "get_layout_map",
+    "export_model",
+    # deprecated aliases of model methods (one release)
+    "attention_model",
+    "get_attention_maps",
+    "intermediate_model",
+    "get_intermediate_outputs",
 ]

@@ -14,12 +14,13 @@ half-written artefact at `filepath`.
 """
 
 import os
-import shutil
-import tempfile
 
 import keras
+import numpy as np
 
 from keras_cait.errors import CaiTConfigError
+from keras_cait.io.files import staged_path
+from keras_cait.models.cait_backbone import cait_backbone_of
 
 FORMATS = ("tf_saved_model", "onnx")
 
@@ -28,17 +29,6 @@ SUPPORTED_BACKENDS = {
     "tf_saved_model": ("tensorflow", "jax"),
     "onnx": ("tensorflow", "jax", "torch"),
 }
-
-
-def _image_shape(model):
-    backbone = getattr(model, "backbone", model)
-    image_shape = getattr(backbone, "image_shape", None)
-    if image_shape is None:
-        raise CaiTConfigError(
-            f"`model` must be a keras-cait backbone or classifier, got "
-            f"{type(model).__name__}."
-        )
-    return tuple(image_shape)
 
 
 def _check_arguments(format, batch_size):
@@ -75,9 +65,8 @@ def _register_tf2onnx_erfc():
     """
     if _TF2ONNX_ERFC_REGISTERED:
         return
-    import numpy as np
-    from tf2onnx import utils
-    from tf2onnx.handler import tf_op
+    from tf2onnx import utils  # optional dependency: keras-cait[export]
+    from tf2onnx.handler import tf_op  # optional dependency: keras-cait[export]
 
     @tf_op("Erfc")
     class Erfc:
@@ -99,7 +88,7 @@ def _register_tf2onnx_erfc():
 
 
 def _export_onnx_torch(model, filepath, image_shape, batch_size, verbose):
-    import torch  # the PyTorch backend is active; imported lazily
+    import torch  # optional dependency: only on the PyTorch backend
 
     sample = torch.zeros((batch_size or 2,) + image_shape, dtype=torch.float32)
     dynamic_shapes = None
@@ -158,14 +147,9 @@ def export_model(model, filepath, format="onnx", batch_size=None, verbose=False)
     ```
     """
     _check_arguments(format, batch_size)
-    image_shape = _image_shape(model)
+    image_shape = tuple(cait_backbone_of(model).image_shape)
     filepath = os.fspath(filepath)
-    target = os.path.abspath(filepath)
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        staged = os.path.join(staging, os.path.basename(target))
+    with staged_path(filepath) as staged:
         if format == "onnx" and keras.backend.backend() == "torch":
             _export_onnx_torch(model, staged, image_shape, batch_size, verbose)
         else:
@@ -179,9 +163,4 @@ def export_model(model, filepath, format="onnx", batch_size=None, verbose=False)
             model.export(
                 staged, format=format, input_signature=signature, verbose=verbose
             )
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        os.replace(staged, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return filepath

@@ -22,6 +22,8 @@ import keras
 from keras import ops
 
 from keras_cait.errors import CaiTConfigError
+from keras_cait.models.cait_backbone import CaiTBackbone, cait_backbone_of
+from keras_cait.models.cait_image_classifier import CaiTImageClassifier
 from keras_cait.serialization import register
 
 # Variable names (Keras `variable.name`) that get no weight decay: biases,
@@ -34,18 +36,6 @@ NO_WEIGHT_DECAY_NAMES = (
     "position_embedding",
     "class_token",
 )
-
-
-def _backbone_of(model):
-    from keras_cait.models.cait_backbone import CaiTBackbone
-
-    backbone = getattr(model, "backbone", model)
-    if not isinstance(backbone, CaiTBackbone):
-        raise CaiTConfigError(
-            "`model` must be a keras_cait.CaiTBackbone or CaiTImageClassifier, "
-            f"got {type(model).__name__}."
-        )
-    return backbone
 
 
 def uses_weight_decay(variable, no_weight_decay_names=NO_WEIGHT_DECAY_NAMES):
@@ -95,7 +85,7 @@ def layer_decay_multipliers(model, layer_decay):
         raise CaiTConfigError(
             f"`layer_decay` must be in (0, 1], got {layer_decay!r}."
         )
-    backbone = _backbone_of(model)
+    backbone = cait_backbone_of(model)
     top = backbone.num_layers + backbone.num_class_attention_layers + 1
     self_attention = re.compile(r"(?:^|/)self_attention_block_(\d+)/")
     class_attention = re.compile(r"(?:^|/)class_attention_block_(\d+)/")
@@ -236,7 +226,7 @@ def finetuning_optimizer(
     ```
     """
     if layer_decay is None:
-        _backbone_of(model)
+        cait_backbone_of(model)
         optimizer = keras.optimizers.AdamW(
             learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
         )
@@ -286,9 +276,6 @@ def load_for_finetuning(
                                      drop_path_rate=0.1)
     ```
     """
-    from keras_cait.models.cait_backbone import CaiTBackbone
-    from keras_cait.models.cait_image_classifier import CaiTImageClassifier
-
     backbone_kwargs = dict(kwargs, drop_path_rate=drop_path_rate)
     if image_shape is not None:
         backbone_kwargs["image_shape"] = tuple(image_shape)

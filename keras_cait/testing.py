@@ -40,11 +40,3 @@ def seeded_state_dict(shapes, seed):
         z = rng.standard_normal(size=tuple(shapes[key]), dtype=np.float32)
         state_dict[key] = np.asarray(seeded_tensor(key, z), dtype=np.float32)
     return state_dict
-
-
-def seeded_images(seed, batch, image_size):
-    """The recipe's input batch, NCHW float32 (timm's layout)."""
-    rng = np.random.default_rng(seed + 1)
-    return rng.standard_normal(
-        size=(batch, 3, image_size, image_size), dtype=np.float32
-    )

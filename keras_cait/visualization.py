@@ -7,22 +7,28 @@ with the Agg canvas: no pyplot, no window, no global state.
 """
 
 import os
-import tempfile
 
 import numpy as np
 
-from keras_cait.attention import (
+from keras_cait.errors import CaiTConfigError
+from keras_cait.io.files import staged_path
+from keras_cait.saliency import (
     class_attention_grid,
     normalize_maps,
     saliency_map,
     upsample_maps,
 )
-from keras_cait.errors import CaiTConfigError
 
 
-def _figure_class():
+def require_matplotlib():
+    """matplotlib's `Figure` class.
+
+    Raises:
+        CaiTConfigError: matplotlib is not installed (with the install
+            command).
+    """
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # optional dependency: keras-cait[viz]
     except ImportError:
         raise CaiTConfigError(
             "Drawing attention maps needs matplotlib, which is not installed: "
@@ -150,7 +156,7 @@ def plot_attention_heads(
     save_figure(figure, "heads.png")
     ```
     """
-    Figure = _figure_class()
+    Figure = require_matplotlib()
     attention = _check_single_attention(attention)
     grid = class_attention_grid(attention, grid_size)
     heads = grid.shape[0]
@@ -220,7 +226,7 @@ def plot_saliency(
     save_figure(figure, "saliency.png")
     ```
     """
-    Figure = _figure_class()
+    Figure = require_matplotlib()
     picture = display_image(image)
     values = np.asarray(attention_or_saliency)
     if values.ndim == 3:
@@ -284,20 +290,8 @@ def save_figure(figure, path, dpi=100):
         The path, as a string.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=".png"
-    )
-    try:
-        with os.fdopen(handle, "wb") as file:
-            figure.savefig(file, format="png", dpi=dpi)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private (0600)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with staged_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=dpi)
     return path
 
 

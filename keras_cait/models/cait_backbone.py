@@ -1,14 +1,20 @@
 """CaiTBackbone: the CaiT feature extractor as a KerasHub backbone."""
 
+import weakref
+
 import keras
+import numpy as np
 from keras_hub.models import Backbone
 
-from keras_cait import attention as attention_lib
+from keras_cait.errors import CaiTConfigError
 from keras_cait.layers.class_attention_block import ClassAttentionBlock
 from keras_cait.layers.embedding import ClassToken, PatchEmbedding
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
+from keras_cait.loading.loader import load_preset
 from keras_cait.models.fast_inference import FastInferenceMixin
 from keras_cait.serialization import register
+
+INTERMEDIATE_FORMATS = ("tokens", "grid")
 
 
 def _check_positive_int(name, value):
@@ -71,6 +77,134 @@ def _connect_layers(
             class_token = block(patches, class_token)
     tokens = concatenate([class_token, patches])
     return final_norm(tokens), block_outputs, attention_maps
+
+
+# Models derived from a backbone or classifier (attention maps,
+# intermediates), cached per model and request. A weak mapping outside the
+# model: a model attribute would be tracked by Keras and change its weights.
+_DERIVED_MODELS = weakref.WeakKeyDictionary()
+
+
+def derived_model(owner, key, build):
+    """`build()`'s model for `owner` and `key`, built once."""
+    cache = _DERIVED_MODELS.setdefault(owner, {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def cait_backbone_of(model):
+    """The `CaiTBackbone` of a backbone or of a model with a `backbone`.
+
+    Raises:
+        CaiTConfigError: `model` is neither.
+    """
+    backbone = getattr(model, "backbone", model)
+    if not isinstance(backbone, CaiTBackbone):
+        raise CaiTConfigError(
+            "`model` must be a keras_cait.CaiTBackbone or a model with a "
+            "CaiTBackbone `backbone` (e.g. CaiTImageClassifier), got "
+            f"{type(model).__name__}."
+        )
+    return backbone
+
+
+def attention_block_indices(self_attention_blocks, num_layers):
+    """Self-attention block indices of an `attention_model()` request, sorted
+    and unique: an int, an iterable of ints, `"all"`, or `None`/`()` for
+    none; negative indices count from the end."""
+    if self_attention_blocks is None:
+        return ()
+    if isinstance(self_attention_blocks, str):
+        if self_attention_blocks == "all":
+            return tuple(range(num_layers))
+        raise CaiTConfigError(
+            "`self_attention_blocks` must be block indices or 'all', got "
+            f"{self_attention_blocks!r}."
+        )
+    if isinstance(self_attention_blocks, (int, np.integer)):
+        self_attention_blocks = (self_attention_blocks,)
+    indices = set()
+    for index in self_attention_blocks:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise CaiTConfigError(
+                "`self_attention_blocks` must hold integer block indices, "
+                f"got {index!r}."
+            )
+        if not -num_layers <= index < num_layers:
+            raise CaiTConfigError(
+                f"`self_attention_blocks` index {int(index)} is out of range: "
+                f"the model has {num_layers} self-attention blocks "
+                f"(0 to {num_layers - 1}, or negative from the end)."
+            )
+        indices.add(int(index) % num_layers)
+    return tuple(sorted(indices))
+
+
+def intermediate_block_indices(num_layers, blocks=None):
+    """Block indices of an `intermediate_model()` request, sorted: `None`
+    (every block), an int `n` (the last `n` blocks, as timm's `indices=n`),
+    or a sequence of indices (negative counts from the end).
+
+    Raises:
+        CaiTConfigError: `blocks` is empty, out of range or of another type.
+    """
+    if blocks is None:
+        return tuple(range(num_layers))
+    if isinstance(blocks, bool):
+        raise CaiTConfigError(
+            f"`blocks` must be None, an int or a list of ints, got {blocks!r}."
+        )
+    if isinstance(blocks, int):
+        if not 1 <= blocks <= num_layers:
+            raise CaiTConfigError(
+                f"`blocks={blocks}` asks for the last {blocks} blocks; it must "
+                f"be between 1 and num_layers={num_layers}."
+            )
+        return tuple(range(num_layers - blocks, num_layers))
+    try:
+        requested = list(blocks)
+    except TypeError:
+        raise CaiTConfigError(
+            f"`blocks` must be None, an int or a list of ints, got {blocks!r}."
+        ) from None
+    if not requested:
+        raise CaiTConfigError("`blocks` must not be empty.")
+    indices = set()
+    for index in requested:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise CaiTConfigError(
+                f"Block indices must be ints, got {index!r} in `blocks`."
+            )
+        if not -num_layers <= index < num_layers:
+            raise CaiTConfigError(
+                f"Block index {index} in `blocks` is out of range for a "
+                f"backbone with num_layers={num_layers}."
+            )
+        indices.add(index % num_layers)
+    return tuple(sorted(indices))
+
+
+def run_in_batches(model, images, batch_size):
+    """Calls `model` (dict outputs) on `images` batch by batch, eagerly.
+
+    Returns:
+        A dict of NumPy arrays, concatenated over the batches.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+        batch_size < 1
+    ):
+        raise CaiTConfigError(
+            f"`batch_size` must be a positive integer, got {batch_size!r}."
+        )
+    images = keras.ops.convert_to_numpy(images)
+    pieces = {}
+    for start in range(0, len(images), batch_size):
+        outputs = model(images[start : start + batch_size], training=False)
+        for name, value in outputs.items():
+            pieces.setdefault(name, []).append(keras.ops.convert_to_numpy(value))
+    return {name: np.concatenate(values) for name, values in pieces.items()}
+
 
 
 @register
@@ -277,37 +411,136 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
             features computed from it (as the backbone's output) and a dict
             of every block's attention weights (`"talking_head_attention_{i}"`,
             `"class_attention_{i}"`), all symbolic, over this backbone's
-            layers and weights. `keras_cait.attention_model` builds on it.
+            layers and weights. `attention_model()` builds on it.
         """
         return self._attention_graph
 
     def attention_model(self, self_attention_blocks=()):
-        """A cached `keras.Model` returning features and attention maps.
+        """A `keras.Model` returning features and attention maps in one pass.
 
-        Its dict output holds `"features"`, `"class_attention_{i}"` for every
-        class-attention block and `"talking_head_attention_{i}"` for the
-        chosen self-attention blocks, in one forward pass over this
-        backbone's layers. See `keras_cait.attention_model`.
+        It shares this backbone's layers and weights and is cached per block
+        selection. Its dict output holds:
+        - `"features"`: the backbone's output `(batch, 1 + N, hidden_dim)`;
+        - `"class_attention_{i}"` for every class-attention block: the class
+          token's softmaxed attention over `[class token, patches]`,
+          `(batch, heads, 1, 1 + N)` (timm's `ClassAttn` weights);
+        - `"talking_head_attention_{i}"` for each chosen self-attention
+          block: the weights after the post-softmax head mix (timm's
+          `proj_w`), `(batch, heads, N, N)`.
 
         Args:
-            self_attention_blocks: int, iterable of ints, `"all"` or `()`.
+            self_attention_blocks: int (one block), iterable of ints,
+                `"all"` or `()`; negative indices count from the end.
+
+        Example:
+        ```python
+        model = backbone.attention_model(self_attention_blocks=(0, -1))
+        outputs = model.predict(images)
+        outputs["class_attention_1"].shape  # (batch, heads, 1, 1 + N)
+        ```
         """
-        return attention_lib.attention_model(self, self_attention_blocks)
+        blocks = attention_block_indices(self_attention_blocks, self.num_layers)
+        return derived_model(
+            self, ("attention", blocks), lambda: self._build_attention_model(blocks)
+        )
+
+    def _build_attention_model(self, blocks, head=None):
+        images, features, maps = self.attention_graph()
+        if head is None:
+            outputs = {"features": features}
+        else:
+            outputs = {"predictions": head(features)}
+        for i in range(self.num_class_attention_layers):
+            outputs[f"class_attention_{i}"] = maps[f"class_attention_{i}"]
+        for i in blocks:
+            outputs[f"talking_head_attention_{i}"] = maps[f"talking_head_attention_{i}"]
+        return keras.Model(images, outputs, name=f"{self.name}_attention")
 
     def get_attention_maps(self, images, self_attention_blocks=(), batch_size=8):
-        """Features and attention maps of `images` as NumPy arrays.
+        """Features and attention maps of `images`, as NumPy arrays.
+
+        Calls `attention_model()` eagerly, batch by batch (no compilation,
+        so the first maps come fast); for large datasets compile once with
+        `attention_model(...).predict(dataset)`.
 
         Args:
             images: array `(batch, height, width, channels)`, normalised.
-            self_attention_blocks: int, iterable of ints, `"all"` or `()`.
+            self_attention_blocks: see `attention_model()`.
             batch_size: int. Images per forward pass.
 
         Returns:
             A dict of NumPy arrays named as in `attention_model()`.
         """
-        return attention_lib.get_attention_maps(
-            self, images, self_attention_blocks, batch_size=batch_size
+        return run_in_batches(
+            self.attention_model(self_attention_blocks), images, batch_size
         )
+
+    def intermediate_model(self, blocks=None, output_format="tokens", norm=False):
+        """A model returning chosen self-attention block outputs (timm's
+        `forward_intermediates`).
+
+        It shares this backbone's layers and weights (fine-tuning it
+        fine-tunes the backbone) and is cached per request.
+
+        Args:
+            blocks: `None` (all blocks), an int `n` (the last `n` blocks, as
+                timm's `indices=n`) or a list of block indices (negative
+                counts from the end).
+            output_format: `"tokens"` for `(batch, num_patches, hidden_dim)`
+                or `"grid"` for `(batch, rows, columns, hidden_dim)`.
+            norm: bool. Pass each output through the final LayerNorm
+                (timm's `norm=True`).
+
+        Returns:
+            A `keras.Model` taking the backbone's images and returning a
+            dict `{"self_attention_block_{i}": tensor}` in block order.
+
+        Example:
+        ```python
+        model = backbone.intermediate_model(blocks=[-4, -1], output_format="grid")
+        model(images)["self_attention_block_23"].shape  # (batch, 14, 14, 192)
+        ```
+        """
+        if output_format not in INTERMEDIATE_FORMATS:
+            raise CaiTConfigError(
+                f"`output_format` must be one of {INTERMEDIATE_FORMATS}, got "
+                f"{output_format!r}."
+            )
+        indices = intermediate_block_indices(self.num_layers, blocks)
+        key = ("intermediates", indices, output_format, bool(norm))
+        return derived_model(
+            self, key, lambda: self._build_intermediate_model(indices, output_format, norm)
+        )
+
+    def _build_intermediate_model(self, indices, output_format, norm):
+        outputs = {}
+        final_norm = self.get_layer("final_layernorm")
+        rows, columns = self.grid_size
+        for index in indices:
+            name = f"self_attention_block_{index}"
+            tokens = self._block_outputs[name]
+            if norm:
+                tokens = final_norm(tokens)
+            if output_format == "grid":
+                tokens = keras.layers.Reshape(
+                    (rows, columns, self.hidden_dim),
+                    dtype=self.dtype_policy,
+                    name=f"{name}_grid",
+                )(tokens)
+            outputs[name] = tokens
+        return keras.Model(self.input, outputs, name=f"{self.name}_intermediates")
+
+    def get_intermediate_outputs(
+        self, images, blocks=None, output_format="tokens", norm=False
+    ):
+        """Chosen self-attention block outputs for `images`, in one pass.
+
+        See `intermediate_model()` for the arguments.
+
+        Returns:
+            A dict `{"self_attention_block_{i}": tensor}` in block order.
+        """
+        return self.intermediate_model(blocks, output_format, norm)(images)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -331,8 +564,6 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         tokens = backbone(np.zeros((1, 224, 224, 3)))  # (1, 197, 192)
         ```
         """
-        from keras_cait.presets.loader import load_preset
-
         return load_preset(cls, preset, load_weights=load_weights, **kwargs)
 
     def get_config(self):
@@ -357,56 +588,92 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         )
         return config
 
-    def intermediate_model(self, blocks=None, output_format="tokens", norm=False):
-        """A cached model returning chosen self-attention block outputs.
-
-        Shares this backbone's layers. See `keras_cait.intermediate_model`.
-
-        Args:
-            blocks: `None` (all), an int `n` (the last `n` blocks) or a list
-                of block indices (negative counts from the end).
-            output_format: `"tokens"` `(batch, num_patches, hidden_dim)` or
-                `"grid"` `(batch, rows, columns, hidden_dim)`.
-            norm: bool. Apply the final LayerNorm to each output.
-        """
-        from keras_cait import intermediates
-
-        return intermediates.intermediate_model(self, blocks, output_format, norm)
-
-    def get_intermediate_outputs(
-        self, images, blocks=None, output_format="tokens", norm=False
-    ):
-        """Chosen self-attention block outputs for `images`, in one pass.
-
-        Like timm's `forward_intermediates`. See `intermediate_model()`.
-
-        Returns:
-            A dict `{"self_attention_block_{i}": tensor}`.
-        """
-        from keras_cait import intermediates
-
-        return intermediates.get_intermediate_outputs(
-            self, images, blocks, output_format, norm
-        )
-
     @staticmethod
     def get_layout_map(
         device_mesh,
         model_parallel_dim_name="model",
         data_parallel_dim_name="batch",
     ):
-        """A `keras.distribution.LayoutMap` for `ModelParallel`.
+        """A `keras.distribution.LayoutMap` sharding CaiT's large kernels,
+        for `keras.distribution.ModelParallel` (as KerasHub's
+        `GemmaBackbone.get_layout_map`).
 
-        Splits the attention and MLP kernels over the `"model"` mesh axis.
-        See `keras_cait.distribution.get_layout_map`.
+        The usual tensor-parallel pattern: projections that fan out (`qkv`,
+        `q`/`k`/`v`, the MLP's `fc1`) are split along their output features,
+        those that fan back in (`proj`, `fc2`) along their input features;
+        everything small (norms, LayerScale, the head mixes, embeddings, the
+        head) stays replicated. Dense kernels are `(in_features,
+        out_features)`:
+
+        | variables (variable path ends with) | layout |
+        | --- | --- |
+        | `attn/(qkv|q|k|v)/kernel`, `mlp/fc1/kernel` | `(batch, model)` |
+        | `attn/(qkv|q|k|v)/bias`, `mlp/fc1/bias` | `(model,)` |
+        | `attn/proj/kernel`, `mlp/fc2/kernel` | `(model, batch)` |
+        | everything else | replicated |
+
+        Every sharded axis must be divisible by the size of its mesh axis:
+        `hidden_dim`, `3 * hidden_dim` and the MLP width by the `"model"` axis,
+        `hidden_dim` and the MLP width by the `"batch"` axis. All CaiT variants
+        have `hidden_dim` a multiple of 96 (m36/m48: 768, MLP 3072), so any
+        power-of-two axis up to 32 works.
 
         Args:
             device_mesh: a `keras.distribution.DeviceMesh`.
-            model_parallel_dim_name: str. The tensor-parallel mesh axis.
-            data_parallel_dim_name: str or `None`. The batch mesh axis.
-        """
-        from keras_cait import distribution
+            model_parallel_dim_name: str. The mesh axis the kernels are split
+                over for tensor parallelism.
+            data_parallel_dim_name: str. The mesh axis the batch is split over;
+                the kernels' other axis is split over it too (fully sharded
+                weights). Pass `None` to keep the kernels replicated across it.
 
-        return distribution.get_layout_map(
-            device_mesh, model_parallel_dim_name, data_parallel_dim_name
+        Returns:
+            A `keras.distribution.LayoutMap`, for
+            `keras.distribution.ModelParallel(layout_map=...,
+            batch_dim_name=data_parallel_dim_name)`.
+
+        Raises:
+            CaiTConfigError: a dimension name is not an axis of `device_mesh`.
+
+        Example:
+        ```python
+        devices = keras.distribution.list_devices()
+        mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)
+        layout_map = CaiTBackbone.get_layout_map(mesh)
+        keras.distribution.set_distribution(
+            keras.distribution.ModelParallel(
+                layout_map=layout_map, batch_dim_name="batch"
+            )
         )
+        classifier = CaiTImageClassifier.from_preset("cait_m36_384", num_classes=10)
+        ```
+        """
+        if not isinstance(device_mesh, keras.distribution.DeviceMesh):
+            raise CaiTConfigError(
+                "`device_mesh` must be a keras.distribution.DeviceMesh, got "
+                f"{type(device_mesh).__name__}."
+            )
+        axis_names = tuple(device_mesh.axis_names)
+        for argument, name in (
+            ("model_parallel_dim_name", model_parallel_dim_name),
+            ("data_parallel_dim_name", data_parallel_dim_name),
+        ):
+            if name is None and argument == "data_parallel_dim_name":
+                continue
+            if name not in axis_names:
+                raise CaiTConfigError(
+                    f"`{argument}={name!r}` is not an axis of the device mesh; "
+                    f"its axes are {axis_names}."
+                )
+        model_dim = model_parallel_dim_name
+        data_dim = data_parallel_dim_name
+
+        layout_map = keras.distribution.LayoutMap(device_mesh)
+        # Fan-out projections: split the output features.
+        layout_map[r".*attn/(qkv|q|k|v)/kernel"] = (data_dim, model_dim)
+        layout_map[r".*attn/(qkv|q|k|v)/bias"] = (model_dim,)
+        layout_map[r".*mlp/fc1/kernel"] = (data_dim, model_dim)
+        layout_map[r".*mlp/fc1/bias"] = (model_dim,)
+        # Fan-in projections: split the input features.
+        layout_map[r".*attn/proj/kernel"] = (model_dim, data_dim)
+        layout_map[r".*mlp/fc2/kernel"] = (model_dim, data_dim)
+        return layout_map

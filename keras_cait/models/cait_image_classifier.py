@@ -4,15 +4,20 @@ import keras
 from keras import ops
 from keras_hub.models import ImageClassifier, Task
 
-from keras_cait import attention as attention_lib
-from keras_cait.models.cait_backbone import CaiTBackbone
-from keras_cait.models.fast_inference import FastInferenceMixin
-from keras_cait.preprocessing.image_classifier_preprocessor import (
+from keras_cait.errors import CaiTConfigError
+from keras_cait.loading.loader import load_preset
+from keras_cait.models.cait_backbone import (
+    CaiTBackbone,
+    attention_block_indices,
+    derived_model,
+    run_in_batches,
+)
+from keras_cait.models.cait_image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
 )
+from keras_cait.models.fast_inference import FastInferenceMixin
+from keras_cait.schema import POOLINGS
 from keras_cait.serialization import register
-
-POOLINGS = ("token", "avg")
 
 
 @register
@@ -118,39 +123,78 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
             self.compile()
 
     def attention_model(self, self_attention_blocks=()):
-        """A cached `keras.Model` returning predictions and attention maps.
+        """A `keras.Model` returning predictions and attention maps in one
+        pass.
 
         Its dict output holds `"predictions"` (this model's output),
         `"class_attention_{i}"` for every class-attention block and
-        `"talking_head_attention_{i}"` for the chosen self-attention blocks,
-        all from one forward pass. See `keras_cait.attention_model`.
+        `"talking_head_attention_{i}"` for the chosen self-attention blocks
+        (see `CaiTBackbone.attention_model()`). It shares this model's
+        layers and weights and is cached per block selection.
 
         Args:
-            self_attention_blocks: int, iterable of ints, `"all"` or `()`.
+            self_attention_blocks: int (one block), iterable of ints,
+                `"all"` or `()`; negative indices count from the end.
         """
-        return attention_lib.attention_model(self, self_attention_blocks)
+        blocks = attention_block_indices(
+            self_attention_blocks, self.backbone.num_layers
+        )
+        return derived_model(
+            self,
+            ("attention", blocks),
+            lambda: self.backbone._build_attention_model(blocks, self._head()),
+        )
+
+    def _head(self):
+        """The part of this model's graph after its backbone (pooling,
+        dropout, dense head) as a `keras.Model` on the backbone's tokens,
+        reusing this model's layers."""
+        nodes = [
+            node
+            for depth_nodes in self._nodes_by_depth.values()
+            for node in depth_nodes
+            if node.operation is self.backbone
+        ]
+        if len(nodes) != 1:
+            raise CaiTConfigError(
+                f"`{self.name}` must call its backbone exactly once to expose "
+                f"attention maps; it calls it {len(nodes)} times."
+            )
+        (tokens,) = nodes[0].output_tensors
+        return keras.Model(tokens, self.output, name=f"{self.name}_head")
 
     def get_attention_maps(
         self, images, self_attention_blocks=(), batch_size=8, preprocess=None
     ):
-        """Predictions and attention maps of `images` as NumPy arrays.
+        """Predictions and attention maps of `images`, as NumPy arrays.
 
         Args:
             images: array `(batch, height, width, channels)`.
-            self_attention_blocks: int, iterable of ints, `"all"` or `()`.
+            self_attention_blocks: see `attention_model()`.
             batch_size: int. Images per forward pass.
             preprocess: bool or `None`: run the `preprocessor` first
                 (default: when there is one, like `predict()`).
 
         Returns:
             A dict of NumPy arrays named as in `attention_model()`.
+
+        Example:
+        ```python
+        maps = classifier.get_attention_maps(images, self_attention_blocks=[-1])
+        maps["predictions"].shape                # (batch, num_classes)
+        maps["talking_head_attention_23"].shape  # (batch, heads, N, N)
+        ```
         """
-        return attention_lib.get_attention_maps(
-            self,
-            images,
-            self_attention_blocks,
-            batch_size=batch_size,
-            preprocess=preprocess,
+        if preprocess is None:
+            preprocess = self.preprocessor is not None
+        if preprocess:
+            if self.preprocessor is None:
+                raise CaiTConfigError(
+                    "`preprocess=True` but the model has no `preprocessor`."
+                )
+            images = self.preprocessor(images)
+        return run_in_batches(
+            self.attention_model(self_attention_blocks), images, batch_size
         )
 
     @classmethod
@@ -177,8 +221,6 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
         logits = model.predict(uint8_photos)  # (batch, 1000), timm's logits
         ```
         """
-        from keras_cait.presets.loader import load_preset
-
         return load_preset(cls, preset, load_weights=load_weights, **kwargs)
 
     def get_config(self):

@@ -2,8 +2,9 @@
 
 from keras_hub.models import ImageClassifierPreprocessor
 
+from keras_cait.loading.loader import load_preset
 from keras_cait.models.cait_backbone import CaiTBackbone
-from keras_cait.preprocessing.image_converter import CaiTImageConverter
+from keras_cait.models.cait_image_converter import CaiTImageConverter
 from keras_cait.serialization import register
 
 
@@ -67,6 +68,4 @@ class CaiTImageClassifierPreprocessor(ImageClassifierPreprocessor):
         x = preprocessor(uint8_photos)  # (batch, 224, 224, 3)
         ```
         """
-        from keras_cait.presets.loader import load_preset
-
         return load_preset(cls, preset, **kwargs)

@@ -12,12 +12,10 @@ from keras_hub.layers import ImageConverter
 from keras_hub.src.utils.tensor_utils import in_tf_function
 
 from keras_cait.errors import CaiTConfigError, CaiTImageError
+from keras_cait.loading.loader import load_preset
 from keras_cait.models.cait_backbone import CaiTBackbone
+from keras_cait.schema import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from keras_cait.serialization import register
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
 def _select(condition, if_true, if_false, backend):
@@ -369,8 +367,6 @@ class CaiTImageConverter(ImageConverter):
         x = converter(uint8_photos)  # (batch, 384, 384, 3), normalised
         ```
         """
-        from keras_cait.presets.loader import load_preset
-
         return load_preset(cls, preset, **kwargs)
 
     def get_config(self):

@@ -1,0 +1,103 @@
+"""Running a built CaiT model at another resolution.
+
+`from_preset(..., image_shape=...)` changes the resolution while loading; this
+changes it on a model already in memory (e.g. one loaded from a `.keras`
+file), resampling the position embedding as timm's
+`resample_abs_pos_embed` does.
+"""
+
+import numpy as np
+
+from keras_cait.convert.resample import resample_position_embedding
+from keras_cait.errors import CaiTConfigError, CaiTWeightsError
+from keras_cait.models.cait_backbone import CaiTBackbone
+from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+
+
+def _position_embedding(backbone):
+    return backbone.get_layer("patch_embedding").position_embedding
+
+
+def with_image_shape(model, image_shape):
+    """A copy of a keras-cait model built for another input size.
+
+    Rebuilds the `CaiTBackbone` (or the `CaiTImageClassifier` around it) from
+    its config with the new `image_shape`, copies every weight, and resamples
+    the position embedding with `resample_position_embedding`. The result
+    saves and loads like any keras-cait model (`.keras` file or
+    `save_to_preset`), keeping the resampled embedding. For checkpoints on
+    disk, `from_preset(handle, image_shape=...)` does the same in one step.
+
+    Args:
+        model: a `CaiTBackbone` or `CaiTImageClassifier` (e.g. loaded with
+            `keras.saving.load_model`).
+        image_shape: `(height, width, channels)`; height and width divisible
+            by the patch size, channels as in `model`.
+
+    Returns:
+        A new model of the same class. A classifier's preprocessor is copied
+        with its image size set to the new height and width.
+
+    Raises:
+        CaiTConfigError: `model` is not a keras-cait model, or the channels
+            differ.
+
+    Example:
+    ```python
+    model = keras.saving.load_model("cait_224.keras")
+    model_384 = with_image_shape(model, (384, 384, 3))
+    model_384.save("cait_384.keras")
+    ```
+    """
+    backbone = getattr(model, "backbone", model)
+    if not isinstance(backbone, CaiTBackbone) or not (
+        model is backbone or isinstance(model, CaiTImageClassifier)
+    ):
+        raise CaiTConfigError(
+            "`model` must be a keras_cait.CaiTBackbone or CaiTImageClassifier, "
+            f"got {type(model).__name__}."
+        )
+    image_shape = tuple(image_shape)
+    if len(image_shape) != 3 or image_shape[2] != backbone.image_shape[2]:
+        raise CaiTConfigError(
+            f"`image_shape` must be (height, width, {backbone.image_shape[2]}) "
+            f"for this model, got {image_shape!r}."
+        )
+    config = backbone.get_config()
+    config["image_shape"] = image_shape
+    new_backbone = type(backbone).from_config(config)
+    if model is backbone:
+        new_model = new_backbone
+    else:
+        preprocessor = None
+        if model.preprocessor is not None:
+            preprocessor = type(model.preprocessor).from_config(
+                model.preprocessor.get_config()
+            )
+            converter = getattr(preprocessor, "image_converter", None)
+            if converter is not None and hasattr(converter, "image_size"):
+                converter.image_size = image_shape[:2]
+        config = model.get_config()
+        config.update(backbone=new_backbone, preprocessor=preprocessor)
+        config["compile"] = False
+        new_model = type(model).from_config(config)
+
+    old_embedding = _position_embedding(backbone)
+    new_embedding = _position_embedding(new_backbone)
+    old_weights = {v.path: v for v in model.weights}
+    new_weights = {v.path: v for v in new_model.weights}
+    if set(old_weights) != set(new_weights):
+        raise CaiTWeightsError(
+            "The rebuilt model's variables differ from the original's: "
+            f"{sorted(set(old_weights) ^ set(new_weights))}."
+        )
+    for path, variable in new_weights.items():
+        value = np.asarray(old_weights[path].numpy())
+        if path == new_embedding.path:
+            value = resample_position_embedding(
+                np.asarray(old_embedding.numpy(), dtype=np.float32),
+                backbone.grid_size,
+                new_backbone.grid_size,
+            )
+        variable.assign(value)
+    return new_model
