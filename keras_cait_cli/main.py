@@ -1,0 +1,327 @@
+"""The `keras-cait` command line (also `python -m keras_cait`).
+
+    keras-cait predict IMAGE... [--preset NAME|DIR|hf://...] [--top K]
+                                [--attention DIR] [--backend BACKEND] [--json]
+    keras-cait presets [--json]
+    keras-cait convert SOURCE OUTPUT_DIR [--upload hf://...]
+
+This module imports neither Keras nor a backend nor `keras_cait`: `--help`,
+every sub-command's `--help` and `presets` answer at once. A sub-command
+that needs the model imports its own module (`keras_cait_cli.predict`,
+`keras_cait.publishing`) after its arguments are parsed and checked.
+
+Keras fixes its backend when it is first imported. When `--backend` asks for
+another backend than the one already loaded in this process, the command
+runs itself again in a fresh interpreter with `KERAS_BACKEND` set (once).
+
+Everything but the result goes to stderr (logs, warnings, progress bars),
+so that `--json` prints exactly one JSON document on stdout. Errors are one
+line on stderr (`keras-cait: error: ...`) with exit status 1 (2 for bad
+arguments); set `KERAS_CAIT_DEBUG=1` to see tracebacks.
+"""
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT_PRESET = "cait_xxs24_224"
+_REEXEC_FLAG = "KERAS_CAIT_CLI_BACKEND_SWITCHED"
+
+PREDICT_EXAMPLES = """\
+examples:
+  keras-cait predict cat.jpg
+  keras-cait predict photos/*.jpg --top 3 --json > predictions.json
+  keras-cait predict cat.jpg --attention attention_maps/
+  keras-cait predict cat.jpg --preset cait_s24_384 --backend jax
+  keras-cait predict cat.jpg --preset hf://timm/cait_xxs24_224.fb_dist_in1k
+  keras-cait predict cat.jpg --preset ./my_finetuned_preset/
+"""
+
+CONVERT_EXAMPLES = """\
+examples:
+  keras-cait convert cait_xxs24_224 out/cait_xxs24_224
+  keras-cait convert ./my_timm_checkpoint/ out/preset --upload hf://me/my-cait
+"""
+
+MAIN_EXAMPLES = """\
+examples:
+  keras-cait predict cat.jpg --top 5
+  keras-cait predict cat.jpg dog.png --json
+  keras-cait predict cat.jpg --attention out/     # per-head and saliency PNGs
+  keras-cait presets
+  keras-cait convert --help
+
+Run `keras-cait COMMAND --help` for a command's options.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with one-line errors prefixed by the program name."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _version():
+    try:
+        return importlib.metadata.version("keras-cait")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser():
+    """The argument parser of `keras-cait`."""
+    parser = _Parser(
+        prog="keras-cait",
+        description="CaiT image classification and attention maps "
+        "(Keras 3: TensorFlow, JAX, PyTorch).",
+        epilog=MAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify images (top-K ImageNet labels), optionally save attention maps",
+        description="Classify images with a CaiT preset and print the top-K "
+        "labels with their probabilities.",
+        epilog=PREDICT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    predict.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help="a preset name (see `keras-cait presets`), a local preset "
+        "directory, or an hf://owner/repo[@revision] handle "
+        f"(default: {DEFAULT_PRESET})",
+    )
+    predict.add_argument("--top", type=_positive_int, default=5, metavar="K", help="labels per image (default: 5)")
+    predict.add_argument(
+        "--attention",
+        metavar="DIR",
+        help="write each image's per-head class-attention and saliency PNGs "
+        "under DIR (needs matplotlib)",
+    )
+    predict.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="the Keras backend (default: $KERAS_BACKEND, else Keras's default)",
+    )
+    predict.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout: "
+        '[{"image": ..., "predictions": [{"label", "class_id", "probability"}, ...]}, ...]',
+    )
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=8, metavar="N",
+        help="images per forward pass (default: 8)",
+    )
+    predict.set_defaults(run=_run_predict)
+
+    presets = commands.add_parser(
+        "presets",
+        help="list the pretrained presets",
+        description="The pretrained presets: name, input resolution, "
+        "parameters and ImageNet-1k top-1 accuracy.",
+    )
+    presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    presets.set_defaults(run=_run_presets)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a timm checkpoint into a keras-cait preset (publishing tool)",
+        description="Convert a CaiT checkpoint (preset name, hf:// handle or "
+        "local timm directory) into a keras-cait preset directory: write it "
+        "with save_to_preset, reload it and check its logits, compare with "
+        "timm where timm is importable, and optionally upload it. Prints a "
+        "JSON summary on the last line.",
+        epilog=CONVERT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("source", help="preset name, hf:// handle or local timm directory")
+    convert.add_argument("output_dir", help="preset directory to write (must not exist)")
+    convert.add_argument("--upload", metavar="URI", help="publish to hf://<user>/<repo>")
+    convert.add_argument("--atol", type=float, default=1e-4, help="largest accepted logit difference from timm")
+    convert.add_argument("--num-images", type=_positive_int, default=2, help="random images for the checks")
+    convert.set_defaults(run=_run_convert)
+    return parser
+
+
+# --- Output helpers ----------------------------------------------------------
+
+
+def _one_line(message):
+    return " ".join(str(message).split())
+
+
+def fail(message, status=1):
+    """Prints a one-line error on stderr; returns the exit status."""
+    print(f"keras-cait: error: {_one_line(message)}", file=sys.stderr, flush=True)
+    return status
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Sends everything written to stdout (Python or C level) to stderr.
+
+    The result is printed after the block, on the restored stdout, so that a
+    library printing on stdout (a log line, a progress bar) cannot break
+    `--json` output.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+# --- Backend selection -------------------------------------------------------
+
+
+def _switch_backend(backend, argv, can_restart):
+    """Makes sure Keras runs on `backend`; may re-run this command.
+
+    Returns `None` to go on, or an exit status. `can_restart` is false when
+    `main()` was called from Python code, whose process must not be
+    replaced.
+    """
+    if backend is None:
+        return None
+    keras = sys.modules.get("keras")
+    if keras is None:
+        os.environ["KERAS_BACKEND"] = backend
+        return None
+    if keras.config.backend() == backend:
+        return None
+    if not can_restart:
+        return fail(
+            f"Keras is already running on {keras.config.backend()!r} in this "
+            f"Python process; set KERAS_BACKEND={backend} before importing "
+            "Keras to use another backend."
+        )
+    if os.environ.get(_REEXEC_FLAG):
+        return fail(f"could not switch the Keras backend to {backend!r}.")
+    # Keras is already imported with another backend: start again with the
+    # backend in the environment, before anything imports Keras.
+    env = dict(os.environ, KERAS_BACKEND=backend, **{_REEXEC_FLAG: "1"})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "keras_cait_cli", *argv], env)
+
+
+# --- Sub-commands ------------------------------------------------------------
+
+
+def _run_predict(args, argv):
+    status = _switch_backend(args.backend, argv, args.can_restart)
+    if status is not None:
+        return status
+    with stdout_to_stderr():
+        from keras_cait_cli import predict  # start-up: imports Keras and a backend
+
+        results = predict.predict(args)
+    if args.json:
+        print(json.dumps(results, indent=2), flush=True)
+    else:
+        print(predict.format_table(results), flush=True)
+    return 0
+
+
+def presets_dir():
+    """The shipped preset JSON folder, found without importing `keras_cait`."""
+    spec = importlib.util.find_spec("keras_cait")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "presets"
+
+
+def _run_presets(args, argv):
+    rows = []
+    for path in sorted(presets_dir().glob("*.json")):
+        preset = json.loads(path.read_text(encoding="utf-8"))
+        height, width = preset["backbone"]["image_shape"][:2]
+        rows.append(
+            {
+                "name": preset["name"],
+                "resolution": f"{height}x{width}",
+                "parameters": preset["num_params"],
+                "imagenet_top1": preset["imagenet_top1"],
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'preset':<16} {'resolution':>10} {'parameters':>13} {'top-1':>7}")
+    for row in rows:
+        print(
+            f"{row['name']:<16} {row['resolution']:>10} "
+            f"{row['parameters']:>13,} {row['imagenet_top1']:>6.2f}%"
+        )
+    return 0
+
+
+def _run_convert(args, argv):
+    with stdout_to_stderr():
+        from keras_cait import publishing  # start-up: imports Keras and a backend
+
+        summary = publishing.convert(
+            args.source,
+            args.output_dir,
+            atol=args.atol,
+            num_images=args.num_images,
+            upload=args.upload,
+        )
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+# --- entry point -------------------------------------------------------------
+
+
+def main(argv=None):
+    """Runs the `keras-cait` command; returns the exit status.
+
+    Args:
+        argv: list of strings, the arguments without the program name;
+            defaults to `sys.argv[1:]`.
+    """
+    can_restart = argv is None  # the `keras-cait` program, not a Python call
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.can_restart = can_restart
+    try:
+        return args.run(args, argv) or 0
+    except KeyboardInterrupt:
+        return fail("interrupted", status=130)
+    except Exception as error:  # one line, never a traceback
+        if os.environ.get("KERAS_CAIT_DEBUG"):
+            raise
+        errors = sys.modules.get("keras_cait.errors")  # loaded if it can raise
+        if isinstance(error, OSError) or (
+            errors is not None and isinstance(error, errors.CaiTError)
+        ):
+            return fail(error)
+        return fail(f"{type(error).__name__}: {error}")
