@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.attention import normalize_block_indices
+from keras_cait.models.cait_backbone import attention_block_indices
 from tests.support import TINY_BACKBONE, expected, reference_classifier, to_numpy
 
 MAP_TOLERANCE = 1e-5  # timm's reference README: attention maps within 1e-5
@@ -114,7 +114,7 @@ def test_attention_models_are_cached_per_block_set():
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     first = backbone.attention_model(self_attention_blocks=[1, 0])
     assert backbone.attention_model(self_attention_blocks=(0, -1, 0)) is first
-    assert keras_cait.attention_model(backbone, "all") is first
+    assert backbone.attention_model("all") is first
     other = backbone.attention_model()
     assert other is not first
     assert set(other.output) == {"features", "class_attention_0", "class_attention_1"}
@@ -146,15 +146,25 @@ def test_attention_model_does_not_change_the_saved_weights(tmp_path):
 def test_bad_block_indices_are_named(blocks, message):
     with pytest.raises(keras_cait.CaiTConfigError, match="self_attention_blocks"):
         try:
-            normalize_block_indices(blocks, num_layers=2)
+            attention_block_indices(blocks, num_layers=2)
         except keras_cait.CaiTConfigError as error:
             assert message in str(error)
             raise
 
 
-def test_non_cait_model_is_rejected():
+def test_deprecated_module_functions_warn_and_call_the_method():
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    with pytest.warns(DeprecationWarning, match=r"model\.attention_model"):
+        derived = keras_cait.attention_model(backbone, "all")
+    assert derived is backbone.attention_model("all")
+    images = np.zeros((1, 32, 32, 3), "float32")
+    with pytest.warns(DeprecationWarning, match="get_intermediate_outputs"):
+        outputs = keras_cait.get_intermediate_outputs(backbone, images, blocks=1)
+    assert set(outputs) == {"self_attention_block_1"}
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(keras_cait.CaiTConfigError, match="CaiTBackbone"):
+    with pytest.warns(DeprecationWarning), pytest.raises(
+        keras_cait.CaiTConfigError, match="CaiTBackbone"
+    ):
         keras_cait.attention_model(model)
 
 

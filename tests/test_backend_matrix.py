@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.safe_loading import load_model
+from keras_cait.loading.safe_loading import load_model
 from tests.support import OTHER_BACKENDS, TINY_BACKBONE, run_python, to_numpy
 
 POLICIES = ("float32", "bfloat16")

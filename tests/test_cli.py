@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import keras_cait
-from keras_cait import cli
+from keras_cait_cli import main as cli
 from tests.support import IMAGES, REPO, reference_classifier
 
 PHOTOS = ["chelsea.png", "camera.png", "rocket.jpg"]  # RGB, greyscale, JPEG
@@ -272,12 +272,7 @@ def test_attention_without_matplotlib_is_a_clear_error(monkeypatch, capfd, backe
     _assert_one_line_error(status, out, err, "matplotlib")
 
 
-@pytest.mark.parametrize("use_tool", [True, False])
-def test_convert_writes_a_preset_that_predicts(use_tool, tmp_path, capfd, monkeypatch):
-    if use_tool:
-        assert cli._publishing_tool() is not None  # tools/ in this checkout
-    else:
-        monkeypatch.setattr(cli, "_publishing_tool", lambda: None)
+def test_convert_writes_a_preset_that_predicts(tmp_path, capfd):
     source = str(REPO / "tests" / "fixtures" / "timm" / "tiny_token_head")
     output = tmp_path / "preset"
     status, out, err = _main(capfd, "convert", source, str(output))
@@ -290,10 +285,10 @@ def test_convert_writes_a_preset_that_predicts(use_tool, tmp_path, capfd, monkey
         keras.ops.convert_to_numpy(_reference("tiny_token_head", 32)[0](images)),
         atol=1e-6,
     )
-    if not use_tool:  # never over an existing folder
-        _assert_one_line_error(
-            *_main(capfd, "convert", source, str(output)), "already exists"
-        )
+    # Never over an existing folder.
+    _assert_one_line_error(
+        *_main(capfd, "convert", source, str(output)), "already exists"
+    )
 
 
 def test_main_called_from_python_never_replaces_the_process(capfd, backend):

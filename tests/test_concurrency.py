@@ -27,7 +27,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import keras_cait
-from keras_cait.presets import conversion_cache, loader
+from keras_cait.io.files import sha256_file
+from keras_cait.loading import conversion_cache, loader
 from tests.support import REPO, TIMM, to_numpy
 
 TINY = TIMM / "tiny_token_head"
@@ -102,7 +103,7 @@ import os, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import keras_cait
-from keras_cait.presets import conversion_cache
+from keras_cait.loading import conversion_cache
 from tests.support import to_numpy
 
 preset, log, out, start = sys.argv[1:5]
@@ -144,7 +145,7 @@ def _spawn(code, args, env):
 KILLED_SCRIPT = r"""
 import os, sys, time
 import keras_cait
-from keras_cait.presets import conversion_cache
+from keras_cait.loading import conversion_cache
 
 preset, ready = sys.argv[1:3]
 real_replace = os.replace
@@ -161,8 +162,15 @@ keras_cait.CaiTImageClassifier.from_preset(preset)
 
 
 def _cache_files():
+    """The cache's files, without those still being written (inside the
+    `.tmp-*` staging folders of `keras_cait.io.files.staged_path`)."""
     root = os.environ["KERAS_CAIT_CACHE"]
-    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
+    return [
+        os.path.join(d, f)
+        for d, _, files in os.walk(root)
+        for f in files
+        if not os.path.basename(d).startswith(".tmp-")
+    ]
 
 
 def _wait_for(condition, processes, what, timeout=300):
@@ -252,7 +260,7 @@ def test_a_changed_source_gives_a_new_conversion(timm_dir, counters):
     np.testing.assert_array_equal(to_numpy(model.output_dense.bias), tensors["head.bias"])
     with open(os.path.join(os.path.dirname(_newest_meta()), "meta.json")) as f:
         meta = json.load(f)
-    assert meta["source_sha256"] == conversion_cache.file_sha256(
+    assert meta["source_sha256"] == sha256_file(
         timm_dir / "model.safetensors"
     )
 

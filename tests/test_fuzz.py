@@ -28,9 +28,9 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.presets import registry, timm_repo
-from keras_cait.safe_io import read_safetensors
-from keras_cait.safe_loading import check_model_config
+from keras_cait.io.safetensors_io import read_safetensors
+from keras_cait.loading import registry, timm_repo
+from keras_cait.loading.safe_loading import check_model_config
 from tests.support import TIMM
 
 pytestmark = pytest.mark.skipif(
@@ -148,7 +148,7 @@ def test_fuzz_weight_files(data):
     check_safetensors_bytes(bytes(raw))
 
 
-VALID_PRESET = json.loads((registry.presets_dir() / "cait_xxs24_224.json").read_text())
+VALID_PRESET = json.loads((registry.PRESETS_DIR / "cait_xxs24_224.json").read_text())
 
 
 @FUZZ

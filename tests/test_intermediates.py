@@ -6,7 +6,7 @@ import pytest
 
 import keras_cait
 from keras_cait.errors import CaiTConfigError
-from keras_cait.intermediates import resolve_block_indices
+from keras_cait.models.cait_backbone import intermediate_block_indices
 from tests.support import TINY_BACKBONE, to_numpy
 
 SHAPE = dict(TINY_BACKBONE, image_shape=(32, 48, 3), num_layers=3)
@@ -84,9 +84,9 @@ def test_backbone_still_saves_after_deriving(backbone, images, tmp_path):
 
 
 def test_block_selection():
-    assert resolve_block_indices(4) == (0, 1, 2, 3)
-    assert resolve_block_indices(4, 1) == (3,)
-    assert resolve_block_indices(4, [-1, 0, 3]) == (0, 3)
+    assert intermediate_block_indices(4) == (0, 1, 2, 3)
+    assert intermediate_block_indices(4, 1) == (3,)
+    assert intermediate_block_indices(4, [-1, 0, 3]) == (0, 3)
     for bad, message in (
         (0, "between 1 and"),
         (5, "between 1 and"),
@@ -98,7 +98,7 @@ def test_block_selection():
         (1.5, "None, an int"),
     ):
         with pytest.raises(CaiTConfigError, match=message):
-            resolve_block_indices(4, bad)
+            intermediate_block_indices(4, bad)
 
 
 def test_bad_output_format(backbone):

@@ -30,8 +30,8 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.presets import registry, timm_repo
-from keras_cait.safe_loading import load_model
+from keras_cait.loading import registry, timm_repo
+from keras_cait.loading.safe_loading import load_model
 from tests import hf_cache
 from tests.support import TIMM, TINY_BACKBONE, to_numpy
 
@@ -446,7 +446,7 @@ def test_preset_json(tmp_path, edit, message):
     if edit is None:
         path.write_text('{"name": "cait_xxs24_224",')
     else:
-        data = json.loads((registry.presets_dir() / "cait_xxs24_224.json").read_text())
+        data = json.loads((registry.PRESETS_DIR / "cait_xxs24_224.json").read_text())
         edit(data)
         write_json(path, data)
     with pytest.raises(CaiTConfigError, match=message) as info:
@@ -459,7 +459,7 @@ def test_preset_json(tmp_path, edit, message):
 
 def test_non_finite_weights_load_when_the_caller_opts_in(timm_dir):
     save_tensors(timm_dir / "model.safetensors", _nan)
-    from keras_cait.safe_io import read_safetensors
+    from keras_cait.io.safetensors_io import read_safetensors
 
     state = read_safetensors(timm_dir / "model.safetensors", allow_non_finite=True)
     model = keras_cait.CaiTImageClassifier.from_preset(str(TINY), load_weights=False)

@@ -1,9 +1,12 @@
 """The package imports cleanly on the chosen backend and exposes its API."""
 
 import ast
-import pathlib
+import json
+import subprocess
+import sys
 
 import keras
+import pytest
 
 import keras_cait
 from tests.support import REPO, run_python
@@ -26,7 +29,8 @@ def _import_time_imports(node):
 
 
 def test_no_keras_cait_module_imports_a_backend_at_import_time():
-    for path in pathlib.Path(REPO / "keras_cait").rglob("*.py"):
+    paths = [*(REPO / "keras_cait").rglob("*.py"), *(REPO / "keras_cait_cli").rglob("*.py")]
+    for path in paths:
         for name in _import_time_imports(ast.parse(path.read_text())):
             assert name.split(".")[0] not in BACKEND_MODULES, (path, name)
     # The check sees through classes and conditionals but not functions.
@@ -44,7 +48,54 @@ def test_import_uses_the_selected_backend(backend):
     assert keras.config.backend() == backend
 
 
-def test_public_api():
+def test_every_public_name_resolves():
+    assert len(keras_cait.__all__) == len(set(keras_cait.__all__))
+    for name in keras_cait.__all__:
+        assert getattr(keras_cait, name) is not None, name
     for name in ("CaiTBackbone", "CaiTImageClassifier", "load_timm_state_dict", "LayerScale"):
-        assert name in keras_cait.__all__ and hasattr(keras_cait, name)
+        assert name in keras_cait.__all__
     assert keras_cait.__version__
+
+
+_HEAVY = ("keras", "keras_cait", "keras_hub", "tensorflow", "jax", "torch", "numpy")
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--help"], ["predict", "--help"], ["presets", "--help"], ["convert", "--help"],
+     ["presets"], ["presets", "--json"]],
+)
+def test_the_command_line_starts_without_keras(arguments):
+    """`keras-cait --help`, each sub-command's `--help` and `presets` import
+    neither Keras, nor a backend, nor the `keras_cait` package."""
+    code = (
+        "import sys, json\n"
+        "from keras_cait_cli.main import main\n"
+        "try:\n"
+        f"    status = main({arguments!r})\n"
+        "except SystemExit as exit:\n"
+        "    status = exit.code\n"
+        "sys.stdout.flush()\n"
+        f"print(json.dumps([status, sorted(m for m in sys.modules if m.split('.')[0] in {_HEAVY!r})]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    status, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    assert status == 0, result.stderr
+    assert heavy == []
+    if arguments == ["presets", "--json"]:
+        rows = json.loads("\n".join(result.stdout.strip().splitlines()[:-1]))
+        assert [row["name"] for row in rows] == keras_cait.list_presets()
+
+
+def test_console_script_and_modules_run_the_command_line():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'keras-cait = "keras_cait_cli.main:main"' in pyproject
+    for module in ("keras_cait", "keras_cait_cli"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "presets"], capture_output=True,
+            text=True, cwd=REPO, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "cait_xxs24_224" in result.stdout

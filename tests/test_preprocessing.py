@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import keras_cait
-from keras_cait.preprocessing.image_converter import (
+from keras_cait.models.cait_image_converter import (
     center_crop_offset,
     resized_shape,
 )
@@ -24,8 +24,8 @@ PHOTOS = {
     "coffee": "coffee.png",
     "rocket": "rocket.jpg",
 }
-MEAN = np.array(keras_cait.preprocessing.image_converter.IMAGENET_MEAN, "float32")
-STD = np.array(keras_cait.preprocessing.image_converter.IMAGENET_STD, "float32")
+MEAN = np.array(keras_cait.models.cait_image_converter.IMAGENET_MEAN, "float32")
+STD = np.array(keras_cait.models.cait_image_converter.IMAGENET_STD, "float32")
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_resized_shape_equals_timm_formulas(height, width, size, crop_pct):
 
 def test_resized_shape_on_tensors_equals_ints():
     # The path taken when the image size is only known at run time.
-    backend = keras_cait.preprocessing.image_converter.DynamicBackend()
+    backend = keras_cait.models.cait_image_converter.DynamicBackend()
     for height, width, size in [
         (300, 451, (224, 224)),
         (451, 300, (224, 224)),

@@ -24,9 +24,13 @@ from keras_cait.errors import (
     CaiTFileNotFoundError,
     CaiTWeightsError,
 )
-from keras_cait.presets import loader as loader_lib
-from keras_cait.presets import registry
-from keras_cait.presets.conversion_cache import ConversionCache, SourceIdentity
+from keras_cait.loading import loader as loader_lib
+from keras_cait.loading import registry
+from keras_cait.loading.conversion_cache import (
+    ConversionCache,
+    SourceIdentity,
+    TensorStream,
+)
 from tests.support import TIMM, TINY_BACKBONE, expected, to_numpy, variants
 
 TINY = TIMM / "tiny_token_head"
@@ -54,7 +58,7 @@ def _copy_repo(src, dst, skip=()):
 
 
 def test_every_preset_file_matches_the_schema_and_timm():
-    files = sorted(registry.presets_dir().glob("*.json"))
+    files = sorted(registry.PRESETS_DIR.glob("*.json"))
     assert [f.stem for f in files] == sorted(TIMM_ARCHITECTURES)
     counts = variants()
     for path in files:
@@ -135,8 +139,8 @@ def test_architecture_from_preset_without_network(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the Hub was contacted")
 
-    monkeypatch.setattr("keras_cait.presets.hub.download_file", no_network)
-    monkeypatch.setattr("keras_cait.presets.hub.download_repo", no_network)
+    monkeypatch.setattr("keras_cait.io.hub.download_file", no_network)
+    monkeypatch.setattr("keras_cait.io.hub.download_repo", no_network)
     model = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224", load_weights=False)
     assert model.count_params() == registry.get_preset("cait_xxs24_224")["num_params"]
     assert model.backbone.num_layers == 24 and model.num_classes == 1000
@@ -149,7 +153,7 @@ def test_preprocessing_from_preset_without_network(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the Hub was contacted")
 
-    monkeypatch.setattr("keras_cait.presets.hub.download_file", no_network)
+    monkeypatch.setattr("keras_cait.io.hub.download_file", no_network)
     converter = keras_cait.CaiTImageConverter.from_preset("cait_xs24_384")
     assert tuple(converter.image_size) == (384, 384)
     preprocessor = keras_cait.CaiTImageClassifierPreprocessor.from_preset("cait_m48_448")
@@ -252,6 +256,25 @@ def test_second_load_comes_from_the_conversion_cache(monkeypatch, tmp_path):
         keras_cait.CaiTImageClassifier.from_preset(str(TINY))
 
 
+def _stream(arrays):
+    return TensorStream({k: np.shape(v) for k, v in arrays.items()}, arrays.get)
+
+
+def _open_or_convert(cache, identity, convert):
+    """`(arrays, from_cache)` of `cache.open_or_convert`, read whole."""
+    reader, from_cache = cache.open_or_convert(identity, lambda: _stream(convert()))
+    with reader:
+        return {name: reader.read(name) for name in reader.names()}, from_cache
+
+
+def _has_entry(cache, identity):
+    reader = cache.open(identity)
+    if reader is None:
+        return False
+    reader.close()
+    return True
+
+
 def test_conversion_cache_entries(tmp_path):
     cache = ConversionCache(str(tmp_path / "c"))
     source = tmp_path / "model.safetensors"
@@ -264,9 +287,9 @@ def test_conversion_cache_entries(tmp_path):
         calls.append(1)
         return arrays
 
-    got, hit = cache.get_or_convert(identity, convert)
+    got, hit = _open_or_convert(cache, identity, convert)
     assert not hit and calls == [1]
-    got, hit = cache.get_or_convert(identity, convert)
+    got, hit = _open_or_convert(cache, identity, convert)
     assert hit and calls == [1]
     np.testing.assert_array_equal(got["pos_embed"], arrays["pos_embed"])
     entry = cache.entry_dir(identity)
@@ -275,16 +298,16 @@ def test_conversion_cache_entries(tmp_path):
     # Another source file (same name and repo, other content) is another key.
     source.write_bytes(b"0123456780")
     other = SourceIdentity.of_file(source, "timm/x", revision="main")
-    assert cache.load(other) is None
+    assert not _has_entry(cache, other)
     # A stale meta.json (another keras-cait version) is not trusted.
     meta_path = os.path.join(entry, "meta.json")
     meta = json.loads(open(meta_path).read())
     json.dump(dict(meta, keras_cait_version="0.0.0"), open(meta_path, "w"))
-    assert cache.load(identity) is None
+    assert not _has_entry(cache, identity)
     # A missing meta.json (a write interrupted before it) is not trusted.
     os.remove(meta_path)
-    assert cache.load(identity) is None
-    got, hit = cache.get_or_convert(identity, convert)
+    assert not _has_entry(cache, identity)
+    got, hit = _open_or_convert(cache, identity, convert)
     assert not hit and calls == [1, 1]
 
 
@@ -390,7 +413,7 @@ def test_decode_predictions():
 
 
 def test_keras_hub_dispatch_is_version_pinned(monkeypatch):
-    from keras_cait.presets import keras_hub_dispatch
+    from keras_cait.loading import keras_hub_dispatch
 
     assert keras_hub_dispatch.install()  # idempotent on the checked version
     monkeypatch.setattr(keras_hub, "__version__", "0.40.0")
@@ -414,7 +437,7 @@ def test_conversion_cache_converts_once_under_concurrency(tmp_path):
         return {"w": np.ones((2, 2), "float32")}
 
     def worker():
-        results.append(ConversionCache(cache.root).get_or_convert(identity, convert))
+        results.append(_open_or_convert(ConversionCache(cache.root), identity, convert))
 
     threads = [threading.Thread(target=worker) for _ in range(3)]
     for thread in threads:

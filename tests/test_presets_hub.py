@@ -25,7 +25,7 @@ import numpy as np
 import keras_cait, keras_hub
 T0 = time.time()
 from keras_cait.errors import CaiTFileNotFoundError
-from keras_cait.presets import loader as loader_lib
+from keras_cait.loading import loader as loader_lib
 from tests.support import expected, to_numpy
 
 info = json.loads(INFO_JSON)

@@ -1,4 +1,5 @@
-"""tools/convert_timm_checkpoint.py: timm checkpoint -> keras-cait preset."""
+"""tools/convert_timm_checkpoint.py (= `keras-cait convert`): timm
+checkpoint -> keras-cait preset."""
 
 import json
 
@@ -41,7 +42,11 @@ def test_convert_writes_a_preset_and_uploads(tmp_path, monkeypatch, capsys):
     else:
         assert summary["timm_max_error"] <= 1e-4
 
-    with pytest.raises(FileExistsError):
-        tool.main([str(TIMM / "tiny_token_head"), str(out)])
-    with pytest.raises(ValueError, match="hf://"):
-        tool.main([str(TIMM / "tiny_token_head"), str(tmp_path / "x"), "--upload", "kaggle://a"])
+    # The tool is `keras-cait convert`: one-line errors, exit status 1.
+    assert tool.main([str(TIMM / "tiny_token_head"), str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert tool.main(
+        [str(TIMM / "tiny_token_head"), str(tmp_path / "x"), "--upload", "kaggle://a"]
+    ) == 1
+    assert "hf://" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

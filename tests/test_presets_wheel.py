@@ -27,7 +27,7 @@ def test_wheel_ships_and_registers_the_presets(tmp_path):
     # Build from a copy of the sources so no build/ folder is left (or
     # reused) in the repository.
     source = tmp_path / "source"
-    for name in ("pyproject.toml", "README.md", "presets", "keras_cait"):
+    for name in ("pyproject.toml", "README.md", "presets", "keras_cait", "keras_cait_cli"):
         if (REPO / name).is_dir():
             shutil.copytree(
                 REPO / name,
@@ -48,8 +48,9 @@ def test_wheel_ships_and_registers_the_presets(tmp_path):
     (wheel,) = dist.glob("keras_cait-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         shipped = sorted(
-            n for n in archive.namelist() if n.startswith("keras_cait/presets/files/")
+            n for n in archive.namelist() if n.startswith("keras_cait/presets/")
         )
+        assert "keras_cait_cli/main.py" in archive.namelist()
     assert len(shipped) == 10 and all(n.endswith(".json") for n in shipped)
 
     # A fresh venv; the wheel is unpacked into its site-packages (a pure
@@ -78,3 +79,11 @@ def test_wheel_ships_and_registers_the_presets(tmp_path):
     assert location.startswith(site)
     assert len(names) == 10 and "cait_xxs24_224" in names
     assert registered == names
+
+    # The command line finds the same files without importing keras_cait.
+    result = subprocess.run(
+        [str(python), "-m", "keras_cait_cli", "presets", "--json"],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [row["name"] for row in json.loads(result.stdout)] == names

@@ -6,11 +6,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import keras_cait
-from keras_cait.convert.resample import (
-    resample_position_embedding,
-    resize_weights,
-    with_image_shape,
-)
+from keras_cait.convert.resample import resample_position_embedding, resize_weights
 from keras_cait.errors import CaiTConfigError, CaiTWeightsError
 from tests.support import (
     TIMM,
@@ -167,16 +163,16 @@ def test_keras_preset_directory_at_new_resolution_and_round_trip(tmp_path):
 
 def test_with_image_shape_copies_and_resamples(tmp_path):
     reference = reference_classifier("tiny_token_head")
-    resized = with_image_shape(reference, (56, 32, 3))
+    resized = keras_cait.with_image_shape(reference, (56, 32, 3))
     assert type(resized) is type(reference)
     assert resized.backbone.grid_size == (7, 4)
     expected = resample_position_embedding(_embedding(reference), (4, 4), (7, 4))
     np.testing.assert_array_equal(_embedding(resized), expected)
     _check_other_weights_equal(resized, reference)
     # The same grid copies the embedding unchanged.
-    backbone = with_image_shape(reference.backbone, (32, 32, 3))
+    backbone = keras_cait.with_image_shape(reference.backbone, (32, 32, 3))
     np.testing.assert_array_equal(_embedding(backbone), _embedding(reference))
     with pytest.raises(CaiTConfigError, match="height, width, 3"):
-        with_image_shape(reference, (64, 64, 1))
+        keras_cait.with_image_shape(reference, (64, 64, 1))
     with pytest.raises(CaiTConfigError, match="CaiTBackbone"):
-        with_image_shape(keras.Sequential([keras.layers.Dense(1)]), (64, 64, 3))
+        keras_cait.with_image_shape(keras.Sequential([keras.layers.Dense(1)]), (64, 64, 3))

@@ -1,4 +1,4 @@
-"""`keras_cait.safe_io.read_safetensors`: valid files read exactly, every
+"""`keras_cait.read_safetensors`: valid files read exactly, every
 kind of malformed file raises a keras-cait error naming the file."""
 
 import hashlib
@@ -17,7 +17,7 @@ from keras_cait.errors import (
     CaiTIntegrityError,
     CaiTWeightsError,
 )
-from keras_cait.safe_io import read_safetensors, sha256_file, verify_sha256
+from keras_cait.io.safetensors_io import read_safetensors, sha256_file, verify_sha256
 from tests.support import TIMM
 
 

@@ -16,7 +16,7 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.safe_loading import check_model_config, load_model
+from keras_cait.loading.safe_loading import check_model_config, load_model
 from tests.support import TINY_BACKBONE, to_numpy
 
 IMAGES = np.random.default_rng(3).standard_normal((1, 32, 32, 3)).astype("float32")
@@ -305,7 +305,7 @@ def test_control_the_crafted_lambda_really_runs_when_loaded_unsafely(saved, tmp_
 @pytest.mark.parametrize("image_size", [[10**9, 10**9], [float("inf"), 32]])
 def test_other_keras_cait_classes_with_hostile_numbers(image_size):
     converter = {
-        "module": "keras_cait.preprocessing.image_converter",
+        "module": "keras_cait.models.cait_image_converter",
         "class_name": "CaiTImageConverter",
         "config": {"name": "converter", "image_size": image_size},
         "registered_name": "keras_cait>CaiTImageConverter",

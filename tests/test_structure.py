@@ -1,0 +1,285 @@
+"""The package's layers: every module's layer, declared once, and the import
+rule that keeps dependencies one way (README, "Architecture", quotes this).
+
+A module imports only from its own layer or below, never upward, and the
+import graph has no cycle. A function-local import also goes only downward
+(or sideways), and carries a comment saying why it is local: `start-up`
+(it is heavy and only some paths need it) or `optional` (an optional
+dependency). Every import counts: module level, inside classes, functions
+and conditionals. Importing a submodule also imports its parent packages;
+those edges count too (but not a module's edge to its own package, which
+Python loads first anyway), except for the roots `keras_cait` (the public
+API, which imports everything) and `keras_cait_cli`, which count only when
+named.
+"""
+
+import ast
+import io
+import os
+import re
+import subprocess
+import sys
+import tokenize
+
+import keras
+import pytest
+
+from tests.support import REPO
+
+# The layer table: each module of `keras_cait` and `keras_cait_cli`, once.
+LAYERS = {
+    0: [  # foundations: no keras_cait imports
+        "keras_cait.errors",
+        "keras_cait.version",
+        "keras_cait.serialization",
+        "keras_cait.testing",
+    ],
+    1: [  # file and network I/O; the configuration schema
+        "keras_cait.io",
+        "keras_cait.io.files",
+        "keras_cait.io.hub",
+        "keras_cait.io.images",
+        "keras_cait.io.safetensors_io",
+        "keras_cait.schema",
+    ],
+    2: [  # keras.ops layers; timm conversion (NumPy)
+        "keras_cait.layers",
+        "keras_cait.layers.class_attention",
+        "keras_cait.layers.class_attention_block",
+        "keras_cait.layers.drop_path",
+        "keras_cait.layers.embedding",
+        "keras_cait.layers.layer_scale",
+        "keras_cait.layers.mlp",
+        "keras_cait.layers.self_attention_block",
+        "keras_cait.layers.sublayers",
+        "keras_cait.layers.talking_heads_attention",
+        "keras_cait.convert",
+        "keras_cait.convert.resample",
+        "keras_cait.convert.timm_config",
+        "keras_cait.convert.timm_weights",
+    ],
+    3: [  # loading: presets, handles, timm repos, from_preset, safety checks
+        "keras_cait.loading",
+        "keras_cait.loading.conversion_cache",
+        "keras_cait.loading.handles",
+        "keras_cait.loading.keras_hub_dispatch",
+        "keras_cait.loading.loader",
+        "keras_cait.loading.registry",
+        "keras_cait.loading.safe_loading",
+        "keras_cait.loading.timm_repo",
+    ],
+    4: [  # the model, in one folder (as KerasHub's models/vit/)
+        "keras_cait.models",
+        "keras_cait.models.cait_backbone",
+        "keras_cait.models.cait_image_classifier",
+        "keras_cait.models.cait_image_classifier_preprocessor",
+        "keras_cait.models.cait_image_converter",
+        "keras_cait.models.cait_presets",
+        "keras_cait.models.fast_inference",
+    ],
+    5: [  # features built on the model, and the public API
+        "keras_cait.export",
+        "keras_cait.finetuning",
+        "keras_cait.predictions",
+        "keras_cait.publishing",
+        "keras_cait.resolution",
+        "keras_cait.saliency",
+        "keras_cait.visualization",
+        "keras_cait",
+    ],
+    6: [  # the command line (outside the package, so it starts at once)
+        "keras_cait.__main__",
+        "keras_cait_cli",
+        "keras_cait_cli.__main__",
+        "keras_cait_cli.main",
+        "keras_cait_cli.predict",
+    ],
+}
+LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
+ROOTS = ("keras_cait", "keras_cait_cli")
+LOCAL_IMPORT_REASON = re.compile(r"#.*\b(start-up|optional)\b")
+
+
+def _module_name(path):
+    relative = path.relative_to(REPO).with_suffix("")
+    parts = list(relative.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _source_files():
+    for root in ROOTS:
+        yield from sorted((REPO / root).rglob("*.py"))
+
+
+def _comments_by_line(source):
+    comments = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string
+    return comments
+
+
+def _imports(tree):
+    """`(node, imported names, function_local)` for every import."""
+    def walk(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            local = in_function or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+            )
+            if isinstance(child, ast.Import):
+                yield child, [alias.name for alias in child.names], in_function
+            elif isinstance(child, ast.ImportFrom):
+                assert child.level == 0, "relative imports are not used"
+                names = [f"{child.module}.{alias.name}" for alias in child.names]
+                yield child, [child.module, *names], in_function
+            yield from walk(child, local)
+
+    yield from walk(tree, False)
+
+
+def _targets(names):
+    """The modules of the table an import loads: each named module, and its
+    parent packages below the roots (a root counts only when named)."""
+    targets = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] not in ROOTS:
+            continue
+        for end in range(len(parts), 1, -1):
+            if ".".join(parts[:end]) in LAYER_OF:
+                targets.add(".".join(parts[:end]))
+        if name in ROOTS:
+            targets.add(name)
+    return targets
+
+
+def import_graph():
+    """`{module: {imported module: [(line, function_local, comment)]}}`."""
+    graph = {}
+    for path in _source_files():
+        module = _module_name(path)
+        source = path.read_text()
+        comments = _comments_by_line(source)
+        edges = graph.setdefault(module, {})
+        for node, names, local in _imports(ast.parse(source)):
+            comment = comments.get(node.lineno) or comments.get(node.lineno - 1, "")
+            for target in _targets(names):
+                # A package's own modules load after its __init__ anyway.
+                if target == module or module.startswith(target + "."):
+                    continue
+                edges.setdefault(target, []).append((node.lineno, local, comment))
+            if local:
+                edges.setdefault("<local>", []).append((node.lineno, names, comment))
+    return graph
+
+
+def test_every_module_is_in_the_layer_table_once():
+    listed = [m for modules in LAYERS.values() for m in modules]
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    found = {_module_name(p) for p in _source_files()}
+    assert found - set(listed) == set(), "modules missing from the layer table"
+    assert set(listed) - found == set(), "the table lists modules that do not exist"
+
+
+def test_no_import_goes_upward():
+    upward = []
+    for module, edges in import_graph().items():
+        for target, sites in edges.items():
+            if target == "<local>":
+                continue
+            if LAYER_OF[target] > LAYER_OF[module]:
+                upward += [f"{module}:{line} -> {target}" for line, _, _ in sites]
+    assert upward == []
+
+
+def test_function_local_imports_say_why():
+    unexplained = []
+    for module, edges in import_graph().items():
+        for line, names, comment in edges.get("<local>", []):
+            if not LOCAL_IMPORT_REASON.search(comment):
+                unexplained.append(f"{module}:{line} imports {names[0]}")
+    assert unexplained == []
+
+
+def test_no_import_cycle():
+    graph = {
+        module: {t for t in edges if t != "<local>"}
+        for module, edges in import_graph().items()
+    }
+    state, stack, cycles = {}, [], []
+
+    def visit(module):
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert cycles == []
+
+
+def test_the_checks_see_local_imports_and_cycles():
+    tree = ast.parse("import os\ndef f():\n    from keras_cait.io import files\n")
+    found = [(names, local) for _, names, local in _imports(tree)]
+    assert found == [(["os"], False), (["keras_cait.io", "keras_cait.io.files"], True)]
+    assert _targets(["keras_cait.loading", "keras_cait.loading.loader"]) == {
+        "keras_cait.loading",
+        "keras_cait.loading.loader",
+    }
+    assert _targets(["keras_cait", "keras_cait.CaiTBackbone"]) == {"keras_cait"}
+
+
+@pytest.mark.skipif(
+    keras.config.backend() != "jax",
+    reason="imports each module in a fresh process: run once (on jax)",
+)
+def test_each_module_imports_alone_in_a_fresh_process():
+    """Each module is the first keras_cait module imported, in its own
+    process. The heavy dependencies are imported once, in a parent that
+    forks a child per module."""
+    modules = [m for m in LAYER_OF if not m.endswith("__main__")]
+    code = f"""
+import os, sys, importlib, traceback
+import keras, keras_hub, numpy, PIL.Image, h5py, huggingface_hub, safetensors
+failures = []
+for module in {modules!r}:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            importlib.import_module(module)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        failures.append(module)
+print("FAILED", failures)
+"""
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+        text=True, timeout=900,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "FAILED []", result.stderr[-3000:]
+
+
+def test_readme_quotes_the_layer_table():
+    """README's architecture table: a row `| <layer> | <modules> | ... |`
+    per layer, naming exactly that layer's modules in backquotes."""
+    readme = (REPO / "README.md").read_text()
+    quoted = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) >= 2 and cells[0].isdigit():
+            quoted[int(cells[0])] = sorted(re.findall(r"`([\w.]+)`", cells[1]))
+    assert quoted == {layer: sorted(modules) for layer, modules in LAYERS.items()}
