@@ -127,3 +127,32 @@ def test_conversion_only(tmp_path):
     assert conversion["from_preset"]["peak_increase_over_weights"] >= 0
     markdown = markdown_out.read_text()
     assert "second call" in markdown and "first call" in markdown
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="runs its own workers: once (on jax)"
+)
+def test_baseline_workers_alternate_and_import_the_baseline(tmp_path):
+    """`--baseline DIR` runs DIR's keras_cait in workers alternating with this
+    tree's and reports after/before ratios."""
+    import shutil
+
+    baseline = tmp_path / "baseline"
+    shutil.copytree(REPO / "keras_cait", baseline / "keras_cait")
+    json_out = tmp_path / "results.json"
+    process = subprocess.run(
+        [
+            sys.executable, str(BENCHMARK), "--quick", "--backends", "jax",
+            "--baseline", str(baseline), "--rounds", "1", "--train-batch-size", "0",
+            "--no-save-load", "--no-timm", "--conversion-model", "none",
+            "--json-out", str(json_out),
+        ],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    runs = json.loads(json_out.read_text())["comparison"]["jax"]
+    assert [r["keras_cait_path"] for r in runs["after"]] == [str(REPO / "keras_cait")]
+    assert [r["keras_cait_path"] for r in runs["before"]] == [
+        str(baseline / "keras_cait")
+    ]
+    assert "| jax | 2 |" in process.stdout and "after/before" in process.stdout

@@ -293,7 +293,8 @@ def worker_keras(spec):
     import keras_cait
 
     backend = keras.backend.backend()
-    result = {"backend": backend, "keras": keras.__version__}
+    result = {"backend": backend, "keras": keras.__version__,
+              "keras_cait_path": os.path.dirname(keras_cait.__file__)}
     if spec.get("dtype"):
         keras.config.set_dtype_policy(spec["dtype"])
     result["dtype_policy"] = keras.config.dtype_policy().name
@@ -546,16 +547,16 @@ WORKERS = {
 }
 
 
-def run_worker(kind, spec, backend=None, timeout=3600, env=None):
-    """Runs one worker in a fresh Python process; returns its JSON result
-    (or `{"error": ...}`)."""
+def run_worker(kind, spec, backend=None, timeout=3600, env=None, tree=REPO):
+    """Runs one worker in a fresh Python process, importing the keras_cait of
+    the checkout `tree`; returns its JSON result (or `{"error": ...}`)."""
     full_env = dict(os.environ)
     if backend:
         full_env["KERAS_BACKEND"] = backend
     full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     full_env.update(env or {})
     full_env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO), full_env.get("PYTHONPATH")])
+        filter(None, [str(tree), full_env.get("PYTHONPATH")])
     )
     with tempfile.TemporaryDirectory() as directory:
         spec_path = os.path.join(directory, "spec.json")
@@ -569,7 +570,7 @@ def run_worker(kind, spec, backend=None, timeout=3600, env=None):
         try:
             process = subprocess.run(
                 command, env=full_env, capture_output=True, text=True,
-                timeout=timeout, cwd=REPO,
+                timeout=timeout, cwd=tree,
             )
         except subprocess.TimeoutExpired:
             return {"error": f"{kind} worker timed out after {timeout} s"}
@@ -679,8 +680,44 @@ def markdown_report(results):
             + f"; the percentage uses the best, {peak:.0f} GFLOP/s."
         )
         lines.append("")
+    _comparison_report(results, lines)
     _conversion_report(results, lines)
     return "\n".join(lines) + "\n"
+
+
+def _median_images_per_s(runs, batch):
+    values = [r["inference"][batch]["images_per_s"] for r in runs if "error" not in r]
+    return statistics.median(values) if values else None, values
+
+
+def _comparison_report(results, lines):
+    comparison = results.get("comparison")
+    if not comparison:
+        return
+    baseline = results["baseline"]
+    lines.append(
+        f"This tree (after) against `{baseline['tree']}` (before): "
+        f"{baseline['rounds']} fresh worker processes per tree and backend, "
+        "alternating; each value is one process's median; the ratio is of the "
+        "medians over processes. Load average (1, 5, 15 min) at the start "
+        + ", ".join(f"{v:.2f}" for v in results["setup"]["load_average"])
+        + ", at the end "
+        + ", ".join(f"{v:.2f}" for v in results["setup"]["load_average_end"])
+        + "."
+    )
+    lines.append("")
+    lines.append("| backend | batch | after img/s | before img/s | after/before |")
+    lines.append("|---|---|---|---|---|")
+    for backend, runs in comparison.items():
+        for batch in (str(b) for b in results["setup"]["batch_sizes"]):
+            after, after_values = _median_images_per_s(runs["after"], batch)
+            before, before_values = _median_images_per_s(runs["before"], batch)
+            ratio = _fmt(after / before, 3) if after and before else "n/a"
+            lines.append(
+                f"| {backend} | {batch} | {', '.join(_fmt(v) for v in after_values)} | "
+                f"{', '.join(_fmt(v) for v in before_values)} | {ratio} |"
+            )
+    lines.append("")
 
 
 def _conversion_report(results, lines):
@@ -776,6 +813,11 @@ def build_parser():
     parser.add_argument("--matmul-size", type=int, default=None, help="matmul peak size (default 2048)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny config, small batches, few repeats (CI smoke run)")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="another keras-cait checkout (e.g. a worktree of main): its "
+                             "workers alternate with this tree's; reports after/before ratios")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --baseline: workers per tree and backend (default 3)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per worker")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--markdown-out", default=None)
@@ -855,13 +897,29 @@ def main(argv=None):
     )
     peaks = {"numpy": numpy_peak.get("gflops")}
     results["keras"] = {}
+    trees = {"after": REPO}
+    if args.baseline:
+        trees["before"] = pathlib.Path(args.baseline).resolve()
+        results["baseline"] = {"tree": str(trees["before"]), "rounds": args.rounds}
+        results["comparison"] = {}
     for backend in [] if args.conversion_only else args.backends:
-        print(f"benchmark: keras-cait on {backend} ...", flush=True)
-        result = run_worker("keras", spec, backend=backend, timeout=args.timeout)
+        # With a baseline, its workers alternate with this tree's.
+        runs = {label: [] for label in trees}
+        for _ in range(args.rounds if args.baseline else 1):
+            for label, tree in trees.items():
+                print(f"benchmark: keras-cait ({label}) on {backend} ...", flush=True)
+                runs[label].append(run_worker(
+                    "keras", spec, backend=backend, timeout=args.timeout, tree=tree
+                ))
+        result = runs["after"][-1]
         results["keras"][backend] = result
-        if "error" in result:
-            print(result["error"], file=sys.stderr)
-        else:
+        if args.baseline:
+            results["comparison"][backend] = runs
+        for run in runs["after"] + runs.get("before", []):
+            if "error" in run:
+                print(run["error"], file=sys.stderr)
+                result.setdefault("error", run["error"])
+        if "error" not in result:
             peaks[backend] = result["matmul_peak_gflops"]
     results["matmul_peaks"] = {k: v for k, v in peaks.items() if v}
     results["matmul_peak_gflops"] = max(results["matmul_peaks"].values(), default=None)
@@ -917,6 +975,7 @@ def main(argv=None):
             conversion["model"] = c_label
         results["conversion"] = conversion
 
+    results["setup"]["load_average_end"] = os.getloadavg()
     markdown = markdown_report(results)
     print(markdown)
     if args.json_out:
