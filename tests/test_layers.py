@@ -170,8 +170,6 @@ def _talking_heads_reference(layer, tokens):
 
 @pytest.mark.parametrize("training", [False, True])
 def test_talking_heads_matches_numpy_with_large_head_mix_biases(training):
-    # Inference skips proj_l's bias (the softmax cancels it); a large bias
-    # shows that this is exact, and training (which keeps it) agrees.
     layer = keras_cait.TalkingHeadsAttention(24, 4)
     rng = np.random.default_rng(0)
     tokens = rng.standard_normal((2, 7, 24)).astype("float32")
@@ -235,12 +233,79 @@ def test_talking_heads_in_row_blocks_matches_numpy(monkeypatch, training):
     assert attended_rows == [3, 3, 1]
     np.testing.assert_allclose(to_numpy(outputs), expected, atol=2e-5)
     np.testing.assert_allclose(to_numpy(attention), expected_attention, atol=2e-5)
-    # Without the weights returned, proj_w's bias is folded into the output.
     plain = layer(tokens, training=training)
     np.testing.assert_allclose(to_numpy(plain), expected, atol=2e-5)
 
 
-@pytest.mark.parametrize("variant", ["plain", "no_bias", "activation", "lora"])
+def test_query_row_blocks_only_on_a_cpu(monkeypatch):
+    from keras_cait.layers import talking_heads_attention as module
+
+    tokens = keras.ops.convert_to_tensor(TOKENS)
+    assert module.computes_on_cpu(tokens)
+    if keras.backend.backend() == "torch":
+        class OnGPU:
+            class device:
+                type = "cuda"
+
+        assert not module.computes_on_cpu(OnGPU())
+    else:
+        monkeypatch.setattr(keras.distribution, "list_devices", lambda: ["gpu:0"])
+        assert not module.computes_on_cpu(tokens)
+
+    # 2 x 4 x 5 x 5 logits against a one-row budget: 5 blocks on a CPU.
+    monkeypatch.setattr(module, "ATTENTION_BLOCK_BYTES", 4 * 2 * 4 * 5)
+    rows = []
+    attend = module.TalkingHeadsAttention._attend
+
+    def spy_attend(self, query, *args):
+        rows.append(int(query.shape[2]))
+        return attend(self, query, *args)
+
+    monkeypatch.setattr(module.TalkingHeadsAttention, "_attend", spy_attend)
+    layer = keras_cait.TalkingHeadsAttention(16, 4)
+    for on_cpu, expected_rows in ((True, [1] * 5), (False, [5])):
+        monkeypatch.setattr(module, "computes_on_cpu", lambda x, on_cpu=on_cpu: on_cpu)
+        rows.clear()
+        layer(TOKENS)
+        assert rows == expected_rows
+
+
+def test_sublayers_called_through_keras_when_traced(monkeypatch):
+    """The eager fast path (`layer.call`, no `Layer.__call__`) is for eager
+    execution only: traced, every sublayer goes through `__call__`."""
+    block = keras_cait.SelfAttentionBlock(16, 4)
+    block(TOKENS)
+    calls = []
+    call = keras.layers.LayerNormalization.__call__
+
+    def spy_call(self, *args, **kwargs):
+        calls.append(self.name)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.LayerNormalization, "__call__", spy_call)
+    tokens = keras.ops.convert_to_tensor(TOKENS)
+    eager = block(tokens)
+    assert calls == []
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        traced = jax.jit(lambda x: block(x))
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(lambda x: block(x))
+    else:
+        import torch
+
+        traced = torch.compile(lambda x: block(x), backend="eager")
+    np.testing.assert_allclose(to_numpy(traced(tokens)), to_numpy(eager), atol=1e-6)
+    assert calls == ["norm1", "norm2"]
+
+
+@pytest.mark.parametrize(
+    "variant", ["plain", "no_bias", "activation", "lora", "int8", "mixed"]
+)
 def test_apply_dense_equals_calling_the_layer(variant):
     from keras_cait.layers.sublayers import apply_dense
 
@@ -254,7 +319,12 @@ def test_apply_dense_equals_calling_the_layer(variant):
     if variant == "lora":
         layer.enable_lora(2)
         layer.lora_kernel_b.assign(np.ones(layer.lora_kernel_b.shape))
+    if variant == "int8":
+        layer.quantize("int8")
+    if variant == "mixed":
+        layer.dtype_policy = "mixed_bfloat16"
     tokens = np.random.default_rng(0).standard_normal((2, 3, 5)).astype("float32")
+    tokens = keras.ops.convert_to_tensor(tokens, layer.compute_dtype)
     expected = to_numpy(layer(tokens))
-    outputs = to_numpy(apply_dense(layer, keras.ops.convert_to_tensor(tokens)))
-    np.testing.assert_allclose(outputs, expected, atol=1e-6)
+    outputs = to_numpy(apply_dense(layer, tokens))
+    np.testing.assert_array_equal(outputs, expected)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_cait.layers.sublayers import apply_dense, cast_if_needed
+from keras_cait.layers.sublayers import apply_dense
 from keras_cait.serialization import register
 
 
@@ -60,24 +60,25 @@ class ClassAttention(keras.layers.Layer):
         self.proj.build(token_shape)
 
     def _split_heads(self, tokens):
-        return ops.reshape(
+        """`(batch, n, hidden_dim)` -> `(batch, heads, n, head_dim)`."""
+        tokens = ops.reshape(
             tokens, (-1, ops.shape(tokens)[1], self.num_heads, self.head_dim)
         )
+        return ops.transpose(tokens, (0, 2, 1, 3))
 
     def call(self, inputs, return_attention=False):
+        # timm's ClassAttn.forward (without fused attention), step by step.
         query = self._split_heads(apply_dense(self.q, inputs[:, :1]))
-        query = query * self.scale
         key = self._split_heads(apply_dense(self.k, inputs))
         value = self._split_heads(apply_dense(self.v, inputs))
-        logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
-        attention = ops.softmax(cast_if_needed(logits, "float32"), axis=-1)
-        attention = cast_if_needed(attention, self.compute_dtype)
-        outputs = ops.einsum("bhqk,bkhd->bqhd", attention, value)
-        outputs = ops.reshape(outputs, (-1, 1, self.hidden_dim))
-        outputs = apply_dense(self.proj, outputs)
+        attention = (query * self.scale) @ ops.swapaxes(key, -1, -2)
+        attention = ops.softmax(ops.cast(attention, "float32"), axis=-1)
+        attention = ops.cast(attention, self.compute_dtype)
+        x_cls = ops.transpose(attention @ value, (0, 2, 1, 3))
+        x_cls = apply_dense(self.proj, ops.reshape(x_cls, (-1, 1, self.hidden_dim)))
         if return_attention:
-            return outputs, attention
-        return outputs
+            return x_cls, attention
+        return x_cls
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, self.hidden_dim)

@@ -6,7 +6,7 @@ from keras import ops
 from keras_cait.layers.class_attention import ClassAttention
 from keras_cait.layers.layer_scale import LayerScale
 from keras_cait.layers.mlp import CaiTMLP
-from keras_cait.layers.sublayers import apply_sublayer
+from keras_cait.layers.sublayers import call_sublayer
 from keras_cait.serialization import register
 
 
@@ -92,20 +92,24 @@ class ClassAttentionBlock(keras.layers.Layer):
         self.layer_scale_2.build(token_shape)
 
     def call(self, patch_tokens, class_token, return_attention=False):
-        tokens = ops.concatenate([class_token, patch_tokens], axis=1)
-        attended = apply_sublayer(
+        # timm's LayerScaleBlockClassAttn.forward (no drop path here):
+        #   u = cat(x_cls, x)
+        #   x_cls = x_cls + gamma_1 * attn(norm1(u))
+        #   x_cls = x_cls + gamma_2 * mlp(norm2(x_cls))
+        u = ops.concatenate([class_token, patch_tokens], axis=1)
+        attended = call_sublayer(
             self.attn,
-            apply_sublayer(self.norm1, tokens),
+            call_sublayer(self.norm1, u),
             return_attention=return_attention,
         )
         if return_attention:
             attended, attention = attended
-        x = class_token + apply_sublayer(self.layer_scale_1, attended)
-        branch = apply_sublayer(self.mlp, apply_sublayer(self.norm2, x))
-        x = x + apply_sublayer(self.layer_scale_2, branch)
+        x_cls = class_token + call_sublayer(self.layer_scale_1, attended)
+        branch = call_sublayer(self.mlp, call_sublayer(self.norm2, x_cls))
+        x_cls = x_cls + call_sublayer(self.layer_scale_2, branch)
         if return_attention:
-            return x, attention
-        return x
+            return x_cls, attention
+        return x_cls
 
     def compute_output_shape(self, patch_tokens_shape, class_token_shape=None):
         return (patch_tokens_shape[0], 1, self.hidden_dim)

@@ -5,7 +5,7 @@ import keras
 from keras_cait.layers.drop_path import DropPath
 from keras_cait.layers.layer_scale import LayerScale
 from keras_cait.layers.mlp import CaiTMLP
-from keras_cait.layers.sublayers import apply_sublayer
+from keras_cait.layers.sublayers import call_sublayer
 from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
 from keras_cait.serialization import register
 
@@ -114,27 +114,25 @@ class SelfAttentionBlock(keras.layers.Layer):
         self.drop_path_2.build(token_shape)
 
     def call(self, inputs, return_attention=False, training=None):
-        attended = apply_sublayer(
+        # timm's LayerScaleBlock.forward:
+        #   x = x + drop_path(gamma_1 * attn(norm1(x)))
+        #   x = x + drop_path(gamma_2 * mlp(norm2(x)))
+        x = inputs
+        attended = call_sublayer(
             self.attn,
-            apply_sublayer(self.norm1, inputs),
+            call_sublayer(self.norm1, x),
             return_attention=return_attention,
             training=training,
         )
         if return_attention:
             attended, attention = attended
-        x = inputs + apply_sublayer(
-            self.drop_path_1,
-            apply_sublayer(self.layer_scale_1, attended),
-            training=training,
+        branch = call_sublayer(self.layer_scale_1, attended)
+        x = x + call_sublayer(self.drop_path_1, branch, training=training)
+        branch = call_sublayer(
+            self.mlp, call_sublayer(self.norm2, x), training=training
         )
-        branch = apply_sublayer(
-            self.mlp, apply_sublayer(self.norm2, x), training=training
-        )
-        x = x + apply_sublayer(
-            self.drop_path_2,
-            apply_sublayer(self.layer_scale_2, branch),
-            training=training,
-        )
+        branch = call_sublayer(self.layer_scale_2, branch)
+        x = x + call_sublayer(self.drop_path_2, branch, training=training)
         if return_attention:
             return x, attention
         return x

@@ -1,112 +1,82 @@
-"""Calling a composite layer's own sublayers with little Python overhead.
+"""A composite layer's calls of its own built sublayers.
 
-Inside a parent layer's `call`, `Layer.__call__` of a sublayer that is
-already built mostly adds Python work: argument binding, input conversion,
-name scopes, training-flag resolution and autocast-scope bookkeeping. In eager
-execution (the PyTorch backend) that work costs as much as the arithmetic of
-a small batch: about 40 ms per `cait_xxs24_224` forward pass, for ~240 layer
-calls. The helpers here call `layer.call` directly whenever that is exactly
-equivalent to `layer(...)`, and fall back to `__call__` otherwise.
+In eager execution a sublayer's `Layer.__call__` costs more Python than a
+small batch's arithmetic (docs/performance.md, "Eager sublayer calls"). There,
+and only where the sublayer itself says that this computes the same thing,
+`call_sublayer` runs `layer.call` and `apply_dense` the plain product;
+everywhere else they call the layer.
 """
 
 import keras
-from keras import ops
+from keras.src import backend as keras_backend
 
 
-def _direct_call_is_equivalent(layer):
-    """Whether `layer.call(...)` does what `layer(...)` would.
+def executing_eagerly(x):
+    """Whether ops on the backend tensor `x` run eagerly: not traced by
+    `tf.function`, `jax.jit` or `torch.compile`."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch  # optional: only the active backend is imported
 
-    It does for a built layer that is not quantized or rematerialized and
-    whose variables are read the same way in the parent's autocast scope:
-    either the layer autocasts (as the parent does), or its policy is not
-    mixed (so no scope is active).
-    """
-    policy = layer.dtype_policy
-    if policy.quantization_mode is not None:
-        return False
-    if getattr(layer, "_remat_mode", None) is not None:
-        return False
-    if not layer.built:
-        return False
-    return layer.autocast or policy.compute_dtype == policy.variable_dtype
+        return not torch.compiler.is_compiling()
+    if backend == "jax":
+        import jax  # optional: only the active backend is imported
+
+        return not isinstance(x, jax.core.Tracer)
+    if backend == "tensorflow":
+        import tensorflow as tf  # optional: only the active backend is imported
+
+        return tf.executing_eagerly()
+    return False
 
 
-def apply_sublayer(layer, *args, **kwargs):
-    """Calls a sublayer, skipping `Layer.__call__` where that is safe.
+def call_is_plain(layer):
+    """Whether `layer.call(...)` computes what `layer(...)` would here: the
+    layer is built, not quantized or rematerialised, has no activity
+    regulariser, `Layer.__call__` would keep the current autocast scope and
+    no distribution may relayout its output."""
+    # Private keras.src APIs (Keras 3.15): the autocast scope that
+    # `Layer.__call__` enters, and `Operation._remat_mode` (set when the
+    # layer is created inside a `keras.RematScope`).
+    scope = keras_backend.get_autocast_scope()
+    if scope is None:
+        same_scope = layer.compute_dtype == layer.variable_dtype
+    else:
+        same_scope = layer.autocast and scope.dtype == layer.compute_dtype
+    return (
+        same_scope
+        and layer.built
+        and layer.quantization_mode is None
+        and getattr(layer, "_remat_mode", None) is None
+        and layer.activity_regularizer is None
+        and keras.distribution.distribution() is None
+    )
 
-    The parent passes every call argument explicitly (`training` too), so
-    nothing needs resolving from the call context.
 
-    Args:
-        layer: a built `keras.layers.Layer` owned by the caller.
-        *args: positional call arguments.
-        **kwargs: keyword call arguments.
+def dense_is_plain(layer):
+    """Whether a `keras.layers.Dense` computes `inputs @ kernel + bias`, as
+    it says itself: `call_is_plain`, no LoRA and no activation."""
+    return (
+        call_is_plain(layer)
+        and not layer.lora_enabled
+        and layer.activation is keras.activations.linear
+    )
 
-    Returns:
-        What `layer(*args, **kwargs)` returns.
-    """
-    if _direct_call_is_equivalent(layer):
+
+def call_sublayer(layer, *args, **kwargs):
+    """`layer(*args, **kwargs)`; in eager execution `layer.call(...)` where
+    `call_is_plain(layer)`. The caller passes every call argument itself
+    (`training` too): nothing is resolved from the call context."""
+    if call_is_plain(layer) and executing_eagerly(args[0]):
         return layer.call(*args, **kwargs)
     return layer(*args, **kwargs)
 
 
 def apply_dense(layer, inputs):
-    """Applies a `keras.layers.Dense` sublayer with the fewest ops.
-
-    A plain `Dense` (no activation, LoRA or quantization) is
-    `inputs @ kernel + bias`; written with the tensors' own operators this
-    skips the per-op dispatch of `keras.ops` (argument flattening, dtype
-    promotion, device checks), which in eager PyTorch costs more than the
-    product of a batch-1 token matrix. Variables are read through `.value`,
-    which applies the caller's autocast scope exactly as `Dense.call` does.
-    Any other `Dense` goes through `apply_sublayer`.
-
-    Args:
-        layer: a built `keras.layers.Dense` owned by the caller.
-        inputs: tensor `(..., input_dim)` in the layer's compute dtype.
-
-    Returns:
-        What `layer(inputs)` returns.
-    """
-    plain = (
-        _direct_call_is_equivalent(layer)
-        and not layer.lora_enabled
-        and layer.activation in (None, keras.activations.linear)
-    )
-    if not plain:
-        return apply_sublayer(layer, inputs)
-    outputs = inputs @ layer.kernel.value
-    if layer.use_bias:
-        outputs = outputs + layer.bias.value
-    return outputs
-
-
-def apply_dropout(layer, inputs, training):
-    """Applies a `Dropout` sublayer only when it can change its input.
-
-    Args:
-        layer: a `keras.layers.Dropout`.
-        inputs: tensor.
-        training: bool or `None`.
-
-    Returns:
-        `inputs`, with dropout applied when `training` and `layer.rate > 0`.
-    """
-    if training and layer.rate > 0:
-        return layer(inputs, training=training)
-    return inputs
-
-
-def cast_if_needed(x, dtype):
-    """`ops.cast(x, dtype)`, skipped when `x` already has that dtype.
-
-    Args:
-        x: tensor or variable.
-        dtype: string dtype.
-
-    Returns:
-        `x` in `dtype`.
-    """
-    if ops.dtype(x) == dtype:
-        return x
-    return ops.cast(x, dtype)
+    """`layer(inputs)` for a `keras.layers.Dense`; in eager execution
+    `inputs @ kernel + bias` where `dense_is_plain(layer)` (without
+    `keras.ops`' per-call dispatch)."""
+    if dense_is_plain(layer) and executing_eagerly(inputs):
+        outputs = inputs @ layer.kernel.value
+        return outputs + layer.bias.value if layer.use_bias else outputs
+    return call_sublayer(layer, inputs)

@@ -1,69 +1,61 @@
-"""Talking-heads multi-head self-attention, as in CaiT's self-attention blocks."""
+"""Talking-heads self-attention (timm's `TalkingHeadAttn`)."""
 
 import keras
 from keras import ops
 
-from keras_cait.layers.sublayers import apply_dense, apply_dropout, cast_if_needed
+from keras_cait.layers.sublayers import apply_dense, call_sublayer, dense_is_plain
 from keras_cait.serialization import register
 
-
-def mix_heads(attention, head_mixer, kernel_scale=1.0, use_bias=True):
-    """Applies a `Dense(num_heads)` layer across the heads axis.
-
-    The mix is one matrix product per image, `kernel^T @ attention` over the
-    flattened `(heads, queries * keys)` layout, so the attention tensor is
-    never transposed or copied (an einsum over the heads axis made PyTorch
-    permute it twice: four times slower at batch 32).
-
-    Args:
-        attention: tensor of shape `(batch, heads, queries, keys)`.
-        head_mixer: a built `keras.layers.Dense` whose kernel is
-            `(heads, heads)`.
-        kernel_scale: float. A factor applied to the kernel (a scale of the
-            input folded into the 16-entry kernel instead of the tensor).
-        use_bias: bool. Whether to add the bias.
-
-    Returns:
-        A tensor of the same shape: `out[:, g] = sum_h attention[:, h] *
-        kernel[h, g] * kernel_scale + bias[g]`.
-    """
-    dtype = ops.dtype(attention)
-    kernel = ops.transpose(cast_if_needed(head_mixer.kernel, dtype))
-    if kernel_scale != 1.0:
-        kernel = kernel * kernel_scale
-    shape = ops.shape(attention)
-    # One (heads, heads) kernel per image: a batched product of same-sized
-    # batches. With a 2-D kernel PyTorch folds the batch instead, through a
-    # transposed copy of the attention tensor in and out (4x slower).
-    kernel = ops.broadcast_to(kernel, (shape[0], shape[1], shape[1]))
-    mixed = kernel @ ops.reshape(attention, (shape[0], shape[1], -1))
-    if use_bias:
-        bias = cast_if_needed(head_mixer.bias, dtype)
-        mixed = mixed + bias[None, :, None]
-    return ops.reshape(mixed, shape)
-
-
-# The largest float32 (batch, heads, rows, tokens) logits tensor computed at
-# once, and the most row blocks one layer is split into (a bound on the size
-# of the traced graph).
+# On a CPU: the largest float32 logits `(batch, heads, rows, tokens)`
+# attended at once, and the most row blocks per layer.
 ATTENTION_BLOCK_BYTES = 8 * 2**20
 MAX_ATTENTION_BLOCKS = 16
 
 
+def mix_heads(attention, head_mixer):
+    """A `Dense(heads)` across the heads axis, timm's
+    `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`.
+
+    Where the layer is a plain product (`dense_is_plain`), one `(heads,
+    heads)` matrix product per image, without transposing the attention
+    tensor (docs/performance.md, "Head mixes"); otherwise the layer's call.
+
+    Args:
+        attention: float32 tensor `(batch, heads, queries, keys)`.
+        head_mixer: a built `keras.layers.Dense(heads)`.
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    if not dense_is_plain(head_mixer):
+        mixed = head_mixer(ops.transpose(attention, (0, 2, 3, 1)))
+        return ops.cast(ops.transpose(mixed, (0, 3, 1, 2)), "float32")
+    kernel = ops.transpose(ops.cast(head_mixer.kernel, "float32"))
+    bias = ops.cast(head_mixer.bias, "float32")[:, None]
+    shape = ops.shape(attention)
+    # One kernel per image: a batched product of equal batches (with a 2-D
+    # kernel PyTorch transposes copies of the attention tensor).
+    kernel = ops.broadcast_to(kernel, (shape[0], shape[1], shape[1]))
+    mixed = kernel @ ops.reshape(attention, (shape[0], shape[1], -1)) + bias
+    return ops.reshape(mixed, shape)
+
+
+def computes_on_cpu(x):
+    """Whether the backend computes `x` on a CPU (PyTorch: where `x` is;
+    JAX and TensorFlow: their default devices)."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return x.device.type == "cpu"
+    if backend in ("jax", "tensorflow"):
+        return keras.distribution.list_devices()[0].startswith("cpu")
+    return False
+
+
 def query_row_blocks(batch_size, num_heads, num_tokens):
-    """Splits the query rows so that each block's logits stay small.
-
-    Self-attention materialises `(batch, heads, tokens, tokens)` float32
-    tensors four times over (logits, mixed logits, weights, mixed weights).
-    At `cait_xxs24_224`'s batch 32 each is 20 MB. Computing the attention a
-    block of query rows at a time gives the same numbers, bounds that memory
-    and keeps it out of page-faulting fresh allocations: with whole tensors,
-    JAX's CPU runtime allocated them anew on every call, 244,000 page faults
-    (1 GB) per batch-32 forward pass and ~20% of its time.
-
-    The split needs the batch size and token count as Python ints (always in
-    JAX and PyTorch, and in TensorFlow for static shapes); otherwise the
-    whole attention is one block.
+    """Query-row ranges, each with at most `ATTENTION_BLOCK_BYTES` of float32
+    logits (at most `MAX_ATTENTION_BLOCKS` blocks): on a CPU, large
+    attention tensors cost page faults on every call (docs/performance.md,
+    "Query-row blocks").
 
     Args:
         batch_size: int, or a symbolic size.
@@ -71,8 +63,8 @@ def query_row_blocks(batch_size, num_heads, num_tokens):
         num_tokens: int, or a symbolic size.
 
     Returns:
-        A list of `(start, stop)` row ranges covering `range(num_tokens)` in
-        order; `[(0, num_tokens)]` when no split is needed or possible.
+        `(start, stop)` ranges covering `range(num_tokens)` in order;
+        `[(0, num_tokens)]` when a size is symbolic or one block is enough.
     """
     if not isinstance(batch_size, int) or not isinstance(num_tokens, int):
         return [(0, num_tokens)]
@@ -86,10 +78,14 @@ def query_row_blocks(batch_size, num_heads, num_tokens):
     ]
 
 
+def _concatenate_rows(blocks):
+    return blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis=2)
+
+
 @register
 class TalkingHeadsAttention(keras.layers.Layer):
     """Self-attention whose heads exchange information before and after the
-    softmax (Shazeer et al., 2020), as used by CaiT.
+    softmax (Shazeer et al., 2020), as used by CaiT (timm's `TalkingHeadAttn`).
 
     `proj_l` mixes the attention logits across heads before the softmax and
     `proj_w` mixes the probabilities after it. The softmax and both mixes run
@@ -165,87 +161,50 @@ class TalkingHeadsAttention(keras.layers.Layer):
         )
 
     def call(self, inputs, return_attention=False, training=None):
-        batch_size, num_tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        # timm's TalkingHeadAttn.forward, step by step.
+        num_tokens = ops.shape(inputs)[1]
         qkv = apply_dense(self.qkv, inputs)
-        qkv = ops.reshape(
-            qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim)
-        )
-        # (3, batch, heads, tokens, head_dim), as timm lays it out: the
-        # products below then write contiguous (batch, heads, q, k) tensors,
-        # which the head mixes read without a copy.
+        qkv = ops.reshape(qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
-        query, key, value = qkv[0], qkv[1], qkv[2]
-        key_transposed = ops.swapaxes(key, -1, -2)
-        # `proj_w`'s bias b adds b[g] * sum_k value[k] to head g's output.
-        # Where nothing else reads the attention weights (no dropout, not
-        # returned) that sum is added to the output instead of adding b to
-        # every one of the (q, k) weights; in float32 only, so that reduced
-        # precision keeps the exact order of operations.
-        fold_bias = (
-            not return_attention
-            and not (training and self.attention_dropout > 0)
-            and self.compute_dtype == "float32"
-        )
-        # Every query row attends independently, so a large batch is
-        # computed a block of rows at a time (see `query_row_blocks`).
-        blocks = query_row_blocks(batch_size, self.num_heads, num_tokens)
-        outputs, attention = [], []
-        for start, stop in blocks:
-            rows = query if len(blocks) == 1 else query[:, :, start:stop]
-            block_outputs, block_attention = self._attend(
-                rows, key_transposed, value, fold_bias, training
-            )
-            outputs.append(block_outputs)
-            attention.append(block_attention)
-        if len(blocks) == 1:
-            outputs, attention = outputs[0], attention[0]
-        else:
-            outputs = ops.concatenate(outputs, axis=2)
-            if return_attention:
-                attention = ops.concatenate(attention, axis=2)
-        if fold_bias:
-            bias = self.proj_w.bias[None, :, None, None]
-            outputs = outputs + bias * ops.sum(value, axis=2, keepdims=True)
-        outputs = ops.transpose(outputs, (0, 2, 1, 3))
-        outputs = ops.reshape(outputs, (-1, num_tokens, self.hidden_dim))
-        outputs = apply_dense(self.proj, outputs)
-        outputs = apply_dropout(self.projection_dropout_layer, outputs, training)
+        query, key, value = qkv[0] * self.scale, qkv[1], qkv[2]
+        blocks = [(0, num_tokens)]
+        if computes_on_cpu(inputs):
+            blocks = query_row_blocks(ops.shape(inputs)[0], self.num_heads, num_tokens)
+        # Each query row attends on its own: blocks of rows give the same numbers.
+        outputs, attention = zip(*(
+            self._attend(query[:, :, start:stop], key, value, training)
+            for start, stop in blocks
+        ))
+        x = _concatenate_rows(outputs)
+        x = ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, num_tokens, self.hidden_dim))
+        x = apply_dense(self.proj, x)
+        x = call_sublayer(self.projection_dropout_layer, x, training=training)
         if return_attention:
-            return outputs, attention
-        return outputs
+            return x, _concatenate_rows(attention)
+        return x
 
-    def _attend(self, query, key_transposed, value, fold_bias, training):
-        """Attention of some query rows to all tokens.
+    def _attend(self, query, key, value, training):
+        """timm's steps from `q @ k.T` to `attn @ v` for some query rows; the
+        head mixes and the softmax in float32.
 
         Args:
-            query: tensor `(batch, heads, rows, head_dim)`.
-            key_transposed: tensor `(batch, heads, head_dim, tokens)`.
+            query: tensor `(batch, heads, rows, head_dim)`, scaled.
+            key: tensor `(batch, heads, tokens, head_dim)`.
             value: tensor `(batch, heads, tokens, head_dim)`.
-            fold_bias: bool. Whether `proj_w`'s bias is left to the caller.
             training: bool or `None`.
 
         Returns:
-            `(outputs, attention)`: the rows' outputs
-            `(batch, heads, rows, head_dim)` and their mixed attention
-            weights `(batch, heads, rows, tokens)`.
+            `(attn @ v, attn)`: `(batch, heads, rows, head_dim)` and the mixed
+            attention weights `(batch, heads, rows, tokens)`.
         """
-        # Products of tensors of one dtype, written with `@`: the same on
-        # every backend, without `keras.ops`' per-call dispatch.
-        logits = query @ key_transposed
-        # `proj_l` with the query scale folded into its kernel. Its bias adds
-        # one constant per head to every logit of that head, which the
-        # softmax over keys cancels exactly; it is skipped in inference and
-        # kept in training only so that the variable still gets a gradient.
-        logits = mix_heads(
-            cast_if_needed(logits, "float32"),
-            self.proj_l,
-            kernel_scale=self.scale,
-            use_bias=bool(training),
+        attention = ops.cast(query @ ops.swapaxes(key, -1, -2), "float32")
+        attention = mix_heads(attention, self.proj_l)
+        attention = ops.softmax(attention, axis=-1)
+        attention = mix_heads(attention, self.proj_w)
+        attention = ops.cast(attention, self.compute_dtype)
+        dropped = call_sublayer(
+            self.attention_dropout_layer, attention, training=training
         )
-        attention = ops.softmax(logits, axis=-1)
-        attention = mix_heads(attention, self.proj_w, use_bias=not fold_bias)
-        attention = cast_if_needed(attention, self.compute_dtype)
-        dropped = apply_dropout(self.attention_dropout_layer, attention, training)
         return dropped @ value, attention
 
     def compute_output_shape(self, input_shape):
