@@ -235,6 +235,18 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
                 if self.activation is not None
                 else None,
                 "dropout": self.dropout,
+                "head_dtype": keras.dtype_policies.serialize(self._head_dtype()),
             }
         )
         return config
+
+    def _head_dtype(self):
+        """The head's dtype policy; a `DTypePolicyMap` (as KerasHub's
+        `Backbone.get_config`) once `quantize()` has quantized the head."""
+        policy = self.output_dropout.dtype_policy
+        dense = self.output_dense
+        if dense is None or dense.quantization_mode is None:
+            return policy
+        policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=policy)
+        policy_map[dense.path] = dense.dtype_policy
+        return policy_map
