@@ -72,7 +72,7 @@ def main():
     photo = keras_cait.load_image(args.image)
     model_input = np.asarray(converter(photo))  # (224, 224, 3), normalised
     outputs = classifier.get_attention_maps(
-        model_input[None], self_attention_blocks=[-1], preprocess=False
+        model_input[None], indices=[-1], preprocess=False
     )
     for name, value in outputs.items():
         print(f"  {name}: {value.shape}")

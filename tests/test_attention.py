@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.models.cait_backbone import attention_block_indices
 from tests.support import TINY_BACKBONE, expected, reference_classifier, to_numpy
 
 MAP_TOLERANCE = 1e-5  # timm's reference README: attention maps within 1e-5
@@ -33,9 +32,7 @@ def _reference_blocks(reference):
 def test_classifier_maps_match_timm(name):
     classifier, reference = _reference(name)
     blocks = _reference_blocks(reference)
-    outputs = classifier.get_attention_maps(
-        reference["images"], self_attention_blocks=blocks
-    )
+    outputs = classifier.get_attention_maps(reference["images"], indices=blocks)
     map_keys = sorted(k for k in reference if "attention" in k)
     assert sorted(k for k in outputs if "attention" in k) == map_keys
     for key in map_keys:
@@ -52,9 +49,7 @@ def test_classifier_maps_match_timm(name):
 
 def test_backbone_maps_and_features_match_timm():
     classifier, reference = _reference("tiny_token_head")
-    outputs = classifier.backbone.get_attention_maps(
-        reference["images"], self_attention_blocks="all"
-    )
+    outputs = classifier.backbone.get_attention_maps(reference["images"], indices=None)
     assert set(outputs) == {
         "features",
         "class_attention_0",
@@ -86,7 +81,7 @@ def test_only_class_attention_by_default_and_rows_sum_to_one():
 def test_one_forward_pass_and_predict_path_untouched():
     classifier = _reference("tiny_token_head")[0]
     backbone = classifier.backbone
-    derived = classifier.attention_model(self_attention_blocks=[1])
+    derived = classifier.attention_model(indices=[1])
     operations = derived._operations
     # The backbone is not called as a whole (which would be a second pass):
     # its blocks are each called once, inside the derived graph.
@@ -99,7 +94,7 @@ def test_one_forward_pass_and_predict_path_untouched():
     assert len(keras.tree.flatten(classifier.output)) == 1
 
     images = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
-    outputs = classifier.get_attention_maps(images, self_attention_blocks=[1])
+    outputs = classifier.get_attention_maps(images, indices=[1])
     np.testing.assert_allclose(
         outputs["predictions"], to_numpy(classifier(images)), atol=1e-5, rtol=0
     )
@@ -112,18 +107,48 @@ def test_one_forward_pass_and_predict_path_untouched():
 
 def test_attention_models_are_cached_per_block_set():
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    first = backbone.attention_model(self_attention_blocks=[1, 0])
-    assert backbone.attention_model(self_attention_blocks=(0, -1, 0)) is first
-    assert backbone.attention_model("all") is first
+    first = backbone.attention_model(indices=[1, 0])
+    assert backbone.attention_model(indices=(0, -1, 0)) is first
+    assert backbone.attention_model(None) is first
+    assert backbone.attention_model(2) is first  # the last two blocks
+    last = backbone.attention_model(1)
+    assert set(last.output) - set(first.output) == set()
+    assert "talking_head_attention_0" not in last.output
     other = backbone.attention_model()
     assert other is not first
     assert set(other.output) == {"features", "class_attention_0", "class_attention_1"}
 
 
+def test_old_argument_names_warn_and_keep_their_meaning():
+    backbone = keras_cait.CaiTBackbone(**dict(TINY_BACKBONE, num_layers=3))
+    # `self_attention_blocks=i` was block i (now `indices=[i]`).
+    for old, new in ((0, [0]), ([0, 2], [0, 2]), ("all", None), (None, ())):
+        with pytest.warns(DeprecationWarning, match="self_attention_blocks"):
+            model = backbone.attention_model(self_attention_blocks=old)
+        assert model is backbone.attention_model(indices=new)
+    with pytest.warns(DeprecationWarning, match="indices=None"):
+        assert backbone.attention_model("all") is backbone.attention_model(None)
+    images = np.zeros((1, 32, 32, 3), "float32")
+    with pytest.warns(DeprecationWarning, match="self_attention_blocks"):
+        maps = backbone.get_attention_maps(images, self_attention_blocks=0)
+    assert "talking_head_attention_0" in maps and "talking_head_attention_2" not in maps
+    # `blocks=` already meant what `indices=` means.
+    with pytest.warns(DeprecationWarning, match="blocks"):
+        model = backbone.intermediate_model(blocks=2)
+    assert model is backbone.intermediate_model(indices=[1, 2])
+    with pytest.warns(DeprecationWarning, match="blocks"):
+        outputs = backbone.get_intermediate_outputs(images, blocks=1)
+    assert set(outputs) == {"self_attention_block_2"}
+    with pytest.raises(TypeError, match="indices"):
+        backbone.attention_model(blocks=1, self_attention_blocks=1)
+    with pytest.raises(TypeError, match="indices"):
+        backbone.intermediate_model(block=1)
+
+
 def test_attention_model_does_not_change_the_saved_weights(tmp_path):
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     before = [w.path for w in backbone.weights]
-    backbone.attention_model(self_attention_blocks="all")
+    backbone.attention_model(indices=None)
     assert [w.path for w in backbone.weights] == before
     path = tmp_path / "backbone.weights.h5"
     backbone.save_weights(path)
@@ -134,32 +159,33 @@ def test_attention_model_does_not_change_the_saved_weights(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "blocks, message",
+    "indices, message",
     [
         ([2], "out of range"),
         ([-3], "out of range"),
-        (["0"], "integer block indices"),
-        ([True], "integer block indices"),
-        ("last", "'all'"),
+        (["0"], "must be ints"),
+        ([True], "must be ints"),
+        (0, "between 1 and"),
+        (3, "between 1 and"),
+        (True, "None, an int"),
+        (1.5, "None, an int"),
+        ("last", "None, an int"),
     ],
 )
-def test_bad_block_indices_are_named(blocks, message):
-    with pytest.raises(keras_cait.CaiTConfigError, match="self_attention_blocks"):
-        try:
-            attention_block_indices(blocks, num_layers=2)
-        except keras_cait.CaiTConfigError as error:
-            assert message in str(error)
-            raise
+def test_bad_block_indices_are_named(indices, message):
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    with pytest.raises(keras_cait.CaiTConfigError, match=message):
+        backbone.attention_model(indices)
 
 
 def test_deprecated_module_functions_warn_and_call_the_method():
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     with pytest.warns(DeprecationWarning, match=r"model\.attention_model"):
-        derived = keras_cait.attention_model(backbone, "all")
-    assert derived is backbone.attention_model("all")
+        derived = keras_cait.attention_model(backbone, None)
+    assert derived is backbone.attention_model(None)
     images = np.zeros((1, 32, 32, 3), "float32")
     with pytest.warns(DeprecationWarning, match="get_intermediate_outputs"):
-        outputs = keras_cait.get_intermediate_outputs(backbone, images, blocks=1)
+        outputs = keras_cait.get_intermediate_outputs(backbone, images, indices=1)
     assert set(outputs) == {"self_attention_block_1"}
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.warns(DeprecationWarning), pytest.raises(

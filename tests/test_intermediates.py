@@ -6,7 +6,7 @@ import pytest
 
 import keras_cait
 from keras_cait.errors import CaiTConfigError
-from keras_cait.models.cait_backbone import intermediate_block_indices
+from keras_cait.models.cait_backbone import block_indices
 from tests.support import TINY_BACKBONE, to_numpy
 
 SHAPE = dict(TINY_BACKBONE, image_shape=(32, 48, 3), num_layers=3)
@@ -24,11 +24,11 @@ def images():
 
 
 def test_token_and_grid_shapes(backbone, images):
-    tokens = backbone.get_intermediate_outputs(images, blocks=[0, -1])
+    tokens = backbone.get_intermediate_outputs(images, indices=[0, -1])
     assert list(tokens) == ["self_attention_block_0", "self_attention_block_2"]
     for value in tokens.values():
         assert tuple(value.shape) == (2, 4 * 6, 48)
-    grids = backbone.get_intermediate_outputs(images, blocks=2, output_format="grid")
+    grids = backbone.get_intermediate_outputs(images, indices=2, output_format="grid")
     assert list(grids) == ["self_attention_block_1", "self_attention_block_2"]
     for value in grids.values():
         assert tuple(value.shape) == (2, 4, 6, 48)
@@ -41,11 +41,11 @@ def test_token_and_grid_shapes(backbone, images):
 
 def test_last_block_through_final_norm_equals_backbone_output(backbone, images):
     final = to_numpy(backbone(images))
-    normed = backbone.get_intermediate_outputs(images, blocks=[-1], norm=True)
+    normed = backbone.get_intermediate_outputs(images, indices=[-1], norm=True)
     np.testing.assert_allclose(
         to_numpy(normed["self_attention_block_2"]), final[:, 1:], atol=1e-5
     )
-    raw = backbone.get_intermediate_outputs(images, blocks=[-1])
+    raw = backbone.get_intermediate_outputs(images, indices=[-1])
     norm_layer = backbone.get_layer("final_layernorm")
     np.testing.assert_allclose(
         to_numpy(norm_layer(raw["self_attention_block_2"])), final[:, 1:], atol=1e-5
@@ -57,7 +57,7 @@ def test_last_block_through_final_norm_equals_backbone_output(backbone, images):
 def test_blocks_differ_and_model_is_cached_and_shares_weights(backbone, images):
     model = backbone.intermediate_model()
     assert backbone.intermediate_model() is model
-    assert backbone.intermediate_model(blocks=[2, 0, 1]) is model
+    assert backbone.intermediate_model(indices=[2, 0, 1]) is model
     outputs = {k: to_numpy(v) for k, v in model(images).items()}
     assert len(outputs) == 3
     assert not np.allclose(
@@ -67,15 +67,15 @@ def test_blocks_differ_and_model_is_cached_and_shares_weights(backbone, images):
 
 
 def test_backbone_still_saves_after_deriving(backbone, images, tmp_path):
-    backbone.intermediate_model(blocks=1, output_format="grid", norm=True)
+    backbone.intermediate_model(indices=1, output_format="grid", norm=True)
     path = tmp_path / "backbone.keras"
     backbone.save(path)
     restored = keras.saving.load_model(path)
     np.testing.assert_allclose(
         to_numpy(restored(images)), to_numpy(backbone(images)), atol=1e-6
     )
-    got = restored.get_intermediate_outputs(images, blocks=[1])
-    want = backbone.get_intermediate_outputs(images, blocks=[1])
+    got = restored.get_intermediate_outputs(images, indices=[1])
+    want = backbone.get_intermediate_outputs(images, indices=[1])
     np.testing.assert_allclose(
         to_numpy(got["self_attention_block_1"]),
         to_numpy(want["self_attention_block_1"]),
@@ -83,10 +83,12 @@ def test_backbone_still_saves_after_deriving(backbone, images, tmp_path):
     )
 
 
-def test_block_selection():
-    assert intermediate_block_indices(4) == (0, 1, 2, 3)
-    assert intermediate_block_indices(4, 1) == (3,)
-    assert intermediate_block_indices(4, [-1, 0, 3]) == (0, 3)
+def test_block_selection_follows_timm():
+    assert block_indices(4, None) == (0, 1, 2, 3)
+    assert block_indices(4, 1) == (3,)
+    assert block_indices(4, 3) == (1, 2, 3)
+    assert block_indices(4, [-1, 0, 3]) == (0, 3)
+    assert block_indices(4, (), allow_empty=True) == ()
     for bad, message in (
         (0, "between 1 and"),
         (5, "between 1 and"),
@@ -98,7 +100,7 @@ def test_block_selection():
         (1.5, "None, an int"),
     ):
         with pytest.raises(CaiTConfigError, match=message):
-            intermediate_block_indices(4, bad)
+            block_indices(4, bad)
 
 
 def test_bad_output_format(backbone):

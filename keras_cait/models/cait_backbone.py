@@ -1,5 +1,6 @@
 """CaiTBackbone: the CaiT feature extractor as a KerasHub backbone."""
 
+import warnings
 import weakref
 
 import keras
@@ -109,80 +110,87 @@ def cait_backbone_of(model):
     return backbone
 
 
-def attention_block_indices(self_attention_blocks, num_layers):
-    """Self-attention block indices of an `attention_model()` request, sorted
-    and unique: an int, an iterable of ints, `"all"`, or `None`/`()` for
-    none; negative indices count from the end."""
-    if self_attention_blocks is None:
-        return ()
-    if isinstance(self_attention_blocks, str):
-        if self_attention_blocks == "all":
-            return tuple(range(num_layers))
-        raise CaiTConfigError(
-            "`self_attention_blocks` must be block indices or 'all', got "
-            f"{self_attention_blocks!r}."
-        )
-    if isinstance(self_attention_blocks, (int, np.integer)):
-        self_attention_blocks = (self_attention_blocks,)
-    indices = set()
-    for index in self_attention_blocks:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise CaiTConfigError(
-                "`self_attention_blocks` must hold integer block indices, "
-                f"got {index!r}."
-            )
-        if not -num_layers <= index < num_layers:
-            raise CaiTConfigError(
-                f"`self_attention_blocks` index {int(index)} is out of range: "
-                f"the model has {num_layers} self-attention blocks "
-                f"(0 to {num_layers - 1}, or negative from the end)."
-            )
-        indices.add(int(index) % num_layers)
-    return tuple(sorted(indices))
+def block_indices(num_layers, indices, allow_empty=False, **deprecated):
+    """Self-attention block indices, sorted and unique, as timm's
+    `forward_intermediates(indices=...)` selects them: `None` for every
+    block, an int `n` for the last `n` blocks, a sequence for those blocks
+    (negative ones count from the end).
 
-
-def intermediate_block_indices(num_layers, blocks=None):
-    """Block indices of an `intermediate_model()` request, sorted: `None`
-    (every block), an int `n` (the last `n` blocks, as timm's `indices=n`),
-    or a sequence of indices (negative counts from the end).
+    Args:
+        num_layers: int. The backbone's self-attention blocks.
+        indices: `None`, an int or a sequence of ints.
+        allow_empty: bool. Whether an empty sequence (no block) is valid.
+        **deprecated: the old names, for one release with a
+            `DeprecationWarning`: `self_attention_blocks=` (an int meant
+            that one block, `"all"` every block, `None` none) and `blocks=`
+            (the meaning of `indices`).
 
     Raises:
-        CaiTConfigError: `blocks` is empty, out of range or of another type.
+        CaiTConfigError: an index out of range, another type, or an empty
+            selection where `allow_empty` is False.
     """
-    if blocks is None:
-        return tuple(range(num_layers))
-    if isinstance(blocks, bool):
-        raise CaiTConfigError(
-            f"`blocks` must be None, an int or a list of ints, got {blocks!r}."
+    if deprecated:
+        indices = _from_deprecated_name(deprecated)
+    if isinstance(indices, str) and indices == "all":
+        warnings.warn(
+            "indices='all' is deprecated and will be removed in the next "
+            "release; pass indices=None for every block.",
+            DeprecationWarning,
+            stacklevel=4,
         )
-    if isinstance(blocks, int):
-        if not 1 <= blocks <= num_layers:
+        indices = None
+    if indices is None:
+        return tuple(range(num_layers))
+    if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
+        if not 1 <= indices <= num_layers:
             raise CaiTConfigError(
-                f"`blocks={blocks}` asks for the last {blocks} blocks; it must "
-                f"be between 1 and num_layers={num_layers}."
+                f"`indices={indices}` asks for the last {indices} blocks; it "
+                f"must be between 1 and num_layers={num_layers}."
             )
-        return tuple(range(num_layers - blocks, num_layers))
-    try:
-        requested = list(blocks)
-    except TypeError:
+        return tuple(range(num_layers - int(indices), num_layers))
+    if isinstance(indices, (str, bool)) or not hasattr(indices, "__iter__"):
         raise CaiTConfigError(
-            f"`blocks` must be None, an int or a list of ints, got {blocks!r}."
-        ) from None
-    if not requested:
-        raise CaiTConfigError("`blocks` must not be empty.")
-    indices = set()
-    for index in requested:
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise CaiTConfigError(
-                f"Block indices must be ints, got {index!r} in `blocks`."
-            )
+            f"`indices` must be None, an int or a list of ints, got {indices!r}."
+        )
+    selected = set()
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise CaiTConfigError(f"Block indices must be ints, got {index!r}.")
         if not -num_layers <= index < num_layers:
             raise CaiTConfigError(
-                f"Block index {index} in `blocks` is out of range for a "
-                f"backbone with num_layers={num_layers}."
+                f"Block index {int(index)} is out of range for a backbone with "
+                f"num_layers={num_layers} (0 to {num_layers - 1}, or negative "
+                "from the end)."
             )
-        indices.add(index % num_layers)
-    return tuple(sorted(indices))
+        selected.add(int(index) % num_layers)
+    if not selected and not allow_empty:
+        raise CaiTConfigError("`indices` must not be empty.")
+    return tuple(sorted(selected))
+
+
+def _from_deprecated_name(deprecated):
+    """`indices` from an old argument name, with a `DeprecationWarning`."""
+    if len(deprecated) > 1 or not set(deprecated) <= {"self_attention_blocks", "blocks"}:
+        raise TypeError(
+            f"Unexpected keyword arguments {sorted(deprecated)}: the blocks are "
+            "chosen with `indices`."
+        )
+    ((name, value),) = deprecated.items()
+    warnings.warn(
+        f"`{name}=` is deprecated and will be removed in the next release; "
+        "pass `indices=` (as timm's forward_intermediates: an int n is the "
+        "last n blocks, a list those blocks, None every block).",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    if name == "blocks" or isinstance(value, str):
+        return value
+    # `self_attention_blocks`: an int was that one block, None no block.
+    if value is None:
+        return ()
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (value,)
+    return value
 
 
 def run_in_batches(model, images, batch_size):
@@ -415,7 +423,7 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         """
         return self._attention_graph
 
-    def attention_model(self, self_attention_blocks=()):
+    def attention_model(self, indices=(), **deprecated):
         """A `keras.Model` returning features and attention maps in one pass.
 
         It shares this backbone's layers and weights and is cached per block
@@ -424,22 +432,25 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         - `"class_attention_{i}"` for every class-attention block: the class
           token's softmaxed attention over `[class token, patches]`,
           `(batch, heads, 1, 1 + N)` (timm's `ClassAttn` weights);
-        - `"talking_head_attention_{i}"` for each chosen self-attention
-          block: the weights after the post-softmax head mix (timm's
-          `proj_w`), `(batch, heads, N, N)`.
+        - `"talking_head_attention_{i}"` for the self-attention blocks that
+          `indices` chooses: the weights after the post-softmax head mix
+          (timm's `proj_w`), `(batch, heads, N, N)`.
 
         Args:
-            self_attention_blocks: int (one block), iterable of ints,
-                `"all"` or `()`; negative indices count from the end.
+            indices: the self-attention blocks, as timm's
+                `forward_intermediates`: `None` (every block), an int `n`
+                (the last `n` blocks) or a list of indices (negative count
+                from the end); `()` for none. `self_attention_blocks=` is a
+                deprecated name (its int meant one block).
 
         Example:
         ```python
-        model = backbone.attention_model(self_attention_blocks=(0, -1))
+        model = backbone.attention_model(indices=[0, -1])
         outputs = model.predict(images)
         outputs["class_attention_1"].shape  # (batch, heads, 1, 1 + N)
         ```
         """
-        blocks = attention_block_indices(self_attention_blocks, self.num_layers)
+        blocks = block_indices(self.num_layers, indices, allow_empty=True, **deprecated)
         return derived_model(
             self, ("attention", blocks), lambda: self._build_attention_model(blocks)
         )
@@ -456,7 +467,7 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
             outputs[f"talking_head_attention_{i}"] = maps[f"talking_head_attention_{i}"]
         return keras.Model(images, outputs, name=f"{self.name}_attention")
 
-    def get_attention_maps(self, images, self_attention_blocks=(), batch_size=8):
+    def get_attention_maps(self, images, indices=(), batch_size=8, **deprecated):
         """Features and attention maps of `images`, as NumPy arrays.
 
         Calls `attention_model()` eagerly, batch by batch (no compilation,
@@ -465,17 +476,19 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
 
         Args:
             images: array `(batch, height, width, channels)`, normalised.
-            self_attention_blocks: see `attention_model()`.
+            indices: the self-attention blocks; see `attention_model()`.
             batch_size: int. Images per forward pass.
 
         Returns:
             A dict of NumPy arrays named as in `attention_model()`.
         """
         return run_in_batches(
-            self.attention_model(self_attention_blocks), images, batch_size
+            self.attention_model(indices, **deprecated), images, batch_size
         )
 
-    def intermediate_model(self, blocks=None, output_format="tokens", norm=False):
+    def intermediate_model(
+        self, indices=None, output_format="tokens", norm=False, **deprecated
+    ):
         """A model returning chosen self-attention block outputs (timm's
         `forward_intermediates`).
 
@@ -483,9 +496,9 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         fine-tunes the backbone) and is cached per request.
 
         Args:
-            blocks: `None` (all blocks), an int `n` (the last `n` blocks, as
-                timm's `indices=n`) or a list of block indices (negative
-                counts from the end).
+            indices: as timm's: `None` (every block), an int `n` (the last
+                `n` blocks) or a list of block indices (negative count from
+                the end). `blocks=` is a deprecated name.
             output_format: `"tokens"` for `(batch, num_patches, hidden_dim)`
                 or `"grid"` for `(batch, rows, columns, hidden_dim)`.
             norm: bool. Pass each output through the final LayerNorm
@@ -497,7 +510,7 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
 
         Example:
         ```python
-        model = backbone.intermediate_model(blocks=[-4, -1], output_format="grid")
+        model = backbone.intermediate_model(indices=[-4, -1], output_format="grid")
         model(images)["self_attention_block_23"].shape  # (batch, 14, 14, 192)
         ```
         """
@@ -506,7 +519,7 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
                 f"`output_format` must be one of {INTERMEDIATE_FORMATS}, got "
                 f"{output_format!r}."
             )
-        indices = intermediate_block_indices(self.num_layers, blocks)
+        indices = block_indices(self.num_layers, indices, **deprecated)
         key = ("intermediates", indices, output_format, bool(norm))
         return derived_model(
             self, key, lambda: self._build_intermediate_model(indices, output_format, norm)
@@ -531,7 +544,7 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         return keras.Model(self.input, outputs, name=f"{self.name}_intermediates")
 
     def get_intermediate_outputs(
-        self, images, blocks=None, output_format="tokens", norm=False
+        self, images, indices=None, output_format="tokens", norm=False, **deprecated
     ):
         """Chosen self-attention block outputs for `images`, in one pass.
 
@@ -540,7 +553,8 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         Returns:
             A dict `{"self_attention_block_{i}": tensor}` in block order.
         """
-        return self.intermediate_model(blocks, output_format, norm)(images)
+        model = self.intermediate_model(indices, output_format, norm, **deprecated)
+        return model(images)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):

@@ -8,7 +8,7 @@ from keras_cait.errors import CaiTConfigError
 from keras_cait.loading.loader import load_preset
 from keras_cait.models.cait_backbone import (
     CaiTBackbone,
-    attention_block_indices,
+    block_indices,
     derived_model,
     run_in_batches,
 )
@@ -122,22 +122,23 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
         if compile:
             self.compile()
 
-    def attention_model(self, self_attention_blocks=()):
+    def attention_model(self, indices=(), **deprecated):
         """A `keras.Model` returning predictions and attention maps in one
         pass.
 
         Its dict output holds `"predictions"` (this model's output),
         `"class_attention_{i}"` for every class-attention block and
-        `"talking_head_attention_{i}"` for the chosen self-attention blocks
-        (see `CaiTBackbone.attention_model()`). It shares this model's
-        layers and weights and is cached per block selection.
+        `"talking_head_attention_{i}"` for the self-attention blocks that
+        `indices` chooses (see `CaiTBackbone.attention_model()`). It shares
+        this model's layers and weights and is cached per block selection.
 
         Args:
-            self_attention_blocks: int (one block), iterable of ints,
-                `"all"` or `()`; negative indices count from the end.
+            indices: `None` (every block), an int `n` (the last `n` blocks),
+                a list of indices (negative count from the end) or `()`
+                (none), as timm's `forward_intermediates`.
         """
-        blocks = attention_block_indices(
-            self_attention_blocks, self.backbone.num_layers
+        blocks = block_indices(
+            self.backbone.num_layers, indices, allow_empty=True, **deprecated
         )
         return derived_model(
             self,
@@ -164,13 +165,13 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
         return keras.Model(tokens, self.output, name=f"{self.name}_head")
 
     def get_attention_maps(
-        self, images, self_attention_blocks=(), batch_size=8, preprocess=None
+        self, images, indices=(), batch_size=8, preprocess=None, **deprecated
     ):
         """Predictions and attention maps of `images`, as NumPy arrays.
 
         Args:
             images: array `(batch, height, width, channels)`.
-            self_attention_blocks: see `attention_model()`.
+            indices: the self-attention blocks; see `attention_model()`.
             batch_size: int. Images per forward pass.
             preprocess: bool or `None`: run the `preprocessor` first
                 (default: when there is one, like `predict()`).
@@ -180,7 +181,7 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
 
         Example:
         ```python
-        maps = classifier.get_attention_maps(images, self_attention_blocks=[-1])
+        maps = classifier.get_attention_maps(images, indices=[-1])
         maps["predictions"].shape                # (batch, num_classes)
         maps["talking_head_attention_23"].shape  # (batch, heads, N, N)
         ```
@@ -194,7 +195,7 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
                 )
             images = self.preprocessor(images)
         return run_in_batches(
-            self.attention_model(self_attention_blocks), images, batch_size
+            self.attention_model(indices, **deprecated), images, batch_size
         )
 
     @classmethod
