@@ -16,8 +16,6 @@ early layers move least.
   with a new head, an optional new resolution and a drop-path rate.
 """
 
-import re
-
 import keras
 from keras import ops
 
@@ -59,14 +57,20 @@ def uses_weight_decay(variable, no_weight_decay_names=NO_WEIGHT_DECAY_NAMES):
 
 
 def layer_decay_multipliers(model, layer_decay):
-    """Per-variable learning-rate multipliers for layer-wise decay.
+    """Per-variable learning-rate multipliers for layer-wise decay, grouped
+    as timm groups CaiT (`Cait.group_matcher` and
+    `param_groups_layer_decay`).
 
-    Layers are numbered as timm groups CaiT: 0 for the stem (patch embedding,
-    position embedding, class token), `i + 1` for self-attention block `i`,
-    then the class-attention blocks in order, then the final LayerNorm and the
-    head (and anything else) on top. A variable of layer `l` gets
-    `layer_decay ** (top - l)`: 1 for the head, `layer_decay ** top` for the
-    patch embedding.
+    timm orders the parameters: 0 for the class token, position and patch
+    embedding, `i + 1` for self-attention block `i`, `j + num_layers -
+    num_class_attention_layers + 1` for class-attention block `j` (the
+    class-attention blocks overlap the last self-attention blocks), then
+    `num_layers` for the final LayerNorm and last the head. Equal orders
+    share a group; the groups are numbered `0..top` in order and a variable
+    of group `g` gets `layer_decay ** (top - g)`. For `cait_xxs24_224` the
+    exponents are 25 for the embeddings, `24 - i` for block `i`, `2 - j` for
+    class-attention block `j`, 1 for the final norm and 0 for the head (a
+    backbone without head: one less each).
 
     Args:
         model: a `CaiTBackbone` or `CaiTImageClassifier`.
@@ -75,10 +79,14 @@ def layer_decay_multipliers(model, layer_decay):
     Returns:
         A dict `{variable.path: multiplier}` over the model's variables.
 
+    Raises:
+        CaiTConfigError: `layer_decay` out of range, or `model` has no
+            `CaiTBackbone`.
+
     Example:
     ```python
     multipliers = layer_decay_multipliers(classifier, 0.75)
-    multipliers["patch_embedding/projection/kernel"]  # 0.75 ** 27 for xxs24
+    multipliers["patch_embedding/projection/kernel"]  # 0.75 ** 25 for xxs24
     ```
     """
     if not 0.0 < float(layer_decay) <= 1.0:
@@ -86,23 +94,28 @@ def layer_decay_multipliers(model, layer_decay):
             f"`layer_decay` must be in (0, 1], got {layer_decay!r}."
         )
     backbone = cait_backbone_of(model)
-    top = backbone.num_layers + backbone.num_class_attention_layers + 1
-    self_attention = re.compile(r"(?:^|/)self_attention_block_(\d+)/")
-    class_attention = re.compile(r"(?:^|/)class_attention_block_(\d+)/")
-    stem = re.compile(r"(?:^|/)(patch_embedding|class_token)/")
-    multipliers = {}
-    for variable in model.weights:
-        path = variable.path
-        if match := self_attention.search(path):
-            layer = int(match.group(1)) + 1
-        elif match := class_attention.search(path):
-            layer = backbone.num_layers + 1 + int(match.group(1))
-        elif stem.search(path):
-            layer = 0
-        else:
-            layer = top
-        multipliers[path] = float(layer_decay) ** (top - layer)
-    return multipliers
+    orders = {v.path: _timm_order(v.path, backbone) for v in model.weights}
+    groups = {order: group for group, order in enumerate(sorted(set(orders.values())))}
+    top = len(groups) - 1
+    return {
+        path: float(layer_decay) ** (top - groups[order])
+        for path, order in orders.items()
+    }
+
+
+def _timm_order(path, backbone):
+    """The order timm's `Cait.group_matcher` gives the variable at `path`."""
+    for name in path.split("/"):
+        if name in ("patch_embedding", "class_token"):  # patch/pos embed, cls
+            return 0
+        if name.startswith("self_attention_block_"):  # blocks.i
+            return int(name.rsplit("_", 1)[1]) + 1
+        if name.startswith("class_attention_block_"):  # blocks_token_only.j
+            offset = backbone.num_layers - backbone.num_class_attention_layers
+            return int(name.rsplit("_", 1)[1]) + offset + 1
+        if name == "final_layernorm":  # norm
+            return backbone.num_layers
+    return float("inf")  # the head
 
 
 @register

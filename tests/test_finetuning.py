@@ -2,6 +2,8 @@
 1-D parameters and embeddings, layer-wise learning-rate decay, drop path at
 load time."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -72,17 +74,59 @@ def test_no_weight_decay_on_biases_norms_layer_scale_and_embeddings():
             variable.assign(old)
 
 
-def test_layer_decay_multipliers_and_steps():
-    model = _classifier()  # 2 self-attention + 2 class-attention blocks: top 5
-    multipliers = layer_decay_multipliers(model, 0.5)
-    assert multipliers["patch_embedding/projection/kernel"] == 0.5**5
-    assert multipliers["class_token/class_token"] == 0.5**5
-    assert multipliers["self_attention_block_0/attn/qkv/kernel"] == 0.5**4
-    assert multipliers["self_attention_block_1/mlp/fc2/bias"] == 0.5**3
-    assert multipliers["class_attention_block_1/attn/q/kernel"] == 0.5
-    assert multipliers["final_layernorm/gamma"] == 1.0
-    assert multipliers["predictions/kernel"] == 1.0
+def _exponents(model, layer_decay=0.5):
+    multipliers = layer_decay_multipliers(model, layer_decay)
     assert set(multipliers) == {v.path for v in model.weights}
+    return {path: math.log(m, layer_decay) for path, m in multipliers.items()}
+
+
+def test_layer_decay_groups_cait_xxs24_224_as_timm():
+    """timm 1.0.31's `param_groups_layer_decay` on `cait_xxs24_224`: 25 for
+    the embeddings, 24 - i for `blocks.i`, 2 - j for class-attention block
+    j, 1 for the final norm, 0 for the head."""
+    classifier = keras_cait.CaiTImageClassifier.from_preset(
+        "cait_xxs24_224", load_weights=False
+    )
+
+    def expected_exponent(path):
+        layer = path.split("/")[0]
+        if layer.startswith("self_attention_block_"):
+            return 24 - int(layer.rsplit("_", 1)[1])
+        if layer.startswith("class_attention_block_"):
+            return 2 - int(layer.rsplit("_", 1)[1])
+        return {"patch_embedding": 25, "class_token": 25, "final_layernorm": 1,
+                "predictions": 0}[layer]
+
+    expected = {v.path: expected_exponent(v.path) for v in classifier.weights}
+    exponents = _exponents(classifier)
+    assert exponents == pytest.approx(expected, abs=1e-9)
+    assert sorted(set(expected.values())) == list(range(26))  # every group
+    # The class-attention blocks share the last self-attention blocks' groups.
+    assert exponents["self_attention_block_22/attn/qkv/kernel"] == pytest.approx(2)
+    assert exponents["class_attention_block_0/attn/q/kernel"] == pytest.approx(2)
+    assert exponents["final_layernorm/gamma"] == pytest.approx(1)
+
+
+def test_layer_decay_multipliers_and_steps():
+    model = _classifier()  # 2 + 2 blocks; timm's groups checked with timm 1.0.31
+    exponents = _exponents(model)
+    for path, exponent in {
+        "patch_embedding/projection/kernel": 3,
+        "patch_embedding/position_embedding": 3,
+        "class_token/class_token": 3,
+        "self_attention_block_0/attn/qkv/kernel": 2,
+        "class_attention_block_0/mlp/fc1/kernel": 2,
+        "self_attention_block_1/mlp/fc2/bias": 1,
+        "class_attention_block_1/attn/q/kernel": 1,
+        "final_layernorm/gamma": 1,
+        "predictions/kernel": 0,
+    }.items():
+        assert exponents[path] == pytest.approx(exponent), path
+    # A backbone has no head: every exponent is one less.
+    backbone_exponents = _exponents(model.backbone)
+    for path, exponent in backbone_exponents.items():
+        assert exponent == pytest.approx(exponents[path] - 1), path
+    multipliers = layer_decay_multipliers(model, 0.5)
 
     # Adam's first step moves every entry by about the learning rate, so each
     # variable moves by learning_rate * multiplier.
