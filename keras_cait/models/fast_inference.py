@@ -1,20 +1,6 @@
-"""Fast `predict()` for keras-cait models on every backend.
-
-Two things make Keras's stock `model.predict` slower than the model itself:
-
-1. On TensorFlow, `jit_compile="auto"` turns XLA off on machines without a
-   GPU, and plain `tf.function` graphs of CaiT run at about half the speed of
-   the same model compiled with XLA.
-2. Every `predict()` call builds a data pipeline (an epoch iterator, and in
-   KerasHub tasks a `tf.data`/grain dataset) and callbacks. For a batch of one
-   image this costs as much as the forward pass.
-
-`FastInferenceMixin` fixes both in the model, for every caller: XLA is the
-default on TensorFlow (as it already is on JAX), and `predict()` on in-memory
-arrays slices the batches itself and runs them through `predict_on_batch`,
-the same compiled predict function Keras uses, without the pipeline. Anything
-else (datasets, generators, dicts, `steps`, callbacks, a distribution) goes
-to Keras's own `predict()` unchanged.
+"""Fast `predict()` for keras-cait models: XLA on TensorFlow by default, and
+no per-call data pipeline for in-memory arrays (docs/performance.md, items 1
+and 2). Anything else goes to Keras's own `predict()` unchanged.
 """
 
 import keras
@@ -45,10 +31,8 @@ class FastInferenceMixin:
     """
 
     def _resolve_auto_jit_compile(self):
-        # Keras resolves `jit_compile="auto"` to False on TensorFlow without
-        # a GPU. CaiT compiles fine with XLA on CPU and runs about twice as
-        # fast, so "auto" means XLA here; `compile(jit_compile=False)` still
-        # turns it off.
+        # Private: keras.src `Trainer._resolve_auto_jit_compile` (Keras 3.15)
+        # turns XLA off on TensorFlow without a GPU; "auto" means XLA here.
         if keras.backend.backend() == "tensorflow":
             if getattr(self, "_distribute_strategy", None) is not None:
                 return False
