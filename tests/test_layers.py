@@ -205,6 +205,21 @@ def test_query_row_blocks_cover_the_rows_within_the_byte_budget():
     assert module.query_row_blocks(32, 4, None) == [(0, None)]
 
 
+def _spy_attended_rows(monkeypatch):
+    """The number of query rows of each `_attend` call, as they happen."""
+    from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
+
+    rows = []
+    attend = TalkingHeadsAttention._attend
+
+    def spy_attend(self, query, *args):
+        rows.append(int(query.shape[2]))
+        return attend(self, query, *args)
+
+    monkeypatch.setattr(TalkingHeadsAttention, "_attend", spy_attend)
+    return rows
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_talking_heads_in_row_blocks_matches_numpy(monkeypatch, training):
     # A budget of a few rows' logits splits 7 tokens into uneven blocks; the
@@ -213,14 +228,7 @@ def test_talking_heads_in_row_blocks_matches_numpy(monkeypatch, training):
 
     monkeypatch.setattr(module, "ATTENTION_BLOCK_BYTES", 4 * 2 * 4 * 3 * 7)
     assert module.query_row_blocks(2, 4, 7) == [(0, 3), (3, 6), (6, 7)]
-    attended_rows = []
-    attend = module.TalkingHeadsAttention._attend
-
-    def spy_attend(self, query, *args):
-        attended_rows.append(int(query.shape[2]))
-        return attend(self, query, *args)
-
-    monkeypatch.setattr(module.TalkingHeadsAttention, "_attend", spy_attend)
+    attended_rows = _spy_attended_rows(monkeypatch)
     layer = keras_cait.TalkingHeadsAttention(24, 4)
     rng = np.random.default_rng(1)
     tokens = rng.standard_normal((2, 7, 24)).astype("float32")
@@ -254,14 +262,7 @@ def test_query_row_blocks_only_on_a_cpu(monkeypatch):
 
     # 2 x 4 x 5 x 5 logits against a one-row budget: 5 blocks on a CPU.
     monkeypatch.setattr(module, "ATTENTION_BLOCK_BYTES", 4 * 2 * 4 * 5)
-    rows = []
-    attend = module.TalkingHeadsAttention._attend
-
-    def spy_attend(self, query, *args):
-        rows.append(int(query.shape[2]))
-        return attend(self, query, *args)
-
-    monkeypatch.setattr(module.TalkingHeadsAttention, "_attend", spy_attend)
+    rows = _spy_attended_rows(monkeypatch)
     layer = keras_cait.TalkingHeadsAttention(16, 4)
     for on_cpu, expected_rows in ((True, [1] * 5), (False, [5])):
         monkeypatch.setattr(module, "computes_on_cpu", lambda x, on_cpu=on_cpu: on_cpu)
