@@ -117,19 +117,11 @@ class ClassAttentionBlock(keras.layers.Layer):
     def compute_output_spec(
         self, patch_tokens, class_token, return_attention=False
     ):
-        outputs = keras.KerasTensor(
-            self.compute_output_shape(patch_tokens.shape),
-            dtype=self.compute_dtype,
-        )
-        if not return_attention:
-            return outputs
-        num_keys = patch_tokens.shape[1]
-        num_keys = None if num_keys is None else num_keys + 1
-        attention = keras.KerasTensor(
-            (patch_tokens.shape[0], self.num_heads, 1, num_keys),
-            dtype=self.compute_dtype,
-        )
-        return outputs, attention
+        # The attention's output has the class token's shape.
+        batch, num_patches, _ = patch_tokens.shape
+        num_keys = None if num_patches is None else num_patches + 1
+        tokens = keras.KerasTensor((batch, num_keys, self.hidden_dim))
+        return self.attn.compute_output_spec(tokens, return_attention)
 
     def get_config(self):
         config = super().get_config()

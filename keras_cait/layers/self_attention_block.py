@@ -141,15 +141,8 @@ class SelfAttentionBlock(keras.layers.Layer):
         return tuple(input_shape)
 
     def compute_output_spec(self, inputs, return_attention=False, training=None):
-        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
-        if not return_attention:
-            return outputs
-        tokens = inputs.shape[1]
-        attention = keras.KerasTensor(
-            (inputs.shape[0], self.num_heads, tokens, tokens),
-            dtype=self.compute_dtype,
-        )
-        return outputs, attention
+        # The attention's output has the block's (its input's) shape.
+        return self.attn.compute_output_spec(inputs, return_attention)
 
     def get_config(self):
         config = super().get_config()
