@@ -242,23 +242,19 @@ def _read_json_member(path, archive, name, required=True):
     return value
 
 
-def _check_weights_h5(path, archive):
-
-    source = f"{path}: {WEIGHTS_MEMBER}"
-    with archive.open(WEIGHTS_MEMBER) as member:
-        try:
-            h5 = h5py.File(member, "r")
-        except (OSError, ValueError) as error:
-            raise CaiTWeightsError(
-                f"{source} is not a readable HDF5 file (truncated or "
-                f"corrupt): {error}."
-            ) from None
-        with h5:
-            _check_h5_links(source, h5)
+def _check_h5(source, file):
+    """Opens an HDF5 file (a path or file object) and checks its links."""
+    try:
+        h5 = h5py.File(file, "r")
+    except (OSError, ValueError) as error:
+        raise CaiTWeightsError(
+            f"{source} is not a readable HDF5 file (truncated or corrupt): {error}."
+        ) from None
+    with h5:
+        _check_h5_links(source, h5)
 
 
 def _check_h5_links(source, h5):
-
     groups = [h5]
     while groups:
         group = groups.pop()
@@ -277,18 +273,6 @@ def _check_h5_links(source, h5):
                 raise _unsafe(
                     source, f"dataset {item.name} stores its data in another file."
                 )
-
-
-def _check_h5_file(path):
-
-    try:
-        h5 = h5py.File(path, "r")
-    except (OSError, ValueError) as error:
-        raise CaiTWeightsError(
-            f"{path}: not a readable HDF5 file (truncated or corrupt): {error}."
-        ) from None
-    with h5:
-        _check_h5_links(path, h5)
 
 
 def _check_shard_names(path, index):
@@ -358,7 +342,7 @@ def check_preset_directory(directory, max_parameters=None):
             if name == "model.weights.json":
                 _check_shard_names(path, data)
         elif name.endswith(".h5"):
-            _check_h5_file(path)
+            _check_h5(path, path)
 
 
 def _check_finite(path, model):
@@ -460,7 +444,8 @@ def load_model(
                 config = _read_json_member(path, archive, CONFIG_MEMBER)
                 _read_json_member(path, archive, METADATA_MEMBER, required=False)
                 check_model_config(config, f"{path}: {CONFIG_MEMBER}", max_parameters)
-                _check_weights_h5(path, archive)
+                with archive.open(WEIGHTS_MEMBER) as member:
+                    _check_h5(f"{path}: {WEIGHTS_MEMBER}", member)
         except CaiTError:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
