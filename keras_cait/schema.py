@@ -109,6 +109,10 @@ class _Checker:
                 f"{self.label(key)} must be a number, got "
                 f"{type(value).__name__} {value!r:.80}."
             )
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            value = math.inf
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
         if not (math.isfinite(value) and above and below):
@@ -120,7 +124,7 @@ class _Checker:
                     f"{')' if high_open else ']'}"
                 )
             raise self.fail(f"{self.label(key)} must be {expected}, got {value!r}.")
-        return float(value)
+        return value
 
     def unknown_keys(self, config, allowed, class_name):
         unknown = sorted(set(config) - set(allowed) - _KERAS_KEYS)
