@@ -3,7 +3,12 @@
 import keras
 from keras import ops
 
-from keras_cait.layers.sublayers import apply_dense, call_sublayer, dense_is_plain
+from keras_cait.layers.sublayers import (
+    apply_dense,
+    attention_output_spec,
+    call_sublayer,
+    dense_is_plain,
+)
 from keras_cait.serialization import register
 
 # On a CPU: the largest float32 logits `(batch, heads, rows, tokens)`
@@ -190,16 +195,7 @@ class TalkingHeadsAttention(keras.layers.Layer):
         return (input_shape[0], self.num_heads, tokens, tokens)
 
     def compute_output_spec(self, inputs, return_attention=False, training=None):
-        outputs = keras.KerasTensor(
-            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
-        )
-        if not return_attention:
-            return outputs
-        attention = keras.KerasTensor(
-            self.compute_attention_shape(inputs.shape),
-            dtype=self.compute_dtype,
-        )
-        return outputs, attention
+        return attention_output_spec(self, inputs, return_attention)
 
     def get_config(self):
         config = super().get_config()
