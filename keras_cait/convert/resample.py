@@ -54,17 +54,16 @@ def resize_weights(input_size, output_size, a=CUBIC_COEFFICIENT):
 def _check_grid(name, grid):
     try:
         rows, columns = (int(v) for v in grid)
+        valid = rows >= 1 and columns >= 1 and tuple(grid) == (rows, columns)
     except (TypeError, ValueError):
-        raise CaiTConfigError(
-            f"`{name}` must be a pair (rows, columns) of positive integers, "
-            f"got {grid!r}."
-        ) from None
-    if rows < 1 or columns < 1 or tuple(grid) != (rows, columns):
+        valid = False
+    if not valid:
         raise CaiTConfigError(
             f"`{name}` must be a pair (rows, columns) of positive integers, "
             f"got {grid!r}."
         )
     return rows, columns
+
 
 
 def resample_position_embedding(pos_embed, old_grid, new_grid):

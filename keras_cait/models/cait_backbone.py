@@ -361,10 +361,8 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         return self._attention_graph
 
     def attention_model(self, indices=(), **deprecated):
-        """A `keras.Model` returning features and attention maps in one pass.
-
-        It shares this backbone's layers and weights and is cached per block
-        selection. Its dict output holds:
+        """A `keras.Model` returning features and attention maps in one
+        pass, sharing this backbone's weights (cached per selection):
         - `"features"`: the backbone's output `(batch, 1 + N, hidden_dim)`;
         - `"class_attention_{i}"` for every class-attention block: the class
           token's softmaxed attention over `[class token, patches]`,
@@ -417,12 +415,11 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         self, indices=None, output_format="tokens", norm=False, **deprecated
     ):
         """A model returning chosen self-attention block outputs (timm's
-        `forward_intermediates`).
-
-        It shares this backbone's layers and weights (fine-tuning it
-        fine-tunes the backbone) and is cached per request.
+        `forward_intermediates`), sharing this backbone's weights (cached
+        per request).
 
         Args:
+
             indices: as timm's: `None` (every block), an int `n` (the last
                 `n` blocks) or a list of block indices (negative count from
                 the end). `blocks=` is a deprecated name.
