@@ -126,6 +126,10 @@ def _save_openvino(ov_model, filepath, spec):
 
     name = getattr(spec, "name", None) or "images"
     ov_model.inputs[0].get_tensor().set_names({name})
+    # The images' shape as `spec` says: -1 for a dynamic batch.
+    ov_model.reshape(
+        {0: openvino.PartialShape([-1 if d is None else d for d in spec.shape])}
+    )
     # Keras writes its OpenVINO IR in the model's own precision; so do we
     # (save_model would compress the weights to float16).
     openvino.save_model(ov_model, filepath, compress_to_fp16=False)
@@ -246,6 +250,26 @@ class CaiTExportMixin:
                 import openvino  # optional dependency: keras-cait[export]
 
                 _save_openvino(openvino.convert_model(program), staged, spec)
+            return
+        if (
+            spec is not None
+            and (format, backend) == ("openvino", "openvino")
+            and spec.shape[0] is None
+        ):
+            import openvino  # optional dependency: only on the OpenVINO backend
+
+            # Keras traces a batch of 1 here, which OpenVINO folds into the
+            # graph's reshapes. Private: keras.src
+            # `OpenVINOTrainer._parameterize_data` (Keras 3.15), the images
+            # parameter with a dynamic batch that Keras's `predict` uses.
+            sample = np.zeros((1,) + tuple(spec.shape[1:]), spec.dtype)
+            images = self._parameterize_data(sample)
+            outputs = keras.tree.flatten(self(images, training=False))
+            graph = openvino.Model(
+                results=[openvino.opset16.result(o.output) for o in outputs],
+                parameters=[images.output.get_node()],
+            )
+            _save_openvino(graph, staged, spec)
             return
         if spec is not None and (format, backend) == ("openvino", "jax"):
             import openvino  # optional dependency: keras-cait[export]
