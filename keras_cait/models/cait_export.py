@@ -170,6 +170,8 @@ class CaiTExportMixin:
         | `"litert"` | yes | no: Keras refuses | yes, fixed batch (`litert-torch`) |
         | `"torch"` | no | no | yes (`torch.export`) |
 
+        On Keras's OpenVINO backend, `"openvino"` (dynamic batch).
+
         Args:
             filepath: string or path. A directory for `"tf_saved_model"`, a
                 `.onnx` file, an `.xml` file for `"openvino"` (its `.bin`
@@ -185,6 +187,9 @@ class CaiTExportMixin:
                 `[keras.InputSpec(shape=(8, 224, 224, 3), dtype="float32")]`
                 for a fixed batch of 8).
             **kwargs: the format's own options, as `keras.Model.export`.
+
+        Returns:
+            `filepath`.
 
         Raises:
             CaiTConfigError: an unknown `format`, a `filepath` with the
