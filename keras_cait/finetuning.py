@@ -1,19 +1,6 @@
-"""The CaiT/DeiT fine-tuning recipe for Keras.
-
-CaiT and DeiT are fine-tuned with AdamW whose weight decay skips the 1-D
-parameters (biases, LayerNorm scales and offsets, LayerScale) and the learned
-embeddings (position embedding, class token), with stochastic depth
-(drop path), and, in later work (BEiT, DeiT III), layer-wise learning-rate
-decay: the deeper a layer, the larger its learning rate, so the pretrained
-early layers move least.
-
-- `finetuning_optimizer(model, ...)` builds that optimizer.
-- `LayerDecayAdamW` is AdamW with a per-variable learning-rate multiplier
-  (decoupled weight decay scaled the same way); Keras optimizers take a single
-  learning rate, so the multipliers are applied in `update_step`.
-- `layer_decay_multipliers(model, decay)` computes the multipliers.
-- `load_for_finetuning(preset, num_classes, ...)` loads a pretrained model
-  with a new head, an optional new resolution and a drop-path rate.
+"""The CaiT/DeiT fine-tuning recipe for Keras (docs/finetuning.md): AdamW
+without weight decay on 1-D parameters and learned embeddings, drop path,
+and optional layer-wise learning-rate decay grouped as timm groups CaiT.
 """
 
 import keras
@@ -37,22 +24,9 @@ NO_WEIGHT_DECAY_NAMES = (
 
 
 def uses_weight_decay(variable, no_weight_decay_names=NO_WEIGHT_DECAY_NAMES):
-    """Whether the recipe decays `variable` (its name matches none of
-    `no_weight_decay_names`).
+    """Whether the recipe decays the `keras.Variable` `variable`: its name
+    contains none of `no_weight_decay_names`."""
 
-    Args:
-        variable: a `keras.Variable`.
-        no_weight_decay_names: strings; a variable whose name contains one of
-            them is not decayed.
-
-    Returns:
-        bool.
-
-    Example:
-    ```python
-    decayed = [v.path for v in model.trainable_weights if uses_weight_decay(v)]
-    ```
-    """
     return not any(name in variable.name for name in no_weight_decay_names)
 
 
@@ -122,32 +96,20 @@ def _timm_order(path, backbone):
 class LayerDecayAdamW(keras.optimizers.Adam):
     """AdamW with a learning-rate multiplier per variable.
 
-    Decoupled weight decay as in `keras.optimizers.AdamW`
-    (`variable -= variable * weight_decay * learning_rate * multiplier`,
-    before the Adam step), skipped for variables whose name contains one of
-    `no_weight_decay_names`. A variable's Adam step uses
-    `learning_rate * multiplier`, the multiplier looked up by
-    `variable.path` (1 when absent). Works with learning-rate schedules and
-    on every backend.
+    Decoupled weight decay as in `keras.optimizers.AdamW` (`variable -=
+    variable * weight_decay * learning_rate * multiplier`, before the Adam
+    step), skipped for variables whose name contains one of
+    `no_weight_decay_names`; the Adam step uses `learning_rate *
+    multiplier`. Keras optimizers take one learning rate, so the multipliers
+    are applied in `update_step`.
 
     Args:
         learning_rate: float or `keras.optimizers.schedules` schedule.
         weight_decay: float. Decoupled weight decay.
-        learning_rate_multipliers: dict `{variable.path: float}`, e.g. from
-            `layer_decay_multipliers`.
-        no_weight_decay_names: sequence of strings; see
-            `NO_WEIGHT_DECAY_NAMES`.
-        **kwargs: other `keras.optimizers.Adam` arguments (`beta_1`,
-            `beta_2`, `epsilon`, `global_clipnorm`, ...).
-
-    Example:
-    ```python
-    optimizer = LayerDecayAdamW(
-        learning_rate=1e-4,
-        weight_decay=0.05,
-        learning_rate_multipliers=layer_decay_multipliers(classifier, 0.75),
-    )
-    ```
+        learning_rate_multipliers: dict `{variable.path: float}` (1 when
+            absent), e.g. from `layer_decay_multipliers`.
+        no_weight_decay_names: sequence of strings.
+        **kwargs: other `keras.optimizers.Adam` arguments.
     """
 
     def __init__(
@@ -218,23 +180,17 @@ def finetuning_optimizer(
     without, a plain `keras.optimizers.AdamW`.
 
     Args:
-        model: the `CaiTImageClassifier` (or `CaiTBackbone`) to train; needed
-            for the layer-wise multipliers.
-        learning_rate: float or schedule. CaiT fine-tunes at around
-            `5e-4 * batch_size / 512` from ImageNet; smaller for small data.
+        model: the `CaiTImageClassifier` (or `CaiTBackbone`) to train.
+        learning_rate: float or schedule.
         weight_decay: float. 0.05 in the CaiT/DeiT recipe.
         layer_decay: `None` or float in `(0, 1]`.
         **kwargs: other AdamW arguments (`beta_1`, `global_clipnorm`, ...).
-
-    Returns:
-        A Keras optimizer, to pass to `model.compile(optimizer=...)`.
 
     Example:
     ```python
     classifier.compile(
         optimizer=finetuning_optimizer(classifier, 1e-4, layer_decay=0.75),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
     )
     ```
     """
@@ -279,16 +235,10 @@ def load_for_finetuning(
             `attention_dropout`).
 
     Returns:
-        A `CaiTImageClassifier` (compiled with KerasHub's defaults; compile
+        A `CaiTImageClassifier` compiled with KerasHub's defaults (compile
         it again with `finetuning_optimizer`).
-
-    Example:
-    ```python
-    classifier = load_for_finetuning("cait_xxs24_224", num_classes=10,
-                                     image_shape=(160, 160, 3),
-                                     drop_path_rate=0.1)
-    ```
     """
+
     backbone_kwargs = dict(kwargs, drop_path_rate=drop_path_rate)
     if image_shape is not None:
         backbone_kwargs["image_shape"] = tuple(image_shape)

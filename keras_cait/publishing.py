@@ -1,13 +1,6 @@
-"""Publishing: a timm CaiT checkpoint converted into a keras-cait preset.
-
-`convert()` is the one implementation behind `keras-cait convert` and
-`tools/convert_timm_checkpoint.py`: load the checkpoint with
-`CaiTImageClassifier.from_preset` (weights, head and preprocessor), write it
-with `save_to_preset` next to the output folder, reload the written preset
-and check its logits equal the converted model's, compare with timm's own
-model where `timm` is importable, rename the folder into place, and
-optionally publish it with `keras_hub.upload_preset`.
-"""
+"""Publishing: a timm CaiT checkpoint converted into a keras-cait preset
+(`convert()`, behind `keras-cait convert` and
+`tools/convert_timm_checkpoint.py`)."""
 
 import os
 
@@ -61,9 +54,14 @@ def timm_logits(source, images):
 
 
 def convert(source, output_dir, atol=1e-4, num_images=2, upload=None):
-    """Converts a CaiT checkpoint into a keras-cait preset directory.
+    """Converts a CaiT checkpoint into a keras-cait preset directory: loads
+    it with `CaiTImageClassifier.from_preset`, writes it with
+    `save_to_preset` next to `output_dir`, checks that the reloaded preset's
+    logits equal the model's and (where timm is importable) timm's, renames
+    it into place and optionally uploads it with `keras_hub.upload_preset`.
 
     Args:
+
         source: a preset name, `hf://` handle or local timm directory.
         output_dir: the preset directory to write; it must not exist. It
             appears only once written and checked.

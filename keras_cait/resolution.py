@@ -15,13 +15,11 @@ from keras_cait.models.cait_image_classifier import CaiTImageClassifier
 def with_image_shape(model, image_shape):
     """A copy of a keras-cait model built for another input size.
 
-    Rebuilds the `CaiTBackbone` (or the `CaiTImageClassifier` around it) from
-    its config with the new `image_shape` and copies every weight through
-    `load_timm_weights`, which resamples the position embedding with
-    `resample_position_embedding`. The result saves and loads like any
-    keras-cait model (`.keras` file or `save_to_preset`), keeping the
-    resampled embedding. For checkpoints on disk, `from_preset(handle,
+    Rebuilds the model from its config with the new `image_shape` and copies
+    every weight through `load_timm_weights`, which resamples the position
+    embedding. For checkpoints on disk, `from_preset(handle,
     image_shape=...)` does the same in one step.
+
 
     Args:
         model: a `CaiTBackbone` or `CaiTImageClassifier` (e.g. loaded with

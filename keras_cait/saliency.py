@@ -1,9 +1,6 @@
 """Class-attention maps as pictures: NumPy helpers on the arrays that
-`get_attention_maps()` returns (see `CaiTBackbone.attention_model()`).
+`get_attention_maps()` returns (figures: `keras_cait.visualization`)."""
 
-They take arrays and return arrays; they never plot (see
-`keras_cait.visualization` for figures).
-"""
 
 import numpy as np
 from PIL import Image
@@ -85,22 +82,12 @@ def upsample_maps(maps, image_size, resample="bilinear"):
         raise CaiTConfigError(
             f"`maps` must have shape (..., rows, columns), got {maps.shape}."
         )
-    filters = {
-        "nearest": Image.Resampling.NEAREST,
-        "bilinear": Image.Resampling.BILINEAR,
-        "bicubic": Image.Resampling.BICUBIC,
-    }
     flat = maps.reshape((-1,) + maps.shape[-2:])
-    resized = np.stack(
-        [
-            np.asarray(
-                Image.fromarray(m, mode="F").resize(
-                    (width, height), filters[resample]
-                )
-            )
-            for m in flat
-        ]
-    )
+    resampling = getattr(Image.Resampling, resample.upper())
+    resized = np.stack([
+        np.asarray(Image.fromarray(m, mode="F").resize((width, height), resampling))
+        for m in flat
+    ])
     return resized.reshape(maps.shape[:-2] + (height, width))
 
 

@@ -1,13 +1,8 @@
-"""The CaiT configuration schema: the arguments, their one validator, and
-the checkpoint layout they imply.
-
-`check_backbone_config` is the one check of `CaiTBackbone` arguments: the
-backbone runs it on its own arguments, and the loaders and safety checks run
-it (with size limits) on configurations read from files, before anything is
-built. `checkpoint_layout` is the one derivation of CaiT's tensors from its
-arguments: timm's keys and shapes, the transpose to Keras layout and the
-Keras variable path of each (the loaders' key map, the parameter budget,
-`tools/benchmark.py`). Nothing here imports Keras or a model.
+"""The CaiT configuration schema: the arguments, their one validator
+(`check_backbone_config`, also run with size limits on configurations read
+from files), and the checkpoint layout they imply (`checkpoint_layout`:
+timm's keys and shapes, the transpose to Keras layout and each Keras
+variable's path). Nothing here imports Keras or a model.
 """
 
 import collections
@@ -44,16 +39,8 @@ BACKBONE_DEFAULTS = dict(
     drop_path_rate=0.0,
     layer_norm_epsilon=1e-6,
 )
-CLASSIFIER_ARGUMENTS = (
-    "backbone",
-    "num_classes",
-    "preprocessor",
-    "pooling",
-    "activation",
-    "dropout",
-    "head_dtype",
-    "compile",
-)
+CLASSIFIER_ARGUMENTS = ("backbone", "num_classes", "preprocessor", "pooling",
+                        "activation", "dropout", "head_dtype", "compile")
 _KERAS_KEYS = {"name", "trainable", "dtype"}
 
 # Limits for configurations read from files (`limits=True`); far above every
@@ -166,11 +153,8 @@ def check_backbone_config(
             sides are not divisible by `patch_size`, `hidden_dim` by
             `num_heads`, or the model would exceed `max_parameters`.
 
-    Example:
-    ```python
-    keras_cait.schema.check_backbone_config(backbone.get_config())
-    ```
     """
+
     check = _Checker(source, limits, names)
     if not isinstance(config, dict):
         raise check.fail(
@@ -324,17 +308,8 @@ def checkpoint_layout(config, num_classes=0):
         num_classes: int. The head's classes; `0` means no `head.*` tensors.
 
     Returns:
-        A list of `CheckpointTensor`: the class token, the position and
-        patch embeddings, the self-attention blocks, the class-attention
-        blocks, the final norm, then the head.
-
-    Example:
-    ```python
-    layout = keras_cait.schema.checkpoint_layout(
-        dict(hidden_dim=192, num_layers=24, num_heads=4), num_classes=1000
-    )
-    sum(math.prod(t.shape) for t in layout)  # 12,030,400 (cait_xxs24_224)
-    ```
+        A list of `CheckpointTensor`, in timm's module order (embeddings,
+        blocks, class-attention blocks, final norm, head).
     """
     k = {**BACKBONE_DEFAULTS, **config}
     height, width, channels = k["image_shape"]

@@ -21,12 +21,8 @@ from keras_cait.saliency import (
 
 
 def require_matplotlib():
-    """matplotlib's `Figure` class.
-
-    Raises:
-        CaiTConfigError: matplotlib is not installed (with the install
-            command).
-    """
+    """matplotlib's `Figure` class; `CaiTConfigError` (with the install
+    command) when matplotlib is not installed."""
     try:
         from matplotlib.figure import Figure  # optional dependency: keras-cait[viz]
     except ImportError:
@@ -50,12 +46,6 @@ def display_image(image, mean=None, std=None):
 
     Returns:
         float32 array `(height, width, 3)` in [0, 1].
-
-    Example:
-    ```python
-    converter = classifier.preprocessor.image_converter
-    picture = display_image(model_input, converter.mean, converter.std)
-    ```
     """
     image = np.asarray(image)
     if image.ndim == 2:
@@ -79,22 +69,10 @@ def display_image(image, mean=None, std=None):
 
 
 def crop_box(image_shape, map_shape, crop_pct=1.0):
-    """The centred region of an original image that the model saw.
-
-    `CaiTImageConverter` resizes so the image covers the model's input, then
-    center-crops it (keeping `crop_pct` of the resized size). In the
-    original image's pixels, that crop is the largest centred box with the
-    input's aspect ratio, scaled by `crop_pct`.
-
-    Args:
-        image_shape: `(height, width, ...)` of the original image.
-        map_shape: `(rows, columns)` of the model input (or any map with the
-            same aspect ratio).
-        crop_pct: float in (0, 1], the converter's `crop_pct`.
-
-    Returns:
-        `(top, left, height, width)` in the original image's pixels.
-    """
+    """The centred region `(top, left, height, width)` of an original image
+    of `image_shape` that the model saw: the largest centred box with the
+    aspect ratio of `map_shape` (the model input's, or any map's with it),
+    scaled by the converter's `crop_pct`."""
     height, width = int(image_shape[0]), int(image_shape[1])
     rows, columns = int(map_shape[0]), int(map_shape[1])
     if not 0.0 < crop_pct <= 1.0:
@@ -148,13 +126,6 @@ def plot_attention_heads(
 
     Returns:
         A `matplotlib.figure.Figure`.
-
-    Example:
-    ```python
-    maps = classifier.get_attention_maps(images)
-    figure = plot_attention_heads(maps["class_attention_0"][0], (14, 14))
-    save_figure(figure, "heads.png")
-    ```
     """
     Figure = require_matplotlib()
     attention = _check_single_attention(attention)
@@ -218,13 +189,6 @@ def plot_saliency(
 
     Returns:
         A `matplotlib.figure.Figure` with two panels.
-
-    Example:
-    ```python
-    figure = plot_saliency(photo, maps["class_attention_1"][0], (14, 14),
-                           crop_pct=1.0)
-    save_figure(figure, "saliency.png")
-    ```
     """
     Figure = require_matplotlib()
     picture = display_image(image)
@@ -279,16 +243,8 @@ def plot_saliency(
 
 
 def save_figure(figure, path, dpi=100):
-    """Saves a figure as PNG, atomically (temporary file, then rename).
-
-    Args:
-        figure: a `matplotlib.figure.Figure`.
-        path: str or path-like; its directory is created if missing.
-        dpi: resolution.
-
-    Returns:
-        The path, as a string.
-    """
+    """Saves a matplotlib figure as PNG at `path` (a string, returned; its
+    directory is created if missing), atomically."""
     path = os.fspath(path)
     with staged_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=dpi)
@@ -329,15 +285,8 @@ def save_attention_figures(
 
     Returns:
         The list of written paths.
-
-    Example:
-    ```python
-    paths = save_attention_figures(
-        {k: v[0] for k, v in maps.items()}, "out", "cat", picture, (14, 14),
-        original=photo,
-    )
-    ```
     """
+
     names = sorted(
         (name for name in maps if name.startswith("class_attention_")),
         key=lambda name: int(name.rsplit("_", 1)[1]),

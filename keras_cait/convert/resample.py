@@ -1,18 +1,11 @@
 """Position-embedding resampling for running CaiT at another resolution.
 
-A CaiT checkpoint learns one position embedding per patch of the grid it was
-trained on. To use it on another grid (another image size, square or not), the
-embedding is treated as a `(rows, columns, dim)` image and resized with
-antialiased bicubic interpolation, as timm's `resample_abs_pos_embed` does
-(PyTorch `interpolate(mode="bicubic", antialias=True, align_corners=False)`).
-
-The resize here is plain NumPy, written from the definition of separable
-antialiased convolution resampling: along each axis the output is a weight
-matrix times the input, each row of weights being the cubic kernel (Keys,
-`a = -0.5`) evaluated at the input pixel centres, stretched by the scale factor
-when shrinking (the antialiasing), and normalised to sum to one. It runs on the
-checkpoint's weights before they reach Keras, so every backend gets exactly the
-same numbers.
+The embedding is a `(rows, columns, dim)` image resized with antialiased
+bicubic interpolation, as timm's `resample_abs_pos_embed` does (PyTorch
+`interpolate(mode="bicubic", antialias=True, align_corners=False)`), in
+NumPy on the checkpoint's weights, so every backend gets the same numbers:
+along each axis, a matrix of Keys cubic weights (`a = -0.5`), stretched when
+shrinking, each row normalised to sum to one.
 """
 
 import numpy as np
@@ -27,16 +20,8 @@ CUBIC_SUPPORT = 2.0
 
 
 def cubic_kernel(x, a=CUBIC_COEFFICIENT):
-    """Keys' cubic convolution kernel, evaluated element-wise.
-
-    Args:
-        x: NumPy array of distances, in pixels.
-        a: float. The kernel coefficient (`-0.5` for Keys/Pillow/antialiased
-            PyTorch, `-0.75` for PyTorch's plain bicubic).
-
-    Returns:
-        A float64 array of the kernel's values, shaped like `x`.
-    """
+    """Keys' cubic convolution kernel at the distances `x` (pixels), as a
+    float64 array; `a` is `-0.5` for Pillow and antialiased PyTorch."""
     x = np.abs(np.asarray(x, dtype=np.float64))
     near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
     far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
@@ -44,23 +29,12 @@ def cubic_kernel(x, a=CUBIC_COEFFICIENT):
 
 
 def resize_weights(input_size, output_size, a=CUBIC_COEFFICIENT):
-    """The `(output_size, input_size)` matrix of an antialiased bicubic resize.
+    """The float64 `(output_size, input_size)` matrix of an antialiased
+    bicubic resize along one axis: output pixel `i` is centred at `(i + 0.5)
+    * scale` (`align_corners=False`); when shrinking the kernel is stretched
+    by `scale`; each row covers the inputs in the kernel's support (clipped
+    at the borders) and sums to one."""
 
-    Output pixel `i` is centred at `(i + 0.5) * scale` in input coordinates,
-    with `scale = input_size / output_size` (half-pixel centres, i.e.
-    `align_corners=False`). When shrinking (`scale > 1`) the kernel is
-    stretched by `scale` so every input pixel contributes (antialiasing).
-    Each row only covers the input pixels inside the kernel's support
-    (clipped at the borders) and is normalised to sum to one.
-
-    Args:
-        input_size: int. Number of input pixels along the axis.
-        output_size: int. Number of output pixels along the axis.
-        a: float. The cubic kernel's coefficient (see `cubic_kernel`).
-
-    Returns:
-        A float64 NumPy array of shape `(output_size, input_size)`.
-    """
     scale = input_size / output_size
     stretch = max(scale, 1.0)
     support = CUBIC_SUPPORT * stretch

@@ -1,13 +1,6 @@
-"""timm's CaiT keywords <-> keras-cait's arguments, both directions.
-
-A timm `config.json` is read the way `timm.create_model(architecture,
-**model_args)` reads it: the architecture's own arguments first, then every
-`Cait` keyword of `model_args` on top (`resolve_timm_arguments`). Those
-keywords map to `CaiTBackbone` and `CaiTImageClassifier` arguments
-(`backbone_kwargs_from_timm`, `classifier_kwargs_from_timm`, checked by
-`keras_cait.schema` under timm's names), and back
-(`timm_arguments_from_keras`, for `timm.create_model` or timm's `Cait`).
-"""
+"""timm's CaiT keywords <-> keras-cait's arguments, both directions: a timm
+`config.json` read as `timm.create_model(architecture, **model_args)` reads
+it, checked by `keras_cait.schema` under timm's names, and back."""
 
 import math
 
@@ -85,20 +78,9 @@ _TIMM_NAMES = {
 
 
 def resolve_timm_arguments(architecture, model_args=None, source="config.json"):
-    """Merges a timm architecture's arguments with `model_args` overrides.
-
-    Only the keywords are checked here (their values are checked by
-    `backbone_kwargs_from_timm` and `classifier_kwargs_from_timm`).
-
-    Args:
-        architecture: string. A timm CaiT architecture such as
-            `"cait_xxs24_224"`.
-        model_args: dict or `None`. `Cait` keywords that override the
-            architecture's (timm's `config.json` `model_args`).
-        source: string. Where the values come from, quoted in errors.
-
-    Returns:
-        A dict of every supported `Cait` keyword.
+    """Every supported timm `Cait` keyword: the `architecture`'s (e.g.
+    `"cait_xxs24_224"`) with `model_args` (timm's `config.json` entry) on
+    top. Only the keywords are checked here, not their values.
 
     Raises:
         CaiTConfigError: the architecture is not CaiT, a keyword is not
@@ -166,17 +148,12 @@ def classifier_kwargs_from_timm(arguments, source="config.json"):
 
 
 def timm_arguments_from_keras(backbone_kwargs, classifier_kwargs=None):
-    """timm `Cait` keywords building the same model as these arguments (the
-    inverse of `backbone_kwargs_from_timm` and `classifier_kwargs_from_timm`),
-    for `timm.create_model(architecture, **keywords)` or `Cait(**keywords)`.
-
-    Args:
-        backbone_kwargs: dict of `CaiTBackbone` arguments (missing ones at
-            their defaults).
-        classifier_kwargs: `None` or a dict of `num_classes`, `pooling` and
-            `dropout` (missing ones: 1000 classes, `"token"`, `0.0`).
+    """timm `Cait` keywords building the same model as `backbone_kwargs` and
+    `classifier_kwargs` (`None`: 1000 classes, `"token"`, no dropout), the
+    inverse of `backbone_kwargs_from_timm` and `classifier_kwargs_from_timm`.
 
     Raises:
+
         CaiTConfigError: the arguments are invalid, or `layer_norm_epsilon`
             is not timm's 1e-6 (timm's `Cait` has no keyword for it).
     """

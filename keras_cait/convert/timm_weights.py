@@ -1,14 +1,9 @@
 """Filling keras-cait models with timm CaiT tensors: the one assignment path.
 
-KerasHub's `port_weight` pattern: each variable of a model has a timm key
-and a transpose (`keras_cait.schema.checkpoint_layout`, resolved on the
-model by `model_weight_map`); `load_timm_weights` reads each key from a
-source of timm-layout tensors, transposes it and assigns it. Every loader
-goes through it, with one of three sources: a safetensors file
-(`keras_cait.io.safetensors_io.SafetensorsFile`: timm repos and
-directories), a state dict (`StateDict`: `load_timm_state_dict`) or another
-model's weights (`ModelTensors`: `image_shape=` on a keras-cait preset and
-`with_image_shape`).
+KerasHub's `port_weight` pattern: `load_timm_weights` reads each variable's
+timm key (`keras_cait.schema.checkpoint_layout`) from a source of
+timm-layout tensors (`SafetensorsFile`, `StateDict` or `ModelTensors`),
+transposes it and assigns it.
 """
 
 import ctypes
@@ -25,18 +20,11 @@ from keras_cait.schema import BACKBONE_DEFAULTS, checkpoint_layout, keras_shape
 
 
 def model_weight_map(model, load_backbone=True, load_head=True):
-    """Lists `(CheckpointTensor, variable)` for a `CaiTBackbone` or a
-    `CaiTImageClassifier` (whose head is timm's `head`), in layout order.
+    """`(CheckpointTensor, variable)` pairs of a `CaiTBackbone` or a
+    `CaiTImageClassifier` (its head is timm's `head`), in layout order, for
+    the backbone and/or the head; `CaiTWeightsError` when the model's
+    variables are not its CaiT layout's (e.g. a quantized model)."""
 
-    Args:
-        model: the model.
-        load_backbone: bool. Include the backbone's variables.
-        load_head: bool. Include the head's.
-
-    Raises:
-        CaiTWeightsError: the model's variables are not those of its CaiT
-            layout (e.g. a quantized model).
-    """
     backbone = getattr(model, "backbone", model)
     head = getattr(model, "output_dense", None) if model is not backbone else None
     layout = checkpoint_layout(
@@ -69,18 +57,9 @@ def to_keras(tensor, array):
 
 
 class StateDict:
-    """A timm state dict as a tensor source for `load_timm_weights`.
-
-    Its floating-point tensors are checked when it is created (float64 to
-    float32, NaN/Inf refused: `checked_array`), so a bad value is found
-    before anything is assigned.
-
-    Args:
-        state_dict: mapping of timm key to array-like in timm (PyTorch)
-            layout.
-        source: string naming it in errors.
-        allow_non_finite: bool. Accept tensors holding NaN or Inf.
-    """
+    """A timm state dict (timm key to array-like, timm layout) as a tensor
+    source for `load_timm_weights`; its floating-point tensors are checked
+    (`checked_array`) when it is created, before anything is assigned."""
 
     def __init__(self, state_dict, source="state dict", allow_non_finite=False):
         self._arrays = {}
@@ -155,18 +134,13 @@ def load_timm_weights(
 
     Args:
         model: a `CaiTBackbone` or `CaiTImageClassifier`.
-        tensors: the source: an object with `keys()`, `shape(key)` (timm
-            layout), `dtype(key)` (a NumPy dtype name) and `read(key)`
-            (NumPy array): a `SafetensorsFile`, `StateDict` or
-            `ModelTensors`.
+        tensors: an object with `keys()`, `shape(key)` (timm layout),
+            `dtype(key)` (a NumPy dtype name) and `read(key)` (NumPy).
         source: string naming the source in errors (e.g. the file's path).
-        load_backbone: bool. Assign the backbone (else its tensors in the
-            source are ignored).
-        load_head: bool. Assign the head (else `head.*` in the source is
-            ignored).
-        source_grid: `None` or the patch grid `(rows, columns)` the source's
-            `pos_embed` was made for; when it differs from the model's, the
-            embedding is resampled (`resample_position_embedding`).
+        load_backbone, load_head: bool. Assign the backbone, the head (else
+            their tensors in the source are ignored).
+        source_grid: `None` or the patch grid `(rows, columns)` of the
+            source's `pos_embed`, resampled when it differs from the model's.
 
     Raises:
         CaiTWeightsError: a tensor is missing, unexpected, not floating
@@ -233,12 +207,8 @@ def load_timm_state_dict(model, state_dict, allow_non_finite=False, source="stat
         CaiTWeightsError: a tensor is missing, unexpected, of the wrong
             shape or dtype, or not finite. Nothing is assigned then.
 
-    Example:
-    ```python
-    from safetensors.numpy import load_file
-    keras_cait.load_timm_state_dict(classifier, load_file("model.safetensors"))
-    ```
     """
+
     load_timm_weights(model, StateDict(state_dict, source, allow_non_finite), source)
     return model
 

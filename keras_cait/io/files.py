@@ -31,16 +31,29 @@ def read_json(path, source=None):
     source = source or path
     if not os.path.isfile(path):
         raise CaiTFileNotFoundError(f"{source}: '{os.path.basename(path)}' is missing.")
+    with open(path, "rb") as f:
+        return parse_json_object(f.read(), source)
+
+
+def parse_json_object(data, source):
+    """`data` (UTF-8 bytes or a string) parsed as a JSON object.
+
+    Raises:
+        CaiTConfigError: naming `source`: not UTF-8 JSON, nested too deeply,
+            or not a JSON object.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        value = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CaiTConfigError(f"{source}: not valid JSON ({e}).") from e
+        raise CaiTConfigError(f"{source} is not valid JSON ({e}).") from None
     except RecursionError:
         raise CaiTConfigError(f"{source}: the JSON is nested too deeply.") from None
-    if not isinstance(data, dict):
-        raise CaiTConfigError(f"{source}: expected a JSON object, got {type(data).__name__}.")
-    return data
+    if not isinstance(value, dict):
+        raise CaiTConfigError(
+            f"{source}: expected a JSON object, got {type(value).__name__}."
+        )
+    return value
+
 
 
 def sha256_file(path, chunk_size=1 << 22):

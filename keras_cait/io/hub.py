@@ -8,6 +8,7 @@ errors that say which file is missing and what to do about it.
 import contextlib
 import os
 import pathlib
+import re
 
 import huggingface_hub
 from huggingface_hub import errors as hub_errors
@@ -58,18 +59,13 @@ def _hub_errors(repo_id, revision, filename=None):
 
 
 def download_file(repo_id, filename, revision=None, label=None):
-    """Downloads (or finds in the cache) one file of a Hub repo.
-
-    Args:
-        repo_id: string, e.g. `"timm/cait_xxs24_224.fb_dist_in1k"`.
-        filename: string, e.g. `"model.safetensors"`.
-        revision: `None` (the repo's `main`), a branch, tag or commit.
-        label: `None` or `(repo_id, revision)` to quote in errors instead
-            (the handle as the user wrote it).
+    """Downloads (or finds in the cache) one file of a Hub repo at
+    `revision` (`None`: `main`); `label`, a `(repo_id, revision)` pair, is
+    quoted in errors instead when given.
 
     Returns:
-        A `(local_path, commit)` tuple; `commit` is the resolved commit id
-        (the name of the cache's snapshot folder), or `None`.
+        `(local_path, commit)`: `commit` is the resolved commit id, or `None`.
+
 
     Raises:
         CaiTFileNotFoundError: the repo, revision or file does not exist, or
@@ -84,32 +80,19 @@ def download_file(repo_id, filename, revision=None, label=None):
 
 
 def download_repo(repo_id, revision=None):
-    """Downloads (or finds in the cache) a whole Hub repo.
-
-    Args:
-        repo_id: string. The repo id.
-        revision: `None` (`main`), a branch, tag or commit.
-
-    Returns:
-        The local snapshot directory.
-
-    Raises:
-        CaiTFileNotFoundError, CaiTConfigError: as `download_file`.
-    """
+    """Downloads (or finds in the cache) a whole Hub repo at `revision`
+    (`None`: `main`); returns the local snapshot directory. Raises as
+    `download_file`."""
     with _hub_errors(repo_id, revision):
         return huggingface_hub.snapshot_download(repo_id=repo_id, revision=revision)
 
 
 def snapshot_commit(path):
-    """The commit id of a file inside the Hugging Face cache, or `None`.
-
-    The cache stores a repo's files under `snapshots/<commit>/`.
-    """
+    """The commit id of a file inside the Hugging Face cache (stored under
+    `snapshots/<commit>/`), or `None`."""
     parts = pathlib.Path(os.path.abspath(path)).parts
-    if "snapshots" in parts:
-        index = len(parts) - 1 - parts[::-1].index("snapshots")
-        if index + 1 < len(parts):
-            candidate = parts[index + 1]
-            if len(candidate) == 40 and all(c in "0123456789abcdef" for c in candidate):
-                return candidate
-    return None
+    if "snapshots" not in parts:
+        return None
+    index = len(parts) - 1 - parts[::-1].index("snapshots")
+    candidate = parts[index + 1] if index + 1 < len(parts) else ""
+    return candidate if re.fullmatch(r"[0-9a-f]{40}", candidate) else None

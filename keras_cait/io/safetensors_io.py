@@ -26,21 +26,11 @@ from keras_cait.errors import (
 from keras_cait.io.files import SHA256_PATTERN, sha256_file
 
 # The safetensors dtypes read into NumPy, by NumPy name.
-DTYPE_NAMES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "U16": "uint16",
-    "I16": "int16",
-    "U32": "uint32",
-    "I32": "int32",
-    "U64": "uint64",
-    "I64": "int64",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F32": "float32",
-    "F64": "float64",
-}
+DTYPE_NAMES = dict(
+    BOOL="bool", U8="uint8", I8="int8", U16="uint16", I16="int16", U32="uint32",
+    I32="int32", U64="uint64", I64="int64", F16="float16", BF16="bfloat16",
+    F32="float32", F64="float64",
+)
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # Bytes read through one `safe_open` handle before it is reopened (the pages
@@ -102,11 +92,6 @@ def verify_sha256(path, expected_sha256, expected_by="the caller"):
         CaiTFileNotFoundError: the file does not exist.
         CaiTIntegrityError: the digests differ (the file was modified,
             truncated or corrupted).
-
-    Example:
-    ```python
-    keras_cait.io.safetensors_io.verify_sha256("model.safetensors", "3f0a...")
-    ```
     """
     expected = normalize_sha256(expected_sha256, source=f"{path}: expected_sha256")
     _check_is_file(path)
@@ -188,13 +173,12 @@ def checked_array(array, key, source, allow_non_finite=False):
 
 
 class SafetensorsFile:
-    """A safetensors file, read one tensor at a time with `safe_open`.
+    """A safetensors file, read one tensor at a time with `safe_open` (a
+    context manager).
 
     The file is opened (and its header checked by `safetensors`) when this
     object is created. Reading a tensor returns a new NumPy array checked by
-    `checked_array`; the memory map is released every
-    `REOPEN_EVERY_BYTES`, so reading a whole file keeps about that much of
-    it resident, not the file.
+    `checked_array`; the memory map is released every `REOPEN_EVERY_BYTES`.
 
     Args:
         path: path of a `.safetensors` file.
@@ -206,13 +190,6 @@ class SafetensorsFile:
         CaiTWeightsError: the file is not a valid safetensors file (empty,
             truncated, random bytes, a header inconsistent with itself or
             the file), or holds a dtype NumPy cannot read.
-
-    Example:
-    ```python
-    with SafetensorsFile("model.safetensors") as tensors:
-        for key in tensors.keys():
-            print(key, tensors.shape(key), tensors.read(key).dtype)
-    ```
     """
 
     def __init__(self, path, allow_non_finite=False):
@@ -314,26 +291,21 @@ def read_safetensors(path, expected_sha256=None, allow_non_finite=False):
             Inf (refused by default).
 
     Returns:
-        A dict mapping each tensor name to a NumPy array, in file order.
-        float64 tensors are converted to float32 with a warning (an error if
-        a value does not fit in float32); BF16 tensors are
-        `ml_dtypes.bfloat16` arrays.
+        A dict mapping each tensor name to a NumPy array, in file order
+        (float64 converted to float32, BF16 as `ml_dtypes.bfloat16`).
 
     Raises:
-        CaiTFileNotFoundError: the file does not exist.
-        CaiTIntegrityError: the SHA-256 digest differs from `expected_sha256`.
-        CaiTConfigError: `expected_sha256` is not a SHA-256 digest.
-        CaiTWeightsError: the file is not a valid safetensors file, a dtype
-            is unsupported, or a tensor holds NaN/Inf (unless
-            `allow_non_finite`).
+        CaiTFileNotFoundError, CaiTIntegrityError, CaiTConfigError: as
+            `verify_sha256`.
+        CaiTWeightsError: as `SafetensorsFile`, or a tensor holds NaN/Inf
+            (unless `allow_non_finite`).
 
     Example:
     ```python
-    from keras_cait.io.safetensors_io import read_safetensors
-    state_dict = read_safetensors("model.safetensors")
-    keras_cait.load_timm_state_dict(classifier, state_dict)
+    keras_cait.load_timm_state_dict(classifier, read_safetensors("model.safetensors"))
     ```
     """
+
     path = os.fspath(path)
     if expected_sha256 is not None:
         verify_sha256(path, expected_sha256)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_cait.layers.sublayers import apply_dense
+from keras_cait.layers.sublayers import apply_dense, attention_output_spec
 from keras_cait.serialization import register
 
 
@@ -88,16 +88,7 @@ class ClassAttention(keras.layers.Layer):
         return (input_shape[0], self.num_heads, 1, input_shape[1])
 
     def compute_output_spec(self, inputs, return_attention=False):
-        outputs = keras.KerasTensor(
-            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
-        )
-        if not return_attention:
-            return outputs
-        attention = keras.KerasTensor(
-            self.compute_attention_shape(inputs.shape),
-            dtype=self.compute_dtype,
-        )
-        return outputs, attention
+        return attention_output_spec(self, inputs, return_attention)
 
     def get_config(self):
         config = super().get_config()

@@ -4,8 +4,7 @@ import keras
 from keras import ops
 
 from keras_cait.layers.class_attention import ClassAttention
-from keras_cait.layers.layer_scale import LayerScale
-from keras_cait.layers.mlp import CaiTMLP
+from keras_cait.layers.self_attention_block import build_branches
 from keras_cait.layers.sublayers import call_sublayer
 from keras_cait.serialization import register
 
@@ -57,39 +56,14 @@ class ClassAttentionBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
 
     def build(self, patch_tokens_shape, class_token_shape=None):
-        token_shape = (None, None, self.hidden_dim)
-        policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1"
-        )
-        self.norm1.build(token_shape)
-        self.attn = ClassAttention(
+        attention = ClassAttention(
             self.hidden_dim,
             self.num_heads,
             use_qkv_bias=self.use_qkv_bias,
-            dtype=policy,
+            dtype=self.dtype_policy,
             name="attn",
         )
-        self.attn.build(token_shape)
-        self.layer_scale_1 = LayerScale(
-            self.layer_scale_init_value, dtype=policy, name="layer_scale_1"
-        )
-        self.layer_scale_1.build(token_shape)
-        self.norm2 = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2"
-        )
-        self.norm2.build(token_shape)
-        self.mlp = CaiTMLP(
-            self.hidden_dim,
-            int(self.hidden_dim * self.mlp_ratio),
-            dtype=policy,
-            name="mlp",
-        )
-        self.mlp.build(token_shape)
-        self.layer_scale_2 = LayerScale(
-            self.layer_scale_init_value, dtype=policy, name="layer_scale_2"
-        )
-        self.layer_scale_2.build(token_shape)
+        build_branches(self, attention)
 
     def call(self, patch_tokens, class_token, return_attention=False):
         # timm's LayerScaleBlockClassAttn.forward (no drop path here):

@@ -7,17 +7,10 @@ from keras_cait.serialization import register
 
 @register
 class LayerScale(keras.layers.Layer):
-    """Multiplies its input by a learned per-channel vector `gamma`.
+    """Multiplies its input by a learned per-channel vector `gamma` (timm's
+    `gamma_1`/`gamma_2`; Touvron et al., 2021), every entry initialised to
+    `init_values`, which lets very deep transformers train."""
 
-    CaiT (Touvron et al., 2021) scales the output of every residual branch by
-    a diagonal matrix initialised to a small value, which lets very deep
-    transformers train. This is timm's `gamma_1`/`gamma_2`.
-
-    Args:
-        init_values: float. The initial value of every entry of `gamma`.
-        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
-            including `name` and `dtype`.
-    """
 
     def __init__(self, init_values=1e-5, **kwargs):
         super().__init__(**kwargs)

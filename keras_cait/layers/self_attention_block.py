@@ -10,6 +10,37 @@ from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
 from keras_cait.serialization import register
 
 
+def build_branches(block, attention, mlp_dropout=0.0):
+    """Builds a CaiT block's two residual branches in timm's order: `norm1`,
+    `attn` (the given attention layer), `layer_scale_1`, `norm2`, `mlp`,
+    `layer_scale_2`, as attributes of `block` (names its weights keep)."""
+    token_shape = (None, None, block.hidden_dim)
+    policy = block.dtype_policy
+    block.norm1 = keras.layers.LayerNormalization(
+        epsilon=block.layer_norm_epsilon, dtype=policy, name="norm1"
+    )
+    block.attn = attention
+    block.layer_scale_1 = LayerScale(
+        block.layer_scale_init_value, dtype=policy, name="layer_scale_1"
+    )
+    block.norm2 = keras.layers.LayerNormalization(
+        epsilon=block.layer_norm_epsilon, dtype=policy, name="norm2"
+    )
+    block.mlp = CaiTMLP(
+        block.hidden_dim,
+        int(block.hidden_dim * block.mlp_ratio),
+        dropout_rate=mlp_dropout,
+        dtype=policy,
+        name="mlp",
+    )
+    block.layer_scale_2 = LayerScale(
+        block.layer_scale_init_value, dtype=policy, name="layer_scale_2"
+    )
+    for layer in (block.norm1, block.attn, block.layer_scale_1, block.norm2,
+                  block.mlp, block.layer_scale_2):
+        layer.build(token_shape)
+
+
 @register
 class SelfAttentionBlock(keras.layers.Layer):
     """A pre-norm transformer block over all patch tokens (timm's
@@ -68,11 +99,7 @@ class SelfAttentionBlock(keras.layers.Layer):
     def build(self, input_shape):
         token_shape = (None, None, self.hidden_dim)
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1"
-        )
-        self.norm1.build(token_shape)
-        self.attn = TalkingHeadsAttention(
+        attention = TalkingHeadsAttention(
             self.hidden_dim,
             self.num_heads,
             use_qkv_bias=self.use_qkv_bias,
@@ -81,27 +108,7 @@ class SelfAttentionBlock(keras.layers.Layer):
             dtype=policy,
             name="attn",
         )
-        self.attn.build(token_shape)
-        self.layer_scale_1 = LayerScale(
-            self.layer_scale_init_value, dtype=policy, name="layer_scale_1"
-        )
-        self.layer_scale_1.build(token_shape)
-        self.norm2 = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2"
-        )
-        self.norm2.build(token_shape)
-        self.mlp = CaiTMLP(
-            self.hidden_dim,
-            int(self.hidden_dim * self.mlp_ratio),
-            dropout_rate=self.dropout_rate,
-            dtype=policy,
-            name="mlp",
-        )
-        self.mlp.build(token_shape)
-        self.layer_scale_2 = LayerScale(
-            self.layer_scale_init_value, dtype=policy, name="layer_scale_2"
-        )
-        self.layer_scale_2.build(token_shape)
+        build_branches(self, attention, mlp_dropout=self.dropout_rate)
         seed_2 = None if self.seed is None else self.seed + 1
         self.drop_path_1 = DropPath(
             self.drop_path_rate, seed=self.seed, dtype=policy,

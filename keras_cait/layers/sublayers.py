@@ -1,4 +1,5 @@
-"""A composite layer's calls of its own built sublayers.
+"""A composite layer's calls of its own built sublayers, and the output
+spec of an attention layer.
 
 In eager execution a sublayer's `Layer.__call__` costs more Python than a
 small batch's arithmetic (docs/performance.md, "Eager sublayer calls"). There,
@@ -80,3 +81,16 @@ def apply_dense(layer, inputs):
         outputs = inputs @ layer.kernel.value
         return outputs + layer.bias.value if layer.use_bias else outputs
     return call_sublayer(layer, inputs)
+
+
+def attention_output_spec(layer, inputs, return_attention):
+    """An attention layer's `compute_output_spec`: its output and, with
+    `return_attention`, its weights (`layer.compute_attention_shape`), in
+    its compute dtype."""
+    outputs = keras.KerasTensor(
+        layer.compute_output_shape(inputs.shape), dtype=layer.compute_dtype
+    )
+    if not return_attention:
+        return outputs
+    shape = layer.compute_attention_shape(inputs.shape)
+    return outputs, keras.KerasTensor(shape, dtype=layer.compute_dtype)

@@ -3,7 +3,12 @@
 import keras
 from keras import ops
 
-from keras_cait.layers.sublayers import apply_dense, call_sublayer, dense_is_plain
+from keras_cait.layers.sublayers import (
+    apply_dense,
+    attention_output_spec,
+    call_sublayer,
+    dense_is_plain,
+)
 from keras_cait.serialization import register
 
 # On a CPU: the largest float32 logits `(batch, heads, rows, tokens)`
@@ -13,19 +18,11 @@ MAX_ATTENTION_BLOCKS = 16
 
 
 def mix_heads(attention, head_mixer):
-    """A `Dense(heads)` across the heads axis, timm's
-    `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`.
-
-    Where the layer is a plain product (`dense_is_plain`), one `(heads,
-    heads)` matrix product per image, without transposing the attention
-    tensor (docs/performance.md, "Head mixes"); otherwise the layer's call.
-
-    Args:
-        attention: float32 tensor `(batch, heads, queries, keys)`.
-        head_mixer: a built `keras.layers.Dense(heads)`.
-
-    Returns:
-        float32 tensor of the same shape.
+    """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)` on a
+    float32 `(batch, heads, queries, keys)` tensor: a built `Dense(heads)`
+    across the heads axis. Where it is a plain product (`dense_is_plain`),
+    one `(heads, heads)` product per image without transposing the tensor
+    (docs/performance.md, "Head mixes"); otherwise the layer's call.
     """
     if not dense_is_plain(head_mixer):
         mixed = head_mixer(ops.transpose(attention, (0, 2, 3, 1)))
@@ -52,20 +49,11 @@ def computes_on_cpu(x):
 
 
 def query_row_blocks(batch_size, num_heads, num_tokens):
-    """Query-row ranges, each with at most `ATTENTION_BLOCK_BYTES` of float32
-    logits (at most `MAX_ATTENTION_BLOCKS` blocks): on a CPU, large
-    attention tensors cost page faults on every call (docs/performance.md,
-    "Query-row blocks").
-
-    Args:
-        batch_size: int, or a symbolic size.
-        num_heads: int.
-        num_tokens: int, or a symbolic size.
-
-    Returns:
-        `(start, stop)` ranges covering `range(num_tokens)` in order;
-        `[(0, num_tokens)]` when a size is symbolic or one block is enough.
-    """
+    """`(start, stop)` query-row ranges covering `range(num_tokens)`, each
+    with at most `ATTENTION_BLOCK_BYTES` of float32 logits (at most
+    `MAX_ATTENTION_BLOCKS` blocks; one when a size is symbolic): on a CPU,
+    large attention tensors cost page faults on every call
+    (docs/performance.md, "Query-row blocks")."""
     if not isinstance(batch_size, int) or not isinstance(num_tokens, int):
         return [(0, num_tokens)]
     logits_bytes = 4 * batch_size * num_heads * num_tokens * num_tokens
@@ -184,19 +172,10 @@ class TalkingHeadsAttention(keras.layers.Layer):
         return x
 
     def _attend(self, query, key, value, training):
-        """timm's steps from `q @ k.T` to `attn @ v` for some query rows; the
-        head mixes and the softmax in float32.
+        """timm's steps from `q @ k.T` to `attn @ v` for the rows of the
+        scaled `query` (the head mixes and the softmax in float32); returns
+        `(attn @ v, attn)`."""
 
-        Args:
-            query: tensor `(batch, heads, rows, head_dim)`, scaled.
-            key: tensor `(batch, heads, tokens, head_dim)`.
-            value: tensor `(batch, heads, tokens, head_dim)`.
-            training: bool or `None`.
-
-        Returns:
-            `(attn @ v, attn)`: `(batch, heads, rows, head_dim)` and the mixed
-            attention weights `(batch, heads, rows, tokens)`.
-        """
         attention = ops.cast(query @ ops.swapaxes(key, -1, -2), "float32")
         attention = mix_heads(attention, self.proj_l)
         attention = ops.softmax(attention, axis=-1)
@@ -216,16 +195,7 @@ class TalkingHeadsAttention(keras.layers.Layer):
         return (input_shape[0], self.num_heads, tokens, tokens)
 
     def compute_output_spec(self, inputs, return_attention=False, training=None):
-        outputs = keras.KerasTensor(
-            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
-        )
-        if not return_attention:
-            return outputs
-        attention = keras.KerasTensor(
-            self.compute_attention_shape(inputs.shape),
-            dtype=self.compute_dtype,
-        )
-        return outputs, attention
+        return attention_output_spec(self, inputs, return_attention)
 
     def get_config(self):
         config = super().get_config()

@@ -12,17 +12,10 @@ HF_PREFIX = "hf://"
 
 @dataclasses.dataclass(frozen=True)
 class Handle:
-    """A parsed preset handle.
+    """A parsed preset handle of `kind` `"name"` (with `name`), `"hf"` (with
+    `repo_id` and `revision`, `None` for `main`) or `"local"` (with the
+    absolute `path`); `text` is the handle as written, quoted in errors."""
 
-    Attributes:
-        kind: `"name"`, `"hf"` or `"local"`.
-        name: the preset name (kind `"name"`).
-        repo_id: the Hugging Face repo id, e.g. `"timm/cait_xxs24_224.fb_dist_in1k"`
-            (kind `"hf"`).
-        revision: `None` (the repo's `main`) or a branch, tag or commit.
-        path: an absolute local directory (kind `"local"`).
-        text: the handle as the user wrote it, quoted in errors.
-    """
 
     kind: str
     text: str

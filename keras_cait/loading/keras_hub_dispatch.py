@@ -1,15 +1,12 @@
 """Lets KerasHub's base classes load CaiT timm checkpoints.
 
 KerasHub 0.32's `get_preset_loader` sends every `config.json` with an
-`architecture` to `keras_hub.src.utils.timm.preset_loader.TimmPresetLoader`,
-whose constructor rejects architectures it has no converter for (CaiT among
-them) before any subclass is chosen. `install()` replaces that module
-attribute with a subclass whose constructor hands CaiT configs to
-keras-cait's one dispatch point, `loader.get_loader`, and everything else
-to KerasHub's. `get_preset_loader` imports the name at call time, so this
-is the one place to extend it. It is installed only for the KerasHub
+`architecture` to `keras_hub.src.utils.timm.preset_loader.TimmPresetLoader`
+(imported at call time), which rejects CaiT. `install()` replaces it with a
+subclass that hands CaiT configs to `loader.get_loader`, for the KerasHub
 releases it was checked against.
 """
+
 
 import warnings
 

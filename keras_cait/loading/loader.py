@@ -1,22 +1,12 @@
 """`from_preset` for keras-cait's backbone, classifier, preprocessor and
 image converter.
 
-A preset is one of:
-
-1. a preset name (`keras_cait.list_presets()`): the architecture and the
-   preprocessing come from the shipped JSON, the weights from its timm repo;
-2. `hf://timm/<repo>`: a timm-format repo (`config.json` + `model.safetensors`);
-3. `hf://<user>/<repo>`: a keras-cait preset saved with `save_to_preset`;
-4. a local directory of either kind;
-5. any `hf://` handle with `@<revision>` (a branch, tag or commit).
-
-timm-format sources are handled by `CaiTTimmPresetLoader` below, keras-cait
-presets by KerasHub's own `KerasPresetLoader`. A timm checkpoint is read one
-tensor at a time from its `model.safetensors` and assigned through the one
-assignment path, `keras_cait.convert.timm_weights.load_timm_weights`: every
-key and shape is checked against the model first, then each tensor is read,
-transposed and assigned. Besides the model's own variables, memory holds
-about one tensor and a bounded part of the file's memory map.
+A preset is a preset name (`keras_cait.list_presets()`: architecture and
+preprocessing from the shipped JSON, weights from its timm repo), an
+`hf://owner/repo[@revision]` handle or a local directory, of a timm
+checkpoint (`config.json` + `model.safetensors`, by `CaiTTimmPresetLoader`
+through `keras_cait.convert.timm_weights.load_timm_weights`) or of a
+keras-cait preset (`save_to_preset`, by KerasHub's `KerasPresetLoader`).
 """
 
 import functools
@@ -148,21 +138,11 @@ def _check_agrees(name, data, repo):
 
 
 def get_loader(preset, config=None):
-    """Resolves a `from_preset` argument to a KerasHub `PresetLoader`: the
-    one dispatch point of every `from_preset` (keras-cait's classes and
-    KerasHub's base classes, through `keras_hub_dispatch`).
-
-    Args:
-        preset: a preset name, an `hf://owner/repo[@revision]` handle or a
-            local directory.
-        config: `None`, or the source's `config.json` already read (as
-            KerasHub's dispatch has it).
-
-    Returns:
-        A `CaiTTimmPresetLoader` for preset names and timm-format sources,
-        or a `KerasCaiTPresetLoader` (KerasHub's `KerasPresetLoader`) for
-        keras-cait presets.
-    """
+    """The KerasHub `PresetLoader` of a `from_preset` argument, the one
+    dispatch point of every `from_preset` (keras-cait's classes, and
+    KerasHub's through `keras_hub_dispatch`, which passes the `config.json`
+    it read as `config`): a `CaiTTimmPresetLoader` for preset names and
+    timm checkpoints, a `KerasCaiTPresetLoader` for keras-cait presets."""
     handle = handles.parse_handle(preset)
     if handle.kind == "name":
         return CaiTTimmPresetLoader(preset, _named_preset(handle.name))
@@ -200,13 +180,9 @@ def get_loader(preset, config=None):
 
 
 class CaiTTimmPresetLoader(PresetLoader):
-    """Builds keras-cait models from a `TimmCheckpoint` (a KerasHub
-    `PresetLoader`, so KerasHub's base classes can use it too).
+    """A KerasHub `PresetLoader` building keras-cait models from a
+    `TimmCheckpoint` (`preset`: the handle, as given)."""
 
-    Args:
-        preset: the handle, as given.
-        checkpoint: a `keras_cait.loading.timm_repo.TimmCheckpoint`.
-    """
 
     def __init__(self, preset, checkpoint):
         super().__init__(preset, {})
@@ -373,60 +349,32 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
 
 # Building a Keras functional subclass model rewrites its class's
 # `__bases__` (Keras's `inject_functional_model_class`), which is not thread
-# safe: concurrent constructions fail with "inheritance cycle" or `super()`
-# errors. `from_preset` calls are therefore serialised within a process.
+# safe: `from_preset` calls are serialised within a process.
 _LOAD_LOCK = threading.RLock()
 
 
-def _serialized(function):
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        with _LOAD_LOCK:
-            return function(*args, **kwargs)
-
-    return wrapper
-
-
-@_serialized
 def load_preset(cls, preset, load_weights=True, **kwargs):
-    """Loads a keras-cait object of class `cls` from a preset.
-
-    Args:
-        cls: `CaiTBackbone`, `CaiTImageClassifier`,
-            `CaiTImageClassifierPreprocessor`, `CaiTImageConverter` (or a
-            KerasHub base class they subclass).
-        preset: a preset name, an `hf://owner/repo[@revision]` handle, or a
-            local directory (timm-format or keras-cait preset).
-        load_weights: bool. Load the pretrained weights (models only);
-            `False` builds the architecture from the preset alone (for a
-            preset name, with no network access).
-        **kwargs: passed to the constructor; `image_shape` and `dtype` go to
-            the backbone, `num_classes` different from the checkpoint's gives
-            a fresh head.
-
-    Returns:
-        The loaded object.
-    """
-    loader = get_loader(preset)
-    backbone_cls = loader.check_backbone_class()
-    if issubclass(cls, Backbone):
-        if not issubclass(backbone_cls, cls):
-            raise CaiTConfigError(
-                f"Preset {preset!r} holds a {backbone_cls.__name__}, not a "
-                f"{cls.__name__}."
-            )
-        return loader.load_backbone(backbone_cls, load_weights, **kwargs)
-    if issubclass(cls, Task):
+    """Loads a keras-cait object of class `cls` (a keras-cait class or a
+    KerasHub base class of one) from a preset, as `CaiTBackbone.from_preset`
+    describes; `load_weights` applies to models only."""
+    with _LOAD_LOCK:
+        loader = get_loader(preset)
+        backbone_cls = loader.check_backbone_class()
+        if issubclass(cls, Backbone):
+            if not issubclass(backbone_cls, cls):
+                raise CaiTConfigError(
+                    f"Preset {preset!r} holds a {backbone_cls.__name__}, not a "
+                    f"{cls.__name__}."
+                )
+            return loader.load_backbone(backbone_cls, load_weights, **kwargs)
+        if not issubclass(cls, (Task, Preprocessor, ImageConverter)):
+            raise CaiTConfigError(f"{cls.__name__} cannot be loaded from a preset.")
         if cls.backbone_cls is not backbone_cls:
             cls = find_subclass(preset, cls, backbone_cls)
-        load_task_weights = "num_classes" not in kwargs
-        return loader.load_task(cls, load_weights, load_task_weights, **kwargs)
-    if issubclass(cls, Preprocessor):
-        if cls.backbone_cls is not backbone_cls:
-            cls = find_subclass(preset, cls, backbone_cls)
-        return loader.load_preprocessor(cls, **kwargs)
-    if issubclass(cls, ImageConverter):
-        if cls.backbone_cls is not backbone_cls:
-            cls = find_subclass(preset, cls, backbone_cls)
+        if issubclass(cls, Task):
+            load_task_weights = "num_classes" not in kwargs
+            return loader.load_task(cls, load_weights, load_task_weights, **kwargs)
+        if issubclass(cls, Preprocessor):
+            return loader.load_preprocessor(cls, **kwargs)
         return loader.load_image_converter(cls, **kwargs)
-    raise CaiTConfigError(f"{cls.__name__} cannot be loaded from a preset.")
+

@@ -1,13 +1,7 @@
-"""The shipped preset files.
-
-Each pretrained variant is one JSON file in the top-level `presets/` folder
-of the repository, shipped in the wheel as `keras_cait/presets/` (in a source
-checkout, `keras_cait/presets` is a link to the top-level folder). A file
-names its weights' source, the `CaiTBackbone` arguments, the classifier
-head, the preprocessing and the published figures of the checkpoint; the
-schema is documented in docs/presets.md and checked by tests/test_presets.py
-(these files ship with the package, so they are not re-validated at import).
-"""
+"""The shipped preset files: one JSON file per pretrained variant in
+`keras_cait/presets/` (a link to the top-level `presets/` in a checkout),
+documented in docs/presets.md and checked by tests/test_presets.py, not at
+import."""
 
 import difflib
 import functools
@@ -45,15 +39,9 @@ def list_presets():
 
 
 def get_preset(name):
-    """Returns the preset dict of a preset name.
+    """The preset dict of `name`, a name from `list_presets()`; an unknown
+    name raises `CaiTConfigError` listing the presets and the closest."""
 
-    Args:
-        name: string. A name from `list_presets()`.
-
-    Raises:
-        CaiTConfigError: the name is unknown; the message lists the
-            available presets and suggests the closest.
-    """
     presets = _all_presets()
     if name in presets:
         return presets[name]

@@ -1,28 +1,14 @@
 """Safe loading of `.keras` model files and keras-cait preset directories.
 
-Keras's `safe_mode` (kept on, even if the process enabled unsafe
-deserialization) decides which classes and functions a file may name: no
-lambdas or `Lambda`/`TFSMLayer` layers, nothing outside Keras, KerasHub and
-registered classes, no non-modelling Keras APIs. Its refusals become
-`CaiTUnsafeModelError`s naming the file (`keras_safe_mode`). What
-`safe_mode` lacks is checked here before Keras reads anything:
-
-- archive: a readable ZIP holding only `config.json`, `metadata.json`,
-  `model.weights.h5` and `assets/...`; no absolute or `../` member names;
-  member sizes within limits and no decompression bombs;
-- `config.json`: valid JSON; keras-cait classes get their arguments
-  validated (types, ranges, a parameter budget) before any layer is built,
-  so a hostile config cannot make the loader allocate billions of
-  parameters;
-- `model.weights.h5`: a readable HDF5 file without external links, soft
-  links, external storage or virtual datasets;
-- after loading: every weight is finite unless the caller allows NaN/Inf.
-
-Every refusal is a keras-cait exception naming the file and the problem.
+Keras's `safe_mode` stays on (`keras_safe_mode`) and decides which classes
+and functions a file may name; what it lacks is checked here before Keras
+reads anything (docs/safety.md): the archive's members, the keras-cait
+arguments in `config.json` (a parameter budget included), HDF5 links to
+other files, and, after loading, finite weights. Every refusal is a
+keras-cait exception naming the file and the problem.
 """
 
 import contextlib
-import json
 import math
 import os
 import posixpath
@@ -45,7 +31,7 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.io.files import read_json
+from keras_cait.io.files import parse_json_object, read_json
 from keras_cait.schema import (
     DEFAULT_MAX_PARAMETERS,
     check_backbone_config,
@@ -69,11 +55,6 @@ _RATIO_FLOOR_BYTES = 2**20
 
 def _unsafe(source, message):
     return CaiTUnsafeModelError(f"{source}: {message}")
-
-
-# --------------------------------------------------------------------------
-# The config tree
-# --------------------------------------------------------------------------
 
 
 def _check_object(source, node, max_parameters):
@@ -121,27 +102,19 @@ def _check_plain_numbers(source, config):
 
 
 def check_model_config(config, source="config.json", max_parameters=None):
-    """Checks the keras-cait objects of a serialised Keras object tree before
-    it is deserialised: their arguments are validated (see the module
-    docstring). Which classes may appear at all is Keras's `safe_mode`'s
-    decision (`keras_safe_mode`).
+    """Validates the arguments of the keras-cait objects in a serialised
+    Keras object tree (a `.keras` archive's or a preset's parsed
+    `config.json`) before it is deserialised; which classes may appear at
+    all is Keras's `safe_mode`'s decision.
 
     Args:
-        config: the parsed JSON (a `.keras` archive's or a preset's
-            `config.json`).
         source: string naming the file, quoted in errors.
-        max_parameters: int or `None`, the largest accepted CaiT backbone
-            (parameters; default 2 billion).
+        max_parameters: int or `None` (2 billion), the largest accepted CaiT
+            backbone, in parameters.
 
     Raises:
         CaiTUnsafeModelError: a keras-cait object's arguments are hostile
             (wrong types, out of range, too many parameters).
-
-    Example:
-    ```python
-    with open("config.json") as f:
-        keras_cait.loading.safe_loading.check_model_config(json.load(f))
-    ```
     """
     stack = [config]
     while stack:
@@ -152,11 +125,6 @@ def check_model_config(config, source="config.json", max_parameters=None):
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-
-
-# --------------------------------------------------------------------------
-# The archive
-# --------------------------------------------------------------------------
 
 
 def _check_member_name(path, name):
@@ -216,30 +184,10 @@ def _check_members(path, archive, max_weights_bytes):
             )
 
 
-def _read_json_member(path, archive, name, required=True):
-    source = f"{path}: {name}"
-    try:
-        raw = archive.read(name)
-    except KeyError:
-        if required:
-            raise CaiTWeightsError(f"{source} is missing.") from None
-        return None
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CaiTConfigError(f"{source} is not UTF-8 text.") from None
-    except json.JSONDecodeError as error:
-        raise CaiTConfigError(
-            f"{source} is not valid JSON: {error.msg} at line {error.lineno} "
-            f"column {error.colno}."
-        ) from None
-    except RecursionError:
-        raise CaiTConfigError(f"{source} is nested too deeply.") from None
-    if not isinstance(value, dict):
-        raise CaiTConfigError(
-            f"{source} must be a JSON object, got {type(value).__name__}."
-        )
-    return value
+def _read_json_member(path, archive, name):
+    if name in archive.namelist():
+        return parse_json_object(archive.read(name), f"{path}: {name}")
+    return None
 
 
 def _check_h5(source, file):
@@ -312,25 +260,15 @@ def _check_root_object(path, data):
 
 def check_preset_directory(directory, max_parameters=None):
     """Checks a keras-cait (`save_to_preset`) preset directory before
-    KerasHub deserialises anything from it.
-
-    Every JSON file must parse; every serialised object in them must pass
-    `check_model_config`; shard names in `model.weights.json` must be plain
-    file names; HDF5 weights files must have no links to other files.
-
-    Args:
-        directory: the preset directory.
-        max_parameters: int or `None`, see `check_model_config`.
+    KerasHub deserialises anything from it: every JSON file parses and
+    passes `check_model_config` (`max_parameters` likewise), shard names in
+    `model.weights.json` are plain file names, HDF5 files have no links to
+    other files.
 
     Raises:
         CaiTConfigError: a JSON file is malformed.
         CaiTUnsafeModelError: something unsafe is requested.
         CaiTWeightsError: an HDF5 file is truncated or corrupt.
-
-    Example:
-    ```python
-    keras_cait.loading.safe_loading.check_preset_directory("./my_cait_preset")
-    ```
     """
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
@@ -394,13 +332,9 @@ def load_model(
     max_weights_bytes=DEFAULT_MAX_WEIGHTS_BYTES,
     max_parameters=DEFAULT_MAX_PARAMETERS,
 ):
-    """Loads a `.keras` file after checking that it is safe and intact.
-
-    Keras's `safe_mode` stays on (`keras_safe_mode`). Before Keras sees the
-    file, the archive's members, `config.json` (keras-cait arguments
-    validated) and the HDF5 weights (no links to other files) are checked;
-    afterwards, every weight must be finite. The file is opened once and
-    the same handle is checked and loaded.
+    """Loads a `.keras` file after checking that it is safe and intact (see
+    the module docstring); the file is opened once and the same handle is
+    checked and loaded.
 
     Args:
         path: path of a `.keras` file.
@@ -421,13 +355,8 @@ def load_model(
         CaiTConfigError: `config.json` or `metadata.json` is not valid JSON.
         CaiTWeightsError: the file is empty, truncated or corrupt, the
             weights do not fit the model, or a weight is NaN/Inf.
-
-    Example:
-    ```python
-    import keras_cait
-    model = keras_cait.load_model("cait.keras")
-    ```
     """
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CaiTFileNotFoundError(f"{path}: no such file.")
@@ -442,7 +371,8 @@ def load_model(
             with zipfile.ZipFile(handle) as archive:
                 _check_members(path, archive, max_weights_bytes)
                 config = _read_json_member(path, archive, CONFIG_MEMBER)
-                _read_json_member(path, archive, METADATA_MEMBER, required=False)
+                _read_json_member(path, archive, METADATA_MEMBER)
+
                 check_model_config(config, f"{path}: {CONFIG_MEMBER}", max_parameters)
                 with archive.open(WEIGHTS_MEMBER) as member:
                     _check_h5(f"{path}: {WEIGHTS_MEMBER}", member)

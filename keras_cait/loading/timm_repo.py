@@ -29,20 +29,12 @@ _DEFAULT_PREPROCESSING = dict(
 
 
 class TimmCheckpoint:
-    """A timm CaiT checkpoint: its architecture, head, preprocessing and
-    where its weights are.
-
-    Args:
-        label: string naming the checkpoint in errors.
-        architecture: string, timm's architecture (e.g. `"cait_xxs24_224"`).
-        backbone_kwargs: dict. The `CaiTBackbone` arguments (checked).
-        classifier_kwargs: dict. `num_classes`, `pooling` and `dropout`.
-        preprocessing: dict. `image_size`, `crop_pct`, `interpolation`,
-            `mean`, `std`.
-        fetch_weights: callable returning the local path of the checkpoint's
-            `model.safetensors` (it may download).
-        sha256: `None` or the weights file's expected SHA-256 hex digest.
-    """
+    """A timm CaiT checkpoint: `label` (naming it in errors), timm's
+    `architecture`, the checked `backbone_kwargs`, `classifier_kwargs`
+    (`num_classes`, `pooling`, `dropout`), `preprocessing` (`image_size`,
+    `crop_pct`, `interpolation`, `mean`, `std`), `fetch_weights` (returns
+    the local path of its `model.safetensors`; it may download) and the
+    expected `sha256` of that file, or `None`."""
 
     def __init__(
         self,
@@ -65,14 +57,11 @@ class TimmCheckpoint:
 
     @classmethod
     def from_config(cls, config, source, fetch_weights=None):
-        """The checkpoint a timm `config.json` describes.
-
-        Args:
-            config: dict. timm's `config.json`.
-            source: string. Where it comes from, quoted in errors.
-            fetch_weights: see the class.
+        """The checkpoint the timm `config.json` dict `config` describes
+        (`source` names it in errors).
 
         Raises:
+
             CaiTConfigError: the config is not a CaiT config, or a value is
                 of the wrong type; `CaiTUnsafeModelError` (a subclass) when
                 it is out of range (e.g. `depth` 10**9), before anything is

@@ -14,22 +14,13 @@ from keras_cait.layers.self_attention_block import SelfAttentionBlock
 from keras_cait.loading.loader import load_preset
 from keras_cait.models.cait_export import CaiTExportMixin
 from keras_cait.models.fast_inference import FastInferenceMixin
-from keras_cait.schema import check_backbone_config
+from keras_cait.schema import BACKBONE_DEFAULTS, check_backbone_config
 from keras_cait.serialization import register
 
 INTERMEDIATE_FORMATS = ("tokens", "grid")
 
 
-def _connect_layers(
-    images,
-    patch_embedding,
-    class_token_layer,
-    self_attention_blocks,
-    class_attention_blocks,
-    concatenate,
-    final_norm,
-    return_attention,
-):
+def _connect_layers(images, layers, return_attention):
     """Wires CaiT's layers on a symbolic `images` tensor.
 
     Returns:
@@ -37,6 +28,8 @@ def _connect_layers(
         tokens, each self-attention block's output by layer name, and (when
         `return_attention`) every block's attention weights by map name.
     """
+    patch_embedding, class_token_layer, self_attention_blocks = layers[:3]
+    class_attention_blocks, concatenate, final_norm = layers[3:]
     patches = patch_embedding(images)
     block_outputs = {}
     attention_maps = {}
@@ -268,25 +261,9 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         dtype=None,
         **kwargs,
     ):
+        given = dict(locals())
         arguments = check_backbone_config(
-            dict(
-                image_shape=image_shape,
-                patch_size=patch_size,
-                hidden_dim=hidden_dim,
-                num_layers=num_layers,
-                num_heads=num_heads,
-                num_class_attention_layers=num_class_attention_layers,
-                mlp_ratio=mlp_ratio,
-                class_attention_mlp_ratio=class_attention_mlp_ratio,
-                use_qkv_bias=use_qkv_bias,
-                layer_scale_init_value=layer_scale_init_value,
-                dropout_rate=dropout_rate,
-                attention_dropout=attention_dropout,
-                drop_path_rate=drop_path_rate,
-                layer_norm_epsilon=layer_norm_epsilon,
-            ),
-            "CaiTBackbone",
-            limits=False,
+            {key: given[key] for key in BACKBONE_DEFAULTS}, "CaiTBackbone", limits=False
         )
         image_shape = arguments["image_shape"]
 
@@ -351,45 +328,26 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         )
         attention_images = keras.Input(shape=image_shape, name="images")
         attention_features, _, attention_maps = _connect_layers(
-            attention_images, *layers, return_attention=True
+            attention_images, layers, return_attention=True
         )
         images = keras.Input(shape=image_shape, name="images")
-        outputs, block_outputs, _ = _connect_layers(
-            images, *layers, return_attention=False
-        )
+        outputs, block_outputs, _ = _connect_layers(images, layers, False)
         super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
-        self.image_shape = image_shape
-        self.patch_size = patch_size
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.num_class_attention_layers = num_class_attention_layers
-        self.mlp_ratio = mlp_ratio
-        self.class_attention_mlp_ratio = class_attention_mlp_ratio
-        self.use_qkv_bias = use_qkv_bias
-        self.layer_scale_init_value = layer_scale_init_value
-        self.dropout_rate = dropout_rate
-        self.attention_dropout = attention_dropout
-        self.drop_path_rate = drop_path_rate
-        self.layer_norm_epsilon = layer_norm_epsilon
+        for key in BACKBONE_DEFAULTS:
+            setattr(self, key, arguments[key])
 
         # Symbolic tensors of the graphs above, for derived models.
         self._block_outputs = block_outputs
-        self._attention_graph = (
-            attention_images,
-            attention_features,
-            attention_maps,
-        )
+        self._attention_graph = (attention_images, attention_features, attention_maps)
 
     @property
     def grid_size(self):
         """The patch grid `(rows, columns)`."""
-        return (
-            self.image_shape[0] // self.patch_size,
-            self.image_shape[1] // self.patch_size,
-        )
+        rows, columns = self.image_shape[:2]
+        return rows // self.patch_size, columns // self.patch_size
+
 
     @property
     def num_patches(self):
@@ -398,15 +356,9 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         return rows * columns
 
     def attention_graph(self):
-        """This backbone's layers wired with their attention maps.
-
-        Returns:
-            `(images, features, attention_maps)`: a `keras.Input`, the
-            features computed from it (as the backbone's output) and a dict
-            of every block's attention weights (`"talking_head_attention_{i}"`,
-            `"class_attention_{i}"`), all symbolic, over this backbone's
-            layers and weights. `attention_model()` builds on it.
-        """
+        """`(images, features, attention_maps)`: this backbone's layers and
+        weights wired on a `keras.Input` with every block's attention
+        weights by map name, all symbolic; `attention_model()` builds on it."""
         return self._attention_graph
 
     def attention_model(self, indices=(), **deprecated):
@@ -454,20 +406,10 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         return keras.Model(images, outputs, name=f"{self.name}_attention")
 
     def get_attention_maps(self, images, indices=(), batch_size=8, **deprecated):
-        """Features and attention maps of `images`, as NumPy arrays.
-
-        Calls `attention_model()` eagerly, batch by batch (no compilation,
-        so the first maps come fast); for large datasets compile once with
-        `attention_model(...).predict(dataset)`.
-
-        Args:
-            images: array `(batch, height, width, channels)`, normalised.
-            indices: the self-attention blocks; see `attention_model()`.
-            batch_size: int. Images per forward pass.
-
-        Returns:
-            A dict of NumPy arrays named as in `attention_model()`.
-        """
+        """`attention_model(indices)`'s outputs for the normalised `images`
+        `(batch, height, width, channels)`, as NumPy arrays, computed
+        eagerly `batch_size` images at a time (for large datasets,
+        `attention_model(...).predict(dataset)` compiles once)."""
         return run_in_batches(
             self.attention_model(indices, **deprecated), images, batch_size
         )
@@ -532,13 +474,8 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
     def get_intermediate_outputs(
         self, images, indices=None, output_format="tokens", norm=False, **deprecated
     ):
-        """Chosen self-attention block outputs for `images`, in one pass.
-
-        See `intermediate_model()` for the arguments.
-
-        Returns:
-            A dict `{"self_attention_block_{i}": tensor}` in block order.
-        """
+        """`intermediate_model(...)(images)`: a dict
+        `{"self_attention_block_{i}": tensor}` in block order."""
         model = self.intermediate_model(indices, output_format, norm, **deprecated)
         return model(images)
 
@@ -547,16 +484,13 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         """Instantiates a `CaiTBackbone` from a preset.
 
         Args:
-            preset: string. A preset name from `keras_cait.list_presets()`
-                (e.g. `"cait_xxs24_224"`), an `hf://owner/repo[@revision]`
-                handle of a timm repo (`config.json` + `model.safetensors`)
-                or of a keras-cait preset saved with `save_to_preset`, or a
-                local directory of either kind.
-            load_weights: bool. Load the pretrained weights. `False` builds
-                the architecture alone (for a preset name, without network).
+            preset: string. A preset name (`keras_cait.list_presets()`), an
+                `hf://owner/repo[@revision]` handle (a timm repo or a
+                keras-cait preset) or a local directory of either kind.
+            load_weights: bool. `False` builds the architecture alone.
             **kwargs: `CaiTBackbone` arguments overriding the preset's, e.g.
-                `dtype` or `image_shape` (the position embedding is then
-                resampled).
+                `image_shape` (the position embedding is resampled).
+
 
         Example:
         ```python
@@ -568,24 +502,7 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "image_shape": self.image_shape,
-                "patch_size": self.patch_size,
-                "hidden_dim": self.hidden_dim,
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "num_class_attention_layers": self.num_class_attention_layers,
-                "mlp_ratio": self.mlp_ratio,
-                "class_attention_mlp_ratio": self.class_attention_mlp_ratio,
-                "use_qkv_bias": self.use_qkv_bias,
-                "layer_scale_init_value": self.layer_scale_init_value,
-                "dropout_rate": self.dropout_rate,
-                "attention_dropout": self.attention_dropout,
-                "drop_path_rate": self.drop_path_rate,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
+        config.update({key: getattr(self, key) for key in BACKBONE_DEFAULTS})
         return config
 
     @staticmethod
@@ -596,27 +513,10 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
     ):
         """A `keras.distribution.LayoutMap` sharding CaiT's large kernels,
         for `keras.distribution.ModelParallel` (as KerasHub's
-        `GemmaBackbone.get_layout_map`).
-
-        The usual tensor-parallel pattern: projections that fan out (`qkv`,
-        `q`/`k`/`v`, the MLP's `fc1`) are split along their output features,
-        those that fan back in (`proj`, `fc2`) along their input features;
-        everything small (norms, LayerScale, the head mixes, embeddings, the
-        head) stays replicated. Dense kernels are `(in_features,
-        out_features)`:
-
-        | variables (variable path ends with) | layout |
-        | --- | --- |
-        | `attn/(qkv|q|k|v)/kernel`, `mlp/fc1/kernel` | `(batch, model)` |
-        | `attn/(qkv|q|k|v)/bias`, `mlp/fc1/bias` | `(model,)` |
-        | `attn/proj/kernel`, `mlp/fc2/kernel` | `(model, batch)` |
-        | everything else | replicated |
-
-        Every sharded axis must be divisible by the size of its mesh axis:
-        `hidden_dim`, `3 * hidden_dim` and the MLP width by the `"model"` axis,
-        `hidden_dim` and the MLP width by the `"batch"` axis. All CaiT variants
-        have `hidden_dim` a multiple of 96 (m36/m48: 768, MLP 3072), so any
-        power-of-two axis up to 32 works.
+        `GemmaBackbone.get_layout_map`): fan-out projections (`qkv`,
+        `q`/`k`/`v`, `fc1`) split along their output features, fan-in ones
+        (`proj`, `fc2`) along their input features, the rest replicated
+        (docs/finetuning.md, "Multi-device training").
 
         Args:
             device_mesh: a `keras.distribution.DeviceMesh`.
@@ -627,24 +527,17 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
                 weights). Pass `None` to keep the kernels replicated across it.
 
         Returns:
-            A `keras.distribution.LayoutMap`, for
-            `keras.distribution.ModelParallel(layout_map=...,
-            batch_dim_name=data_parallel_dim_name)`.
+            A `keras.distribution.LayoutMap`.
 
         Raises:
             CaiTConfigError: a dimension name is not an axis of `device_mesh`.
 
         Example:
         ```python
-        devices = keras.distribution.list_devices()
         mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)
-        layout_map = CaiTBackbone.get_layout_map(mesh)
-        keras.distribution.set_distribution(
-            keras.distribution.ModelParallel(
-                layout_map=layout_map, batch_dim_name="batch"
-            )
-        )
-        classifier = CaiTImageClassifier.from_preset("cait_m36_384", num_classes=10)
+        keras.distribution.set_distribution(keras.distribution.ModelParallel(
+            layout_map=CaiTBackbone.get_layout_map(mesh), batch_dim_name="batch"
+        ))
         ```
         """
         if not isinstance(device_mesh, keras.distribution.DeviceMesh):

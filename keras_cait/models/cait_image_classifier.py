@@ -122,20 +122,9 @@ class CaiTImageClassifier(CaiTExportMixin, FastInferenceMixin, ImageClassifier):
             self.compile()
 
     def attention_model(self, indices=(), **deprecated):
-        """A `keras.Model` returning predictions and attention maps in one
-        pass.
+        """`CaiTBackbone.attention_model()` with `"predictions"` (this
+        model's output) in place of `"features"`."""
 
-        Its dict output holds `"predictions"` (this model's output),
-        `"class_attention_{i}"` for every class-attention block and
-        `"talking_head_attention_{i}"` for the self-attention blocks that
-        `indices` chooses (see `CaiTBackbone.attention_model()`). It shares
-        this model's layers and weights and is cached per block selection.
-
-        Args:
-            indices: `None` (every block), an int `n` (the last `n` blocks),
-                a list of indices (negative count from the end) or `()`
-                (none), as timm's `forward_intermediates`.
-        """
         blocks = block_indices(
             self.backbone.num_layers, indices, allow_empty=True, **deprecated
         )
@@ -166,19 +155,12 @@ class CaiTImageClassifier(CaiTExportMixin, FastInferenceMixin, ImageClassifier):
     def get_attention_maps(
         self, images, indices=(), batch_size=8, preprocess=None, **deprecated
     ):
-        """Predictions and attention maps of `images`, as NumPy arrays.
-
-        Args:
-            images: array `(batch, height, width, channels)`.
-            indices: the self-attention blocks; see `attention_model()`.
-            batch_size: int. Images per forward pass.
-            preprocess: bool or `None`: run the `preprocessor` first
-                (default: when there is one, like `predict()`).
-
-        Returns:
-            A dict of NumPy arrays named as in `attention_model()`.
+        """`CaiTBackbone.get_attention_maps()` with `"predictions"`;
+        `preprocess` (default: when there is a `preprocessor`, as
+        `predict()`) runs the preprocessor first.
 
         Example:
+
         ```python
         maps = classifier.get_attention_maps(images, indices=[-1])
         maps["predictions"].shape                # (batch, num_classes)
@@ -200,20 +182,12 @@ class CaiTImageClassifier(CaiTExportMixin, FastInferenceMixin, ImageClassifier):
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Instantiates a `CaiTImageClassifier` (with its preprocessor) from
-        a preset.
+        a preset; `preset` and `load_weights` as `CaiTBackbone.from_preset`.
 
         Args:
-            preset: string. A preset name from `keras_cait.list_presets()`
-                (e.g. `"cait_xxs24_224"`), an `hf://owner/repo[@revision]`
-                handle of a timm repo (`config.json` + `model.safetensors`)
-                or of a keras-cait preset saved with `save_to_preset`, or a
-                local directory of either kind.
-            load_weights: bool. Load the pretrained weights. `False` builds
-                the architecture alone (for a preset name, without network).
             **kwargs: `CaiTImageClassifier` arguments. `num_classes`
-                different from the checkpoint's gives a fresh head on the
-                pretrained backbone; `image_shape` and `dtype` go to the
-                backbone.
+                different from the checkpoint's gives a fresh head;
+                `image_shape` and `dtype` go to the backbone.
 
         Example:
         ```python

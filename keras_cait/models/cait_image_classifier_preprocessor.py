@@ -51,21 +51,7 @@ class CaiTImageClassifierPreprocessor(ImageClassifierPreprocessor):
     @classmethod
     def from_preset(cls, preset, **kwargs):
         """Instantiates the preprocessor of a preset (its
-        `CaiTImageConverter` carries the preset's timm transform).
+        `CaiTImageConverter` carries the preset's timm transform; a preset
+        name needs no network); see `CaiTBackbone.from_preset`."""
 
-        Args:
-            preset: string. A preset name from `keras_cait.list_presets()`,
-                an `hf://owner/repo[@revision]` handle (timm repo or
-                keras-cait preset) or a local directory of either kind. A
-                preset name needs no network.
-            **kwargs: `CaiTImageClassifierPreprocessor` arguments.
-
-        Example:
-        ```python
-        preprocessor = keras_cait.CaiTImageClassifierPreprocessor.from_preset(
-            "cait_xxs24_224"
-        )
-        x = preprocessor(uint8_photos)  # (batch, 224, 224, 3)
-        ```
-        """
         return load_preset(cls, preset, **kwargs)

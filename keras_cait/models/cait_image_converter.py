@@ -40,30 +40,16 @@ def _round_half_even_ratio(numerator, denominator, backend):
 
 
 def resized_shape(height, width, image_size, crop_pct, backend=None):
-    """The `(height, width)` an image is resized to before the center crop.
+    """The `(height, width)` an image is resized to before the center crop,
+    as timm's evaluation transform: with `scale = floor(size / crop_pct)`, a
+    square `image_size` resizes the shorter side to `scale` and the longer to
+    `int(scale * long / short)` (torchvision's `Resize(int)`); a non-square
+    one scales both sides by the largest of `scale_h / height` and `scale_w /
+    width`, rounded ties-to-even (timm's `ResizeKeepRatio`).
 
-    timm's evaluation transform: with `scale = floor(size / crop_pct)` per
-    side, a square `image_size` resizes the shorter side to `scale` and the
-    longer to `int(scale * long / short)` (torchvision's `Resize(int)`); a
-    non-square one scales both sides by the largest of `scale_h / height`
-    and `scale_w / width` and rounds to the nearest integer (ties to even;
-    timm's `ResizeKeepRatio`), so the result covers the crop.
-
-    Args:
-        height: int or scalar integer tensor. The input height.
-        width: int or scalar integer tensor. The input width.
-        image_size: `(int, int)`. The output `(height, width)` of the crop.
-        crop_pct: float in `(0, 1]`. The crop's fraction of the resized image.
-        backend: the ops namespace used when `height`/`width` are tensors.
-
-    Returns:
-        `(height, width)`: Python ints when the inputs are ints.
-
-    Example:
-    ```python
-    resized_shape(300, 451, (224, 224), 1.0)    # (224, 336)
-    resized_shape(300, 451, (224, 224), 0.875)  # (256, 384)
-    ```
+    `height` and `width` are ints (then so is the result) or scalar integer
+    tensors of the ops namespace `backend`. Example: `resized_shape(300, 451,
+    (224, 224), 0.875)` is `(256, 384)`.
     """
     scale_height = math.floor(image_size[0] / crop_pct)
     scale_width = math.floor(image_size[1] / crop_pct)
@@ -111,19 +97,17 @@ def center_crop_offset(size, crop, backend=None):
     return half + (difference % 2) * (half % 2)
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _standardize_image_size(image_size):
-    if isinstance(image_size, (int, np.integer)) and not isinstance(
-        image_size, bool
-    ):
+    if _is_int(image_size):
         image_size = (image_size, image_size)
     if (
         not isinstance(image_size, (tuple, list))
         or len(image_size) != 2
-        or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-            for v in image_size
-        )
-        or min(image_size) < 1
+        or not all(_is_int(v) and v >= 1 for v in image_size)
     ):
         raise CaiTConfigError(
             "CaiTImageConverter: `image_size` must be a positive int or a "
@@ -156,29 +140,18 @@ def _standardize_channel_values(name, values, positive):
 class CaiTImageConverter(ImageConverter):
     """timm's evaluation transform for CaiT, as a KerasHub image converter.
 
-    Turns raw images (pixel values in `[0, 255]`) into the normalised inputs
-    the CaiT checkpoints were evaluated on, exactly as timm's evaluation
-    transform does it:
+    Turns raw images (pixels in `[0, 255]`) into the normalised inputs the
+    CaiT checkpoints were evaluated on, as timm does (docs/preprocessing.md):
+    resize (`resized_shape`; bicubic with antialias by default), center-crop
+    `image_size`, clip to `[0, 255]`, divide by 255, subtract `mean`, divide
+    by `std`.
 
-    1. Resize (bicubic with antialias by default) so that the image covers
-       `floor(image_size / crop_pct)`: for a square `image_size`, the shorter
-       side becomes `floor(size / crop_pct)` and the longer
-       `int(that * long / short)`; the aspect ratio is kept.
-    2. Center-crop `image_size` (top offset `int(round((h - size) / 2))`,
-       likewise left).
-    3. Clip to `[0, 255]` (as PIL's resize does), divide by 255, subtract
-       `mean`, divide by `std`.
-
-    Inputs may be one image `(height, width, channels)` or a batch
-    `(batch, height, width, channels)` (channels last), uint8 or float, of
-    any size and aspect ratio, with 1 (greyscale, repeated to RGB), 3 (RGB)
-    or 4 (RGBA; alpha dropped) channels. A list of images of different sizes
-    is transformed image by image and stacked into a batch. The output is
-    `(…, image_size[0], image_size[1], 3)` in the layer's compute dtype.
-
-    The layer runs eagerly on every backend and inside `tf.data` pipelines
-    (where it uses TensorFlow ops, whatever the Keras backend), so it can be
-    a `CaiTImageClassifierPreprocessor`'s converter for `predict()`/`fit()`.
+    Inputs: one image `(height, width, channels)` or a batch, channels last,
+    uint8 or float, any size, with 1 (repeated to RGB), 3 or 4 (alpha
+    dropped) channels; a list of images of different sizes is transformed
+    one by one and stacked. The output is `(…, image_size[0],
+    image_size[1], 3)` in the layer's compute dtype. It runs eagerly on every
+    backend and inside `tf.data` (with TensorFlow ops, whatever the backend).
 
     Args:
         image_size: int or `(height, width)`. The output size.
@@ -220,17 +193,12 @@ class CaiTImageConverter(ImageConverter):
         image_size = _standardize_image_size(image_size)
         if isinstance(crop_pct, bool) or not isinstance(
             crop_pct, (int, float, np.floating, np.integer)
-        ):
+        ) or not 0.0 < crop_pct <= 1.0:
             raise CaiTConfigError(
                 "CaiTImageConverter: `crop_pct` must be a float in (0, 1]. "
                 f"Received: {crop_pct!r}"
             )
         crop_pct = float(crop_pct)
-        if not 0.0 < crop_pct <= 1.0:
-            raise CaiTConfigError(
-                "CaiTImageConverter: `crop_pct` must be a float in (0, 1]. "
-                f"Received: {crop_pct!r}"
-            )
         if interpolation not in INTERPOLATIONS:
             raise CaiTConfigError(
                 "CaiTImageConverter: `interpolation` must be one of "
@@ -254,11 +222,10 @@ class CaiTImageConverter(ImageConverter):
         self.std = std
 
     def _call_python(self, inputs):
-        # Called by `ImageConverter.call`, eagerly or (through its
-        # `_call_tf`) inside a `tf.function`/`tf.data` graph.
-        # Inside a graph the inputs are TensorFlow tensors, whatever the
-        # Keras backend, so the TensorFlow ops run there.
+        # Called by `ImageConverter.call`; inside a `tf.data` graph the
+        # inputs are TensorFlow tensors whatever the backend.
         ops = DynamicBackend("tensorflow" if in_tf_function() else None)
+
         if isinstance(inputs, (list, tuple)):
             try:
                 inputs = np.stack([np.asarray(x) for x in inputs])
@@ -352,21 +319,10 @@ class CaiTImageConverter(ImageConverter):
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
-        """Instantiates the image converter of a preset.
+        """Instantiates the image converter of a preset (a preset name
+        needs no network); see `CaiTBackbone.from_preset`. `**kwargs`
+        override the preset's arguments."""
 
-        Args:
-            preset: string. A preset name from `keras_cait.list_presets()`,
-                an `hf://owner/repo[@revision]` handle (timm repo or
-                keras-cait preset) or a local directory of either kind. A
-                preset name needs no network.
-            **kwargs: `CaiTImageConverter` arguments overriding the preset's.
-
-        Example:
-        ```python
-        converter = keras_cait.CaiTImageConverter.from_preset("cait_s24_384")
-        x = converter(uint8_photos)  # (batch, 384, 384, 3), normalised
-        ```
-        """
         return load_preset(cls, preset, **kwargs)
 
     def get_config(self):
