@@ -1,5 +1,10 @@
-"""Export to TensorFlow SavedModel and ONNX: the exported artefact, run by
-TensorFlow and by onnxruntime, gives the Keras logits within 1e-4."""
+"""`model.export` in every format Keras offers: each artefact, run by its own
+runtime (TensorFlow, onnxruntime, OpenVINO, ai-edge-litert, torch.export),
+gives the Keras logits within 1e-4, at two batch sizes where the format
+has a dynamic batch. The combinations Keras cannot write for any model are
+refused, and KerasHub's ViT shows that Keras refuses them too."""
+
+import os
 
 import keras
 import numpy as np
@@ -7,29 +12,34 @@ import pytest
 
 import keras_cait
 from keras_cait.errors import CaiTConfigError
-from keras_cait.export import SUPPORTED_BACKENDS, export_model
+from keras_cait.models.cait_export import (
+    FORMATS,
+    KERAS_LIMITS,
+    OPENVINO_F32,
+    SUPPORTED_BACKENDS,
+)
 from tests.support import TIMM, expected
 
 BACKEND = keras.backend.backend()
 
-
-def _skip_unless_supported(format):
-    if BACKEND not in SUPPORTED_BACKENDS[format]:
-        pytest.skip(
-            f"{format} export is not available on the {BACKEND} backend "
-            "(Keras needs torch_xla for it)"
-        )
+# Where each format writes: a SavedModel is a folder.
+FILE_NAMES = {
+    "tf_saved_model": "saved_model",
+    "onnx": "cait.onnx",
+    "openvino": "cait.xml",
+    "litert": "cait.tflite",
+    "torch": "cait.pt2",
+}
 
 
 @pytest.fixture(scope="module")
 def classifier():
     # A preset: timm's tiny reference checkpoint (config.json +
-    # model.safetensors) loaded through from_preset.
-    model = keras_cait.CaiTImageClassifier.from_preset(str(TIMM / "tiny_token_head"))
-    # The exported graph is the model itself: normalised images in, logits
-    # out. Compare it with the model, not with predict()'s preprocessing.
-    model.preprocessor = None
-    return model
+    # model.safetensors) loaded through from_preset. The exported graph is
+    # the model itself: normalised images in, logits out.
+    return keras_cait.CaiTImageClassifier.from_preset(
+        str(TIMM / "tiny_token_head"), preprocessor=None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,79 +50,155 @@ def images():
     return np.concatenate([data, extra])
 
 
-def _run_saved_model(path, images):
+def _run_tf_saved_model(path, images):
     import tensorflow as tf
 
     artefact = tf.saved_model.load(path)
     return np.asarray(artefact.serve(tf.constant(images)))
 
 
-def _onnx_session(path):
+def _run_onnx(path, images):
     onnxruntime = pytest.importorskip("onnxruntime")
-    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-
-def _run_onnx(session, images):
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name.startswith("images")
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
-def test_the_preset_matches_timm(classifier):
-    # The model being exported computes timm's logits.
-    data = expected("tiny_token_head")
-    logits = classifier.predict(data["images"].astype("float32"), verbose=0)
-    np.testing.assert_allclose(logits, data["logits"], atol=1e-4)
+def _run_openvino(path, images):
+    openvino = pytest.importorskip("openvino")
+    compiled = openvino.compile_model(path, "CPU", OPENVINO_F32)
+    return compiled(images)[0]
 
 
-def test_tf_saved_model_matches_keras(classifier, images, tmp_path):
-    _skip_unless_supported("tf_saved_model")
-    path = export_model(classifier, tmp_path / "saved_model", format="tf_saved_model")
+def _run_litert(path, images):
+    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = interpreter_module.Interpreter(model_path=path)
+    (image_input,) = interpreter.get_input_details()
+    if tuple(image_input["shape"]) != images.shape:
+        interpreter.resize_tensor_input(image_input["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(image_input["index"], images)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _run_torch(path, images):
+    import torch
+
+    program = torch.export.load(path)
+    with torch.no_grad():
+        return program.module()(torch.from_numpy(images)).numpy()
+
+
+RUNTIMES = {
+    "tf_saved_model": _run_tf_saved_model,
+    "onnx": _run_onnx,
+    "openvino": _run_openvino,
+    "litert": _run_litert,
+    "torch": _run_torch,
+}
+
+
+def _params():
+    # On Keras's OpenVINO backend, Keras writes OpenVINO IR only.
+    return [
+        pytest.param(f, marks=pytest.mark.openvino) if f == "openvino" else f
+        for f in FORMATS
+    ]
+
+
+@pytest.mark.parametrize("format", _params())
+def test_the_artefact_matches_keras_in_its_runtime(classifier, images, tmp_path, format):
+    if (format, BACKEND) in KERAS_LIMITS:
+        pytest.skip(f"Keras cannot write {format} on {BACKEND} (test_keras_limits)")
+    if BACKEND == "openvino" and format != "openvino":
+        pytest.skip("Keras's OpenVINO backend writes OpenVINO IR only")
+    static = (format, BACKEND) == ("litert", "torch")
+    if static:
+        pytest.importorskip("litert_torch", reason="keras-cait[litert-torch]")
+    path = os.fspath(tmp_path / FILE_NAMES[format])
+    assert classifier.export(path, format=format, verbose=False) == path
     reference = classifier.predict(images, verbose=0)
-    # Dynamic batch: two different batch sizes through one artefact.
-    for batch in (images, images[:1]):
-        outputs = _run_saved_model(str(path), batch)
+    # A dynamic batch: two batch sizes through one artefact. LiteRT from
+    # PyTorch has a fixed batch, 1 by default.
+    for batch in (images[:1],) if static else (images, images[:1]):
+        outputs = RUNTIMES[format](path, batch)
         assert outputs.shape == (len(batch), 10)
         np.testing.assert_allclose(outputs, reference[: len(batch)], atol=1e-4)
 
 
-def test_onnx_matches_keras(classifier, images, tmp_path):
-    _skip_unless_supported("onnx")
-    path = export_model(classifier, tmp_path / "cait.onnx", format="onnx")
-    session = _onnx_session(str(path))
-    reference = classifier.predict(images, verbose=0)
-    for batch in (images, images[:1]):
-        outputs = _run_onnx(session, batch)
-        assert outputs.shape == (len(batch), 10)
-        np.testing.assert_allclose(outputs, reference[: len(batch)], atol=1e-4)
-
-
-def test_onnx_backbone_with_a_fixed_batch_replaces_an_old_file(
-    classifier, images, tmp_path
-):
-    _skip_unless_supported("onnx")
-    path = tmp_path / "backbone.onnx"
+def test_a_fixed_batch_backbone_replaces_an_old_artefact(classifier, images, tmp_path):
+    # OpenVINO writes two files: both are replaced, nothing else is left
+    # (no staging folder).
+    format = "openvino"
+    path = tmp_path / FILE_NAMES[format]
     path.write_bytes(b"an older artefact")
-    export_model(classifier.backbone, path, format="onnx", batch_size=2)
-    session = _onnx_session(str(path))
-    assert list(session.get_inputs()[0].shape) == [2, 32, 32, 3]
-    tokens = _run_onnx(session, images[:2])
+    (tmp_path / "cait.bin").write_bytes(b"older weights")
+    signature = [keras.InputSpec(shape=(2, 32, 32, 3), dtype="float32")]
+    classifier.backbone.export(
+        path, format=format, verbose=False, input_signature=signature
+    )
+    tokens = RUNTIMES[format](os.fspath(path), images[:2])
     reference = classifier.backbone.predict(images[:2], verbose=0)
     assert tokens.shape == reference.shape == (2, 17, 48)
     np.testing.assert_allclose(tokens, reference, atol=1e-4)
-    # Only the artefact is left in the folder: no staging directory.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.onnx"]
+    openvino = pytest.importorskip("openvino")
+    model = openvino.Core().read_model(path)
+    assert list(model.inputs[0].get_partial_shape().to_shape()) == [2, 32, 32, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cait.bin", "cait.xml"]
+
+
+@pytest.mark.parametrize(
+    "format", [f for f in FORMATS if (f, BACKEND) in KERAS_LIMITS]
+)
+def test_keras_limits_are_named_and_vit_fails_too(classifier, tmp_path, format):
+    path = os.fspath(tmp_path / FILE_NAMES[format])
+    with pytest.raises(CaiTConfigError, match="Keras limit") as error:
+        classifier.export(path, format=format, verbose=False)
+    for backend in SUPPORTED_BACKENDS[format]:
+        assert backend in str(error.value)
+    assert not any(tmp_path.iterdir())
+    # The witness: KerasHub's ViT, exported by Keras itself.
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, num_layers=1, num_heads=2,
+        hidden_dim=16, mlp_dim=32,
+    )
+    vit = keras_hub.models.ViTImageClassifier(backbone, num_classes=3, preprocessor=None)
+    with pytest.raises(Exception):  # noqa: B017  (each backend fails its own way)
+        vit.export(path, format=format, verbose=False)
 
 
 def test_bad_arguments_are_named(classifier, tmp_path):
     with pytest.raises(CaiTConfigError, match="`format`"):
-        export_model(classifier, tmp_path / "x", format="tflite")
-    with pytest.raises(CaiTConfigError, match="`batch_size`"):
-        export_model(classifier, tmp_path / "x.onnx", format="onnx", batch_size=0)
-    with pytest.raises(CaiTConfigError, match="`model`"):
-        export_model(keras.Sequential([keras.layers.Dense(2)]), tmp_path / "x.onnx")
+        classifier.export(tmp_path / "x", format="tflite")
+    with pytest.raises(CaiTConfigError, match="'.xml'"):
+        classifier.export(tmp_path / "x.onnx", format="openvino")
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="only PyTorch lacks SavedModel export")
-def test_saved_model_on_torch_says_where_to_export(classifier, tmp_path):
-    with pytest.raises(CaiTConfigError, match="tensorflow or jax"):
-        export_model(classifier, tmp_path / "saved_model", format="tf_saved_model")
+def test_export_model_is_a_deprecated_alias(classifier, images, tmp_path):
+    format = "onnx"
+    with pytest.warns(DeprecationWarning, match="model.export"):
+        with pytest.raises(CaiTConfigError, match="`batch_size`"):
+            keras_cait.export_model(classifier, tmp_path / "x.onnx", batch_size=0)
+    with pytest.warns(DeprecationWarning):
+        with pytest.raises(CaiTConfigError, match="`model`"):
+            keras_cait.export_model(
+                keras.Sequential([keras.layers.Dense(2)]), tmp_path / "x.onnx"
+            )
+    assert not any(tmp_path.iterdir())
+    if BACKEND not in SUPPORTED_BACKENDS[format]:
+        return
+    path = tmp_path / "fixed.onnx"
+    with pytest.warns(DeprecationWarning):
+        keras_cait.export_model(classifier, path, format=format, batch_size=2)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert list(session.get_inputs()[0].shape) == [2, 32, 32, 3]
+    np.testing.assert_allclose(
+        _run_onnx(str(path), images[:2]),
+        classifier.predict(images[:2], verbose=0),
+        atol=1e-4,
+    )

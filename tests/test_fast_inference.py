@@ -21,6 +21,7 @@ def images():
     return np.random.default_rng(0).standard_normal((5, 32, 32, 3), dtype=np.float32)
 
 
+@pytest.mark.openvino
 def test_predict_matches_the_model_over_uneven_batches(classifier, images):
     expected = to_numpy(classifier(images, training=False))
     outputs = classifier.predict(images, batch_size=2, verbose=0)  # 2 + 2 + 1
@@ -30,6 +31,7 @@ def test_predict_matches_the_model_over_uneven_batches(classifier, images):
     np.testing.assert_allclose(single, expected[:1], atol=1e-5)
 
 
+@pytest.mark.openvino
 def test_backbone_predict_takes_backend_tensors(classifier, images):
     backbone = classifier.backbone
     tokens = backbone.predict(keras.ops.convert_to_tensor(images), verbose=0)
@@ -39,6 +41,7 @@ def test_backbone_predict_takes_backend_tensors(classifier, images):
     )
 
 
+@pytest.mark.openvino
 def test_other_inputs_use_keras_predict(classifier, images):
     expected = classifier.predict(images, verbose=0)
     seen = []

@@ -132,6 +132,7 @@ def test_bad_handles():
 # --- load_weights=False: the shipped JSON alone -----------------------------
 
 
+@pytest.mark.openvino
 def test_architecture_from_preset_without_network(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the Hub was contacted")
@@ -146,6 +147,7 @@ def test_architecture_from_preset_without_network(monkeypatch):
     assert converter.crop_pct == 1.0 and converter.interpolation == "bicubic"
 
 
+@pytest.mark.openvino
 def test_preprocessing_from_preset_without_network(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the Hub was contacted")
@@ -160,6 +162,7 @@ def test_preprocessing_from_preset_without_network(monkeypatch):
 # --- timm-format local directories ------------------------------------------
 
 
+@pytest.mark.openvino
 def test_local_timm_directory_reproduces_timm():
     ref = expected("tiny_token_head")
     model = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
@@ -176,6 +179,7 @@ def test_local_timm_directory_reproduces_timm():
     np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["pre_logits"], atol=1e-4)
 
 
+@pytest.mark.openvino
 def test_keras_hub_base_classes_dispatch_cait():
     ref = expected("tiny_token_head")
     model = keras_hub.models.ImageClassifier.from_preset(str(TINY))
@@ -334,6 +338,7 @@ def test_bad_weights_are_reported(tmp_path):
             keras_cait.CaiTImageClassifier.from_preset(str(repo))
 
 
+@pytest.mark.openvino
 def test_decode_predictions():
     logits = np.zeros((2, 1000), "float32")
     logits[0, 281] = 5.0  # tabby

@@ -70,6 +70,7 @@ LAYERS = {
     4: [  # the model, in one folder (as KerasHub's models/vit/)
         "keras_cait.models",
         "keras_cait.models.cait_backbone",
+        "keras_cait.models.cait_export",
         "keras_cait.models.cait_image_classifier",
         "keras_cait.models.cait_image_classifier_preprocessor",
         "keras_cait.models.cait_image_converter",

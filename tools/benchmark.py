@@ -47,7 +47,9 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BACKENDS = ("tensorflow", "jax", "torch")
+# openvino: Keras's inference-only backend (no training, no save/load rows).
+BACKENDS = ("tensorflow", "jax", "torch", "openvino")
+INFERENCE_ONLY_BACKENDS = ("openvino",)
 
 # timm eager images/s for cait_xxs24_224 (float32, random weights) measured on
 # the project's 2-core CPU machine, from /work/shared/NOTES.md. Used only when
@@ -261,7 +263,7 @@ def worker_keras(spec):
     result["peak_rss_inference_mb"] = peak_rss_mb()
 
     batch = spec["train_batch_size"]
-    if batch:
+    if batch and backend not in INFERENCE_ONLY_BACKENDS:
         images = rng.standard_normal((batch,) + image_shape, dtype=np.float32)
         labels = rng.integers(0, max(spec["num_classes"], 1), size=(batch,))
         first, median, times = time_calls(
@@ -278,7 +280,7 @@ def worker_keras(spec):
         }
         result["peak_rss_training_mb"] = peak_rss_mb()
 
-    if spec["save_load"]:
+    if spec["save_load"] and backend not in INFERENCE_ONLY_BACKENDS:
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "model.keras")
             start = time.perf_counter()

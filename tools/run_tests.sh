@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the test-suite once per Keras backend, each in its own process, and
-# fails if any backend fails. Extra arguments go to pytest.
-#   bash tools/run_tests.sh                 # jax, tensorflow and torch
+# fails if any backend fails. Extra arguments go to pytest. On Keras's
+# OpenVINO backend (inference only) only the tests marked `openvino` run
+# (tests/conftest.py); a selection without any is not a failure there.
+#   bash tools/run_tests.sh                 # jax, tensorflow, torch, openvino
 #   BACKENDS="jax" bash tools/run_tests.sh -x tests/test_parity.py
 #   JOBS=1 bash tools/run_tests.sh          # one backend at a time
 # Backends run JOBS at a time (default 2; the longest, jax, starts first);
@@ -10,7 +12,7 @@ set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 if [ -x .venv/bin/python ] && [ -z "${VIRTUAL_ENV:-}" ]; then PYTHON=.venv/bin/python; fi
-BACKENDS=${BACKENDS:-"jax tensorflow torch"}
+BACKENDS=${BACKENDS:-"jax tensorflow torch openvino"}
 JOBS=${JOBS:-2}
 reports=$(mktemp -d)
 trap 'rm -rf "$reports"' EXIT
@@ -21,7 +23,10 @@ run_backend() {
   start=$(date +%s)
   KERAS_BACKEND=$backend "$PYTHON" -m pytest -p no:cacheprovider \
     --junitxml="$reports/$backend.xml" "${@:2}" >"$reports/$backend.log" 2>&1
-  echo $? >"$reports/$backend.rc"
+  local rc=$?
+  # pytest's 5: no test collected (a selection with no `openvino` test).
+  if [ "$backend" = openvino ] && [ "$rc" = 5 ]; then rc=0; fi
+  echo "$rc" >"$reports/$backend.rc"
   echo "=== KERAS_BACKEND=$backend finished in $(( $(date +%s) - start ))s" >>"$reports/$backend.log"
 }
 

@@ -12,6 +12,7 @@ from keras_cait.layers.class_attention_block import ClassAttentionBlock
 from keras_cait.layers.embedding import ClassToken, PatchEmbedding
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
 from keras_cait.loading.loader import load_preset
+from keras_cait.models.cait_export import CaiTExportMixin
 from keras_cait.models.fast_inference import FastInferenceMixin
 from keras_cait.schema import BACKBONE_DEFAULTS, check_backbone_config
 from keras_cait.serialization import register
@@ -188,7 +189,7 @@ def run_in_batches(model, images, batch_size):
 
 
 @register
-class CaiTBackbone(FastInferenceMixin, Backbone):
+class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
     """CaiT (Class-Attention in Image Transformers) backbone.
 
     Patch embedding with a learned position embedding, `num_layers`

@@ -12,6 +12,7 @@ from keras_cait.models.cait_backbone import (
     derived_model,
     run_in_batches,
 )
+from keras_cait.models.cait_export import CaiTExportMixin
 from keras_cait.models.cait_image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
 )
@@ -21,7 +22,7 @@ from keras_cait.serialization import register
 
 
 @register
-class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
+class CaiTImageClassifier(CaiTExportMixin, FastInferenceMixin, ImageClassifier):
     """CaiT image classification task.
 
     Pools the backbone's final tokens (`"token"`: the class token, as timm's

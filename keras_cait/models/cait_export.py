@@ -1,0 +1,334 @@
+"""`model.export` for keras-cait models: every format Keras offers, on every
+backend where CaiT can be written, with a dynamic batch where the format
+allows one (docs/export.md).
+
+Keras's own exporter is used wherever it works for CaiT. The mixin steps in
+where a Keras default fails for CaiT and CaiT can do better:
+
+- ONNX on TensorFlow: tf2onnx learns TensorFlow's `Erfc` (in exact GELU).
+- ONNX and OpenVINO on PyTorch: `torch.export` (dynamic batch) instead of
+  Keras's TorchScript trace, which cannot trace Keras variables.
+- OpenVINO on JAX: through jax2onnx and OpenVINO's ONNX reader, instead of
+  jax2tf's `XlaCallModule`, which OpenVINO cannot read.
+- `torch` on PyTorch: a dynamic batch instead of a batch fixed at 1.
+
+The combinations Keras cannot write for any model (KerasHub's ViT fails
+the same way) raise `CaiTConfigError` saying so.
+"""
+
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_cait.errors import CaiTConfigError
+from keras_cait.io.files import staged_path
+
+FORMATS = ("tf_saved_model", "onnx", "openvino", "litert", "torch")
+
+# The file name each format needs (Keras checks the same suffixes).
+SUFFIXES = {"openvino": ".xml", "litert": ".tflite", "torch": ".pt2"}
+
+# (format, backend) pairs that Keras cannot write for any model, with why.
+KERAS_LIMITS = {
+    ("tf_saved_model", "torch"): "Keras needs `torch_xla` to write a "
+    "SavedModel from PyTorch, and torch_xla has no build for this torch",
+    ("litert", "jax"): "Keras's LiteRT export needs the TensorFlow or "
+    "PyTorch backend",
+    ("torch", "tensorflow"): "a PyTorch ExportedProgram needs the PyTorch "
+    "backend",
+    ("torch", "jax"): "a PyTorch ExportedProgram needs the PyTorch backend",
+}
+
+# The backends that can write each format (the table in docs/export.md).
+SUPPORTED_BACKENDS = {
+    format: tuple(
+        backend
+        for backend in ("tensorflow", "jax", "torch")
+        if (format, backend) not in KERAS_LIMITS
+    )
+    for format in FORMATS
+}
+
+# OpenVINO runs bf16 by default on CPUs that have it; CaiT's parity with
+# timm needs float32.
+OPENVINO_F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+_TF2ONNX_ERFC_REGISTERED = []
+
+
+def _register_tf2onnx_erfc():
+    """Teaches tf2onnx TensorFlow's `Erfc` op as `1 - Erf(x)`.
+
+    TensorFlow's exact GELU (`keras.activations.gelu(approximate=False)`,
+    CaiT's MLP activation) is written with `Erfc`, which tf2onnx has no
+    converter for. ONNX has `Erf`.
+    """
+    if _TF2ONNX_ERFC_REGISTERED:
+        return
+    from tf2onnx import utils  # optional dependency: keras-cait[export]
+    from tf2onnx.handler import tf_op  # optional dependency: keras-cait[export]
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            x = node.input[0]
+            np_dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
+            erf = ctx.make_node("Erf", [x], op_name_scope=node.name, name="erf")
+            one = ctx.make_const(utils.make_name("erfc_one"), np.array(1, np_dtype))
+            output, name = node.output[0], node.name
+            shapes, dtypes = node.output_shapes, node.output_dtypes
+            ctx.remove_node(name)
+            ctx.make_node(
+                "Sub", [one.output[0], erf.output[0]], outputs=[output],
+                name=name, shapes=shapes, dtypes=dtypes,
+            )
+
+    _TF2ONNX_ERFC_REGISTERED.append(Erfc)
+
+
+def _single_spec(input_signature):
+    """The one image spec of `input_signature`, or None if it is another
+    structure (then Keras's exporter takes it as it is)."""
+    specs = keras.tree.flatten(input_signature)
+    if len(specs) == 1 and getattr(specs[0], "shape", None) is not None:
+        return specs[0]
+    return None
+
+
+def _torch_exported_program(model, spec):
+    """`torch.export` of `model` for inputs like `spec`; a `None` batch axis
+    becomes a dynamic dimension."""
+    import torch  # optional dependency: only on the PyTorch backend
+
+    shape = tuple(spec.shape)
+    dynamic = shape[0] is None
+    # torch.export specialises a size-1 dimension: trace a batch of 2.
+    sample = torch.zeros(
+        ((2,) if dynamic else shape[:1]) + shape[1:],
+        dtype=getattr(torch, keras.backend.standardize_dtype(spec.dtype)),
+    )
+    dynamic_shapes = None
+    if dynamic:
+        # A Keras model's `forward(*args)`: one entry for the args tuple.
+        dynamic_shapes = (({0: torch.export.Dim("batch", min=1, max=65536)},),)
+    model.eval()
+    return torch.export.export(
+        model, (sample,), dynamic_shapes=dynamic_shapes, strict=False
+    )
+
+
+def _save_openvino(ov_model, filepath, spec):
+    import openvino  # optional dependency: keras-cait[export]
+
+    name = getattr(spec, "name", None) or "images"
+    ov_model.inputs[0].get_tensor().set_names({name})
+    # The images' shape as `spec` says: -1 for a dynamic batch.
+    ov_model.reshape(
+        {0: openvino.PartialShape([-1 if d is None else d for d in spec.shape])}
+    )
+    # Keras writes its OpenVINO IR in the model's own precision; so do we
+    # (save_model would compress the weights to float16).
+    openvino.save_model(ov_model, filepath, compress_to_fp16=False)
+
+
+class CaiTExportMixin:
+    """`export()` for keras-cait models: Keras's `model.export`, made to
+    work for CaiT in every format and backend it can.
+
+    Put it before the Keras/KerasHub base class:
+    `class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone)`.
+    """
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        **kwargs,
+    ):
+        """Exports the model as an artefact for inference, as
+        `keras.Model.export`.
+
+        The artefact takes normalised float32 images, `(batch, height,
+        width, channels)` at the model's image shape, and returns what the
+        model returns (logits for a classifier, tokens for a backbone). It
+        does not preprocess: run the `preprocessor` (or
+        `CaiTImageConverter`) first. The batch axis is dynamic unless
+        `input_signature` fixes it, except for `"litert"` on PyTorch (batch
+        1 unless `input_signature` says otherwise).
+
+        | format | TensorFlow | JAX | PyTorch |
+        | --- | --- | --- | --- |
+        | `"tf_saved_model"` | yes | yes (jax2tf) | no: Keras needs `torch_xla` |
+        | `"onnx"` | yes (tf2onnx) | yes (jax2onnx) | yes (`torch.export`, dynamo) |
+        | `"openvino"` | yes | yes (through ONNX) | yes (`torch.export`) |
+        | `"litert"` | yes | no: Keras refuses | yes, fixed batch (`litert-torch`) |
+        | `"torch"` | no | no | yes (`torch.export`) |
+
+        On Keras's OpenVINO backend, `"openvino"` (dynamic batch).
+
+        Args:
+            filepath: string or path. A directory for `"tf_saved_model"`, a
+                `.onnx` file, an `.xml` file for `"openvino"` (its `.bin`
+                is written next to it), a `.tflite` file for `"litert"`, a
+                `.pt2` file for `"torch"`. An existing artefact there is
+                replaced only once the new one is complete.
+            format: one of `"tf_saved_model"`, `"onnx"`, `"openvino"`,
+                `"litert"`, `"torch"`.
+            verbose: bool or `None` (Keras's default: print where the
+                artefact went).
+            input_signature: `None` for float32 images with a dynamic batch,
+                or what `keras.Model.export` accepts (e.g.
+                `[keras.InputSpec(shape=(8, 224, 224, 3), dtype="float32")]`
+                for a fixed batch of 8).
+            **kwargs: the format's own options, as `keras.Model.export`.
+
+        Returns:
+            `filepath`.
+
+        Raises:
+            CaiTConfigError: an unknown `format`, a `filepath` with the
+                wrong suffix, or a combination Keras cannot write for any
+                model (e.g. `"tf_saved_model"` on PyTorch), naming the
+                backends that can.
+
+        Example:
+        ```python
+        classifier = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224")
+        classifier.export("cait_xxs24_224.onnx", format="onnx")
+
+        import onnxruntime
+        session = onnxruntime.InferenceSession("cait_xxs24_224.onnx")
+        logits = session.run(None, {"images": images})[0]
+        ```
+        """
+        backend = keras.backend.backend()
+        filepath = os.fspath(filepath)
+        _check_format(format, backend, filepath)
+        if input_signature is None:
+            batch = 1 if (format, backend) == ("litert", "torch") else None
+            image = self.inputs[0]
+            input_signature = [
+                keras.InputSpec(
+                    shape=(batch,) + tuple(image.shape[1:]),
+                    dtype=image.dtype,
+                    name="images",
+                )
+            ]
+        spec = _single_spec(input_signature)
+        with staged_path(filepath) as staged:
+            self._export_staged(
+                staged, format, backend, spec, verbose, input_signature, kwargs
+            )
+            if format == "openvino":
+                # The weights file goes first; the .xml names the artefact.
+                os.replace(
+                    os.path.splitext(staged)[0] + ".bin",
+                    os.path.splitext(filepath)[0] + ".bin",
+                )
+        if verbose is None or verbose:
+            print(f"Saved artifact at '{filepath}'.")
+        return filepath
+
+    def _export_staged(
+        self, staged, format, backend, spec, verbose, input_signature, kwargs
+    ):
+        # Keras's own messages name the staging path: silence them.
+        quiet = dict(verbose=False, input_signature=input_signature, **kwargs)
+        if spec is not None and backend == "torch" and format in ("onnx", "openvino"):
+            program = _torch_exported_program(self, spec)
+            if format == "onnx":
+                import torch  # optional dependency: only on PyTorch
+
+                onnx_program = torch.onnx.export(
+                    program, dynamo=True, input_names=[spec.name or "images"],
+                    output_names=["outputs"], verbose=bool(verbose), **kwargs,
+                )
+                onnx_program.optimize()
+                onnx_program.save(staged)
+            else:
+                import openvino  # optional dependency: keras-cait[export]
+
+                _save_openvino(openvino.convert_model(program), staged, spec)
+            return
+        if (
+            spec is not None
+            and (format, backend) == ("openvino", "openvino")
+            and spec.shape[0] is None
+        ):
+            import openvino  # optional dependency: only on the OpenVINO backend
+
+            # Keras traces a batch of 1 here, which OpenVINO folds into the
+            # graph's reshapes. Private: keras.src
+            # `OpenVINOTrainer._parameterize_data` (Keras 3.15), the images
+            # parameter with a dynamic batch that Keras's `predict` uses.
+            sample = np.zeros((1,) + tuple(spec.shape[1:]), spec.dtype)
+            images = self._parameterize_data(sample)
+            outputs = keras.tree.flatten(self(images, training=False))
+            graph = openvino.Model(
+                results=[openvino.opset16.result(o.output) for o in outputs],
+                parameters=[images.output.get_node()],
+            )
+            _save_openvino(graph, staged, spec)
+            return
+        if spec is not None and (format, backend) == ("openvino", "jax"):
+            import openvino  # optional dependency: keras-cait[export]
+
+            folder = tempfile.mkdtemp()
+            try:
+                onnx_path = os.path.join(folder, "model.onnx")
+                super().export(onnx_path, format="onnx", **quiet)
+                _save_openvino(openvino.convert_model(onnx_path), staged, spec)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            return
+        if format == "onnx" and backend == "tensorflow":
+            _register_tf2onnx_erfc()
+        if (
+            format == "torch"
+            and spec is not None
+            and spec.shape[0] is None
+            and "dynamic_shapes" not in kwargs
+        ):
+            import torch  # optional dependency: only on PyTorch
+
+            quiet["dynamic_shapes"] = {
+                0: torch.export.Dim("batch", min=1, max=65536)
+            }
+        if (format, backend) == ("litert", "torch"):
+            try:
+                import litert_torch  # noqa: F401  optional: keras-cait[litert-torch]
+            except ImportError as error:
+                raise CaiTConfigError(
+                    "format='litert' on the PyTorch backend needs the "
+                    "`litert-torch` package: pip install "
+                    "'keras-cait[litert-torch]' (in its own environment: "
+                    "it pins typing-extensions<4.13), or export from the "
+                    "TensorFlow backend."
+                ) from error
+        super().export(staged, format=format, **quiet)
+
+
+def _check_format(format, backend, filepath):
+    if format not in FORMATS:
+        raise CaiTConfigError(f"`format` must be one of {FORMATS}, got {format!r}.")
+    limit = KERAS_LIMITS.get((format, backend))
+    if limit is not None:
+        others = " or ".join(SUPPORTED_BACKENDS[format])
+        raise CaiTConfigError(
+            f"format={format!r} cannot be written from the {backend} backend: "
+            f"{limit}. This is a Keras limit, not CaiT's (KerasHub's ViT "
+            f"fails the same way). Export from {others} instead: set "
+            "KERAS_BACKEND and load the same preset or .keras file there."
+        )
+    suffix = SUFFIXES.get(format)
+    if suffix is not None and not filepath.endswith(suffix):
+        raise CaiTConfigError(
+            f"format={format!r} needs a `filepath` ending in {suffix!r}, got "
+            f"{filepath!r}."
+        )
