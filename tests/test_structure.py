@@ -80,8 +80,10 @@ LAYERS = {
         "keras_cait.models.fast_inference",
     ],
     5: [  # features built on the model, and the public API
+        "keras_cait.batch_prediction",
         "keras_cait.export",
         "keras_cait.finetuning",
+        "keras_cait.image_pipeline",
         "keras_cait.predictions",
         "keras_cait.publishing",
         "keras_cait.resolution",
