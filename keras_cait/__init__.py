@@ -19,6 +19,7 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
+from keras_cait.evaluation import evaluate_folder
 from keras_cait.export import export_model
 from keras_cait.finetuning import (
     LayerDecayAdamW,
@@ -124,10 +125,11 @@ __all__ = [
     # images and predictions
     "load_image",
     "decode_predictions",
-    # image collections: predictions streamed to records
+    # image collections: predictions streamed to records, evaluation
     "predict_files",
     "write_predictions",
     "read_records",
+    "evaluate_folder",
     # attention maps (the maps themselves: model.get_attention_maps)
     "class_attention_grid",
     "head_maps",

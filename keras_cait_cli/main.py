@@ -3,6 +3,7 @@
     keras-cait predict INPUT... [--preset NAME|DIR|hf://...] [--top K]
                                 [--output FILE [--resume]] [--embeddings]
                                 [--attention DIR] [--backend BACKEND] [--json]
+    keras-cait evaluate DIR --output OUTDIR [--preset ...] [--label-map FILE]
     keras-cait presets [--json]
     keras-cait convert SOURCE OUTPUT_DIR [--upload hf://...]
 
@@ -51,6 +52,13 @@ examples:
   keras-cait predict cat.jpg --preset ./my_finetuned_preset/
 """
 
+EVALUATE_EXAMPLES = """\
+examples:
+  keras-cait evaluate imagenet/val --preset cait_xxs24_224 --output eval/
+  keras-cait evaluate flowers/ --preset ./my_finetuned_preset/ \\
+      --label-map classes.txt --output eval/
+"""
+
 CONVERT_EXAMPLES = """\
 examples:
   keras-cait convert cait_xxs24_224 out/cait_xxs24_224
@@ -63,6 +71,7 @@ examples:
   keras-cait predict cat.jpg dog.png --json
   keras-cait predict cat.jpg --attention out/     # per-head and saliency PNGs
   keras-cait predict photos/ --output results.jsonl
+  keras-cait evaluate imagenet/val --output eval/
   keras-cait presets
   keras-cait convert --help
 
@@ -180,6 +189,31 @@ def build_parser():
     )
     _add_batch_size_argument(predict, default=8)
     predict.set_defaults(run=_run_predict, parser=predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)",
+        description="Evaluate a preset on an ImageFolder layout (DIR/<class>/"
+        "images, any depth below), as timm's validate.py: print top-1, top-5, "
+        "the number of images and images/s; write OUTDIR/summary.json, "
+        "OUTDIR/per_class.csv and, with at most 50 classes, "
+        "OUTDIR/confusion_matrix.png. Class folders are WordNet ids "
+        "(n01440764, ImageNet-1k models), class indices (0, 1, ...) or names "
+        "mapped by --label-map.",
+        epilog=EVALUATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("directory", metavar="DIR", help="the folder of class folders")
+    evaluate.add_argument("--output", metavar="OUTDIR", required=True, help="folder for the results")
+    _add_preset_argument(evaluate)
+    evaluate.add_argument(
+        "--label-map", metavar="FILE",
+        help="class folder -> class index: a .json object, or a text file "
+        "with one folder name per line (line k is class k, as timm's class maps)",
+    )
+    _add_backend_argument(evaluate)
+    _add_batch_size_argument(evaluate, default=32)
+    evaluate.set_defaults(run=_run_evaluate)
 
     presets = commands.add_parser(
         "presets",
@@ -323,6 +357,27 @@ def _run_predict(args, argv):
     else:
         print(predict.format_table(records), flush=True)
     return _failed_inputs(sum("error" in r for r in records), len(records))
+
+
+def _run_evaluate(args, argv):
+    status = _switch_backend(args.backend, argv, args.can_restart)
+    if status is not None:
+        return status
+    with stdout_to_stderr():
+        import keras  # start-up: the backend
+
+        from keras_cait import evaluation  # start-up: imports Keras and a backend
+
+        print(f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
+              file=sys.stderr)
+        summary = evaluation.evaluate_folder(
+            args.directory, args.preset, output_dir=args.output,
+            label_map=args.label_map, batch_size=args.batch_size, progress=True,
+        )
+        for path in summary["files"]:
+            print(f"wrote {path}", file=sys.stderr)
+    print(evaluation.format_summary(summary), flush=True)
+    return _failed_inputs(summary["failed"], summary["images"])
 
 
 def presets_dir():

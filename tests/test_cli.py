@@ -239,7 +239,8 @@ def test_bad_arguments_exit_2_with_usage(capfd):
                       ["predict", "x.jpg", "--resume"],
                       ["predict", "x.jpg", "--output", "r.jsonl", "--json"],
                       ["predict", "x.jpg", "--embeddings"],
-                      ["predict", "x.jpg", "--json", "--embeddings", "--attention", "d"]):
+                      ["predict", "x.jpg", "--json", "--embeddings", "--attention", "d"],
+                      ["evaluate", "folder"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(arguments)
         assert exit_info.value.code == 2
@@ -249,18 +250,22 @@ def test_bad_arguments_exit_2_with_usage(capfd):
 
 def test_help_has_examples(capfd):
     helps = {}
-    for arguments in (["--help"], ["predict", "--help"]):
+    for arguments in (["--help"], ["predict", "--help"], ["evaluate", "--help"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(arguments)
         assert exit_info.value.code == 0
         helps[arguments[0]] = out = capfd.readouterr().out
         assert "examples:" in out
     assert "keras-cait predict cat.jpg" in helps["--help"]
+    assert "keras-cait evaluate imagenet/val" in helps["--help"]
     predict = helps["predict"]
     for option in ("--attention DIR", "--json", "--backend", "--output FILE",
                    "--resume", "--embeddings", "@list.txt",
                    "keras-cait predict photos/ --output results.jsonl"):
         assert option in predict
+    for option in ("--label-map FILE", "--output OUTDIR", "summary.json",
+                   "confusion_matrix.png"):
+        assert option in helps["evaluate"]
 
 
 def test_presets_table_and_json(capfd):

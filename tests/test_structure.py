@@ -81,6 +81,7 @@ LAYERS = {
     ],
     5: [  # features built on the model, and the public API
         "keras_cait.batch_prediction",
+        "keras_cait.evaluation",
         "keras_cait.export",
         "keras_cait.finetuning",
         "keras_cait.image_pipeline",
