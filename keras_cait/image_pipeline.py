@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_cait.errors import CaiTConfigError
+from keras_cait.errors import CaiTConfigError, CaiTError
 from keras_cait.io.images import load_image
 
 # The model input of an unreadable file (its outputs are discarded): a
@@ -56,9 +56,11 @@ def read_image(path):
     """
     try:
         return load_image(path), None
-    except Exception as error:  # every failure becomes a record
-        reason = " ".join(str(error).split()) or type(error).__name__
-        return _PLACEHOLDER, reason
+    except CaiTError as error:  # the file's problem, named by load_image
+        return _PLACEHOLDER, " ".join(str(error).split())
+    except Exception as error:  # anything else, too: one record, not a stop
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        return _PLACEHOLDER, f"Cannot read image '{path}': {reason}"
 
 
 def check_batch_size(batch_size):

@@ -202,3 +202,18 @@ def test_resume_after_a_half_written_line_keeps_the_complete_records(
                            "--output", output, "--resume", "--top", "3",
                            "--backend", backend)
     assert status == 1 and "written for other inputs" in err
+
+
+def test_any_reading_failure_is_a_reason_naming_the_file(monkeypatch, tmp_path):
+    from keras_cait import image_pipeline
+
+    def exploding(path):
+        raise MemoryError("no room\nat all")
+
+    monkeypatch.setattr(image_pipeline, "load_image", exploding)
+    image, reason = image_pipeline.read_image("big.png")
+    assert image.shape == (1, 1, 3)
+    assert reason == "Cannot read image 'big.png': MemoryError: no room at all"
+    monkeypatch.undo()
+    image, reason = image_pipeline.read_image(make_photos(tmp_path, 1)[0])
+    assert reason is None and image.dtype == np.uint8 and image.ndim == 3
