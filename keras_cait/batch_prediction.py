@@ -67,8 +67,9 @@ class BatchPredictor:
     """A classifier's forward pass on batches of a collection, and the
     batch's records.
 
-    The forward pass is a plain call of a Keras model sharing the
-    classifier's layers (so quantization, LoRA and dtype policies apply).
+    The forward pass runs a Keras model sharing the classifier's layers
+    through Keras's `predict_on_batch`, so every layer runs through its
+    `__call__` (quantization, LoRA and dtype policies apply).
 
     Args:
         classifier: a `CaiTImageClassifier` with an image converter (see
