@@ -286,7 +286,7 @@ def evaluate_folder(
             predicted_top1,
         )
     if output_dir is not None:
-        summary["files"] = _write_results(summary, os.fspath(output_dir))
+        _write_results(summary, os.fspath(output_dir))
     return summary
 
 
@@ -339,6 +339,7 @@ def _per_class_csv(summary):
 
 
 def _write_results(summary, output_dir):
+    """Writes the result files; lists them in `summary["files"]`."""
     os.makedirs(output_dir, exist_ok=True)
     written = []
     matrix = summary["confusion_matrix"]
@@ -365,7 +366,6 @@ def _write_results(summary, output_dir):
         with open(temporary, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
             f.write("\n")
-    return summary["files"]
 
 
 def format_summary(summary):
