@@ -48,9 +48,11 @@ def timm_logits(source, images):
     loader = loader_lib.get_loader(source)
     if not isinstance(loader, loader_lib.CaiTTimmPresetLoader):
         return None
-    path, _ = loader.spec.fetch_weights()
-    architecture, model_args = loader.spec.timm_arguments
-    model = timm.create_model(architecture, pretrained=False, **model_args)
+    checkpoint = loader.checkpoint
+    model = timm.create_model(
+        checkpoint.architecture, pretrained=False, **checkpoint.timm_model_args()
+    )
+    path = checkpoint.fetch_weights()
     model.load_state_dict(load_file(path))
     model.eval()
     with torch.no_grad():

@@ -6,27 +6,22 @@ file), resampling the position embedding as timm's
 `resample_abs_pos_embed` does.
 """
 
-import numpy as np
-
-from keras_cait.convert.resample import resample_position_embedding
-from keras_cait.errors import CaiTConfigError, CaiTWeightsError
+from keras_cait.convert.timm_weights import ModelTensors, load_timm_weights
+from keras_cait.errors import CaiTConfigError
 from keras_cait.models.cait_backbone import CaiTBackbone
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
-
-
-def _position_embedding(backbone):
-    return backbone.get_layer("patch_embedding").position_embedding
 
 
 def with_image_shape(model, image_shape):
     """A copy of a keras-cait model built for another input size.
 
     Rebuilds the `CaiTBackbone` (or the `CaiTImageClassifier` around it) from
-    its config with the new `image_shape`, copies every weight, and resamples
-    the position embedding with `resample_position_embedding`. The result
-    saves and loads like any keras-cait model (`.keras` file or
-    `save_to_preset`), keeping the resampled embedding. For checkpoints on
-    disk, `from_preset(handle, image_shape=...)` does the same in one step.
+    its config with the new `image_shape` and copies every weight through
+    `load_timm_weights`, which resamples the position embedding with
+    `resample_position_embedding`. The result saves and loads like any
+    keras-cait model (`.keras` file or `save_to_preset`), keeping the
+    resampled embedding. For checkpoints on disk, `from_preset(handle,
+    image_shape=...)` does the same in one step.
 
     Args:
         model: a `CaiTBackbone` or `CaiTImageClassifier` (e.g. loaded with
@@ -41,6 +36,8 @@ def with_image_shape(model, image_shape):
     Raises:
         CaiTConfigError: `model` is not a keras-cait model, or the channels
             differ.
+        CaiTWeightsError: the model's variables are not CaiT's (e.g. a
+            quantized model).
 
     Example:
     ```python
@@ -82,22 +79,7 @@ def with_image_shape(model, image_shape):
         config["compile"] = False
         new_model = type(model).from_config(config)
 
-    old_embedding = _position_embedding(backbone)
-    new_embedding = _position_embedding(new_backbone)
-    old_weights = {v.path: v for v in model.weights}
-    new_weights = {v.path: v for v in new_model.weights}
-    if set(old_weights) != set(new_weights):
-        raise CaiTWeightsError(
-            "The rebuilt model's variables differ from the original's: "
-            f"{sorted(set(old_weights) ^ set(new_weights))}."
-        )
-    for path, variable in new_weights.items():
-        value = np.asarray(old_weights[path].numpy())
-        if path == new_embedding.path:
-            value = resample_position_embedding(
-                np.asarray(old_embedding.numpy(), dtype=np.float32),
-                backbone.grid_size,
-                new_backbone.grid_size,
-            )
-        variable.assign(value)
+    load_timm_weights(
+        new_model, ModelTensors(model), model.name, source_grid=backbone.grid_size
+    )
     return new_model

@@ -1,13 +1,20 @@
-"""The CaiT configuration schema: argument names, constants and limits.
+"""The CaiT configuration schema: the arguments, their one validator, and
+the checkpoint layout they imply.
 
-What a `CaiTBackbone` or `CaiTImageClassifier` configuration may hold, checked
-without building (or importing) a model: the loaders and the safety checks
-validate configurations from files here before anything is allocated.
+`check_backbone_config` is the one check of `CaiTBackbone` arguments: the
+backbone runs it on its own arguments, and the loaders and safety checks run
+it (with size limits) on configurations read from files, before anything is
+built. `checkpoint_layout` is the one derivation of CaiT's tensors from its
+arguments: timm's keys and shapes, the transpose to Keras layout and the
+Keras variable path of each (the loaders' key map, the parameter budget,
+`tools/benchmark.py`). Nothing here imports Keras or a model.
 """
 
+import collections
 import math
+import numbers
 
-from keras_cait.errors import CaiTUnsafeModelError
+from keras_cait.errors import CaiTConfigError, CaiTUnsafeModelError
 
 # timm's evaluation transform for CaiT: ImageNet mean and standard deviation
 # of [0, 1] pixels, and the resize filters a preset may name.
@@ -18,24 +25,24 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 # Pooling of `CaiTImageClassifier` (timm's `global_pool`).
 POOLINGS = ("token", "avg")
 
-# `CaiTBackbone` and `CaiTImageClassifier` constructor arguments (besides
-# Keras's `name`, `trainable` and `dtype`); `tests/test_schema.py` checks
-# them against the signatures.
-BACKBONE_ARGUMENTS = (
-    "hidden_dim",
-    "num_layers",
-    "num_heads",
-    "image_shape",
-    "patch_size",
-    "num_class_attention_layers",
-    "mlp_ratio",
-    "class_attention_mlp_ratio",
-    "use_qkv_bias",
-    "layer_scale_init_value",
-    "dropout_rate",
-    "attention_dropout",
-    "drop_path_rate",
-    "layer_norm_epsilon",
+# `CaiTBackbone`'s arguments and defaults (`None`: required), besides
+# Keras's `name`, `trainable` and `dtype`; tests/test_models.py checks them
+# against the signature.
+BACKBONE_DEFAULTS = dict(
+    hidden_dim=None,
+    num_layers=None,
+    num_heads=None,
+    image_shape=(224, 224, 3),
+    patch_size=16,
+    num_class_attention_layers=2,
+    mlp_ratio=4.0,
+    class_attention_mlp_ratio=4.0,
+    use_qkv_bias=True,
+    layer_scale_init_value=1e-5,
+    dropout_rate=0.0,
+    attention_dropout=0.0,
+    drop_path_rate=0.0,
+    layer_norm_epsilon=1e-6,
 )
 CLASSIFIER_ARGUMENTS = (
     "backbone",
@@ -47,13 +54,9 @@ CLASSIFIER_ARGUMENTS = (
     "head_dtype",
     "compile",
 )
+_KERAS_KEYS = {"name", "trainable", "dtype"}
 
-
-def _unsafe(source, message):
-    return CaiTUnsafeModelError(f"{source}: {message}")
-
-
-# Upper bounds for integer arguments of keras-cait models; far above every
+# Limits for configurations read from files (`limits=True`); far above every
 # published CaiT (depth 48, width 768, 448x448 images).
 BACKBONE_INT_LIMITS = dict(
     hidden_dim=16384,
@@ -64,170 +67,321 @@ BACKBONE_INT_LIMITS = dict(
 )
 MAX_IMAGE_SIDE = 8192
 MAX_CHANNELS = 64
+MAX_MLP_RATIO = 64
 MAX_CLASSES = 10_000_000
 DEFAULT_MAX_PARAMETERS = 2_000_000_000
-_BASE_KEYS = {"name", "trainable", "dtype"}
 
 
-def _int_arg(source, key, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _unsafe(
-            source, f"`{key}` must be an integer, got {type(value).__name__} "
-            f"{value!r:.80}."
-        )
-    if not low <= value <= high:
-        raise _unsafe(source, f"`{key}` must be in [{low}, {high}], got {value}.")
-    return value
+class _Checker:
+    """Checks values one at a time, naming each as its source calls it."""
+
+    def __init__(self, source, limits, names):
+        self.source = source
+        self.limits = limits
+        self.names = names or {}
+        self.error = CaiTUnsafeModelError if limits else CaiTConfigError
+
+    def fail(self, message):
+        return self.error(f"{self.source}: {message}")
+
+    def label(self, key):
+        return f"`{self.names.get(key, key)}`"
+
+    def integer(self, key, value, low=1, high=math.inf):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise self.fail(
+                f"{self.label(key)} must be int, got {type(value).__name__} "
+                f"{value!r:.80}."
+            )
+        if not self.limits:
+            high = math.inf
+        if value < low or value > high:
+            if high == math.inf:
+                expected = "a positive integer" if low == 1 else f"an integer >= {low}"
+            else:
+                expected = f"in [{low}, {high}]"
+            raise self.fail(f"{self.label(key)} must be {expected}, got {value}.")
+        return int(value)
+
+    def number(self, key, value, low, high, low_open=False, high_open=False):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise self.fail(
+                f"{self.label(key)} must be a number, got "
+                f"{type(value).__name__} {value!r:.80}."
+            )
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            value = math.inf
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):
+            if low == 0 and low_open and high == math.inf:
+                expected = "positive"
+            else:
+                expected = (
+                    f"in {'(' if low_open else '['}{low}, {high}"
+                    f"{')' if high_open else ']'}"
+                )
+            raise self.fail(f"{self.label(key)} must be {expected}, got {value!r}.")
+        return value
+
+    def unknown_keys(self, config, allowed, class_name):
+        unknown = sorted(set(config) - set(allowed) - _KERAS_KEYS)
+        if unknown:
+            raise self.fail(f"unexpected arguments {unknown} for {class_name}.")
 
 
-def _float_arg(source, key, value, low, high, low_inclusive=True, high_inclusive=True):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _unsafe(
-            source, f"`{key}` must be a number, got {type(value).__name__} "
-            f"{value!r:.80}."
-        )
-    ok_low = value >= low if low_inclusive else value > low
-    ok_high = value <= high if high_inclusive else value < high
-    if not (math.isfinite(value) and ok_low and ok_high):
-        left = "[" if low_inclusive else "("
-        right = "]" if high_inclusive else ")"
-        raise _unsafe(
-            source, f"`{key}` must be in {left}{low}, {high}{right}, got {value!r}."
-        )
-    return float(value)
-
-
-def _check_keys(source, class_name, allowed, config):
-    unknown = sorted(set(config) - set(allowed) - _BASE_KEYS)
-    if unknown:
-        raise _unsafe(
-            source, f"unexpected arguments {unknown} for {class_name}."
-        )
-
-
-def estimate_backbone_parameters(config):
-    """An upper estimate of a `CaiTBackbone`'s parameter count from its
-    (validated) config dict."""
-    d = config["hidden_dim"]
-    h = config["num_heads"]
-    height, width, channels = config["image_shape"]
-    p = config["patch_size"]
-    patches = (height // p) * (width // p)
-    mlp = int(d * config.get("mlp_ratio", 4.0))
-    ca_mlp = int(d * config.get("class_attention_mlp_ratio", 4.0))
-    attention = 4 * d * d + 4 * d  # q, k, v and the output projection
-    common = 6 * d  # two LayerNorms and two LayerScales
-    sa_block = attention + 2 * h * h + 2 * h + common + 2 * d * mlp + mlp + d
-    ca_block = attention + common + 2 * d * ca_mlp + ca_mlp + d
-    embedding = p * p * channels * d + d + patches * d + d  # conv, pos, cls
-    return (
-        embedding
-        + config["num_layers"] * sa_block
-        + config["num_class_attention_layers"] * ca_block
-        + 2 * d  # final LayerNorm
-    )
-
-
-def check_backbone_config(config, source="config", max_parameters=None):
-    """Validates a `CaiTBackbone` config dict before anything is built.
+def check_backbone_config(
+    config, source="CaiTBackbone", limits=True, max_parameters=None, names=None
+):
+    """Validates `CaiTBackbone` arguments; returns them complete and normalised.
 
     Args:
-        config: dict, the `config` of a serialised `CaiTBackbone`.
-        source: string naming where the config comes from, quoted in errors.
-        max_parameters: int or `None`; refuse configs above this estimated
-            parameter count (default 2 billion).
+        config: dict of `CaiTBackbone` arguments (the `config` of a
+            serialised backbone, or keyword arguments). Keras's `name`,
+            `trainable` and `dtype` pass through unchecked.
+        source: string naming where the arguments come from, quoted in errors.
+        limits: bool. `True` for configurations read from files: the integer
+            arguments, image sides, `mlp_ratio`s and the parameter count
+            (`max_parameters`) are bounded, and every error is a
+            `CaiTUnsafeModelError`. `False` (what `CaiTBackbone` itself
+            checks): the model's own constraints only, errors are
+            `CaiTConfigError`.
+        max_parameters: int or `None` (2 billion): with `limits`, the largest
+            accepted parameter count (from `checkpoint_layout`).
+        names: `None` or a dict naming arguments in errors as the source
+            calls them, e.g. `{"num_layers": "model_args.depth"}`;
+            `"image_shape height"`, `"image_shape width"` and
+            `"image_shape channels"` name the parts of `image_shape`.
+
+    Returns:
+        A dict of every argument of `BACKBONE_DEFAULTS` (missing ones at
+        their defaults), integers as `int`, rates and ratios as `float`,
+        `image_shape` a tuple, plus `name`/`trainable`/`dtype` if given.
 
     Raises:
-        CaiTUnsafeModelError: an argument has the wrong type, is out of
-            range, is unknown, or the model would be too large.
+        CaiTConfigError: (`CaiTUnsafeModelError` with `limits`) an argument
+            is missing, unknown, of the wrong type or out of range, the image
+            sides are not divisible by `patch_size`, `hidden_dim` by
+            `num_heads`, or the model would exceed `max_parameters`.
 
     Example:
     ```python
     keras_cait.schema.check_backbone_config(backbone.get_config())
     ```
     """
-    max_parameters = max_parameters or DEFAULT_MAX_PARAMETERS
-    source = f"{source} (CaiTBackbone)"
+    check = _Checker(source, limits, names)
     if not isinstance(config, dict):
-        raise _unsafe(source, "the config must be an object.")
-    _check_keys(source, "CaiTBackbone", BACKBONE_ARGUMENTS, config)
-    for key in ("hidden_dim", "num_layers", "num_heads"):
-        if key not in config:
-            raise _unsafe(source, f"the required argument `{key}` is missing.")
-    values = dict(config)
-    for key, high in BACKBONE_INT_LIMITS.items():
-        if key in values:
-            _int_arg(source, key, values[key], 1, high)
-    values.setdefault("patch_size", 16)
-    values.setdefault("num_class_attention_layers", 2)
-    image_shape = values.setdefault("image_shape", [224, 224, 3])
-    if not isinstance(image_shape, (list, tuple)) or len(image_shape) != 3:
-        raise _unsafe(
-            source, "`image_shape` must be [height, width, channels], got "
-            f"{image_shape!r:.80}."
+        raise check.fail(
+            f"the CaiTBackbone arguments must be an object, got "
+            f"{type(config).__name__}."
         )
-    for axis, value, high in zip(
-        ("height", "width", "channels"), image_shape,
-        (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS),
-    ):
-        _int_arg(source, f"image_shape {axis}", value, 1, high)
-    for axis, value in zip(("height", "width"), image_shape[:2]):
-        if value % values["patch_size"]:
-            raise _unsafe(
-                source, f"the image {axis} {value} is not divisible by "
-                f"`patch_size` {values['patch_size']}."
+    check.unknown_keys(config, BACKBONE_DEFAULTS, "CaiTBackbone")
+    values = {**BACKBONE_DEFAULTS, **config}
+    for key, default in BACKBONE_DEFAULTS.items():
+        if default is None and values[key] is None:
+            raise check.fail(f"the required argument {check.label(key)} is missing.")
+    for key in BACKBONE_INT_LIMITS:
+        values[key] = check.integer(key, values[key], high=BACKBONE_INT_LIMITS[key])
+    shape = values["image_shape"]
+    if isinstance(shape, (str, bytes)) or not isinstance(
+        shape, collections.abc.Sequence
+    ) or len(shape) != 3:
+        raise check.fail(
+            f"{check.label('image_shape')} must be (height, width, channels), "
+            f"got {shape!r:.80}."
+        )
+    highs = (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS)
+    axes = ("height", "width", "channels")
+    values["image_shape"] = tuple(
+        check.integer(f"image_shape {axis}", value, high=high)
+        for axis, value, high in zip(axes, shape, highs)
+    )
+    for axis, side in zip(axes, values["image_shape"][:2]):
+        if side % values["patch_size"]:
+            raise check.fail(
+                f"the image {axis} {side} in {check.label(f'image_shape {axis}')} "
+                f"is not divisible by {check.label('patch_size')} "
+                f"({values['patch_size']})."
             )
     if values["hidden_dim"] % values["num_heads"]:
-        raise _unsafe(source, "`hidden_dim` must be divisible by `num_heads`.")
-    for key in ("mlp_ratio", "class_attention_mlp_ratio"):
-        if key in values:
-            _float_arg(source, key, values[key], 0, 64, low_inclusive=False)
-    for key in ("dropout_rate", "attention_dropout", "drop_path_rate"):
-        if key in values:
-            _float_arg(source, key, values[key], 0, 1, high_inclusive=False)
-    if "layer_scale_init_value" in values:
-        _float_arg(source, "layer_scale_init_value",
-                   values["layer_scale_init_value"], -1e6, 1e6)
-    if "layer_norm_epsilon" in values:
-        _float_arg(source, "layer_norm_epsilon", values["layer_norm_epsilon"],
-                   0, 1, low_inclusive=False)
-    if "use_qkv_bias" in values and not isinstance(values["use_qkv_bias"], bool):
-        raise _unsafe(source, "`use_qkv_bias` must be true or false.")
-    estimate = estimate_backbone_parameters(values)
-    if estimate > max_parameters:
-        raise _unsafe(
-            source, f"the model would have about {estimate:,} parameters, "
-            f"more than the limit of {max_parameters:,} (`max_parameters`)."
+        raise check.fail(
+            f"{check.label('hidden_dim')} ({values['hidden_dim']}) must be "
+            f"divisible by {check.label('num_heads')} ({values['num_heads']})."
         )
+    ratio_high = MAX_MLP_RATIO if limits else math.inf
+    for key in ("mlp_ratio", "class_attention_mlp_ratio"):
+        values[key] = check.number(key, values[key], 0, ratio_high, low_open=True)
+    for key in ("dropout_rate", "attention_dropout", "drop_path_rate"):
+        values[key] = check.number(key, values[key], 0, 1, high_open=True)
+    values["layer_scale_init_value"] = check.number(
+        "layer_scale_init_value", values["layer_scale_init_value"], -1e6, 1e6
+    )
+    values["layer_norm_epsilon"] = check.number(
+        "layer_norm_epsilon", values["layer_norm_epsilon"], 0, 1, low_open=True
+    )
+    if not isinstance(values["use_qkv_bias"], bool):
+        raise check.fail(f"{check.label('use_qkv_bias')} must be true or false.")
+    if limits:
+        max_parameters = max_parameters or DEFAULT_MAX_PARAMETERS
+        count = sum(math.prod(t.shape) for t in checkpoint_layout(values))
+        if count > max_parameters:
+            raise check.fail(
+                f"the model would have {count:,} parameters, more than the "
+                f"limit of {max_parameters:,} (`max_parameters`)."
+            )
+    return values
 
 
-def check_classifier_config(config, source="config", max_parameters=None):
-    """Validates a `CaiTImageClassifier` config dict (and its backbone's)
-    before anything is built.
+def check_classifier_config(config, source="CaiTImageClassifier", limits=True,
+                            max_parameters=None, names=None):
+    """Validates `CaiTImageClassifier` arguments (and a serialised backbone's).
 
     Args:
-        config: dict, the `config` of a serialised `CaiTImageClassifier`.
-        source: string naming where the config comes from, quoted in errors.
-        max_parameters: int or `None`, passed to `check_backbone_config`.
+        config: dict of `CaiTImageClassifier` arguments, e.g. the `config`
+            of a serialised classifier. A `backbone` entry, if present, must
+            be a serialised `CaiTBackbone` (its arguments are checked).
+        source, limits, max_parameters, names: as `check_backbone_config`
+            (`limits` also bounds `num_classes` by `MAX_CLASSES`).
+
+    Returns:
+        A dict of `num_classes` (int), `pooling` and `dropout` (float).
 
     Raises:
-        CaiTUnsafeModelError: an argument has the wrong type or is out of
-            range.
+        CaiTConfigError: (`CaiTUnsafeModelError` with `limits`) an argument
+            is unknown, missing, of the wrong type or out of range.
     """
-    source = f"{source} (CaiTImageClassifier)"
+    check = _Checker(source, limits, names)
     if not isinstance(config, dict):
-        raise _unsafe(source, "the config must be an object.")
-    _check_keys(source, "CaiTImageClassifier", CLASSIFIER_ARGUMENTS, config)
-    if "num_classes" not in config:
-        raise _unsafe(source, "the required argument `num_classes` is missing.")
-    _int_arg(source, "num_classes", config["num_classes"], 0, MAX_CLASSES)
-    if config.get("pooling", "token") not in POOLINGS:
-        raise _unsafe(
-            source, f"`pooling` must be one of {POOLINGS}, got "
-            f"{config.get('pooling')!r:.80}."
+        raise check.fail(
+            "the CaiTImageClassifier arguments must be an object, got "
+            f"{type(config).__name__}."
         )
-    if "dropout" in config:
-        _float_arg(source, "dropout", config["dropout"], 0, 1, high_inclusive=False)
-    backbone = config.get("backbone")
-    if not isinstance(backbone, dict) or backbone.get("class_name") != "CaiTBackbone":
-        raise _unsafe(source, "`backbone` must be a serialised CaiTBackbone.")
+    check.unknown_keys(config, CLASSIFIER_ARGUMENTS, "CaiTImageClassifier")
+    if "num_classes" not in config:
+        raise check.fail(f"the required argument {check.label('num_classes')} is missing.")
+    values = dict(
+        num_classes=check.integer(
+            "num_classes", config["num_classes"], low=0, high=MAX_CLASSES
+        ),
+        pooling=config.get("pooling", "token"),
+        dropout=check.number("dropout", config.get("dropout", 0.0), 0, 1, high_open=True),
+    )
+    if values["pooling"] not in POOLINGS:
+        raise check.fail(
+            f"{check.label('pooling')} must be one of {POOLINGS}, got "
+            f"{values['pooling']!r:.80}."
+        )
+    if "backbone" in config:
+        backbone = config["backbone"]
+        if not isinstance(backbone, dict) or backbone.get("class_name") != "CaiTBackbone":
+            raise check.fail("`backbone` must be a serialised CaiTBackbone.")
+        check_backbone_config(
+            backbone.get("config"), f"{source}: CaiTBackbone", limits, max_parameters
+        )
+    return values
+
+
+# ---------------------------------------------------------------------------
+# The checkpoint layout
+
+
+CheckpointTensor = collections.namedtuple("CheckpointTensor", "key shape axes path")
+CheckpointTensor.__doc__ = """One tensor of a CaiT checkpoint.
+
+Attributes:
+    key: timm's key (`state_dict` name), e.g. `"blocks.0.attn.qkv.weight"`.
+    shape: tuple, its shape in timm (PyTorch) layout.
+    axes: `None` (same layout) or the permutation taking it to Keras layout
+        (`numpy.transpose(array, axes)`).
+    path: the Keras variable's path (`keras.Variable.path`), e.g.
+        `"self_attention_block_0/attn/qkv/kernel"`.
+"""
+
+_LINEAR = (1, 0)  # nn.Linear (out, in) -> Dense kernel (in, out)
+_CONV = (2, 3, 1, 0)  # nn.Conv2d (out, in, kh, kw) -> Conv2D kernel (kh, kw, in, out)
+
+
+def keras_shape(tensor):
+    """The Keras-layout shape of a `CheckpointTensor`."""
+    if tensor.axes is None:
+        return tensor.shape
+    return tuple(tensor.shape[axis] for axis in tensor.axes)
+
+
+def checkpoint_layout(config, num_classes=0):
+    """The tensors of a CaiT checkpoint for these arguments, in timm's names
+    and layouts, computed from the arguments alone (nothing is built).
+
+    The keys and shapes are those of timm's `Cait(...).state_dict()`; the
+    paths are those of `CaiTImageClassifier(CaiTBackbone(**config),
+    num_classes)`'s variables (its head is the layer `predictions`).
+
+    Args:
+        config: dict of (valid) `CaiTBackbone` arguments; missing ones take
+            their defaults.
+        num_classes: int. The head's classes; `0` means no `head.*` tensors.
+
+    Returns:
+        A list of `CheckpointTensor`: the class token, the position and
+        patch embeddings, the self-attention blocks, the class-attention
+        blocks, the final norm, then the head.
+
+    Example:
+    ```python
+    layout = keras_cait.schema.checkpoint_layout(
+        dict(hidden_dim=192, num_layers=24, num_heads=4), num_classes=1000
+    )
+    sum(math.prod(t.shape) for t in layout)  # 12,030,400 (cait_xxs24_224)
+    ```
+    """
+    k = {**BACKBONE_DEFAULTS, **config}
+    height, width, channels = k["image_shape"]
+    p, d, heads = k["patch_size"], k["hidden_dim"], k["num_heads"]
+    layout = []
+
+    def add(key, shape, path, axes=None):
+        layout.append(CheckpointTensor(key, tuple(shape), axes, path))
+
+    def linear(key, path, in_dim, out_dim, bias=True):
+        add(f"{key}.weight", (out_dim, in_dim), f"{path}/kernel", _LINEAR)
+        if bias:
+            add(f"{key}.bias", (out_dim,), f"{path}/bias")
+
+    def norm(key, path):
+        add(f"{key}.weight", (d,), f"{path}/gamma")
+        add(f"{key}.bias", (d,), f"{path}/beta")
+
+    def block(key, path, mlp_ratio):
+        add(f"{key}.gamma_1", (d,), f"{path}/layer_scale_1/gamma")
+        add(f"{key}.gamma_2", (d,), f"{path}/layer_scale_2/gamma")
+        norm(f"{key}.norm1", f"{path}/norm1")
+        norm(f"{key}.norm2", f"{path}/norm2")
+        hidden = int(d * mlp_ratio)
+        linear(f"{key}.mlp.fc1", f"{path}/mlp/fc1", d, hidden)
+        linear(f"{key}.mlp.fc2", f"{path}/mlp/fc2", hidden, d)
+
+    add("cls_token", (1, 1, d), "class_token/class_token")
+    add("pos_embed", (1, (height // p) * (width // p), d),
+        "patch_embedding/position_embedding")
+    add("patch_embed.proj.weight", (d, channels, p, p),
+        "patch_embedding/projection/kernel", _CONV)
+    add("patch_embed.proj.bias", (d,), "patch_embedding/projection/bias")
+    for i in range(k["num_layers"]):
+        key, path = f"blocks.{i}", f"self_attention_block_{i}"
+        block(key, path, k["mlp_ratio"])
+        linear(f"{key}.attn.qkv", f"{path}/attn/qkv", d, 3 * d, k["use_qkv_bias"])
+        linear(f"{key}.attn.proj", f"{path}/attn/proj", d, d)
+        linear(f"{key}.attn.proj_l", f"{path}/attn/proj_l", heads, heads)
+        linear(f"{key}.attn.proj_w", f"{path}/attn/proj_w", heads, heads)
+    for i in range(k["num_class_attention_layers"]):
+        key, path = f"blocks_token_only.{i}", f"class_attention_block_{i}"
+        block(key, path, k["class_attention_mlp_ratio"])
+        for name in ("q", "k", "v"):
+            linear(f"{key}.attn.{name}", f"{path}/attn/{name}", d, d, k["use_qkv_bias"])
+        linear(f"{key}.attn.proj", f"{path}/attn/proj", d, d)
+    norm("norm", "final_layernorm")
+    if num_classes:
+        linear("head", "predictions", d, num_classes)
+    return layout

@@ -1,13 +1,5 @@
-import os
-import tempfile
-
 import keras
 import pytest
-
-# Tests never write into the user's conversion cache: unless a test (or the
-# caller) chose one, converted weights go to a directory of this session.
-if "KERAS_CAIT_CACHE" not in os.environ:
-    os.environ["KERAS_CAIT_CACHE"] = tempfile.mkdtemp(prefix="keras-cait-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,12 @@
 """Peak memory of `from_preset` on a timm checkpoint.
 
-Converting and loading stream one tensor at a time, so `from_preset` adds
-less than 2.5x the weights' size to the process (the model's own variables
-are 1x), on the first call (convert, write the conversion cache) and on the
-second (read the cache), each in a fresh process. The whole-dict code this
-replaced took about 4x on the first call.
+The checkpoint is read one tensor at a time (`safe_open`, its memory map
+released every `REOPEN_EVERY_BYTES`) and assigned one tensor at a time, so
+`from_preset` adds less than 2.5x the weights' size to the process (the
+model's own variables are 1x), measured in a fresh process. The whole-dict
+code of the first release took about 4x.
 
-Only APIs that predate streaming are used (the checkpoint is written with
+Only public APIs are used (the checkpoint is written with
 tools/benchmark.py's recipe), so this test also runs against older code.
 """
 
@@ -41,7 +41,7 @@ def rss_mb():
                 return int(line.split()[1]) / 1024.0
 
 directory, warmup = os.environ["CAIT_CHECKPOINT"], os.environ["CAIT_WARMUP"]
-# Pay the backend's one-time costs first (a tiny preset, its own cache).
+# Pay the backend's one-time costs first (a tiny preset).
 keras_cait.CaiTImageClassifier.from_preset(warmup)
 weights_mb = os.path.getsize(os.path.join(directory, "model.safetensors")) / 2**20
 before = rss_mb()
@@ -70,7 +70,6 @@ def test_from_preset_peak_memory_is_below_2_5x_the_weights(tmp_path):
     env = dict(
         os.environ,
         KERAS_BACKEND=keras.backend.backend(),
-        KERAS_CAIT_CACHE=str(tmp_path / "converted"),
         CAIT_CHECKPOINT=str(folder),
         CAIT_WARMUP=str(warmup),
     )
@@ -78,19 +77,14 @@ def test_from_preset_peak_memory_is_below_2_5x_the_weights(tmp_path):
     # was exec'ed from (Linux), here pytest's; a lean launcher process in
     # between keeps the measured process's own.
     launcher = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
-    ratios = []
-    for _ in ("first call: convert and write the cache", "second call: read it"):
-        process = subprocess.run(
-            [sys.executable, "-c", launcher, sys.executable, "-c", MEMORY_SCRIPT],
-            env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
-        )
-        assert process.returncode == 0, process.stdout + process.stderr
-        result = json.loads(process.stdout.strip().splitlines()[-1])
-        assert result["params"] == written["num_params"]
-        ratios.append(result["ratio"])
-    # The tiny preset's entry and this one's.
-    assert len(list((tmp_path / "converted").rglob("meta.json"))) == 2
-    print("peak increase over the weights (first call, cached call):", ratios)
-    # Streaming: the model's variables (1x), the backend's building costs
-    # and about one tensor.
-    assert ratios[0] < 2.5 and ratios[1] < 2.5, ratios
+    process = subprocess.run(
+        [sys.executable, "-c", launcher, sys.executable, "-c", MEMORY_SCRIPT],
+        env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    assert result["params"] == written["num_params"]
+    print("peak increase over the weights:", result["ratio"])
+    # The model's variables (1x), the backend's building costs, about one
+    # tensor and a bounded part of the file's memory map.
+    assert result["ratio"] < 2.5, result

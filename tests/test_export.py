@@ -22,15 +22,10 @@ def _skip_unless_supported(format):
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
+def classifier():
     # A preset: timm's tiny reference checkpoint (config.json +
-    # model.safetensors) loaded through from_preset, with its own cache.
-    cache = tmp_path_factory.mktemp("conversion_cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KERAS_CAIT_CACHE", str(cache))
-        model = keras_cait.CaiTImageClassifier.from_preset(
-            str(TIMM / "tiny_token_head")
-        )
+    # model.safetensors) loaded through from_preset.
+    model = keras_cait.CaiTImageClassifier.from_preset(str(TIMM / "tiny_token_head"))
     # The exported graph is the model itself: normalised images in, logits
     # out. Compare it with the model, not with predict()'s preprocessing.
     model.preprocessor = None

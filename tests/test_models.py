@@ -1,18 +1,15 @@
 """CaiTBackbone and CaiTImageClassifier: construction, validation, configs."""
 
 import copy
+import inspect
 
 import keras
 import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.convert.timm_config import (
-    TIMM_ARCHITECTURES,
-    backbone_kwargs_from_timm,
-    resolve_timm_arguments,
-)
-from tests.support import TINY_BACKBONE, to_numpy, variants
+from keras_cait import schema
+from tests.support import TINY_BACKBONE, to_numpy
 
 IMAGES = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
 
@@ -119,13 +116,13 @@ def test_model_call_returns_one_tensor_and_never_preprocesses():
     assert tuple(outputs.shape) == (2, 3)
 
 
-@pytest.mark.parametrize("name", sorted(TIMM_ARCHITECTURES))
-def test_parameter_counts_equal_timm(name):
-    arguments = resolve_timm_arguments(name)
-    kwargs = backbone_kwargs_from_timm(arguments)
-    # Building large variants allocates their weights; bfloat16 halves that.
-    backbone = keras_cait.CaiTBackbone(**kwargs, dtype="bfloat16")
-    classifier = keras_cait.CaiTImageClassifier(
-        backbone, num_classes=arguments["num_classes"], compile=False
-    )
-    assert classifier.count_params() == variants()[name]["num_params"]
+def test_the_schema_lists_the_constructors_arguments():
+    parameters = inspect.signature(keras_cait.CaiTBackbone.__init__).parameters
+    defaults = {
+        name: None if p.default is inspect.Parameter.empty else p.default
+        for name, p in parameters.items()
+        if name not in ("self", "dtype", "kwargs")
+    }
+    assert defaults == schema.BACKBONE_DEFAULTS
+    parameters = inspect.signature(keras_cait.CaiTImageClassifier.__init__).parameters
+    assert tuple(parameters)[1:-1] == schema.CLASSIFIER_ARGUMENTS

@@ -4,15 +4,9 @@ checkpoint -> keras-cait preset."""
 import json
 
 import numpy as np
-import pytest
 
 import keras_cait
 from tests.support import TIMM, expected, load_tool, to_numpy
-
-
-@pytest.fixture(autouse=True)
-def _conversion_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_CAIT_CACHE", str(tmp_path / "converted"))
 
 
 def test_convert_writes_a_preset_and_uploads(tmp_path, monkeypatch, capsys):

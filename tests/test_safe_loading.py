@@ -143,7 +143,7 @@ def test_refused_even_when_keras_unsafe_deserialization_is_enabled(saved, tmp_pa
     [
         ("num_layers", 10**9, r"`num_layers` must be in \[1, 512\]"),
         ("hidden_dim", -48, "hidden_dim"),
-        ("num_heads", "4", "`num_heads` must be an integer, got str"),
+        ("num_heads", "4", "`num_heads` must be int, got str"),
         ("image_shape", [10**6, 10**6, 3], "image_shape height"),
         ("image_shape", "32x32", "image_shape"),
         ("mlp_ratio", float("nan"), "mlp_ratio"),

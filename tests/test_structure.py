@@ -62,7 +62,6 @@ LAYERS = {
     ],
     3: [  # loading: presets, handles, timm repos, from_preset, safety checks
         "keras_cait.loading",
-        "keras_cait.loading.conversion_cache",
         "keras_cait.loading.handles",
         "keras_cait.loading.keras_hub_dispatch",
         "keras_cait.loading.loader",

@@ -1,5 +1,8 @@
-"""Loading timm state dicts: precise errors that quote timm's keys."""
+"""timm <-> keras-cait: the checkpoint layout against the models, the
+keyword mapping both ways, and loading state dicts with precise errors that
+quote timm's keys."""
 
+import math
 import re
 import warnings
 
@@ -7,8 +10,88 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.convert.timm_config import resolve_timm_arguments
-from tests.support import build_from_timm_config, timm_config, timm_state_dict, to_numpy
+from keras_cait.convert.timm_config import (
+    TIMM_ARCHITECTURES,
+    backbone_kwargs_from_timm,
+    classifier_kwargs_from_timm,
+    resolve_timm_arguments,
+    timm_arguments_from_keras,
+)
+from keras_cait.convert.timm_weights import model_weight_map
+from keras_cait.schema import checkpoint_layout, keras_shape
+from tests.support import (
+    TINY_BACKBONE,
+    build_from_timm_config,
+    timm_config,
+    timm_state_dict,
+    to_numpy,
+    variants,
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs, num_classes",
+    [
+        (TINY_BACKBONE, 10),
+        (dict(TINY_BACKBONE, use_qkv_bias=False, mlp_ratio=2.0), 7),
+        (
+            dict(TINY_BACKBONE, image_shape=(32, 48, 1), class_attention_mlp_ratio=3.0,
+                 num_class_attention_layers=1),
+            0,
+        ),
+    ],
+)
+def test_the_checkpoint_layout_is_the_models(kwargs, num_classes):
+    """Every variable of the model, and nothing else, has a layout entry of
+    its shape (in Keras layout); the timm keys are those of the reference
+    state dict."""
+    backbone = keras_cait.CaiTBackbone(**kwargs)
+    model = (
+        keras_cait.CaiTImageClassifier(backbone, num_classes=num_classes)
+        if num_classes else backbone
+    )
+    entries = model_weight_map(model)
+    assert len(entries) == len(model.weights)
+    for tensor, variable in entries:
+        assert keras_shape(tensor) == tuple(variable.shape), tensor.key
+    assert [t for t, _ in entries] == checkpoint_layout(kwargs, num_classes)
+
+
+def test_the_layout_gives_timm_keys_and_parameter_counts():
+    reference = timm_state_dict("tiny_token_head")
+    layout = checkpoint_layout(
+        backbone_kwargs_from_timm(resolve_timm_arguments(
+            timm_config("tiny_token_head")["architecture"],
+            timm_config("tiny_token_head")["model_args"],
+        )),
+        10,
+    )
+    assert {t.key: t.shape for t in layout} == {k: v.shape for k, v in reference.items()}
+    for name in TIMM_ARCHITECTURES:
+        arguments = resolve_timm_arguments(name)
+        layout = checkpoint_layout(
+            backbone_kwargs_from_timm(arguments), arguments["num_classes"]
+        )
+        assert sum(math.prod(t.shape) for t in layout) == variants()[name]["num_params"]
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_ARCHITECTURES))
+def test_timm_keywords_round_trip(name):
+    arguments = resolve_timm_arguments(name, {"drop_rate": 0.1, "global_pool": "avg"})
+    backbone = backbone_kwargs_from_timm(arguments)
+    head = classifier_kwargs_from_timm(arguments)
+    keywords = timm_arguments_from_keras(backbone, head)
+    assert keywords == {k: arguments[k] for k in keywords}
+    again = resolve_timm_arguments(name, keywords)
+    assert backbone_kwargs_from_timm(again) == backbone
+    assert classifier_kwargs_from_timm(again) == head
+
+
+def test_keras_arguments_timm_cannot_express_are_refused():
+    with pytest.raises(keras_cait.CaiTConfigError, match="layer_norm_epsilon"):
+        timm_arguments_from_keras(dict(TINY_BACKBONE, layer_norm_epsilon=1e-5))
+    keywords = timm_arguments_from_keras(dict(TINY_BACKBONE, image_shape=(32, 48, 3)))
+    assert keywords["img_size"] == [32, 48] and keywords["in_chans"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +138,7 @@ def test_failed_load_leaves_the_model_untouched(classifier, state_dict):
 def test_non_finite_refused_unless_allowed(classifier, state_dict):
     broken = dict(state_dict)
     broken["head.bias"] = np.full((10,), np.nan, "float32")
-    with pytest.raises(keras_cait.CaiTWeightsError, match="'head.bias' contains NaN"):
+    with pytest.raises(keras_cait.CaiTWeightsError, match="'head.bias' holds 10 NaN"):
         keras_cait.load_timm_state_dict(classifier, broken)
     keras_cait.load_timm_state_dict(classifier, broken, allow_non_finite=True)
 
@@ -90,6 +173,6 @@ def test_timm_config_rejects_unknown_keyword_and_wrong_type():
     with pytest.raises(keras_cait.CaiTConfigError, match="`model_args.act_layer` is not"):
         resolve_timm_arguments("cait_xxs24_224", {"act_layer": "relu"})
     with pytest.raises(keras_cait.CaiTConfigError, match="`model_args.depth` must be int"):
-        resolve_timm_arguments("cait_xxs24_224", {"depth": "24"})
+        backbone_kwargs_from_timm(resolve_timm_arguments("cait_xxs24_224", {"depth": "24"}))
     with pytest.raises(keras_cait.CaiTConfigError, match="'vit_base_patch16_224' is not a CaiT"):
         resolve_timm_arguments("vit_base_patch16_224")

@@ -7,8 +7,10 @@ warm-up; the first call, which traces/compiles, is timed separately), the
 peak resident memory of the process, `.keras` save/load times and the
 achieved GFLOP/s against this machine's measured float32 matmul peak. In the
 same run it times timm's model where timm can be imported (and says so when
-it cannot), and `from_preset` conversion of a timm checkpoint written with
-the seeded recipe (time and peak memory increase against the weights' size).
+it cannot), and `from_preset` of a timm checkpoint written with the seeded
+recipe (time and peak memory increase against the weights' size), against a
+load of the same weights from Keras's own `.weights.h5` (what a conversion
+cache would cost at best), in alternating fresh processes.
 
 Usage (the full run documented in BENCHMARKS.md):
 
@@ -18,6 +20,11 @@ Usage (the full run documented in BENCHMARKS.md):
 Quick mode (a tiny config, seconds; what the test-suite runs):
 
     python tools/benchmark.py --quick --backends jax --json-out out.json
+
+The conversion alone, on several backends (BENCHMARKS.md):
+
+    python tools/benchmark.py --conversion-only --conversion-model cait_m48_448 \
+        --conversion-backends jax,tensorflow,torch --conversion-rounds 2
 
 A custom configuration is JSON (inline or a file) of `CaiTBackbone`
 arguments, optionally with `num_classes`:
@@ -64,7 +71,9 @@ QUICK_CONFIG = dict(
 
 
 # ---------------------------------------------------------------------------
-# Configurations, FLOPs and timm state-dict shapes (pure Python).
+# Configurations and FLOPs (pure Python). Shapes and timm keywords come from
+# the package: `keras_cait.schema.checkpoint_layout` and
+# `keras_cait.convert.timm_config.timm_arguments_from_keras`.
 
 
 def resolve_model(model, config):
@@ -110,22 +119,11 @@ def resolve_model(model, config):
     return model, backbone_kwargs_from_timm(arguments), num_classes, model
 
 
-def _backbone_defaults(kwargs):
-    full = dict(
-        image_shape=(224, 224, 3),
-        patch_size=16,
-        num_class_attention_layers=2,
-        mlp_ratio=4.0,
-        class_attention_mlp_ratio=4.0,
-        use_qkv_bias=True,
-    )
-    full.update(kwargs)
-    return full
-
-
 def flops_per_image(backbone_kwargs, num_classes):
     """Floating-point operations (2 per multiply-add) of one forward pass."""
-    k = _backbone_defaults(backbone_kwargs)
+    from keras_cait.schema import BACKBONE_DEFAULTS
+
+    k = {**BACKBONE_DEFAULTS, **backbone_kwargs}
     height, width, channels = k["image_shape"]
     p, d, h = k["patch_size"], k["hidden_dim"], k["num_heads"]
     n = (height // p) * (width // p)
@@ -150,72 +148,6 @@ def flops_per_image(backbone_kwargs, num_classes):
     total += k["num_class_attention_layers"] * class_block
     total += 2 * d * num_classes
     return total
-
-
-def timm_state_dict_shapes(backbone_kwargs, num_classes):
-    """`{timm key: shape}` of a timm CaiT checkpoint for these arguments."""
-    k = _backbone_defaults(backbone_kwargs)
-    height, width, channels = k["image_shape"]
-    p, d, h = k["patch_size"], k["hidden_dim"], k["num_heads"]
-    n = (height // p) * (width // p)
-    shapes = {
-        "cls_token": (1, 1, d),
-        "pos_embed": (1, n, d),
-        "patch_embed.proj.weight": (d, channels, p, p),
-        "patch_embed.proj.bias": (d,),
-        "norm.weight": (d,),
-        "norm.bias": (d,),
-    }
-
-    def linear(prefix, out_dim, in_dim, bias=True):
-        shapes[f"{prefix}.weight"] = (out_dim, in_dim)
-        if bias:
-            shapes[f"{prefix}.bias"] = (out_dim,)
-
-    def common(prefix, mlp_dim):
-        for name in ("norm1", "norm2"):
-            shapes[f"{prefix}.{name}.weight"] = (d,)
-            shapes[f"{prefix}.{name}.bias"] = (d,)
-        shapes[f"{prefix}.gamma_1"] = (d,)
-        shapes[f"{prefix}.gamma_2"] = (d,)
-        linear(f"{prefix}.mlp.fc1", mlp_dim, d)
-        linear(f"{prefix}.mlp.fc2", d, mlp_dim)
-        linear(f"{prefix}.attn.proj", d, d)
-
-    for i in range(k["num_layers"]):
-        prefix = f"blocks.{i}"
-        common(prefix, int(d * k["mlp_ratio"]))
-        linear(f"{prefix}.attn.qkv", 3 * d, d, k["use_qkv_bias"])
-        linear(f"{prefix}.attn.proj_l", h, h)
-        linear(f"{prefix}.attn.proj_w", h, h)
-    for i in range(k["num_class_attention_layers"]):
-        prefix = f"blocks_token_only.{i}"
-        common(prefix, int(d * k["class_attention_mlp_ratio"]))
-        for name in ("q", "k", "v"):
-            linear(f"{prefix}.attn.{name}", d, d, k["use_qkv_bias"])
-    if num_classes:
-        linear("head", num_classes, d)
-    return shapes
-
-
-def timm_model_args(backbone_kwargs, num_classes):
-    """timm `Cait` keyword arguments for these `CaiTBackbone` arguments."""
-    k = _backbone_defaults(backbone_kwargs)
-    height, width, channels = k["image_shape"]
-    return dict(
-        img_size=height if height == width else [height, width],
-        patch_size=k["patch_size"],
-        in_chans=channels,
-        num_classes=num_classes,
-        embed_dim=k["hidden_dim"],
-        depth=k["num_layers"],
-        num_heads=k["num_heads"],
-        mlp_ratio=float(k["mlp_ratio"]),
-        qkv_bias=bool(k["use_qkv_bias"]),
-        init_values=float(k.get("layer_scale_init_value", 1e-5)),
-        depth_token_only=k["num_class_attention_layers"],
-        mlp_ratio_token_only=float(k["class_attention_mlp_ratio"]),
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -389,7 +321,11 @@ def worker_timm(spec):
     else:
         from timm.models.cait import Cait
 
-        model = Cait(**timm_model_args(spec["backbone_kwargs"], spec["num_classes"]))
+        from keras_cait.convert.timm_config import timm_arguments_from_keras
+
+        model = Cait(**timm_arguments_from_keras(
+            spec["backbone_kwargs"], {"num_classes": spec["num_classes"]}
+        ))
     model.eval()
     height, width, channels = spec["backbone_kwargs"]["image_shape"]
     rng = np.random.default_rng(0)
@@ -444,14 +380,18 @@ def worker_write_checkpoint(spec):
     the seeded recipe's weights."""
     from safetensors.numpy import save_file
 
+    from keras_cait.convert.timm_config import timm_arguments_from_keras
+    from keras_cait.schema import checkpoint_layout
     from keras_cait.testing import seeded_state_dict
 
-    shapes = timm_state_dict_shapes(spec["backbone_kwargs"], spec["num_classes"])
-    state_dict = seeded_state_dict(shapes, seed=0)
+    layout = checkpoint_layout(spec["backbone_kwargs"], spec["num_classes"])
+    state_dict = seeded_state_dict({t.key: t.shape for t in layout}, seed=0)
     directory = spec["directory"]
     os.makedirs(directory, exist_ok=True)
     architecture = spec["timm_architecture"] or "cait_xxs24_224"
-    model_args = timm_model_args(spec["backbone_kwargs"], spec["num_classes"])
+    model_args = timm_arguments_from_keras(
+        spec["backbone_kwargs"], {"num_classes": spec["num_classes"]}
+    )
     config = {
         "architecture": architecture,
         "num_classes": spec["num_classes"],
@@ -466,74 +406,64 @@ def worker_write_checkpoint(spec):
     }
 
 
+def _timed_load(load, weights_path):
+    """Times `load()` (which returns a model) in this fresh process, and the
+    peak memory it adds, against the size of `weights_path`."""
+    import keras
+
+    weights_mb = os.path.getsize(weights_path) / 2**20
+    before_mb = current_rss_mb()
+    start = time.perf_counter()
+    model = load()
+    seconds = time.perf_counter() - start
+    peak_mb = peak_rss_mb()
+    return {
+        "backend": keras.backend.backend(),
+        "seconds": seconds,
+        "num_params": int(model.count_params()),
+        "weights_mb": weights_mb,
+        "rss_before_mb": before_mb,
+        "peak_rss_mb": peak_mb,
+        "peak_increase_mb": peak_mb - before_mb,
+        "peak_increase_over_weights": (peak_mb - before_mb) / weights_mb,
+    }
+
+
 def worker_convert(spec):
-    """Times `CaiTImageClassifier.from_preset` on a timm directory and the
-    peak memory it adds to the process. Run twice in fresh processes with
-    the same `KERAS_CAIT_CACHE`: the first call converts and writes the
-    conversion cache, the second reads it."""
-    import keras
-
+    """Times `CaiTImageClassifier.from_preset` on a timm directory (build,
+    read, transpose and assign every tensor) and its peak memory."""
     import keras_cait
 
-    def cache_entries():
-        root = os.environ.get("KERAS_CAIT_CACHE") or ""
-        return sum(
-            files.count("meta.json") for _, _, files in os.walk(root)
-        ) if root else None
-
-    weights_mb = os.path.getsize(
-        os.path.join(spec["directory"], "model.safetensors")
-    ) / 2**20
-    entries_before = cache_entries()
-    before_mb = current_rss_mb()
-    start = time.perf_counter()
-    model = keras_cait.CaiTImageClassifier.from_preset(spec["directory"])
-    seconds = time.perf_counter() - start
-    peak_mb = peak_rss_mb()
-    return {
-        "backend": keras.backend.backend(),
-        # A valid entry existed before the call: it was served from the
-        # conversion cache (the second call), else it converted (the first).
-        "from_cache": bool(entries_before),
-        "seconds": seconds,
-        "num_params": int(model.count_params()),
-        "weights_mb": weights_mb,
-        "rss_before_mb": before_mb,
-        "peak_rss_mb": peak_mb,
-        "peak_increase_mb": peak_mb - before_mb,
-        "peak_increase_over_weights": (peak_mb - before_mb) / weights_mb,
-    }
-
-
-def worker_load_state_dict(spec):
-    """Times reading the checkpoint and `load_timm_state_dict` into a model
-    that is already built (the conversion itself), and its peak memory."""
-    import keras
-    from safetensors.numpy import load_file
-
-    import keras_cait
-
-    path = os.path.join(spec["directory"], "model.safetensors")
-    backbone = keras_cait.CaiTBackbone(**spec["backbone_kwargs"])
-    model = keras_cait.CaiTImageClassifier(
-        backbone, num_classes=spec["num_classes"], compile=False
+    return _timed_load(
+        lambda: keras_cait.CaiTImageClassifier.from_preset(spec["directory"]),
+        os.path.join(spec["directory"], "model.safetensors"),
     )
-    before_mb = current_rss_mb()
-    start = time.perf_counter()
-    keras_cait.load_timm_state_dict(model, load_file(path), source=path)
-    seconds = time.perf_counter() - start
-    peak_mb = peak_rss_mb()
-    weights_mb = os.path.getsize(path) / 2**20
-    return {
-        "backend": keras.backend.backend(),
-        "seconds": seconds,
-        "num_params": int(model.count_params()),
-        "weights_mb": weights_mb,
-        "rss_before_mb": before_mb,
-        "peak_rss_mb": peak_mb,
-        "peak_increase_mb": peak_mb - before_mb,
-        "peak_increase_over_weights": (peak_mb - before_mb) / weights_mb,
-    }
+
+
+def worker_save_keras_weights(spec):
+    """Converts the timm directory once and saves the model's weights in
+    Keras's own format (what a conversion cache would store)."""
+    import keras_cait
+
+    model = keras_cait.CaiTImageClassifier.from_preset(spec["directory"])
+    model.save_weights(spec["keras_weights"])
+    return {"keras_weights_mb": os.path.getsize(spec["keras_weights"]) / 2**20}
+
+
+def worker_load_keras_weights(spec):
+    """Times what a load from a conversion cache stored in Keras's own
+    weight files would cost at best: building the same model
+    (`from_preset(..., load_weights=False)`) and `model.load_weights`."""
+    import keras_cait
+
+    def load():
+        model = keras_cait.CaiTImageClassifier.from_preset(
+            spec["directory"], load_weights=False
+        )
+        model.load_weights(spec["keras_weights"])
+        return model
+
+    return _timed_load(load, os.path.join(spec["directory"], "model.safetensors"))
 
 
 WORKERS = {
@@ -541,7 +471,8 @@ WORKERS = {
     "timm": worker_timm,
     "write_checkpoint": worker_write_checkpoint,
     "convert": worker_convert,
-    "load_state_dict": worker_load_state_dict,
+    "save_keras_weights": worker_save_keras_weights,
+    "load_keras_weights": worker_load_keras_weights,
     "numpy_matmul": lambda spec: {"gflops": numpy_matmul_peak(spec["matmul_size"])},
 }
 
@@ -578,6 +509,48 @@ def run_worker(kind, spec, backend=None, timeout=3600, env=None):
             return {"error": f"{kind} worker failed (exit {process.returncode}):\n{tail}"}
         with open(out_path) as f:
             return json.load(f)
+
+
+def conversion_benchmark(label, backbone_kwargs, num_classes, architecture,
+                         backends, rounds, timeout):
+    """Writes a seeded timm checkpoint, then times, for each backend, its
+    `from_preset` load against a load of the same weights from Keras's own
+    `.weights.h5` (what a conversion cache would cost at best), `rounds`
+    fresh processes of each, alternating."""
+    with tempfile.TemporaryDirectory() as directory:
+        spec = dict(
+            backbone_kwargs=backbone_kwargs, num_classes=num_classes,
+            timm_architecture=architecture,
+            directory=os.path.join(directory, "checkpoint"),
+            keras_weights=os.path.join(directory, "model.weights.h5"),
+        )
+        written = run_worker("write_checkpoint", spec, timeout=timeout)
+        if "error" in written:
+            return {"error": written["error"], "model": label}
+        conversion = {"model": label, "backends": {}, "cache_saving": {}, **written}
+        errors = []
+        for backend in backends:
+            saved = run_worker("save_keras_weights", spec, backend=backend, timeout=timeout)
+            if "error" in saved:
+                errors.append(saved["error"])
+                continue
+            runs = {"from_preset": [], "from_keras_weights": []}
+            for _ in range(rounds):
+                for name, worker in (("from_preset", "convert"),
+                                     ("from_keras_weights", "load_keras_weights")):
+                    result = run_worker(worker, spec, backend=backend, timeout=timeout)
+                    if "error" in result:
+                        errors.append(result["error"])
+                    else:
+                        runs[name].append(result)
+            if all(runs.values()):
+                conversion["backends"][backend] = runs
+                conversion["cache_saving"][backend] = 1 - statistics.median(
+                    r["seconds"] for r in runs["from_keras_weights"]
+                ) / statistics.median(r["seconds"] for r in runs["from_preset"])
+        if errors:
+            conversion["error"] = "\n".join(errors)
+        return conversion
 
 
 # ---------------------------------------------------------------------------
@@ -685,31 +658,43 @@ def markdown_report(results):
 
 def _conversion_report(results, lines):
     conversion = results.get("conversion")
-    if conversion:
-        if "error" in conversion:
-            lines.append(f"Conversion: error: {conversion['error']}")
-        else:
-            preset = conversion["from_preset"]
+    if not conversion:
+        return
+    if "error" in conversion:
+        lines.append(f"Conversion: error: {conversion['error']}")
+        return
+    lines.append(
+        f"Loading `{conversion['model']}` ({conversion['num_params']:,} parameters, "
+        f"{conversion['weights_mb']:.0f} MB of float32 weights written by the seeded "
+        "recipe as a timm `model.safetensors`), each row a fresh process, the two "
+        "kinds alternating; peak memory is the increase of the process's "
+        "high-water mark over its size before the call:"
+    )
+    lines.append("")
+    lines.append("| backend | load | times s | median s | peak increase MB (× weights) |")
+    lines.append("|---|---|---|---|---|")
+    for backend, runs in conversion["backends"].items():
+        for name, label in (
+            ("from_preset", "`CaiTImageClassifier.from_preset(dir)` (timm file)"),
+            ("from_keras_weights", "build + `load_weights` (Keras `.weights.h5`, a cache's best case)"),
+        ):
+            rows = runs[name]
+            peak = max(r["peak_increase_mb"] for r in rows)
             lines.append(
-                f"Converting `{conversion['model']}` ({preset['num_params']:,} "
-                f"parameters, {preset['weights_mb']:.0f} MB of float32 weights written "
-                f"by the seeded recipe as a timm `model.safetensors`) on {preset['backend']}:"
+                f"| {backend} | {label} | "
+                + ", ".join(f"{r['seconds']:.1f}" for r in rows)
+                + f" | {statistics.median(r['seconds'] for r in rows):.1f} | "
+                f"{peak:.0f} ({peak / conversion['weights_mb']:.2f}×) |"
             )
-            lines.append("")
-            lines.append("| step | time s | peak memory increase MB | × weights |")
-            lines.append("|---|---|---|---|")
-            for name, label in (
-                ("load_timm_state_dict", "read + `load_timm_state_dict` into a built model"),
-                ("from_preset", "`CaiTImageClassifier.from_preset(dir)`, first call (build, convert, write the cache)"),
-                ("from_preset_cached", "`CaiTImageClassifier.from_preset(dir)`, second call, fresh process (build, read the cache)"),
-            ):
-                r = conversion.get(name)
-                if r is None:
-                    continue
-                lines.append(
-                    f"| {label} | {r['seconds']:.1f} | {r['peak_increase_mb']:.0f} | "
-                    f"{r['peak_increase_over_weights']:.2f}× |"
-                )
+    lines.append("")
+    lines.append(
+        "Time a conversion cache would save (1 − cached / uncached medians): "
+        + ", ".join(
+            f"{backend} {100 * saving:.0f}%"
+            for backend, saving in conversion["cache_saving"].items()
+        )
+        + "."
+    )
 
 
 def _atomic_write(path, text):
@@ -765,7 +750,11 @@ def build_parser():
     parser.add_argument("--conversion-model", default=None,
                         help="architecture for the from_preset conversion benchmark "
                              "(default cait_m48_448; 'none' to skip; quick mode: the quick config)")
-    parser.add_argument("--conversion-backend", default="jax", choices=BACKENDS)
+    parser.add_argument("--conversion-backends", type=parse_backends, default=["jax"],
+                        help="backends of the conversion benchmark (default jax)")
+    parser.add_argument("--conversion-rounds", type=int, default=None,
+                        help="fresh processes per kind of load and backend, alternating "
+                             "(default 2; quick: 1)")
     parser.add_argument("--conversion-only", action="store_true",
                         help="only the from_preset conversion benchmark (no inference, "
                              "training, timm or matmul peak)")
@@ -882,40 +871,11 @@ def main(argv=None):
             c_label, c_kwargs, c_classes, c_arch = resolve_model(conversion_model, None)
             c_kwargs["image_shape"] = list(c_kwargs["image_shape"])
         print(f"benchmark: from_preset conversion of {c_label} ...", flush=True)
-        with tempfile.TemporaryDirectory() as directory:
-            c_spec = dict(
-                backbone_kwargs=c_kwargs, num_classes=c_classes,
-                timm_architecture=c_arch,
-                directory=os.path.join(directory, "checkpoint"),
-            )
-            written = run_worker("write_checkpoint", c_spec, timeout=args.timeout)
-            if "error" in written:
-                conversion = {"error": written["error"]}
-            else:
-                cache_env = {"KERAS_CAIT_CACHE": os.path.join(directory, "cache")}
-                conversion = {
-                    # Both in fresh processes, sharing one conversion cache.
-                    "from_preset": run_worker(
-                        "convert", c_spec, backend=args.conversion_backend,
-                        timeout=args.timeout, env=cache_env,
-                    ),
-                    "from_preset_cached": run_worker(
-                        "convert", c_spec, backend=args.conversion_backend,
-                        timeout=args.timeout, env=cache_env,
-                    ),
-                    "load_timm_state_dict": run_worker(
-                        "load_state_dict", c_spec, backend=args.conversion_backend,
-                        timeout=args.timeout,
-                    ),
-                }
-                cached = conversion["from_preset_cached"]
-                if "error" not in cached and not cached["from_cache"]:
-                    cached["error"] = "the second from_preset call was not served from the cache"
-                errors = [v["error"] for v in conversion.values() if "error" in v]
-                if errors:
-                    conversion["error"] = "\n".join(errors)
-            conversion["model"] = c_label
-        results["conversion"] = conversion
+        rounds = args.conversion_rounds or (1 if quick else 2)
+        results["conversion"] = conversion_benchmark(
+            c_label, c_kwargs, c_classes, c_arch, args.conversion_backends, rounds,
+            args.timeout,
+        )
 
     markdown = markdown_report(results)
     print(markdown)

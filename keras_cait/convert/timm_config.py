@@ -1,11 +1,18 @@
-"""Reading timm CaiT configurations as `CaiTBackbone` arguments.
+"""timm's CaiT keywords <-> keras-cait's arguments, both directions.
 
 A timm `config.json` is read the way `timm.create_model(architecture,
 **model_args)` reads it: the architecture's own arguments first, then every
-`Cait` keyword of `model_args` on top.
+`Cait` keyword of `model_args` on top (`resolve_timm_arguments`). Those
+keywords map to `CaiTBackbone` and `CaiTImageClassifier` arguments
+(`backbone_kwargs_from_timm`, `classifier_kwargs_from_timm`, checked by
+`keras_cait.schema` under timm's names), and back
+(`timm_arguments_from_keras`, for `timm.create_model` or timm's `Cait`).
 """
 
+import math
+
 from keras_cait.errors import CaiTConfigError
+from keras_cait.schema import check_backbone_config, check_classifier_config
 
 # The arguments timm's `cait.py` gives each registered architecture
 # (`img_size` comes from the architecture's pretrained config).
@@ -44,51 +51,44 @@ TIMM_CAIT_DEFAULTS = dict(
     mlp_ratio_token_only=4.0,
 )
 
-# The expected Python types of each supported keyword.
-_NUMBER = (int, float)
-_KEYWORD_TYPES = dict(
-    img_size=(int, list, tuple),
-    patch_size=(int,),
-    in_chans=(int,),
-    num_classes=(int,),
-    global_pool=(str,),
-    embed_dim=(int,),
-    depth=(int,),
-    num_heads=(int,),
-    mlp_ratio=_NUMBER,
-    qkv_bias=(bool,),
-    drop_rate=_NUMBER,
-    pos_drop_rate=_NUMBER,
-    proj_drop_rate=_NUMBER,
-    attn_drop_rate=_NUMBER,
-    drop_path_rate=_NUMBER,
-    init_values=_NUMBER,
-    depth_token_only=(int,),
-    mlp_ratio_token_only=_NUMBER,
+# timm `Cait` keyword -> `CaiTBackbone` argument. Besides these, `img_size`
+# and `in_chans` make `image_shape`, and `pos_drop_rate` must equal
+# `proj_drop_rate` (keras-cait has one `dropout_rate` for both).
+BACKBONE_KEYWORDS = dict(
+    patch_size="patch_size",
+    embed_dim="hidden_dim",
+    depth="num_layers",
+    num_heads="num_heads",
+    depth_token_only="num_class_attention_layers",
+    mlp_ratio="mlp_ratio",
+    mlp_ratio_token_only="class_attention_mlp_ratio",
+    qkv_bias="use_qkv_bias",
+    init_values="layer_scale_init_value",
+    proj_drop_rate="dropout_rate",
+    attn_drop_rate="attention_dropout",
+    drop_path_rate="drop_path_rate",
 )
+# timm `Cait` keyword -> `CaiTImageClassifier` argument.
+CLASSIFIER_KEYWORDS = dict(num_classes="num_classes", global_pool="pooling", drop_rate="dropout")
+# timm's CaiT LayerNorms (`partial(nn.LayerNorm, eps=1e-6)`).
+TIMM_LAYER_NORM_EPSILON = 1e-6
 
-
-def _check_type(key, value, source):
-    expected = _KEYWORD_TYPES[key]
-    wrong_bool = isinstance(value, bool) and bool not in expected
-    if wrong_bool or not isinstance(value, expected):
-        names = " or ".join(t.__name__ for t in expected)
-        raise CaiTConfigError(
-            f"{source}: `model_args.{key}` must be {names}, got "
-            f"{type(value).__name__} {value!r}."
-        )
-    if key == "img_size" and isinstance(value, (list, tuple)):
-        if len(value) != 2 or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            raise CaiTConfigError(
-                f"{source}: `model_args.img_size` must be an int or two "
-                f"ints [height, width], got {value!r}."
-            )
+# How errors name each argument: as `config.json` does.
+_TIMM_NAMES = {
+    **{keras: f"model_args.{timm}" for timm, keras in BACKBONE_KEYWORDS.items()},
+    **{keras: f"model_args.{timm}" for timm, keras in CLASSIFIER_KEYWORDS.items()},
+    "image_shape": "model_args.img_size",
+    "image_shape height": "model_args.img_size",
+    "image_shape width": "model_args.img_size",
+    "image_shape channels": "model_args.in_chans",
+}
 
 
 def resolve_timm_arguments(architecture, model_args=None, source="config.json"):
     """Merges a timm architecture's arguments with `model_args` overrides.
+
+    Only the keywords are checked here (their values are checked by
+    `backbone_kwargs_from_timm` and `classifier_kwargs_from_timm`).
 
     Args:
         architecture: string. A timm CaiT architecture such as
@@ -102,11 +102,12 @@ def resolve_timm_arguments(architecture, model_args=None, source="config.json"):
 
     Raises:
         CaiTConfigError: the architecture is not CaiT, a keyword is not
-            supported, or a value has the wrong type.
+            supported, `img_size` is neither an int nor `[height, width]`,
+            or `pos_drop_rate` differs from `proj_drop_rate`.
     """
     if architecture not in TIMM_ARCHITECTURES:
         raise CaiTConfigError(
-            f"{source}: architecture {architecture!r} is not a CaiT "
+            f"{source}: architecture {architecture!r:.80} is not a CaiT "
             f"architecture; expected one of {sorted(TIMM_ARCHITECTURES)}."
         )
     arguments = dict(TIMM_CAIT_DEFAULTS)
@@ -118,55 +119,81 @@ def resolve_timm_arguments(architecture, model_args=None, source="config.json"):
             f"{type(model_args).__name__}."
         )
     for key, value in model_args.items():
-        if key not in _KEYWORD_TYPES:
+        if key not in TIMM_CAIT_DEFAULTS:
             raise CaiTConfigError(
                 f"{source}: `model_args.{key}` is not a timm `Cait` keyword "
-                f"keras-cait supports (supported: {sorted(_KEYWORD_TYPES)})."
+                f"keras-cait supports (supported: {sorted(TIMM_CAIT_DEFAULTS)})."
             )
-        _check_type(key, value, source)
         arguments[key] = value
-    if arguments["global_pool"] not in ("token", "avg"):
+    if isinstance(arguments["img_size"], (list, tuple)) and len(arguments["img_size"]) != 2:
         raise CaiTConfigError(
-            f"{source}: `global_pool` must be 'token' or 'avg', got "
-            f"{arguments['global_pool']!r}."
+            f"{source}: `model_args.img_size` must be an int or [height, "
+            f"width], got {arguments['img_size']!r:.80}."
         )
     if arguments["pos_drop_rate"] != arguments["proj_drop_rate"]:
         raise CaiTConfigError(
             f"{source}: keras-cait uses one `dropout_rate` for timm's "
             "`pos_drop_rate` and `proj_drop_rate`; got different values "
-            f"{arguments['pos_drop_rate']} and {arguments['proj_drop_rate']}."
+            f"{arguments['pos_drop_rate']!r:.40} and "
+            f"{arguments['proj_drop_rate']!r:.40}."
         )
     return arguments
 
 
-def backbone_kwargs_from_timm(arguments):
-    """Maps resolved timm `Cait` keywords to `CaiTBackbone` arguments."""
+def backbone_kwargs_from_timm(arguments, source="config.json"):
+    """`CaiTBackbone` arguments of resolved timm `Cait` keywords, checked by
+    `keras_cait.schema.check_backbone_config` (with its size limits; errors
+    name timm's keywords, e.g. `model_args.depth`).
+
+    Raises:
+        CaiTUnsafeModelError: a value has the wrong type or is out of range.
+    """
     img_size = arguments["img_size"]
-    if isinstance(img_size, int):
+    if not isinstance(img_size, (list, tuple)):
         img_size = (img_size, img_size)
-    return dict(
-        image_shape=(int(img_size[0]), int(img_size[1]), arguments["in_chans"]),
-        patch_size=arguments["patch_size"],
-        hidden_dim=arguments["embed_dim"],
-        num_layers=arguments["depth"],
-        num_heads=arguments["num_heads"],
-        num_class_attention_layers=arguments["depth_token_only"],
-        mlp_ratio=float(arguments["mlp_ratio"]),
-        class_attention_mlp_ratio=float(arguments["mlp_ratio_token_only"]),
-        use_qkv_bias=arguments["qkv_bias"],
-        layer_scale_init_value=float(arguments["init_values"]),
-        dropout_rate=float(arguments["proj_drop_rate"]),
-        attention_dropout=float(arguments["attn_drop_rate"]),
-        drop_path_rate=float(arguments["drop_path_rate"]),
-        layer_norm_epsilon=1e-6,
-    )
+    kwargs = {keras: arguments[timm] for timm, keras in BACKBONE_KEYWORDS.items()}
+    kwargs["image_shape"] = (*img_size, arguments["in_chans"])
+    kwargs["layer_norm_epsilon"] = TIMM_LAYER_NORM_EPSILON
+    return check_backbone_config(kwargs, source, names=_TIMM_NAMES)
 
 
-def classifier_kwargs_from_timm(arguments):
-    """Maps resolved timm `Cait` keywords to `CaiTImageClassifier` arguments
-    (other than the backbone)."""
-    return dict(
-        num_classes=arguments["num_classes"],
-        pooling=arguments["global_pool"],
-        dropout=float(arguments["drop_rate"]),
+def classifier_kwargs_from_timm(arguments, source="config.json"):
+    """`CaiTImageClassifier` arguments (`num_classes`, `pooling`, `dropout`)
+    of resolved timm `Cait` keywords, checked as `backbone_kwargs_from_timm`.
+    """
+    kwargs = {keras: arguments[timm] for timm, keras in CLASSIFIER_KEYWORDS.items()}
+    return check_classifier_config(kwargs, source, names=_TIMM_NAMES)
+
+
+def timm_arguments_from_keras(backbone_kwargs, classifier_kwargs=None):
+    """timm `Cait` keywords building the same model as these arguments (the
+    inverse of `backbone_kwargs_from_timm` and `classifier_kwargs_from_timm`),
+    for `timm.create_model(architecture, **keywords)` or `Cait(**keywords)`.
+
+    Args:
+        backbone_kwargs: dict of `CaiTBackbone` arguments (missing ones at
+            their defaults).
+        classifier_kwargs: `None` or a dict of `num_classes`, `pooling` and
+            `dropout` (missing ones: 1000 classes, `"token"`, `0.0`).
+
+    Raises:
+        CaiTConfigError: the arguments are invalid, or `layer_norm_epsilon`
+            is not timm's 1e-6 (timm's `Cait` has no keyword for it).
+    """
+    backbone = check_backbone_config(backbone_kwargs, "CaiTBackbone", limits=False)
+    head = {"num_classes": 1000, **(classifier_kwargs or {})}
+    head = check_classifier_config(head, "CaiTImageClassifier", limits=False)
+    if not math.isclose(backbone["layer_norm_epsilon"], TIMM_LAYER_NORM_EPSILON):
+        raise CaiTConfigError(
+            f"`layer_norm_epsilon={backbone['layer_norm_epsilon']}` has no timm "
+            f"equivalent; timm's CaiT uses {TIMM_LAYER_NORM_EPSILON}."
+        )
+    height, width, channels = backbone["image_shape"]
+    keywords = {timm: backbone[keras] for timm, keras in BACKBONE_KEYWORDS.items()}
+    keywords.update({timm: head[keras] for timm, keras in CLASSIFIER_KEYWORDS.items()})
+    keywords.update(
+        img_size=height if height == width else [height, width],
+        in_chans=channels,
+        pos_drop_rate=backbone["dropout_rate"],
     )
+    return keywords

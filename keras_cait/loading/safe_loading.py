@@ -1,20 +1,19 @@
-"""Safe loading of `.keras` model files.
+"""Safe loading of `.keras` model files and keras-cait preset directories.
 
-`load_model(path)` inspects a `.keras` archive completely before Keras
-deserialises anything from it, and keeps Keras's `safe_mode` on:
+Keras's `safe_mode` (kept on, even if the process enabled unsafe
+deserialization) decides which classes and functions a file may name: no
+lambdas or `Lambda`/`TFSMLayer` layers, nothing outside Keras, KerasHub and
+registered classes, no non-modelling Keras APIs. Its refusals become
+`CaiTUnsafeModelError`s naming the file (`keras_safe_mode`). What
+`safe_mode` lacks is checked here before Keras reads anything:
 
 - archive: a readable ZIP holding only `config.json`, `metadata.json`,
   `model.weights.h5` and `assets/...`; no absolute or `../` member names;
   member sizes within limits and no decompression bombs;
-- `config.json`: valid JSON, and every serialised object in it resolves to
-  an allow-listed class: a Keras/KerasHub/keras-cait layer, model, optimizer,
-  loss, metric, initializer, regularizer, constraint, dtype policy or
-  learning-rate schedule; never a Lambda, a Python function outside Keras's
-  activations/losses/metrics, or anything from another module (`os`,
-  `subprocess`, ...);
-- keras-cait classes: their arguments are validated (types, ranges, a
-  parameter budget) before any layer is built, so a hostile config cannot
-  make the loader allocate billions of parameters;
+- `config.json`: valid JSON; keras-cait classes get their arguments
+  validated (types, ranges, a parameter budget) before any layer is built,
+  so a hostile config cannot make the loader allocate billions of
+  parameters;
 - `model.weights.h5`: a readable HDF5 file without external links, soft
   links, external storage or virtual datasets;
 - after loading: every weight is finite unless the caller allows NaN/Inf.
@@ -22,19 +21,22 @@ deserialises anything from it, and keeps Keras's `safe_mode` on:
 Every refusal is a keras-cait exception naming the file and the problem.
 """
 
-import importlib
+import contextlib
 import json
 import math
 import os
 import posixpath
+import re
 import zipfile
 
 import h5py
 import keras
 import numpy as np
 
-# Private Keras API (keras>=3.15.1,<4, pinned): `load_model` on an open file.
+# Private Keras APIs (keras>=3.15.1,<4, pinned): `load_model` on an open
+# file, and the scope that forces `safe_mode` on.
 from keras.src.saving import saving_lib  # isort: skip
+from keras.src.saving.serialization_lib import SafeModeScope  # isort: skip
 
 from keras_cait.errors import (
     CaiTConfigError,
@@ -65,49 +67,6 @@ DEFAULT_MAX_WEIGHTS_BYTES = 16 * 2**30
 MAX_COMPRESSION_RATIO = 100
 _RATIO_FLOOR_BYTES = 2**20
 
-# Packages whose classes may appear in a config.
-ALLOWED_PACKAGES = ("keras", "keras_hub", "keras_cait")
-# Serialised special values Keras decodes without running code.
-SAFE_SPECIAL_CLASSES = (
-    "__keras_tensor__",
-    "__tensor__",
-    "__numpy__",
-    "__bytes__",
-    "__ellipsis__",
-    "__slice__",
-)
-# Modules whose *functions* may be named (activations, losses, metrics).
-ALLOWED_FUNCTION_MODULES = (
-    "builtins",
-    "keras.activations",
-    "keras.src.activations",
-    "keras.losses",
-    "keras.src.losses",
-    "keras.metrics",
-    "keras.src.metrics",
-)
-_FUNCTION_NAMESPACES = ("activations", "losses", "metrics")
-
-
-def _allowed_bases():
-    return (
-        keras.layers.Layer,
-        keras.optimizers.Optimizer,
-        keras.optimizers.schedules.LearningRateSchedule,
-        keras.losses.Loss,
-        keras.metrics.Metric,
-        keras.initializers.Initializer,
-        keras.regularizers.Regularizer,
-        keras.constraints.Constraint,
-        keras.DTypePolicy,
-    )
-
-
-def _denied_bases():
-    # Layers that run user code or load other files.
-    return (keras.layers.Lambda, keras.layers.TFSMLayer)
-
-
 def _unsafe(source, message):
     return CaiTUnsafeModelError(f"{source}: {message}")
 
@@ -117,98 +76,19 @@ def _unsafe(source, message):
 # --------------------------------------------------------------------------
 
 
-def _resolve_class(source, node):
-    class_name = node.get("class_name")
-    module = node.get("module")
-    registered = node.get("registered_name")
-    if not isinstance(class_name, str) or not class_name.isidentifier():
-        raise _unsafe(source, f"invalid class name {class_name!r:.80}.")
-    if isinstance(registered, str) and ">" in registered:
-        package = registered.split(">", 1)[0]
-        if package not in ALLOWED_PACKAGES:
-            raise _unsafe(
-                source, f"class {registered!r} comes from package {package!r}, "
-                f"outside the allow-list {list(ALLOWED_PACKAGES)}."
-            )
-        obj = keras.saving.get_registered_object(registered)
-        if obj is not None:
-            return obj
-    if module is None:
-        raise _unsafe(source, f"class {class_name!r} names no module.")
-    if not isinstance(module, str) or not all(
-        part.isidentifier() for part in module.split(".")
-    ):
-        raise _unsafe(source, f"invalid module name {module!r:.80}.")
-    if module.split(".")[0] not in ALLOWED_PACKAGES:
-        raise _unsafe(
-            source, f"class {class_name!r} names module {module!r}, outside "
-            f"the allow-list {list(ALLOWED_PACKAGES)}; refusing to import it."
-        )
-    try:
-        imported = importlib.import_module(module)
-    except ImportError:
-        raise _unsafe(source, f"module {module!r} does not exist.") from None
-    obj = getattr(imported, class_name, None)
-    if obj is None:
-        raise _unsafe(source, f"{module}.{class_name} does not exist.")
-    return obj
-
-
-def _check_function(source, node):
-    module = node.get("module")
-    name = node.get("config")
-    if not isinstance(name, str) or not isinstance(module, str):
-        raise _unsafe(source, "a serialised function needs a module and a name.")
-    if not any(
-        module == allowed or module.startswith(allowed + ".")
-        for allowed in ALLOWED_FUNCTION_MODULES
-    ):
-        raise _unsafe(
-            source, f"function {name!r} from module {module!r} is not a Keras "
-            "activation, loss or metric; refusing to load code from a file."
-        )
-    if not any(
-        callable(getattr(getattr(keras, namespace), name, None))
-        for namespace in _FUNCTION_NAMESPACES
-    ):
-        raise _unsafe(
-            source, f"function {name!r} is not a Keras activation, loss or "
-            "metric."
-        )
-
-
 def _check_object(source, node, max_parameters):
-    class_name = node["class_name"]
-    if class_name in ("__lambda__", "Lambda"):
-        raise _unsafe(
-            source, "the model contains a Lambda (Python code); keras-cait "
-            "never loads code from a file."
-        )
-    if class_name in SAFE_SPECIAL_CLASSES:
-        return
-    if not isinstance(class_name, str) or class_name.startswith("__"):
-        raise _unsafe(source, f"refusing serialised object {class_name!r:.80}.")
-    if class_name == "function":
-        _check_function(source, node)
-        return
-    cls = _resolve_class(source, node)
-    where = f"{source}: {class_name}"
-    if not isinstance(cls, type) or not issubclass(cls, _allowed_bases()):
-        raise _unsafe(
-            source, f"{class_name!r} is not a Keras layer, model, optimizer, "
-            "loss, metric, initializer, regularizer, constraint or dtype "
-            "policy; refusing to load it."
-        )
-    if issubclass(cls, _denied_bases()):
-        raise _unsafe(
-            source, f"{cls.__name__} layers run code or load other files; "
-            "keras-cait refuses them."
-        )
+    """Checks the arguments of a keras-cait object, found as Keras finds
+    it: by registered name (the class name when none is given)."""
+    registered = node.get("registered_name", node.get("class_name"))
+    cls = keras.saving.get_registered_object(registered) if isinstance(registered, str) else None
+    if not isinstance(cls, type):
+        return  # not registered: Keras's safe_mode decides
+    where = f"{source}: {cls.__name__}"
     inner = node.get("config")
     if issubclass(cls, registered_class("CaiTBackbone")):
-        check_backbone_config(inner, where, max_parameters)
+        check_backbone_config(inner, where, max_parameters=max_parameters)
     elif issubclass(cls, registered_class("CaiTImageClassifier")):
-        check_classifier_config(inner, where, max_parameters)
+        check_classifier_config(inner, where, max_parameters=max_parameters)
     elif cls.__module__.split(".")[0] == "keras_cait":
         _check_plain_numbers(where, inner)
 
@@ -241,20 +121,21 @@ def _check_plain_numbers(source, config):
 
 
 def check_model_config(config, source="config.json", max_parameters=None):
-    """Checks a serialised Keras object tree before it is deserialised.
-
-    Every object must resolve to an allow-listed class (see the module
-    docstring); keras-cait models get their arguments validated.
+    """Checks the keras-cait objects of a serialised Keras object tree before
+    it is deserialised: their arguments are validated (see the module
+    docstring). Which classes may appear at all is Keras's `safe_mode`'s
+    decision (`keras_safe_mode`).
 
     Args:
         config: the parsed JSON (a `.keras` archive's or a preset's
             `config.json`).
         source: string naming the file, quoted in errors.
         max_parameters: int or `None`, the largest accepted CaiT backbone
-            (estimated parameters; default 2 billion).
+            (parameters; default 2 billion).
 
     Raises:
-        CaiTUnsafeModelError: the config asks for something unsafe.
+        CaiTUnsafeModelError: a keras-cait object's arguments are hostile
+            (wrong types, out of range, too many parameters).
 
     Example:
     ```python
@@ -266,7 +147,7 @@ def check_model_config(config, source="config.json", max_parameters=None):
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            if "class_name" in node:
+            if "class_name" in node or "registered_name" in node:
                 _check_object(source, node, max_parameters)
             stack.extend(node.values())
         elif isinstance(node, list):
@@ -361,23 +242,19 @@ def _read_json_member(path, archive, name, required=True):
     return value
 
 
-def _check_weights_h5(path, archive):
-
-    source = f"{path}: {WEIGHTS_MEMBER}"
-    with archive.open(WEIGHTS_MEMBER) as member:
-        try:
-            h5 = h5py.File(member, "r")
-        except (OSError, ValueError) as error:
-            raise CaiTWeightsError(
-                f"{source} is not a readable HDF5 file (truncated or "
-                f"corrupt): {error}."
-            ) from None
-        with h5:
-            _check_h5_links(source, h5)
+def _check_h5(source, file):
+    """Opens an HDF5 file (a path or file object) and checks its links."""
+    try:
+        h5 = h5py.File(file, "r")
+    except (OSError, ValueError) as error:
+        raise CaiTWeightsError(
+            f"{source} is not a readable HDF5 file (truncated or corrupt): {error}."
+        ) from None
+    with h5:
+        _check_h5_links(source, h5)
 
 
 def _check_h5_links(source, h5):
-
     groups = [h5]
     while groups:
         group = groups.pop()
@@ -396,18 +273,6 @@ def _check_h5_links(source, h5):
                 raise _unsafe(
                     source, f"dataset {item.name} stores its data in another file."
                 )
-
-
-def _check_h5_file(path):
-
-    try:
-        h5 = h5py.File(path, "r")
-    except (OSError, ValueError) as error:
-        raise CaiTWeightsError(
-            f"{path}: not a readable HDF5 file (truncated or corrupt): {error}."
-        ) from None
-    with h5:
-        _check_h5_links(path, h5)
 
 
 def _check_shard_names(path, index):
@@ -477,7 +342,7 @@ def check_preset_directory(directory, max_parameters=None):
             if name == "model.weights.json":
                 _check_shard_names(path, data)
         elif name.endswith(".h5"):
-            _check_h5_file(path)
+            _check_h5(path, path)
 
 
 def _check_finite(path, model):
@@ -491,11 +356,35 @@ def _check_finite(path, model):
                 )
 
 
-def _keras_load(path, handle, compile):
-    """Loads through the already-checked open handle when Keras allows it
-    (its `saving_lib` takes file objects), so the file cannot be swapped
-    between the checks and the load."""
-    return saving_lib.load_model(handle, compile=compile, safe_mode=True)
+# What Keras 3.15's deserialization says when `safe_mode` (or its module
+# rules) refuses an object: lambdas, `Lambda`/`TFSMLayer` layers, unknown
+# classes or modules, functions that are not Keras objects, non-modelling
+# APIs.
+_KERAS_REFUSAL = re.compile(
+    r"safe_mode|Could not locate|Could not deserialize|KerasSaveable|Non-modeling"
+)
+
+
+@contextlib.contextmanager
+def keras_safe_mode(source):
+    """Runs Keras deserialization in `safe_mode`, even if the process called
+    `keras.config.enable_unsafe_deserialization()`, and turns its refusals
+    into `CaiTUnsafeModelError`s naming `source`.
+
+    Args:
+        source: string naming the file being deserialised, quoted in errors.
+    """
+    with SafeModeScope(True):
+        try:
+            yield
+        except (TypeError, ValueError) as error:
+            if isinstance(error, CaiTError) or not _KERAS_REFUSAL.search(str(error)):
+                raise
+            raise CaiTUnsafeModelError(
+                f"{source}: Keras's safe_mode refused to load it (keras-cait "
+                "never loads code, lambdas, Lambda layers or classes Keras "
+                f"does not know from a file): {type(error).__name__}: {error}"
+            ) from None
 
 
 def load_model(
@@ -507,8 +396,8 @@ def load_model(
 ):
     """Loads a `.keras` file after checking that it is safe and intact.
 
-    Keras's `safe_mode` stays on. Before Keras sees the file, the archive's
-    members, `config.json` (allow-listed classes only; keras-cait arguments
+    Keras's `safe_mode` stays on (`keras_safe_mode`). Before Keras sees the
+    file, the archive's members, `config.json` (keras-cait arguments
     validated) and the HDF5 weights (no links to other files) are checked;
     afterwards, every weight must be finite. The file is opened once and
     the same handle is checked and loaded.
@@ -518,7 +407,7 @@ def load_model(
         compile: bool. Whether to restore the saved compile configuration.
         allow_non_finite: bool. Accept weights holding NaN or Inf.
         max_weights_bytes: int. Largest accepted `model.weights.h5` member.
-        max_parameters: int. Largest accepted CaiT backbone, in (estimated)
+        max_parameters: int. Largest accepted CaiT backbone, in
             parameters.
 
     Returns:
@@ -555,7 +444,8 @@ def load_model(
                 config = _read_json_member(path, archive, CONFIG_MEMBER)
                 _read_json_member(path, archive, METADATA_MEMBER, required=False)
                 check_model_config(config, f"{path}: {CONFIG_MEMBER}", max_parameters)
-                _check_weights_h5(path, archive)
+                with archive.open(WEIGHTS_MEMBER) as member:
+                    _check_h5(f"{path}: {WEIGHTS_MEMBER}", member)
         except CaiTError:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
@@ -566,7 +456,10 @@ def load_model(
             ) from None
         handle.seek(0)
         try:
-            model = _keras_load(path, handle, compile)
+            # Through the checked open handle, so the file cannot be swapped
+            # between the checks and the load.
+            with keras_safe_mode(f"{path}: {CONFIG_MEMBER}"):
+                model = saving_lib.load_model(handle, compile=compile, safe_mode=True)
         except CaiTError:
             raise
         except Exception as error:  # Keras reports e.g. UnboundLocalError.

@@ -12,31 +12,10 @@ from keras_cait.layers.embedding import ClassToken, PatchEmbedding
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
 from keras_cait.loading.loader import load_preset
 from keras_cait.models.fast_inference import FastInferenceMixin
+from keras_cait.schema import check_backbone_config
 from keras_cait.serialization import register
 
 INTERMEDIATE_FORMATS = ("tokens", "grid")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-
-def _check_image_shape(image_shape, patch_size):
-    if len(image_shape) != 3:
-        raise ValueError(
-            "`image_shape` must be (height, width, channels), got "
-            f"{image_shape!r}."
-        )
-    height, width, channels = image_shape
-    for axis, size in (("height", height), ("width", width)):
-        _check_positive_int(f"image_shape {axis}", size)
-        if size % patch_size != 0:
-            raise ValueError(
-                f"The image {axis} ({size}) in `image_shape={image_shape}` "
-                f"must be divisible by `patch_size` ({patch_size})."
-            )
-    _check_positive_int("image_shape channels", channels)
 
 
 def _connect_layers(
@@ -246,6 +225,11 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         dtype: `None`, string or `keras.DTypePolicy`. The dtype policy.
         **kwargs: other keyword arguments passed to `keras.Model`.
 
+    Raises:
+        CaiTConfigError: (a `ValueError`) an argument is of the wrong type or
+            out of range, or the sizes do not divide (see
+            `keras_cait.schema.check_backbone_config`).
+
     Example:
     ```python
     backbone = keras_cait.CaiTBackbone(
@@ -275,26 +259,27 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         dtype=None,
         **kwargs,
     ):
-        image_shape = tuple(image_shape)
-        for name, value in (
-            ("patch_size", patch_size),
-            ("hidden_dim", hidden_dim),
-            ("num_layers", num_layers),
-            ("num_heads", num_heads),
-            ("num_class_attention_layers", num_class_attention_layers),
-        ):
-            _check_positive_int(name, value)
-        _check_image_shape(image_shape, patch_size)
-        if hidden_dim % num_heads != 0:
-            raise ValueError(
-                f"`hidden_dim` ({hidden_dim}) must be divisible by "
-                f"`num_heads` ({num_heads})."
-            )
-        for name, value in (("mlp_ratio", mlp_ratio), (
-            "class_attention_mlp_ratio", class_attention_mlp_ratio
-        )):
-            if value <= 0:
-                raise ValueError(f"`{name}` must be positive, got {value!r}.")
+        arguments = check_backbone_config(
+            dict(
+                image_shape=image_shape,
+                patch_size=patch_size,
+                hidden_dim=hidden_dim,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                num_class_attention_layers=num_class_attention_layers,
+                mlp_ratio=mlp_ratio,
+                class_attention_mlp_ratio=class_attention_mlp_ratio,
+                use_qkv_bias=use_qkv_bias,
+                layer_scale_init_value=layer_scale_init_value,
+                dropout_rate=dropout_rate,
+                attention_dropout=attention_dropout,
+                drop_path_rate=drop_path_rate,
+                layer_norm_epsilon=layer_norm_epsilon,
+            ),
+            "CaiTBackbone",
+            limits=False,
+        )
+        image_shape = arguments["image_shape"]
 
         # === Layers ===
         patch_embedding = PatchEmbedding(

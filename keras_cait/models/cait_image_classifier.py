@@ -16,7 +16,7 @@ from keras_cait.models.cait_image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
 )
 from keras_cait.models.fast_inference import FastInferenceMixin
-from keras_cait.schema import POOLINGS
+from keras_cait.schema import check_classifier_config
 from keras_cait.serialization import register
 
 
@@ -48,6 +48,10 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
             `from_logits` follows `activation`.
         **kwargs: other keyword arguments passed to `keras.Model`.
 
+    Raises:
+        CaiTConfigError: (a `ValueError`) `num_classes`, `pooling` or
+            `dropout` is invalid (see `keras_cait.schema`).
+
     Example:
     ```python
     classifier = keras_cait.CaiTImageClassifier(backbone, num_classes=10)
@@ -70,17 +74,11 @@ class CaiTImageClassifier(FastInferenceMixin, ImageClassifier):
         compile=True,
         **kwargs,
     ):
-        if pooling not in POOLINGS:
-            raise ValueError(
-                f"`pooling` must be one of {POOLINGS}, got {pooling!r}."
-            )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
-            num_classes < 0
-        ):
-            raise ValueError(
-                "`num_classes` must be a non-negative integer, got "
-                f"{num_classes!r}."
-            )
+        check_classifier_config(
+            dict(num_classes=num_classes, pooling=pooling, dropout=dropout),
+            "CaiTImageClassifier",
+            limits=False,
+        )
         head_dtype = head_dtype or backbone.dtype_policy
 
         # === Layers ===
