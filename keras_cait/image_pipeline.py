@@ -76,7 +76,7 @@ def image_batches(paths, converter, batch_size, start=0):
 
     Files are read (Pillow, `load_image`: EXIF orientation, any mode to RGB)
     and converted (`converter`, in the `tf.data` graph) by parallel
-    `tf.data` workers (`num_parallel_calls=AUTOTUNE`, `deterministic=True`),
+    `tf.data` workers (one per CPU core, `deterministic=True`),
     `PREFETCH_BATCHES` batches ahead of the caller, so that decoding
     overlaps with whatever the caller does with a batch. Memory is bounded
     by the batches in flight, whatever the number of paths.
@@ -119,11 +119,16 @@ def image_batches(paths, converter, batch_size, start=0):
         error.set_shape(())
         return converter(image), error
 
+    # Autotuning off: AUTOTUNE parallelism is then one worker per core, and
+    # the end of the run no longer stalls (docs/performance.md).
+    options = tf.data.Options()
+    options.autotune.enabled = False
     dataset = (
         tf.data.Dataset.range(start, len(paths))
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(PREFETCH_BATCHES)
+        .with_options(options)
     )
     position = start
     for images, errors in dataset.as_numpy_iterator():
