@@ -7,6 +7,7 @@ the package registers its classes with Keras and its presets with KerasHub.
 
 import warnings
 
+from keras_cait.batch_prediction import predict_files, write_predictions
 from keras_cait.convert.resample import resample_position_embedding
 from keras_cait.convert.timm_weights import load_timm_state_dict
 from keras_cait.errors import (
@@ -18,6 +19,7 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
+from keras_cait.evaluation import evaluate_folder
 from keras_cait.export import export_model
 from keras_cait.finetuning import (
     LayerDecayAdamW,
@@ -26,6 +28,7 @@ from keras_cait.finetuning import (
     load_for_finetuning,
 )
 from keras_cait.io.images import load_image
+from keras_cait.io.records import read_records
 from keras_cait.io.safetensors_io import read_safetensors
 from keras_cait.layers import (
     CaiTMLP,
@@ -122,6 +125,11 @@ __all__ = [
     # images and predictions
     "load_image",
     "decode_predictions",
+    # image collections: predictions streamed to records, evaluation
+    "predict_files",
+    "write_predictions",
+    "read_records",
+    "evaluate_folder",
     # attention maps (the maps themselves: model.get_attention_maps)
     "class_attention_grid",
     "head_maps",

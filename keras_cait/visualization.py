@@ -1,4 +1,5 @@
-"""Pictures of CaiT's class attention, drawn with matplotlib and saved as PNG.
+"""Pictures of CaiT's class attention, and evaluation confusion matrices,
+drawn with matplotlib and saved as PNG.
 
 matplotlib is imported inside the functions that draw (it is an optional
 dependency: `pip install "keras-cait[viz]"`), so `import keras_cait` never
@@ -6,6 +7,7 @@ imports it. Figures are plain `matplotlib.figure.Figure` objects rendered
 with the Agg canvas: no pyplot, no window, no global state.
 """
 
+import json
 import os
 
 import numpy as np
@@ -20,14 +22,21 @@ from keras_cait.saliency import (
 )
 
 
-def require_matplotlib():
-    """matplotlib's `Figure` class; `CaiTConfigError` (with the install
-    command) when matplotlib is not installed."""
+def require_matplotlib(purpose="Drawing attention maps"):
+    """matplotlib's `Figure` class.
+
+    Args:
+        purpose: what needs it, for the error message.
+
+    Raises:
+        CaiTConfigError: matplotlib is not installed (with the install
+            command).
+    """
     try:
         from matplotlib.figure import Figure  # optional dependency: keras-cait[viz]
     except ImportError:
         raise CaiTConfigError(
-            "Drawing attention maps needs matplotlib, which is not installed: "
+            f"{purpose} needs matplotlib, which is not installed: "
             'pip install "keras-cait[viz]" (or pip install matplotlib).'
         ) from None
     return Figure
@@ -242,13 +251,93 @@ def plot_saliency(
     return figure
 
 
-def save_figure(figure, path, dpi=100):
-    """Saves a matplotlib figure as PNG at `path` (a string, returned; its
-    directory is created if missing), atomically."""
+def save_figure(figure, path, dpi=100, metadata=None):
+    """Saves a figure as PNG, atomically (temporary file, then rename).
+
+    Args:
+        figure: a `matplotlib.figure.Figure`.
+        path: str or path-like; its directory is created if missing.
+        dpi: resolution.
+        metadata: `None` or a dict of str: PNG text chunks (keyword ->
+            text; Pillow reads them back as `Image.open(path).text`).
+
+    Returns:
+        The path, as a string.
+    """
     path = os.fspath(path)
     with staged_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=dpi)
+        figure.savefig(temporary, format="png", dpi=dpi, metadata=metadata)
     return path
+
+
+# The colour map of confusion matrices (white to dark blue).
+CONFUSION_COLORMAP = "Blues"
+
+
+def plot_confusion_matrix(counts, rows, columns, title=None):
+    """A confusion matrix as a figure: one cell per (true, predicted) pair,
+    coloured by its count (`CONFUSION_COLORMAP`, 0 to the largest count)
+    and labelled with it.
+
+    Args:
+        counts: int array-like `(len(rows), len(columns))`.
+        rows: the true classes' names.
+        columns: the predicted classes' names.
+        title: `None` or the figure title.
+
+    Returns:
+        A `matplotlib.figure.Figure`.
+    """
+    Figure = require_matplotlib("Drawing a confusion matrix")
+    counts = np.asarray(counts, np.int64)
+    if counts.shape != (len(rows), len(columns)):
+        raise CaiTConfigError(
+            f"`counts` has shape {counts.shape}; expected "
+            f"({len(rows)}, {len(columns)}) for the row and column names."
+        )
+    side = 2.5 + 0.45 * max(len(rows), len(columns))
+    figure = Figure(figsize=(side, side), layout="constrained")
+    ax = figure.add_subplot()
+    largest = max(int(counts.max(initial=0)), 1)
+    ax.imshow(
+        counts, cmap=CONFUSION_COLORMAP, vmin=0, vmax=largest,
+        interpolation="nearest",
+    )
+    for (row, column), count in np.ndenumerate(counts):
+        ax.text(
+            column, row, str(count), ha="center", va="center", fontsize=8,
+            color="white" if count > largest / 2 else "black",
+        )
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("predicted (top-1)")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
+    return figure
+
+
+def save_confusion_matrix(counts, rows, columns, path, title=None, dpi=100):
+    """Draws `plot_confusion_matrix` and saves it as a PNG whose text chunk
+    `confusion_matrix` holds the counts and names as JSON (`{"rows",
+    "columns", "counts"}`).
+
+    Returns:
+        The path, as a string.
+
+    Raises:
+        CaiTConfigError: matplotlib is not installed.
+
+    Example:
+    ```python
+    save_confusion_matrix([[5, 1], [0, 6]], ["cat", "dog"], ["cat", "dog"],
+                          "confusion_matrix.png")
+    ```
+    """
+    figure = plot_confusion_matrix(counts, rows, columns, title)
+    data = {"rows": list(rows), "columns": list(columns),
+            "counts": np.asarray(counts, np.int64).tolist()}
+    return save_figure(figure, path, dpi, metadata={"confusion_matrix": json.dumps(data)})
 
 
 def save_attention_figures(

@@ -1,7 +1,9 @@
 """The `keras-cait` command line (also `python -m keras_cait`).
 
-    keras-cait predict IMAGE... [--preset NAME|DIR|hf://...] [--top K]
+    keras-cait predict INPUT... [--preset NAME|DIR|hf://...] [--top K]
+                                [--output FILE [--resume]] [--embeddings]
                                 [--attention DIR] [--backend BACKEND] [--json]
+    keras-cait evaluate DIR --output OUTDIR [--preset ...] [--label-map FILE]
     keras-cait presets [--json]
     keras-cait convert SOURCE OUTPUT_DIR [--upload hf://...]
 
@@ -17,7 +19,10 @@ runs itself again in a fresh interpreter with `KERAS_BACKEND` set (once).
 Everything but the result goes to stderr (logs, warnings, progress bars),
 so that `--json` prints exactly one JSON document on stdout. Errors are one
 line on stderr (`keras-cait: error: ...`) with exit status 1 (2 for bad
-arguments); set `KERAS_CAIT_DEBUG=1` to see tracebacks.
+arguments); set `KERAS_CAIT_DEBUG=1` to see tracebacks. An input image
+that cannot be read is not an error of the command: it gets a record with
+an `error` field, and the command ends with exit status 3 (`FAILED_INPUTS`)
+after saying how many inputs failed.
 """
 
 import argparse
@@ -32,15 +37,26 @@ import sys
 BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_PRESET = "cait_xxs24_224"
 _REEXEC_FLAG = "KERAS_CAIT_CLI_BACKEND_SWITCHED"
+FAILED_INPUTS = 3  # exit status: the command ran, some input images failed
 
 PREDICT_EXAMPLES = """\
 examples:
   keras-cait predict cat.jpg
   keras-cait predict photos/*.jpg --top 3 --json > predictions.json
+  keras-cait predict photos/ --output results.jsonl      # a folder, recursively
+  keras-cait predict photos/ @more.txt --output results.csv --embeddings
+  keras-cait predict photos/ --output results.jsonl --resume  # after a stop
   keras-cait predict cat.jpg --attention attention_maps/
   keras-cait predict cat.jpg --preset cait_s24_384 --backend jax
   keras-cait predict cat.jpg --preset hf://timm/cait_xxs24_224.fb_dist_in1k
   keras-cait predict cat.jpg --preset ./my_finetuned_preset/
+"""
+
+EVALUATE_EXAMPLES = """\
+examples:
+  keras-cait evaluate imagenet/val --preset cait_xxs24_224 --output eval/
+  keras-cait evaluate flowers/ --preset ./my_finetuned_preset/ \\
+      --label-map classes.txt --output eval/
 """
 
 CONVERT_EXAMPLES = """\
@@ -54,6 +70,8 @@ examples:
   keras-cait predict cat.jpg --top 5
   keras-cait predict cat.jpg dog.png --json
   keras-cait predict cat.jpg --attention out/     # per-head and saliency PNGs
+  keras-cait predict photos/ --output results.jsonl
+  keras-cait evaluate imagenet/val --output eval/
   keras-cait presets
   keras-cait convert --help
 
@@ -85,6 +103,31 @@ def _version():
         return "unknown"
 
 
+def _add_preset_argument(parser):
+    parser.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help="a preset name (see `keras-cait presets`), a local preset "
+        "directory, or an hf://owner/repo[@revision] handle "
+        f"(default: {DEFAULT_PRESET})",
+    )
+
+
+def _add_backend_argument(parser):
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="the Keras backend (default: $KERAS_BACKEND, else Keras's default)",
+    )
+
+
+def _add_batch_size_argument(parser, default):
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=default, metavar="N",
+        help=f"images per forward pass (default: {default})",
+    )
+
+
 def build_parser():
     """The argument parser of `keras-cait`."""
     parser = _Parser(
@@ -100,43 +143,77 @@ def build_parser():
 
     predict = commands.add_parser(
         "predict",
-        help="classify images (top-K ImageNet labels), optionally save attention maps",
-        description="Classify images with a CaiT preset and print the top-K "
-        "labels with their probabilities.",
+        help="classify images, folders and lists (top-K labels), optionally "
+        "into a results file or with attention maps",
+        description="Classify images with a CaiT preset: print the top-K "
+        "labels with their probabilities, or write one record per image to a "
+        ".jsonl/.csv file as the run goes. Inputs are read once each, in "
+        "order; an image that cannot be read gets an error record and the "
+        f"exit status is {FAILED_INPUTS}.",
         epilog=PREDICT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     predict.add_argument(
-        "--preset",
-        default=DEFAULT_PRESET,
-        help="a preset name (see `keras-cait presets`), a local preset "
-        "directory, or an hf://owner/repo[@revision] handle "
-        f"(default: {DEFAULT_PRESET})",
+        "inputs", nargs="+", metavar="INPUT",
+        help="image files, folders (recursive), glob patterns or @list.txt "
+        "files (one path per line)",
     )
+    _add_preset_argument(predict)
     predict.add_argument("--top", type=_positive_int, default=5, metavar="K", help="labels per image (default: 5)")
+    predict.add_argument(
+        "--output", metavar="FILE",
+        help="write one record per image to FILE (.jsonl or .csv) as the run "
+        "goes, instead of printing",
+    )
+    predict.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted --output FILE: keep its complete "
+        "records and predict the rest",
+    )
+    predict.add_argument(
+        "--embeddings", action="store_true",
+        help="add each image's pooled features to its record (--output or --json)",
+    )
     predict.add_argument(
         "--attention",
         metavar="DIR",
         help="write each image's per-head class-attention and saliency PNGs "
         "under DIR (needs matplotlib)",
     )
-    predict.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help="the Keras backend (default: $KERAS_BACKEND, else Keras's default)",
-    )
+    _add_backend_argument(predict)
     predict.add_argument(
         "--json",
         action="store_true",
         help="print one JSON document on stdout: "
         '[{"image": ..., "predictions": [{"label", "class_id", "probability"}, ...]}, ...]',
     )
-    predict.add_argument(
-        "--batch-size", type=_positive_int, default=8, metavar="N",
-        help="images per forward pass (default: 8)",
+    _add_batch_size_argument(predict, default=8)
+    predict.set_defaults(run=_run_predict, parser=predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)",
+        description="Evaluate a preset on an ImageFolder layout (DIR/<class>/"
+        "images, any depth below), as timm's validate.py: print top-1, top-5, "
+        "the number of images and images/s; write OUTDIR/summary.json, "
+        "OUTDIR/per_class.csv and, with at most 50 classes, "
+        "OUTDIR/confusion_matrix.png. Class folders are WordNet ids "
+        "(n01440764, ImageNet-1k models), class indices (0, 1, ...) or names "
+        "mapped by --label-map.",
+        epilog=EVALUATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict.set_defaults(run=_run_predict)
+    evaluate.add_argument("directory", metavar="DIR", help="the folder of class folders")
+    evaluate.add_argument("--output", metavar="OUTDIR", required=True, help="folder for the results")
+    _add_preset_argument(evaluate)
+    evaluate.add_argument(
+        "--label-map", metavar="FILE",
+        help="class folder -> class index: a .json object, or a text file "
+        "with one folder name per line (line k is class k, as timm's class maps)",
+    )
+    _add_backend_argument(evaluate)
+    _add_batch_size_argument(evaluate, default=32)
+    evaluate.set_defaults(run=_run_evaluate)
 
     presets = commands.add_parser(
         "presets",
@@ -237,19 +314,70 @@ def _switch_backend(backend, argv, can_restart):
 # --- Sub-commands ------------------------------------------------------------
 
 
+def _check_predict_arguments(args):
+    """The combinations of `predict` options argparse cannot check."""
+    if args.resume and not args.output:
+        return "--resume needs --output FILE"
+    if args.output and args.json:
+        return "--json prints the records; --output writes them: use one"
+    if args.embeddings and not (args.output or args.json):
+        return "--embeddings needs --output FILE or --json"
+    if args.embeddings and args.attention:
+        return "--embeddings cannot be combined with --attention"
+    return None
+
+
+def _failed_inputs(failed, total):
+    """Exit status 0, or `FAILED_INPUTS` with the count on stderr."""
+    if not failed:
+        return 0
+    print(f"keras-cait: {failed} of {total} inputs failed (see their 'error')",
+          file=sys.stderr, flush=True)
+    return FAILED_INPUTS
+
+
 def _run_predict(args, argv):
+    problem = _check_predict_arguments(args)
+    if problem:
+        args.parser.error(problem)  # exit status 2, with the usage
     status = _switch_backend(args.backend, argv, args.can_restart)
     if status is not None:
         return status
     with stdout_to_stderr():
         from keras_cait_cli import predict  # start-up: imports Keras and a backend
 
-        results = predict.predict(args)
+        records, summary = predict.predict(args)
+    if summary is not None:
+        kept = f" after {summary['kept']} kept" if summary["kept"] else ""
+        print(f"keras-cait: wrote {summary['written']} records{kept} to "
+              f"{summary['output']}", file=sys.stderr, flush=True)
+        return _failed_inputs(summary["failed"], summary["images"])
     if args.json:
-        print(json.dumps(results, indent=2), flush=True)
+        print(json.dumps(records, indent=2), flush=True)
     else:
-        print(predict.format_table(results), flush=True)
-    return 0
+        print(predict.format_table(records), flush=True)
+    return _failed_inputs(sum("error" in r for r in records), len(records))
+
+
+def _run_evaluate(args, argv):
+    status = _switch_backend(args.backend, argv, args.can_restart)
+    if status is not None:
+        return status
+    with stdout_to_stderr():
+        import keras  # start-up: the backend
+
+        from keras_cait import evaluation  # start-up: imports Keras and a backend
+
+        print(f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
+              file=sys.stderr)
+        summary = evaluation.evaluate_folder(
+            args.directory, args.preset, output_dir=args.output,
+            label_map=args.label_map, batch_size=args.batch_size, progress=True,
+        )
+        for path in summary["files"]:
+            print(f"wrote {path}", file=sys.stderr)
+    print(evaluation.format_summary(summary), flush=True)
+    return _failed_inputs(summary["failed"], summary["images"])
 
 
 def presets_dir():

@@ -1,4 +1,5 @@
-"""`keras-cait predict`: classify image files with a preset.
+"""`keras-cait predict`: classify image files, folders, globs and lists
+with a preset.
 
 Imported by `keras_cait_cli.main` only when the command runs: this module
 imports `keras_cait`, and with it Keras and a backend.
@@ -9,37 +10,16 @@ import pathlib
 import sys
 
 import keras
-import numpy as np
-from huggingface_hub.utils import tqdm
 
-from keras_cait import CaiTImageClassifier, load_image
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError, CaiTImageError
-from keras_cait.predictions import probabilities, top_predictions
-
-
-def _check_image_paths(paths):
-    """Fails early, before loading a model, for missing paths."""
-    for path in paths:
-        if not os.path.exists(path):
-            raise CaiTFileNotFoundError(f"image file not found: '{path}'")
-        if os.path.isdir(path):
-            raise CaiTImageError(f"'{path}' is a directory, not an image file")
-
-
-def _load_classifier(preset):
-    classifier = CaiTImageClassifier.from_preset(preset)
-    if not classifier.num_classes:
-        raise CaiTConfigError(
-            f"preset '{preset}' has no classification head (num_classes=0); "
-            "it cannot classify images"
-        )
-    converter = getattr(classifier.preprocessor, "image_converter", None)
-    if converter is None:
-        raise CaiTConfigError(
-            f"preset '{preset}' has no image converter; it cannot "
-            "preprocess image files"
-        )
-    return classifier, converter
+from keras_cait import load_image
+from keras_cait.batch_prediction import (
+    BatchPredictor,
+    load_classifier,
+    predict_batches,
+    write_records,
+)
+from keras_cait.io.image_paths import expand_image_paths
+from keras_cait.io.records import check_output
 
 
 def _unique_stems(paths):
@@ -52,82 +32,83 @@ def _unique_stems(paths):
     return stems
 
 
+class _AttentionPredictor(BatchPredictor):
+    """Also saves each image's attention PNGs under `directory`."""
+
+    def __init__(self, classifier, top, directory, paths):
+        super().__init__(classifier, top, attention_maps=True)
+        self.directory = directory
+        self.stems = _unique_stems(paths)
+
+    def records(self, batch, outputs):
+        from keras_cait import visualization  # optional dependency: matplotlib
+
+        converter = self.converter
+        for offset, (path, error) in enumerate(zip(batch.paths, batch.errors)):
+            if error is not None:
+                continue
+            picture = visualization.display_image(
+                batch.images[offset], converter.mean, converter.std
+            )
+            written = visualization.save_attention_figures(
+                {name: value[offset] for name, value in outputs.items()},
+                self.directory,
+                self.stems[batch.start + offset],
+                picture,
+                self.classifier.backbone.grid_size,
+                original=load_image(path),
+                crop_pct=converter.crop_pct,
+                title=os.path.basename(path),
+            )
+            for figure_path in written:
+                print(f"wrote {figure_path}", file=sys.stderr)
+        return super().records(batch, outputs)
+
+
 def predict(args):
-    """Runs `keras-cait predict` on parsed arguments; returns the results
-    (one dict per image: `image` and its top `predictions`)."""
+    """Runs `keras-cait predict` on parsed arguments.
+
+    Returns:
+        `(records, summary)`: without `--output`, the list of records and
+        `None`; with it, `None` and the summary of
+        `keras_cait.batch_prediction.write_records` (the records are in the
+        file). Records with an `error` are inputs that failed.
+    """
     print(
         f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
         file=sys.stderr,
     )
-    _check_image_paths(args.images)
+    paths = expand_image_paths(args.inputs)
+    if args.output:
+        check_output(args.output, args.resume)  # before the model loads
     if args.attention:
         from keras_cait import visualization  # optional dependency: matplotlib
 
         visualization.require_matplotlib()  # fail now, not after the model
-    classifier, converter = _load_classifier(args.preset)
-    model = classifier.attention_model()
-    grid_size = classifier.backbone.grid_size
-    stems = _unique_stems(args.images)
-    results = []
-    many = len(args.images) > args.batch_size
-    with tqdm(
-        total=len(args.images), desc="classifying", unit="image",
-        file=sys.stderr, disable=not many,
-    ) as bar:
-        for start in range(0, len(args.images), args.batch_size):
-            paths = args.images[start : start + args.batch_size]
-            originals = [load_image(path) for path in paths]
-            inputs = np.stack([np.asarray(converter(image)) for image in originals])
-            # A direct call: no compilation step (much faster than
-            # `predict()` for the few images a command line gets).
-            outputs = {
-                name: keras.ops.convert_to_numpy(value)
-                for name, value in model(inputs, training=False).items()
-            }
-            scores = probabilities(outputs["predictions"], classifier.activation)
-            for offset, (path, top) in enumerate(
-                zip(paths, top_predictions(scores, args.top))
-            ):
-                results.append({"image": path, "predictions": top})
-                if args.attention:
-                    _save_attention(
-                        args.attention,
-                        stems[start + offset],
-                        path,
-                        {k: v[offset] for k, v in outputs.items()},
-                        inputs[offset],
-                        originals[offset],
-                        converter,
-                        grid_size,
-                    )
-            bar.update(len(paths))
-    return results
+    classifier = load_classifier(args.preset)
+    if args.attention:
+        predictor = _AttentionPredictor(classifier, args.top, args.attention, paths)
+    else:
+        predictor = BatchPredictor(classifier, args.top, embeddings=args.embeddings)
+    progress = len(paths) > args.batch_size
+    if args.output:
+        summary = write_records(
+            predictor, paths, args.output, args.batch_size, args.resume, progress
+        )
+        return None, summary
+    batches = predict_batches(predictor, paths, args.batch_size, progress=progress)
+    return [record for _, _, records in batches for record in records], None
 
 
-def _save_attention(directory, stem, path, maps, model_input, original, converter, grid_size):
-    from keras_cait import visualization  # optional dependency: matplotlib
-
-    picture = visualization.display_image(model_input, converter.mean, converter.std)
-    paths = visualization.save_attention_figures(
-        maps,
-        directory,
-        stem,
-        picture,
-        grid_size,
-        original=original,
-        crop_pct=converter.crop_pct,
-        title=os.path.basename(path),
-    )
-    for written in paths:
-        print(f"wrote {written}", file=sys.stderr)
-
-
-def format_table(results):
-    """The results as the text table `keras-cait predict` prints."""
+def format_table(records):
+    """The records as the text table `keras-cait predict` prints."""
     lines = []
-    for result in results:
-        lines.append(result["image"])
-        for rank, prediction in enumerate(result["predictions"], 1):
+    for record in records:
+        lines.append(record["image"])
+        if "error" in record:
+            lines.append(f"  error: {record['error']}")
+            continue
+        for rank, prediction in enumerate(record["predictions"], 1):
             label = prediction["label"]
             name = label if label is not None else f"class {prediction['class_id']}"
             lines.append(

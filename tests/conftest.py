@@ -24,3 +24,27 @@ def _reset_keras_state():
 @pytest.fixture
 def backend():
     return keras.config.backend()
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory):
+    """`tiny_token_head` (timm's weights, 10 classes, 32x32 inputs) saved as
+    a local preset directory, with its image converter."""
+    import keras_cait
+    from tests.support import reference_classifier
+
+    directory = tmp_path_factory.mktemp("tiny_preset")
+    classifier = reference_classifier("tiny_token_head")
+    classifier.preprocessor = keras_cait.CaiTImageClassifierPreprocessor(
+        keras_cait.CaiTImageConverter(image_size=32)
+    )
+    classifier.save_to_preset(str(directory))
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_preset):
+    """The `tiny_preset` loaded (with its preprocessor), once."""
+    import keras_cait
+
+    return keras_cait.CaiTImageClassifier.from_preset(tiny_preset)

@@ -119,3 +119,38 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def make_photos(directory, count, prefix="photo", seed=0, size=None):
+    """`count` small, different photos (random crops of the sample images,
+    40-90 px or `(width, height)`, PNG and JPEG in turn) in `directory`;
+    returns their paths (str), sorted."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sources = [Image.open(IMAGES / name).convert("RGB") for name in
+               ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")]
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for index in range(count):
+        source = sources[index % len(sources)]
+        width, height = source.size
+        left, top = rng.integers(0, width // 2), rng.integers(0, height // 2)
+        crop = source.crop((left, top, left + width // 2, top + height // 2))
+        crop = crop.resize(size or tuple(int(v) for v in rng.integers(40, 90, size=2)))
+        path = os.path.join(directory, f"{prefix}_{index:03d}.{('png', 'jpg')[index % 2]}")
+        crop.save(path)
+        paths.append(path)
+    return sorted(paths)
+
+
+def eager_predictions(classifier, paths):
+    """Probabilities `(n, classes)` (float64) and class-token features of
+    image files, computed one by one without the collection pipeline:
+    `load_image`, the preset's converter called eagerly, the model."""
+    converter = classifier.preprocessor.image_converter
+    images = np.stack([to_numpy(converter(keras_cait.load_image(p))) for p in paths])
+    logits = np.asarray(to_numpy(classifier(images)), np.float64)
+    scores = np.exp(logits - logits.max(-1, keepdims=True))
+    tokens = to_numpy(classifier.backbone(images))
+    return scores / scores.sum(-1, keepdims=True), tokens[:, 0]

@@ -54,18 +54,6 @@ def _expected_probabilities(name, image_size, paths):
     return exp / exp.sum(-1, keepdims=True)
 
 
-@pytest.fixture(scope="module")
-def tiny_preset(tmp_path_factory):
-    """`tiny_token_head` (timm's weights, 10 classes) saved as a local preset."""
-    directory = tmp_path_factory.mktemp("tiny_preset")
-    classifier = reference_classifier("tiny_token_head")
-    classifier.preprocessor = keras_cait.CaiTImageClassifierPreprocessor(
-        keras_cait.CaiTImageConverter(image_size=32)
-    )
-    classifier.save_to_preset(str(directory))
-    return str(directory)
-
-
 def _image_variants(directory):
     """Photos in the modes the CLI must convert, and an EXIF-rotated pair."""
     photo = Image.open(IMAGES / "chelsea.png").convert("RGB").resize((90, 60))
@@ -90,7 +78,10 @@ def _image_variants(directory):
 def test_predict_json_and_attention_with_a_local_preset(tiny_preset, tmp_path, backend):
     variants = _image_variants(tmp_path)
     images = [str(IMAGES / name) for name in PHOTOS] + list(variants.values())
-    images.append(str(IMAGES / "chelsea.png"))  # a repeated name
+    # Another file of the same name (the same file twice is read once).
+    (tmp_path / "copy").mkdir()
+    images.append(str(tmp_path / "copy" / "chelsea.png"))
+    (tmp_path / "copy" / "chelsea.png").write_bytes((IMAGES / "chelsea.png").read_bytes())
     attention_dir = tmp_path / "maps"
     status, stdout, stderr = _run(
         ["predict", *images, "--preset", tiny_preset, "--top", "3", "--json",
@@ -199,23 +190,37 @@ def _assert_one_line_error(status, out, err, *fragments):
         assert fragment in last
 
 
-def test_bad_images_and_presets_are_one_line_errors(tiny_preset, tmp_path, capfd, backend):
+def test_bad_images_are_error_records_and_bad_presets_one_line_errors(
+    tiny_preset, tmp_path, capfd, backend
+):
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("not an image")
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes((IMAGES / "rocket.jpg").read_bytes()[:20000])
+    missing = str(tmp_path / "missing.jpg")
+    images = [str(IMAGES / "coffee.png"), missing, str(not_image), str(truncated)]
     run = functools.partial(_main, capfd, "predict", "--backend", backend)
 
-    missing = str(tmp_path / "missing.jpg")
-    _assert_one_line_error(*run(str(IMAGES / "coffee.png"), missing), missing, "not found")
+    # An image that cannot be read is a record with an `error`, not a crash:
+    # the others are predicted, and the exit status is 3.
+    status, out, err = run(*images, "--preset", tiny_preset, "--json")
+    assert status == 3 and "Traceback" not in err
+    assert "3 of 4 inputs failed" in err
+    records = json.loads(out)
+    assert [r["image"] for r in records] == images
+    assert set(records[0]) == {"image", "predictions"}
+    assert [set(r) for r in records[1:]] == [{"image", "error"}] * 3
+    for record, reason in zip(records[1:], ("not found", "not an image", "truncated")):
+        assert record["image"] in record["error"] and reason in record["error"]
+    status, out, _ = run(*images, "--preset", tiny_preset)
+    assert status == 3
+    assert f"{missing}\n  error: Image file not found: '{missing}'." in out
+    assert out.count("  error: ") == 3 and "  1. class " in out
+
+    (tmp_path / "empty_dir").mkdir()
     _assert_one_line_error(
-        *run(str(not_image), "--preset", tiny_preset), str(not_image), "not an image"
-    )
-    _assert_one_line_error(
-        *run(str(truncated), "--preset", tiny_preset), str(truncated), "truncated"
-    )
-    _assert_one_line_error(
-        *run(str(tmp_path), "--preset", tiny_preset), "directory, not an image"
+        *run(str(tmp_path / "empty_dir"), "--preset", tiny_preset),
+        "No image files found", "empty_dir",
     )
     _assert_one_line_error(
         *run(str(IMAGES / "coffee.png"), "--preset", "cait_xxs42_224"),
@@ -230,7 +235,12 @@ def test_bad_images_and_presets_are_one_line_errors(tiny_preset, tmp_path, capfd
 
 def test_bad_arguments_exit_2_with_usage(capfd):
     for arguments in (["predict"], ["predict", "x.jpg", "--top", "0"],
-                      ["predict", "x.jpg", "--backend", "numpy"], ["frobnicate"]):
+                      ["predict", "x.jpg", "--backend", "numpy"], ["frobnicate"],
+                      ["predict", "x.jpg", "--resume"],
+                      ["predict", "x.jpg", "--output", "r.jsonl", "--json"],
+                      ["predict", "x.jpg", "--embeddings"],
+                      ["predict", "x.jpg", "--json", "--embeddings", "--attention", "d"],
+                      ["evaluate", "folder"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(arguments)
         assert exit_info.value.code == 2
@@ -239,13 +249,23 @@ def test_bad_arguments_exit_2_with_usage(capfd):
 
 
 def test_help_has_examples(capfd):
-    for arguments in (["--help"], ["predict", "--help"]):
+    helps = {}
+    for arguments in (["--help"], ["predict", "--help"], ["evaluate", "--help"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(arguments)
         assert exit_info.value.code == 0
-        out = capfd.readouterr().out
-        assert "examples:" in out and "keras-cait predict cat.jpg" in out
-    assert "--attention DIR" in out and "--json" in out and "--backend" in out
+        helps[arguments[0]] = out = capfd.readouterr().out
+        assert "examples:" in out
+    assert "keras-cait predict cat.jpg" in helps["--help"]
+    assert "keras-cait evaluate imagenet/val" in helps["--help"]
+    predict = helps["predict"]
+    for option in ("--attention DIR", "--json", "--backend", "--output FILE",
+                   "--resume", "--embeddings", "@list.txt",
+                   "keras-cait predict photos/ --output results.jsonl"):
+        assert option in predict
+    for option in ("--label-map FILE", "--output OUTDIR", "summary.json",
+                   "confusion_matrix.png"):
+        assert option in helps["evaluate"]
 
 
 def test_presets_table_and_json(capfd):

@@ -62,7 +62,8 @@ _HEAVY = ("keras", "keras_cait", "keras_hub", "tensorflow", "jax", "torch", "num
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--help"], ["predict", "--help"], ["presets", "--help"], ["convert", "--help"],
+    [["--help"], ["predict", "--help"], ["evaluate", "--help"], ["presets", "--help"],
+     ["convert", "--help"],
      ["presets"], ["presets", "--json"]],
 )
 def test_the_command_line_starts_without_keras(arguments):

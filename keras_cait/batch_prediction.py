@@ -1,0 +1,330 @@
+"""Predictions on image collections: files, folders, globs and lists in,
+one record per image out, in order, streamed (see `keras_cait.io.records`
+for the record formats and `keras_cait.image_pipeline` for the input
+pipeline).
+
+`BatchPredictor` is the forward pass and the records of one batch; a Ray
+Data `map_batches` worker or a benchmark can use it on batches of their own.
+"""
+
+import contextlib
+import os
+import sys
+
+import keras
+import numpy as np
+from huggingface_hub.utils import tqdm
+
+from keras_cait.errors import CaiTConfigError
+from keras_cait.image_pipeline import check_batch_size, image_batches
+from keras_cait.io.image_paths import expand_image_paths
+from keras_cait.io.records import RecordWriter, check_output
+from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+from keras_cait.predictions import probabilities, top_predictions
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def load_classifier(model):
+    """A classifier that can classify image files.
+
+    Args:
+        model: a `CaiTImageClassifier`, or a preset (name, local directory or
+            `hf://` handle) loaded with `CaiTImageClassifier.from_preset`.
+
+    Returns:
+        The `CaiTImageClassifier`.
+
+    Raises:
+        CaiTConfigError: `model` is neither, or it has no classification
+            head (`num_classes=0`) or no image converter in its
+            preprocessor.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        name = os.fspath(model)
+        model = CaiTImageClassifier.from_preset(name)
+    elif isinstance(model, CaiTImageClassifier):
+        name = model.name
+    else:
+        raise CaiTConfigError(
+            "`model` must be a keras_cait.CaiTImageClassifier or a preset "
+            f"name, directory or hf:// handle, got {type(model).__name__}."
+        )
+    if not model.num_classes:
+        raise CaiTConfigError(
+            f"'{name}' has no classification head (num_classes=0); it cannot "
+            "classify images."
+        )
+    if getattr(model.preprocessor, "image_converter", None) is None:
+        raise CaiTConfigError(
+            f"'{name}' has no image converter (its `preprocessor` is missing "
+            "or has none); it cannot preprocess image files."
+        )
+    return model
+
+
+class BatchPredictor:
+    """A classifier's forward pass on batches of a collection, and the
+    batch's records.
+
+    The forward pass runs a Keras model sharing the classifier's layers
+    through Keras's `predict_on_batch`, so every layer runs through its
+    `__call__` (quantization, LoRA and dtype policies apply).
+
+    Args:
+        classifier: a `CaiTImageClassifier` with an image converter (see
+            `load_classifier`).
+        top: int. Predictions per record (at most `num_classes`).
+        embeddings: bool. Also return the pooled features (the input of the
+            classifier's head: the class token or the patch mean, timm's
+            `forward_head(pre_logits=True)`) as each record's
+            `"embedding"`.
+        attention_maps: bool. Also return the class-attention maps
+            (`classifier.attention_model()`); they are not part of the
+            records. Not with `embeddings`.
+
+    Example:
+    ```python
+    predictor = BatchPredictor(classifier, top=5)
+    for batch in image_batches(paths, predictor.converter, 32):
+        records = predictor.records(batch, predictor.outputs(batch.images))
+    ```
+    """
+
+    def __init__(self, classifier, top=5, embeddings=False, attention_maps=False):
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise CaiTConfigError(f"`top` must be a positive integer, got {top!r}.")
+        if embeddings and attention_maps:
+            raise CaiTConfigError("`embeddings` and `attention_maps` cannot be combined.")
+        self.classifier = classifier
+        self.converter = classifier.preprocessor.image_converter
+        self.top = min(top, classifier.num_classes)
+        self.embeddings = embeddings
+        if attention_maps:
+            self.model = classifier.attention_model()
+        else:
+            outputs = {"predictions": classifier.output}
+            if embeddings:
+                # The head's input: the pooled features (Keras's `Layer.input`).
+                outputs["embedding"] = classifier.output_dropout.input
+            self.model = keras.Model(classifier.input, outputs)
+
+    def outputs(self, images, batch_size=None):
+        """The model's outputs on a batch of model inputs.
+
+        The batch goes through `predict_on_batch` (Keras's compiled predict
+        function). With `batch_size`, a shorter batch is padded with zeros
+        to that size (and the padding's outputs dropped), so that every
+        call has one shape and compiles once.
+
+        Args:
+            images: float array `(batch, height, width, 3)`, e.g.
+                `ImageBatch.images`.
+            batch_size: `None` or an int `>= batch`.
+
+        Returns:
+            A dict of NumPy arrays: `"predictions"` `(batch, num_classes)`,
+            and `"embedding"` `(batch, hidden_dim)` or the attention maps
+            when asked for.
+        """
+        count = len(images)
+        if batch_size is not None and count < batch_size:
+            padding = np.zeros((batch_size - count, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, padding])
+        outputs = self.model.predict_on_batch(images)
+        return {name: np.asarray(value)[:count] for name, value in outputs.items()}
+
+    def records(self, batch, outputs):
+        """One record per image of `batch` (an `ImageBatch`), in order: its
+        path and top predictions (and embedding), or its error."""
+        scores = probabilities(outputs["predictions"], self.classifier.activation)
+        ranked = top_predictions(scores, self.top)
+        records = []
+        for index, (path, error) in enumerate(zip(batch.paths, batch.errors)):
+            if error is not None:
+                records.append({"image": path, "error": error})
+                continue
+            record = {"image": path, "predictions": ranked[index]}
+            if self.embeddings:
+                record["embedding"] = outputs["embedding"][index].tolist()
+            records.append(record)
+        return records
+
+
+@contextlib.contextmanager
+def progress_bar(total, initial=0, enabled=True, description="classifying"):
+    """A tqdm bar on stderr counting images, with images/s and the ETA."""
+    with tqdm(
+        total=total,
+        initial=initial,
+        desc=description,
+        unit=" images",
+        file=sys.stderr,
+        disable=not enabled,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+        "[{elapsed}<{remaining}, {rate_noinv_fmt}]",
+    ) as bar:
+        yield bar
+
+
+def predict_batches(predictor, paths, batch_size, start=0, progress=False):
+    """Runs `predictor` over `paths[start:]` through the streamed pipeline.
+
+    Yields:
+        `(batch, outputs, records)` per batch, in order: the `ImageBatch`,
+        the model's outputs (dict of NumPy arrays) and its records.
+    """
+    # One forward shape for the whole run (resumed or not): the last batch
+    # is padded, a run shorter than `batch_size` is one batch.
+    batch_size = min(batch_size, len(paths))
+    with progress_bar(len(paths), start, progress) as bar:
+        for batch in image_batches(paths, predictor.converter, batch_size, start):
+            outputs = predictor.outputs(batch.images, batch_size)
+            yield batch, outputs, predictor.records(batch, outputs)
+            bar.update(len(batch.paths))
+
+
+def _as_list(inputs):
+    return [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+
+
+def predict_files(
+    inputs, model, top=5, batch_size=DEFAULT_BATCH_SIZE, embeddings=False,
+    progress=False,
+):
+    """Classifies a collection of image files; an iterator of records.
+
+    Files are read with Pillow and preprocessed by the preset's converter
+    in parallel `tf.data` workers while the model runs, in batches of
+    `batch_size`, so memory stays flat on any number of files.
+
+    Args:
+        inputs: str, path-like or a list of them: image files, directories
+            (recursive), glob patterns and `@list.txt` files, expanded by
+            `keras_cait.io.image_paths.expand_image_paths` (a file named
+            twice is read once).
+        model: a `CaiTImageClassifier` or a preset (name, directory,
+            `hf://` handle).
+        top: int. Predictions per record.
+        batch_size: int. Images per forward pass.
+        embeddings: bool. Add each image's pooled features (`"embedding"`,
+            `hidden_dim` floats).
+        progress: bool. Show a progress bar on stderr.
+
+    Returns:
+        An iterator of records, one per image, in input order:
+        `{"image": path, "predictions": [{"label", "class_id",
+        "probability"}, ...]}` (best first; `label` is the ImageNet-1k name
+        for 1000 classes, else `None`), or `{"image": path, "error":
+        reason}` for a file that cannot be read. The inputs are expanded and
+        the model loaded when this is called; images are read as the
+        iterator is consumed.
+
+    Raises:
+        CaiTFileNotFoundError: the inputs hold no image file, or an `@list`
+            file is missing.
+        CaiTConfigError: a bad argument, or a model that cannot classify
+            files.
+
+    Example:
+    ```python
+    for record in keras_cait.predict_files("photos/", "cait_xxs24_224"):
+        print(record["image"], record.get("error") or record["predictions"][0])
+    ```
+    """
+    check_batch_size(batch_size)
+    paths = expand_image_paths(_as_list(inputs))
+    predictor = BatchPredictor(load_classifier(model), top, embeddings)
+
+    def records():
+        for _, _, batch_records in predict_batches(
+            predictor, paths, batch_size, progress=progress
+        ):
+            yield from batch_records
+
+    return records()
+
+
+def write_predictions(
+    inputs, output, model, top=5, batch_size=DEFAULT_BATCH_SIZE,
+    embeddings=False, resume=False, progress=True,
+):
+    """Classifies a collection of image files into a records file, written
+    as the run goes.
+
+    `output` (`.jsonl` or `.csv`, see `keras_cait.io.records`) gets one
+    record per image, in input order, flushed batch by batch. A run that
+    stops (a crash, Ctrl-C, a killed job) leaves its complete records; with
+    `resume=True` a second run keeps them, drops an incomplete last line and
+    continues. It restarts at the first image of the batch the kept records
+    end in (same `batch_size`: the same batches as one uninterrupted run, so
+    the same numbers).
+
+    Args:
+        inputs: as in `predict_files`.
+        output: str or path-like ending in `.jsonl` or `.csv`. It must not
+            exist, unless `resume`.
+        model: a `CaiTImageClassifier` or a preset.
+        top: int. Predictions per record.
+        batch_size: int. Images per forward pass.
+        embeddings: bool. Add each image's pooled features.
+        resume: bool. Continue `output` if it exists; its records must be
+            those of the first inputs, written with the same `top` and
+            `embeddings`.
+        progress: bool. Show a progress bar on stderr.
+
+    Returns:
+        A dict: `output`, `images` (inputs), `kept` (records kept from an
+        earlier run), `written` (records this run wrote) and `failed`
+        (records with an `error`, kept ones included).
+
+    Raises:
+        CaiTConfigError: `output` exists without `resume`, or its records do
+            not continue these inputs or options; or as `predict_files`.
+
+    Example:
+    ```python
+    summary = keras_cait.write_predictions("photos/", "results.jsonl",
+                                           "cait_xxs24_224", resume=True)
+    ```
+    """
+    check_batch_size(batch_size)
+    output = os.fspath(output)
+    paths = expand_image_paths(_as_list(inputs))
+    check_output(output, resume)  # before the model loads
+    predictor = BatchPredictor(load_classifier(model), top, embeddings)
+    return write_records(predictor, paths, output, batch_size, resume, progress)
+
+
+def write_records(predictor, paths, output, batch_size, resume=False, progress=True):
+    """`write_predictions` with a `BatchPredictor` and expanded paths.
+
+    Args:
+        predictor: a `BatchPredictor`.
+        paths: list of str image paths (see `expand_image_paths`).
+        output, batch_size, resume, progress: as in `write_predictions`.
+
+    Returns:
+        The summary dict of `write_predictions`.
+    """
+    summary = {"output": output, "images": len(paths), "kept": 0, "written": 0}
+    with RecordWriter(
+        output, predictor.top, predictor.embeddings, resume=resume,
+        expected_images=paths,
+    ) as writer:
+        summary["kept"] = writer.kept
+        failed = writer.kept_failures
+        # Restart at the batch the kept records end in: the batches are
+        # those of an uninterrupted run.
+        start = writer.kept - writer.kept % batch_size
+        if writer.kept == len(paths):  # nothing left to do
+            start = len(paths)
+        for batch, _, records in predict_batches(
+            predictor, paths, batch_size, start, progress
+        ):
+            records = records[max(0, writer.kept - batch.start):]
+            writer.write(records)
+            summary["written"] += len(records)
+            failed += sum("error" in record for record in records)
+    summary["failed"] = failed
+    return summary

@@ -1,0 +1,142 @@
+"""The streamed input pipeline of a collection run: image files read with
+Pillow (`load_image`) and preprocessed by the preset's image converter in
+parallel `tf.data` workers, in order, in bounded batches; a file that
+cannot be read becomes an error, never a dropped element.
+
+`tf.data` runs whatever the Keras backend (TensorFlow comes with KerasHub
+on Linux and macOS). The converter runs inside the `tf.data` graph with
+TensorFlow ops, as in a KerasHub preprocessor's `predict()` pipeline.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from keras_cait.errors import CaiTConfigError, CaiTError
+from keras_cait.io.images import load_image
+
+# The model input of an unreadable file (its outputs are discarded): a
+# single black pixel, which the converter resizes to the model's size.
+_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
+_ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+# Batches decoded ahead of the model: enough to overlap decoding with the
+# forward pass, bounded so that memory stays flat on any collection.
+PREFETCH_BATCHES = 2
+
+
+@dataclasses.dataclass
+class ImageBatch:
+    """A batch of a collection run.
+
+    Attributes:
+        start: int. The index of the batch's first image in the run's paths.
+        paths: list of str, the batch's image paths.
+        images: float NumPy array `(len(paths), height, width, 3)`: the
+            converter's outputs (the model inputs); a black placeholder for
+            a file that failed.
+        errors: list, per image `None` or the reason it could not be read
+            (a one-line message naming the file).
+    """
+
+    start: int
+    paths: list
+    images: np.ndarray
+    errors: list
+
+
+def read_image(path):
+    """Reads one image of a collection, never raising.
+
+    Returns:
+        `(image, None)`, image a uint8 `(height, width, 3)` array (as
+        `load_image`), or, when the file cannot be read, `(placeholder,
+        reason)`: any exception becomes a one-line reason (naming the file
+        for `load_image`'s errors), so a run never stops on one file. A Ray
+        `map_batches` worker or a benchmark reads files with it too.
+    """
+    try:
+        return load_image(path), None
+    except CaiTError as error:  # the file's problem, named by load_image
+        return _PLACEHOLDER, " ".join(str(error).split())
+    except Exception as error:  # anything else, too: one record, not a stop
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        return _PLACEHOLDER, f"Cannot read image '{path}': {reason}"
+
+
+def check_batch_size(batch_size):
+    """Raises `CaiTConfigError` unless `batch_size` is a positive int."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CaiTConfigError(
+            f"`batch_size` must be a positive integer, got {batch_size!r}."
+        )
+
+
+def image_batches(paths, converter, batch_size, start=0):
+    """Yields the `ImageBatch`es of `paths[start:]`, in order.
+
+    Files are read (Pillow, `load_image`: EXIF orientation, any mode to RGB)
+    and converted (`converter`, in the `tf.data` graph) by parallel
+    `tf.data` workers (one per CPU core, `deterministic=True`),
+    `PREFETCH_BATCHES` batches ahead of the caller, so that decoding
+    overlaps with whatever the caller does with a batch. Memory is bounded
+    by the batches in flight, whatever the number of paths.
+
+    Args:
+        paths: sequence of str image paths (see `expand_image_paths`).
+        converter: the preset's `CaiTImageConverter`: a Keras layer turning a
+            uint8 `(height, width, 3)` image into a `(size, size, 3)` model
+            input, inside a `tf.data` graph.
+        batch_size: int. Images per batch (the last one may be smaller).
+        start: int. Index of the first path to read (to resume a run).
+
+    Yields:
+        `ImageBatch`es covering `paths[start:]`; every path appears once,
+        with its image or its error.
+
+    Raises:
+        CaiTConfigError: `batch_size` is not a positive int, or TensorFlow
+            (for `tf.data`) is not installed.
+    """
+    check_batch_size(batch_size)
+    try:
+        import tensorflow as tf  # optional dependency: tf.data (comes with keras-hub)
+    except ImportError:
+        raise CaiTConfigError(
+            "Reading image collections uses tf.data, which needs TensorFlow: "
+            'pip install "keras-cait[tensorflow]" (or tensorflow-cpu).'
+        ) from None
+    paths = list(paths)
+
+    def read(index):
+        image, error = read_image(paths[int(index)])
+        return image, (error or "").encode(**_ENCODING)
+
+    def load(index):
+        image, error = tf.numpy_function(
+            read, [index], (tf.uint8, tf.string), stateful=False
+        )
+        image.set_shape((None, None, 3))
+        error.set_shape(())
+        return converter(image), error
+
+    # Autotuning off: AUTOTUNE parallelism is then one worker per core, and
+    # the end of the run no longer stalls (docs/performance.md).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = (
+        tf.data.Dataset.range(start, len(paths))
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size)
+        .prefetch(PREFETCH_BATCHES)
+        .with_options(options)
+    )
+    position = start
+    for images, errors in dataset.as_numpy_iterator():
+        count = len(errors)
+        yield ImageBatch(
+            position,
+            paths[position : position + count],
+            images,
+            [error.decode(**_ENCODING) or None for error in errors],
+        )
+        position += count
