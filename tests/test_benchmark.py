@@ -79,6 +79,11 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert len(keras_result["load_average_start"]) == 3
     assert 0 < keras_result["rss_after_import_mb"] <= keras_result["peak_rss_mb"]
 
+    # Peak memory as in an install of this backend alone: no other framework.
+    alone = results["one_framework"][backend]
+    assert alone["frameworks"] == [backend]
+    assert alone["inference"]["2"]["peak_rss_mb"] >= alone["rss_after_import_mb"] > 0
+
     # timm runs side by side (through the torchvision stand-in where
     # torchvision is missing), or is reported as missing, with the reason.
     timm = results["timm"]
