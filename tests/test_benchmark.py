@@ -6,6 +6,7 @@ No timing is asserted: only that every measurement was taken and is sane.
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -71,9 +72,32 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert keras_result["save_load"]["file_mb"] > 0
     assert results["matmul_peak_gflops"] > 0
 
-    # timm is either measured or reported as missing, with the reason.
+    # The machine and each process's threads and load are recorded.
+    cpu = results["setup"]["cpu"]
+    assert cpu["cpu_count"] == os.cpu_count() and cpu["model"]
+    assert keras_result["threads"]["os_threads"] >= 1
+    assert len(keras_result["load_average_start"]) == 3
+    assert 0 < keras_result["rss_after_import_mb"] <= keras_result["peak_rss_mb"]
+
+    # Peak memory as in an install of this backend alone: no other framework.
+    alone = results["one_framework"][backend]
+    assert alone["frameworks"] == [backend]
+    assert alone["inference"]["2"]["peak_rss_mb"] >= alone["rss_after_import_mb"] > 0
+
+    # timm runs side by side (through the torchvision stand-in where
+    # torchvision is missing), or is reported as missing, with the reason.
     timm = results["timm"]
     assert timm["available"] or "timm" in timm["reason"]
+    if timm["available"]:
+        assert timm["keras_imported"] is False  # timm's process is timm's alone
+        assert timm["rss_after_import_mb"] > 0
+        entry = results["side_by_side"][backend]
+        for batch in ("1", "2"):
+            assert entry["speed"][batch]["ratio"] == pytest.approx(
+                keras_result["inference"][batch]["images_per_s"]
+                / timm["inference"][batch]["images_per_s"]
+            )
+        assert "× timm" in markdown_out.read_text()
 
     # The seeded checkpoint went through from_preset into the same model, and
     # was loaded from Keras's own weights file in another fresh process.
@@ -140,3 +164,41 @@ def test_baseline_workers_alternate_and_import_the_baseline(tmp_path):
         str(baseline / "keras_cait")
     ]
     assert "| jax | 2 |" in process.stdout and "after/before" in process.stdout
+
+
+def test_cpu_description_lists_this_cpus_simd_flags():
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo")
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    described = benchmark.cpu_description()
+    assert described["simd"] == [f for f in benchmark.SIMD_FLAGS if f in flags]
+    assert described["usable_cpus"] == len(os.sched_getaffinity(0))
+
+
+def test_side_by_side_ratios_and_targets():
+    """Medians over processes, their ratio to timm's, and each target's verdict."""
+
+    def run(ips1, ips32, rss):
+        return {"inference": {
+            "1": {"images_per_s": ips1, "peak_rss_mb": rss},
+            "32": {"images_per_s": ips32, "peak_rss_mb": rss},
+        }, "rss_after_import_mb": 100.0}
+
+    results = {
+        "setup": {"batch_sizes": [1, 32]},
+        "timm_runs": [run(10, 20, 400), run(12, 22, 500), run(11, 21, 450)],
+        "keras_runs": {
+            "jax": [run(11, 40, 1000), run(14, 30, 800), {"error": "x"}],
+            "torch": [run(11, 26, 1000)],
+        },
+    }
+    table = benchmark.side_by_side(results)
+    jax = table["jax"]
+    assert jax["images_per_s"]["1"] == 12.5  # median of 11 and 14
+    assert jax["speed"]["1"] == {"ratio": 12.5 / 11, "target": 1.2, "met": False}
+    assert jax["speed"]["32"]["ratio"] == 35 / 21 and jax["speed"]["32"]["met"]
+    assert jax["rss"]["1"]["ratio"] == 900 / 450 and jax["rss"]["1"]["met"]
+    assert table["torch"]["speed"]["1"]["met"]  # 1.0 at batch 1 on torch
+    assert not table["torch"]["rss"]["32"]["met"]  # 1000 / 450 > 2
+    assert "missed by 5%" in benchmark._verdict(12.5 / 11, 1.2)

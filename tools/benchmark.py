@@ -5,9 +5,15 @@ images/s of `model.predict` at the inference batch sizes and of
 `train_on_batch` at the training batch size (median of repeated runs after
 warm-up; the first call, which traces/compiles, is timed separately), the
 peak resident memory of the process, `.keras` save/load times and the
-achieved GFLOP/s against this machine's measured float32 matmul peak. In the
-same run it times timm's model where timm can be imported (and says so when
-it cannot), and `from_preset` of a timm checkpoint written with the seeded
+achieved GFLOP/s against this machine's measured float32 matmul peak. timm's
+model (PyTorch eager) runs side by side: each round runs timm, then every
+backend, each in a fresh process, so the ratios divide figures measured in
+the same run (`--rounds`). Where torchvision is missing, timm is imported
+through `--timm-import` (`../shared/timm-import`, a stand-in for
+torchvision's import-time names). The report names the CPU, its SIMD flags,
+each process's thread counts and the load average at the start and end of
+every worker, and the targets' status. It also times `from_preset` of a timm
+checkpoint written with the seeded
 recipe (time and peak memory increase against the weights' size), against a
 load of the same weights from Keras's own `.weights.h5` (what a conversion
 cache would cost at best), in alternating fresh processes.
@@ -34,6 +40,9 @@ arguments, optionally with `num_classes`:
 """
 
 import argparse
+import importlib
+import importlib.abc
+import importlib.machinery
 import json
 import math
 import os
@@ -51,15 +60,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax", "torch", "openvino")
 INFERENCE_ONLY_BACKENDS = ("openvino",)
 
-# timm eager images/s for cait_xxs24_224 (float32, random weights) measured on
-# the project's 2-core CPU machine, from /work/shared/NOTES.md. Used only when
-# timm cannot be imported, and labelled as such.
-NOTES_TIMM_REFERENCE = {
-    "cait_xxs24_224": {
-        "source": "reference figures from NOTES.md, not measured side by side",
-        "inference_images_per_s": {"1": 14.2, "16": 13.9},
-    }
+DEFAULT_TIMM_IMPORT = REPO.parent / "shared" / "timm-import"
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+              "amx_tile", "amx_bf16")
+# Issue 20's targets: predict img/s against timm's, per backend and batch, and
+# inference peak RSS at most this multiple of timm's.
+SPEED_TARGETS = {
+    "tensorflow": {"1": 1.2, "32": 1.5},
+    "jax": {"1": 1.2, "32": 1.5},
+    "torch": {"1": 1.0, "32": 1.2},
 }
+RSS_TARGET = 2.0
 
 QUICK_CONFIG = dict(
     image_shape=[32, 32, 3],
@@ -156,17 +167,92 @@ def flops_per_image(backbone_kwargs, num_classes):
 # Measurements inside a worker process.
 
 
+def _proc_status_mb(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb():
-    """The high-water mark of this process's resident memory, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """The high-water mark of this process's resident memory, MiB: `VmHWM`,
+    which starts afresh at `exec` (`ru_maxrss` keeps the parent's size across
+    `fork` + `exec` on Linux, so a worker would report at least the size of
+    the benchmark's own process)."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak
 
 
 def current_rss_mb():
+    current = _proc_status_mb("VmRSS")
+    return peak_rss_mb() if current is None else current
+
+
+def cpu_description():
+    """The CPU model (with its family and model numbers), which of
+    `SIMD_FLAGS` it has, and how many CPUs this process may use."""
+    info = {"model": platform.processor() or platform.machine(), "simd": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = {}
+            for line in f:
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first CPU's block is enough
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        fields = {}
+    if "model name" in fields:
+        info["model"] = (
+            f"{fields['model name']} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')})"
+        )
+    flags = set(fields.get("flags", "").split())
+    info["simd"] = [flag for flag in SIMD_FLAGS if flag in flags]
+    info["cpu_count"] = os.cpu_count()
+    if hasattr(os, "sched_getaffinity"):
+        info["usable_cpus"] = len(os.sched_getaffinity(0))
+    return info
+
+
+THREAD_ENVIRONMENT = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS", "XLA_FLAGS",
+)
+
+
+def thread_counts(framework):
+    """The thread settings of this process: the framework's own intra-op and
+    inter-op pools (0 means the framework's default, sized by itself), the
+    environment variables that set them, and the OS threads running now."""
+    counts = {"environment": {
+        k: os.environ[k] for k in THREAD_ENVIRONMENT if k in os.environ
+    }}
+    if framework == "torch":
+        import torch
+
+        counts["intra_op"] = torch.get_num_threads()
+        counts["inter_op"] = torch.get_num_interop_threads()
+    elif framework == "tensorflow":
+        import tensorflow as tf
+
+        counts["intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
+        counts["inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+    elif framework == "jax":
+        import jax
+
+        counts["cpu_devices"] = jax.local_device_count()
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return peak_rss_mb()
+            if line.startswith("Threads:"):
+                counts["os_threads"] = int(line.split()[1])
+    return counts
 
 
 def time_calls(function, warmup, repeats):
@@ -228,7 +314,9 @@ def worker_keras(spec):
 
     backend = keras.backend.backend()
     result = {"backend": backend, "keras": keras.__version__,
-              "keras_cait_path": os.path.dirname(keras_cait.__file__)}
+              "keras_cait_path": os.path.dirname(keras_cait.__file__),
+              "load_average_start": os.getloadavg(),
+              "rss_after_import_mb": current_rss_mb()}
     if spec.get("dtype"):
         keras.config.set_dtype_policy(spec["dtype"])
     result["dtype_policy"] = keras.config.dtype_policy().name
@@ -258,6 +346,7 @@ def worker_keras(spec):
             "median_s": median,
             "images_per_s": batch / median,
             "times_s": times,
+            "peak_rss_mb": peak_rss_mb(),
         }
     result["inference"] = inference
     result["peak_rss_inference_mb"] = peak_rss_mb()
@@ -303,13 +392,94 @@ def worker_keras(spec):
             "outputs_match": bool(same),
         }
     result["peak_rss_mb"] = peak_rss_mb()
+    result["threads"] = thread_counts(backend)
+    result["load_average_end"] = os.getloadavg()
+    return result
+
+
+def import_timm(timm_import):
+    """`(timm, through_stand_in)`: timm as installed, or, where its import
+    fails for want of torchvision, through the torchvision stand-in in the
+    directory `timm_import` (see its README)."""
+    try:
+        import timm
+
+        return timm, False
+    except Exception as error:  # ImportError, or a broken torchvision
+        if not timm_import or not os.path.isdir(timm_import):
+            raise
+        for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
+            del sys.modules[name]
+        sys.path.insert(0, timm_import)
+        try:
+            importlib.import_module("torchvision_stub")  # before timm
+            import timm
+        except Exception:
+            raise error from None
+        return timm, True
+
+
+FRAMEWORK_MODULES = {
+    "tensorflow": ("tensorflow", "tensorflow_text"),
+    "jax": ("jax", "jaxlib"),
+    "torch": ("torch",),
+}
+
+
+class _NotInstalled(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise ModuleNotFoundError(
+            f"No module named {module.__name__!r} (hidden by the benchmark)",
+            name=module.__name__,
+        )
+
+
+class _HideModules(importlib.abc.MetaPathFinder):
+    """Makes the top-level packages `names` import as if not installed."""
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            return importlib.machinery.ModuleSpec(name, _NotInstalled())
+        return None
+
+
+def worker_keras_one_framework(spec):
+    """Peak resident memory of keras-cait's `predict` as in an install of
+    one backend only (`pip install keras-cait[jax]`): the other frameworks
+    import as if missing (KerasHub imports TensorFlow whenever it can)."""
+    backend = os.environ["KERAS_BACKEND"]
+    sys.meta_path.insert(0, _HideModules(
+        m for b, modules in FRAMEWORK_MODULES.items() if b != backend for m in modules
+    ))
+    import numpy as np
+
+    import keras_cait
+
+    result = {"rss_after_import_mb": current_rss_mb(),
+              "frameworks": sorted(b for b in FRAMEWORK_MODULES if b in sys.modules)}
+    backbone = keras_cait.CaiTBackbone(**spec["backbone_kwargs"])
+    model = keras_cait.CaiTImageClassifier(backbone, num_classes=spec["num_classes"])
+    image_shape = tuple(spec["backbone_kwargs"]["image_shape"])
+    result["inference"] = {}
+    for batch in spec["batch_sizes"]:
+        images = np.zeros((batch,) + image_shape, dtype=np.float32)
+        for _ in range(2):
+            model.predict(images, batch_size=batch, verbose=0)
+        result["inference"][str(batch)] = {"peak_rss_mb": peak_rss_mb()}
     return result
 
 
 def worker_timm(spec):
     """Benchmarks timm's model (PyTorch eager), or says why it cannot."""
+    load_average_start = os.getloadavg()
     try:
-        import timm
+        timm, through_stand_in = import_timm(spec.get("timm_import"))
         import torch
     except Exception as error:  # ImportError, or a broken torchvision
         return {
@@ -318,17 +488,16 @@ def worker_timm(spec):
         }
     import numpy as np
 
-    result = {"available": True, "timm": timm.__version__, "torch": torch.__version__}
+    result = {"available": True, "timm": timm.__version__, "torch": torch.__version__,
+              "torchvision_stand_in": through_stand_in,
+              "load_average_start": load_average_start,
+              "rss_after_import_mb": current_rss_mb()}
     if spec["timm_architecture"]:
         model = timm.create_model(spec["timm_architecture"], pretrained=False)
     else:
         from timm.models.cait import Cait
 
-        from keras_cait.convert.timm_config import timm_arguments_from_keras
-
-        model = Cait(**timm_arguments_from_keras(
-            spec["backbone_kwargs"], {"num_classes": spec["num_classes"]}
-        ))
+        model = Cait(**spec["timm_kwargs"])
     model.eval()
     height, width, channels = spec["backbone_kwargs"]["image_shape"]
     rng = np.random.default_rng(0)
@@ -348,8 +517,10 @@ def worker_timm(spec):
             "median_s": median,
             "images_per_s": batch / median,
             "times_s": times,
+            "peak_rss_mb": peak_rss_mb(),
         }
     result["inference"] = inference
+    result["peak_rss_inference_mb"] = peak_rss_mb()
     batch = spec["train_batch_size"]
     if batch:
         model.train()
@@ -375,6 +546,9 @@ def worker_timm(spec):
             "times_s": times,
         }
     result["peak_rss_mb"] = peak_rss_mb()
+    result["keras_imported"] = "keras" in sys.modules
+    result["threads"] = thread_counts("torch")
+    result["load_average_end"] = os.getloadavg()
     return result
 
 
@@ -472,6 +646,7 @@ def worker_load_keras_weights(spec):
 WORKERS = {
     "keras": worker_keras,
     "timm": worker_timm,
+    "keras_one_framework": worker_keras_one_framework,
     "write_checkpoint": worker_write_checkpoint,
     "convert": worker_convert,
     "save_keras_weights": worker_save_keras_weights,
@@ -566,6 +741,64 @@ def _fmt(value, digits=1):
     return f"{value:.{digits}f}"
 
 
+def side_by_side(results):
+    """keras-cait against timm from the workers of one run: per backend and
+    batch, the median images/s over processes and its ratio to timm's; the
+    peak RSS after each batch and its ratio to timm's; each against
+    `SPEED_TARGETS` / `RSS_TARGET`."""
+    timm_runs = results.get("timm_runs") or []
+    if not timm_runs:
+        return {}
+    batches = [str(b) for b in results["setup"]["batch_sizes"]]
+
+    def summary(runs):
+        return {
+            "images_per_s": {b: statistics.median(
+                r["inference"][b]["images_per_s"] for r in runs) for b in batches},
+            "peak_rss_mb": {b: statistics.median(
+                r["inference"][b]["peak_rss_mb"] for r in runs) for b in batches},
+            "rss_after_import_mb": statistics.median(
+                r["rss_after_import_mb"] for r in runs),
+        }
+
+    timm = summary(timm_runs)
+    table = {"timm": timm}
+    for backend, runs in results["keras_runs"].items():
+        runs = [r for r in runs if "error" not in r]
+        if not runs:
+            continue
+        entry = summary(runs)
+        entry["speed"] = {}
+        entry["rss"] = {}
+        for b in batches:
+            ratio = entry["images_per_s"][b] / timm["images_per_s"][b]
+            target = SPEED_TARGETS.get(backend, {}).get(b)
+            entry["speed"][b] = {"ratio": ratio, "target": target,
+                                 "met": None if target is None else ratio >= target}
+            rss_ratio = entry["peak_rss_mb"][b] / timm["peak_rss_mb"][b]
+            entry["rss"][b] = {"ratio": rss_ratio, "target": RSS_TARGET,
+                               "met": rss_ratio <= RSS_TARGET}
+            alone = results.get("one_framework", {}).get(backend, {})
+            if "inference" in alone:
+                alone_ratio = alone["inference"][b]["peak_rss_mb"] / timm["peak_rss_mb"][b]
+                entry["rss_one_framework"] = entry.get("rss_one_framework", {})
+                entry["rss_one_framework"][b] = {
+                    "peak_rss_mb": alone["inference"][b]["peak_rss_mb"],
+                    "ratio": alone_ratio, "met": alone_ratio <= RSS_TARGET}
+        table[backend] = entry
+    return table
+
+
+def _verdict(ratio, target, at_least=True):
+    if target is None:
+        return f"{ratio:.2f}×"
+    met = ratio >= target if at_least else ratio <= target
+    if met:
+        return f"{ratio:.2f}× (met, target {'≥' if at_least else '≤'} {target}×)"
+    miss = 1 - ratio / target if at_least else ratio / target - 1
+    return f"**{ratio:.2f}×** (missed by {100 * miss:.0f}%, target {'≥' if at_least else '≤'} {target}×)"
+
+
 def markdown_report(results):
     """The results as Markdown tables."""
     lines = []
@@ -575,76 +808,73 @@ def markdown_report(results):
         lines.append("")
         _conversion_report(results, lines)
         return "\n".join(lines) + "\n"
+    cpu = setup["cpu"]
     lines.append(
-        f"Model `{setup['model']}` ({setup['gflop_per_image']:.3g} GFLOP per image), "
-        f"{setup['cpu_count']} CPUs, {setup['machine']}, Python {setup['python']}; "
-        f"median of {setup['repeats']} runs after {setup['warmup']} warm-up, "
-        f"each backend in a fresh process."
+        f"Model `{setup['model']}` ({setup['gflop_per_image']:.3g} GFLOP per image). "
+        f"CPU: {cpu['model']}, {cpu.get('usable_cpus', cpu['cpu_count'])} of "
+        f"{cpu['cpu_count']} CPUs usable, SIMD: {', '.join(cpu['simd']) or 'none listed'}; "
+        f"Python {setup['python']}. Each value is the median of {setup['repeats']} "
+        f"calls after {setup['warmup']} warm-up in one fresh process; "
+        f"{setup['rounds']} round(s) of processes (timm, then each backend), "
+        "alternating; a row gives the median over its processes."
     )
     lines.append("")
     lines.append(f"Command: `{setup['command']}`")
     lines.append("")
+    lines.append(
+        "Load average (1, 5, 15 min) at the start "
+        + ", ".join(f"{v:.2f}" for v in setup["load_average"])
+        + ", at the end "
+        + ", ".join(f"{v:.2f}" for v in setup["load_average_end"])
+        + "."
+    )
+    lines.append("")
     timm = results["timm"]
-    reference = None
     if timm.get("available"):
-        reference = {b: v["images_per_s"] for b, v in timm["inference"].items()}
         lines.append(
-            f"timm {timm['timm']} (torch {timm['torch']}, eager) measured in the same run."
+            f"timm {timm['timm']} (torch {timm['torch']}, eager, `torch.no_grad`"
+            + (", imported through the torchvision stand-in" if timm.get("torchvision_stand_in") else "")
+            + ") measured side by side in the same run."
         )
     else:
         lines.append(f"timm: not measured: {timm.get('reason', timm.get('error'))}.")
-        notes = NOTES_TIMM_REFERENCE.get(setup["model"])
-        if notes:
-            reference = notes["inference_images_per_s"]
-            lines.append(
-                "Ratios use timm eager "
-                + ", ".join(f"{v} img/s at batch {b}" for b, v in reference.items())
-                + f": {notes['source']}."
-            )
     lines.append("")
     batches = [str(b) for b in setup["batch_sizes"]]
-
-    def timm_reference(batch):
-        if reference is None:
-            return None
-        if batch in reference:
-            return reference[batch]
-        if timm.get("available"):
-            return None
-        # NOTES.md has batch 1 and 16; the larger batch stands for any > 1.
-        return reference[max(reference, key=int)] if int(batch) > 1 else None
-
     header = ["backend", "jit"]
     for b in batches:
-        header += [f"predict b{b} img/s", f"× timm b{b}", f"first call b{b} s"]
-    header += ["GFLOP/s (% of peak)", "train img/s", "train first s", "peak RSS MB",
-               "save s", "load s"]
+        header += [f"predict b{b} img/s (each process)", f"first call b{b} s"]
+    header += ["GFLOP/s (% of peak)", "train img/s", "train first s",
+               "peak RSS MB after " + " / ".join(f"b{b}" for b in batches),
+               "RSS after imports MB", "save s", "load s"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     peak = results.get("matmul_peak_gflops")
-    rows = dict(results["keras"])
+    rows = {b: results["keras_runs"].get(b, [r]) for b, r in results["keras"].items()}
     if timm.get("available"):
-        rows = {"timm (torch eager)": timm, **rows}
-    for name, r in rows.items():
-        if "error" in r:
-            lines.append(f"| {name} | error: {r['error'].splitlines()[0]} |")
+        rows = {"timm (torch eager)": results["timm_runs"], **rows}
+    for name, runs in rows.items():
+        good = [r for r in runs if "error" not in r]
+        if not good:
+            lines.append(f"| {name} | error: {runs[-1]['error'].splitlines()[0]} |")
             continue
-        row = [name, str(r.get("jit_compile", "eager"))]
-        best = None
+        last = good[-1]
+        row = [name, str(last.get("jit_compile", "eager"))]
+        best = 0
         for b in batches:
-            entry = r["inference"][b]
-            ips = entry["images_per_s"]
-            ref = timm_reference(b)
-            row += [_fmt(ips), _fmt(ips / ref, 2) + "×" if ref else "n/a",
-                    _fmt(entry["first_call_s"], 2)]
-            best = max(best or 0, ips)
+            values = [r["inference"][b]["images_per_s"] for r in good]
+            ips = statistics.median(values)
+            row += [_fmt(ips) + " (" + ", ".join(_fmt(v) for v in values) + ")",
+                    _fmt(statistics.median(r["inference"][b]["first_call_s"] for r in good), 2)]
+            best = max(best, ips)
         gflops = best * setup["gflop_per_image"]
         row.append(f"{gflops:.0f} ({100 * gflops / peak:.0f}%)" if peak else f"{gflops:.0f}")
-        training = r.get("training")
+        training = last.get("training")
         row += [_fmt(training["images_per_s"]) if training else "n/a",
                 _fmt(training["first_call_s"], 2) if training else "n/a",
-                _fmt(r.get("peak_rss_mb"), 0)]
-        save = r.get("save_load")
+                " / ".join(_fmt(statistics.median(r["inference"][b]["peak_rss_mb"] for r in good), 0)
+                           for b in batches),
+                _fmt(statistics.median(r["rss_after_import_mb"] for r in good), 0)]
+        save = last.get("save_load")
         row += [_fmt(save["save_s"], 2), _fmt(save["load_s"], 2)] if save else ["n/a", "n/a"]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
@@ -655,9 +885,72 @@ def markdown_report(results):
             + f"; the percentage uses the best, {peak:.0f} GFLOP/s."
         )
         lines.append("")
+    _threads_report(results, rows, lines)
+    _targets_report(results, lines)
     _comparison_report(results, lines)
     _conversion_report(results, lines)
     return "\n".join(lines) + "\n"
+
+
+def _threads_report(results, rows, lines):
+    lines.append("| process | intra-op threads | inter-op threads | OS threads | environment | load at start → end |")
+    lines.append("|---|---|---|---|---|---|")
+    for name, runs in rows.items():
+        for r in runs:
+            if "threads" not in r:
+                continue
+            t = r["threads"]
+            env = ", ".join(f"{k}={v}" for k, v in t["environment"].items()) or "none"
+            lines.append(
+                f"| {name} | {t.get('intra_op', 'n/a')} | {t.get('inter_op', 'n/a')} | "
+                f"{t.get('os_threads', 'n/a')} | {env} | "
+                f"{r['load_average_start'][0]:.2f} → {r['load_average_end'][0]:.2f} |"
+            )
+    lines.append("")
+    lines.append(
+        "Intra-/inter-op threads are the framework's settings (0: its default, "
+        "sized by itself; JAX's XLA:CPU sizes its pool to the CPUs); OS threads "
+        "is the process's thread count at the end."
+    )
+    lines.append("")
+
+
+def _targets_report(results, lines):
+    table = results.get("side_by_side")
+    if not table:
+        return
+    batches = [str(b) for b in results["setup"]["batch_sizes"]]
+    lines.append(
+        "Against timm, side by side (ratio of the medians over processes; peak "
+        "RSS of the process after the batch's calls):"
+    )
+    lines.append("")
+    header = ["backend"] + [f"predict b{b} × timm" for b in batches] + [
+        f"peak RSS b{b} × timm" for b in batches] + [
+        f"peak RSS b{b} × timm, this backend alone" for b in batches]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for backend, entry in table.items():
+        if backend == "timm":
+            continue
+        row = [backend]
+        row += [_verdict(entry["speed"][b]["ratio"], entry["speed"][b]["target"]) for b in batches]
+        row += [_verdict(entry["rss"][b]["ratio"], RSS_TARGET, at_least=False) for b in batches]
+        alone = entry.get("rss_one_framework", {})
+        row += [
+            f"{alone[b]['peak_rss_mb']:.0f} MB: "
+            + _verdict(alone[b]["ratio"], RSS_TARGET, at_least=False)
+            if b in alone else "n/a" for b in batches
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(
+        "\"This backend alone\": a fresh process in which the other frameworks "
+        "import as if not installed, as in `pip install keras-cait[jax]` "
+        "(KerasHub imports TensorFlow whenever it is installed, and Keras "
+        "imports JAX for its Orbax callback). timm's processes import torch alone."
+    )
+    lines.append("")
 
 
 def _median_images_per_s(runs, batch):
@@ -672,7 +965,7 @@ def _comparison_report(results, lines):
     baseline = results["baseline"]
     lines.append(
         f"This tree (after) against `{baseline['tree']}` (before): "
-        f"{baseline['rounds']} fresh worker processes per tree and backend, "
+        f"{results['setup']['rounds']} fresh worker processes per tree and backend, "
         "alternating; each value is one process's median; the ratio is of the "
         "medians over processes. Load average (1, 5, 15 min) at the start "
         + ", ".join(f"{v:.2f}" for v in results["setup"]["load_average"])
@@ -807,8 +1100,12 @@ def build_parser():
     parser.add_argument("--baseline", default=None, metavar="DIR",
                         help="another keras-cait checkout (e.g. a worktree of main): its "
                              "workers alternate with this tree's; reports after/before ratios")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="with --baseline: workers per tree and backend (default 3)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of fresh workers (timm, then each backend), "
+                             "alternating (default 2; quick: 1; with --baseline: 3)")
+    parser.add_argument("--timm-import", default=str(DEFAULT_TIMM_IMPORT), metavar="DIR",
+                        help="directory of the torchvision stand-in that lets timm import "
+                             "where torchvision is missing (default ../shared/timm-import)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per worker")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--markdown-out", default=None)
@@ -853,7 +1150,15 @@ def main(argv=None):
         save_load=not args.no_save_load,
         dtype=args.dtype,
         matmul_size=args.matmul_size or (256 if quick else 2048),
+        timm_import=os.path.abspath(args.timm_import) if args.timm_import else None,
     )
+    if architecture is None:
+        # Computed here so that timm's worker imports neither Keras nor keras_cait.
+        from keras_cait.convert.timm_config import timm_arguments_from_keras
+
+        spec["timm_kwargs"] = timm_arguments_from_keras(
+            backbone_kwargs, {"num_classes": num_classes}
+        )
     results = {
         "setup": dict(
             model=label,
@@ -869,6 +1174,7 @@ def main(argv=None):
             matmul_size=spec["matmul_size"],
             cpu_count=os.cpu_count(),
             machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
+            cpu=cpu_description(),
             python=platform.python_version(),
             load_average=os.getloadavg(),
             command="python tools/benchmark.py " + " ".join(
@@ -891,37 +1197,57 @@ def main(argv=None):
     trees = {"after": REPO}
     if args.baseline:
         trees["before"] = pathlib.Path(args.baseline).resolve()
-        results["baseline"] = {"tree": str(trees["before"]), "rounds": args.rounds}
-        results["comparison"] = {}
-    for backend in [] if args.conversion_only else args.backends:
-        # With a baseline, its workers alternate with this tree's.
-        runs = {label: [] for label in trees}
-        for _ in range(args.rounds if args.baseline else 1):
+        results["baseline"] = {"tree": str(trees["before"])}
+    backends = [] if args.conversion_only else args.backends
+    with_timm = not (args.no_timm or args.conversion_only)
+    rounds = args.rounds or (1 if quick else 3 if args.baseline else 2)
+    results["setup"]["rounds"] = rounds
+    # Each round runs timm, then every backend (this tree's worker, then the
+    # baseline's), each in a fresh process: slow and fast spells of a busy
+    # machine fall on all of them alike.
+    runs = {backend: {label: [] for label in trees} for backend in backends}
+    timm_runs = []
+    for _ in range(rounds if backends or with_timm else 0):
+        if with_timm:
+            print("benchmark: timm ...", flush=True)
+            timm_runs.append(run_worker("timm", spec, timeout=args.timeout))
+        for backend in backends:
             for label, tree in trees.items():
                 print(f"benchmark: keras-cait ({label}) on {backend} ...", flush=True)
-                runs[label].append(run_worker(
+                runs[backend][label].append(run_worker(
                     "keras", spec, backend=backend, timeout=args.timeout, tree=tree
                 ))
-        result = runs["after"][-1]
+    one_framework = {}
+    for backend in backends if with_timm else []:
+        print(f"benchmark: keras-cait memory with {backend} alone ...", flush=True)
+        one_framework[backend] = run_worker(
+            "keras_one_framework", spec, backend=backend, timeout=args.timeout
+        )
+    results["one_framework"] = one_framework
+    for backend in backends:
+        result = runs[backend]["after"][-1]
         results["keras"][backend] = result
-        if args.baseline:
-            results["comparison"][backend] = runs
-        for run in runs["after"] + runs.get("before", []):
+        for run in runs[backend]["after"] + runs[backend].get("before", []):
             if "error" in run:
                 print(run["error"], file=sys.stderr)
                 result.setdefault("error", run["error"])
         if "error" not in result:
             peaks[backend] = result["matmul_peak_gflops"]
+    results["keras_runs"] = {b: r["after"] for b, r in runs.items()}
+    if args.baseline:
+        results["comparison"] = runs
     results["matmul_peaks"] = {k: v for k, v in peaks.items() if v}
     results["matmul_peak_gflops"] = max(results["matmul_peaks"].values(), default=None)
 
-    if args.no_timm or args.conversion_only:
+    if not with_timm:
         results["timm"] = {"available": False, "reason": "skipped"}
     else:
-        print("benchmark: timm ...", flush=True)
-        results["timm"] = run_worker("timm", spec, timeout=args.timeout)
+        errors = [run for run in timm_runs if "error" in run]
+        results["timm"] = errors[0] if errors else timm_runs[-1]
+        results["timm_runs"] = [run for run in timm_runs if run.get("available")]
         if not results["timm"].get("available", False) and "reason" in results["timm"]:
             print(f"benchmark: {results['timm']['reason']}", flush=True)
+        results["side_by_side"] = side_by_side(results)
 
     conversion_model = args.conversion_model or (None if quick else "cait_m48_448")
     if conversion_model != "none":

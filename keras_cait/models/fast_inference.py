@@ -1,8 +1,9 @@
-"""Fast `predict()` for keras-cait models: XLA on TensorFlow by default, and
-no per-call data pipeline for in-memory arrays (docs/performance.md, items 1
-and 2). Anything else goes to Keras's own `predict()` unchanged, and so does
-everything on the OpenVINO backend, whose `predict()` compiles the model
-once per input shape; there the compiled model runs in float32.
+"""Fast `predict()` for keras-cait models: XLA on TensorFlow by default, no
+per-call data pipeline for in-memory arrays, and on JAX no per-call round
+trip of every variable (docs/performance.md, items 1 and 2). Anything else
+goes to Keras's own `predict()` unchanged, and so does everything on the
+OpenVINO backend, whose `predict()` compiles the model once per input shape;
+there the compiled model runs in float32.
 """
 
 import keras
@@ -142,7 +143,7 @@ class FastInferenceMixin:
             )
         outputs = []
         for step, start in enumerate(starts):
-            outputs.append(self.predict_on_batch(x[start : start + batch_size]))
+            outputs.append(self._predict_batch(x[start : start + batch_size]))
             if progbar is not None:
                 progbar.update(step + 1)
         if len(outputs) == 1:
@@ -150,3 +151,49 @@ class FastInferenceMixin:
         return keras.tree.map_structure(
             lambda *batches: np.concatenate(batches, axis=0), *outputs
         )
+
+    def _predict_batch(self, x):
+        """`predict_on_batch(x)`; on JAX without its per-call state round trip."""
+        if (
+            keras.backend.backend() != "jax"
+            or self.run_eagerly
+            or not self.jit_compile
+            or not self.built
+        ):
+            return self.predict_on_batch(x)
+        if hasattr(self, "preprocess_samples"):
+            # A KerasHub task: what its `predict_on_batch` does first.
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(self.preprocess_samples(x))
+            x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+        return self._jax_predict_on_batch(x)
+
+    def _jax_predict_on_batch(self, x):
+        """Keras's JAX `predict_on_batch` computes with the same jitted
+        `predict_step`, but also donates every variable and writes every one
+        back on each call; here only those the step changed are written back.
+        The compiled step lives as long as Keras's `predict_function` (reset
+        by `compile()` and `quantize()`)."""
+        import jax  # start-up: JAX is imported only on the JAX backend
+
+        self.make_predict_function()
+        cached = getattr(self, "_jax_predict_cache", None)
+        if cached is None or cached[0] is not self.predict_function:
+            cached = (self.predict_function, jax.jit(self._jax_predict_step))
+            self.__dict__["_jax_predict_cache"] = cached  # not tracked by Keras
+        trainable = self.trainable_variables
+        non_trainable = self.non_trainable_variables
+        state = ([v.value for v in trainable], [v.value for v in non_trainable])
+        outputs, changed = cached[1](state, x)
+        for index, value in changed.items():
+            non_trainable[index].assign(value)
+        return keras.tree.map_structure(np.asarray, outputs)
+
+    def _jax_predict_step(self, state, x):
+        outputs, non_trainable = self.predict_step(state, (x,))
+        # A variable the step left alone comes back as the same tracer.
+        changed = {
+            index: new
+            for index, (old, new) in enumerate(zip(state[1], non_trainable))
+            if new is not old
+        }
+        return outputs, changed
