@@ -1218,7 +1218,7 @@ def main(argv=None):
                     "keras", spec, backend=backend, timeout=args.timeout, tree=tree
                 ))
     one_framework = {}
-    for backend in backends if with_timm else []:
+    for backend in [b for b in backends if b in FRAMEWORK_MODULES] if with_timm else []:
         print(f"benchmark: keras-cait memory with {backend} alone ...", flush=True)
         one_framework[backend] = run_worker(
             "keras_one_framework", spec, backend=backend, timeout=args.timeout
