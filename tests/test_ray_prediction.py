@@ -1,0 +1,63 @@
+"""Predictions on Ray Data: a local Ray (started here, two CPUs) gives the
+records of the single-process run, in order, error records included, and
+resumes a file."""
+
+import numpy as np
+import pytest
+
+import keras_cait
+from tests.support import make_photos
+
+ray = pytest.importorskip("ray", reason="keras-cait[ray] is not installed")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # The actors inherit this process's environment (PYTHONPATH, the
+    # offline Hugging Face cache) through the raylet started here.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_gives_the_records_of_the_single_process_run(
+    local_ray, tiny_preset, tmp_path, backend
+):
+    folder = tmp_path / "photos"
+    make_photos(folder, 9)
+    (folder / "broken.jpg").write_text("not an image")
+    single = tmp_path / "single.jsonl"
+    keras_cait.write_predictions(
+        folder, single, tiny_preset, top=3, batch_size=4, embeddings=True,
+        progress=False,
+    )
+    expected = keras_cait.read_records(single)
+
+    # Two records kept from an interrupted run: Ray classifies the other 8.
+    on_ray = tmp_path / "ray.csv"
+    keras_cait.write_predictions(
+        [r["image"] for r in expected[:2]], on_ray, tiny_preset, top=3,
+        batch_size=4, embeddings=True, progress=False,
+    )
+    summary = keras_cait.write_predictions_on_ray(
+        folder, on_ray, tiny_preset, top=3, batch_size=4, embeddings=True,
+        resume=True, backend=backend, actors=1, progress=False,
+    )
+    assert summary == {"output": str(on_ray), "images": 10, "kept": 2,
+                       "written": 8, "failed": 1}
+    records = keras_cait.read_records(on_ray)
+    # The same inputs exactly once, in order; the same errors and top-k.
+    assert [r["image"] for r in records] == [r["image"] for r in expected]
+    for got, want in zip(records, expected):
+        if "error" in want:
+            assert got == want
+            continue
+        assert [p["class_id"] for p in got["predictions"]] == [
+            p["class_id"] for p in want["predictions"]
+        ]
+        np.testing.assert_allclose(
+            [p["probability"] for p in got["predictions"]],
+            [p["probability"] for p in want["predictions"]], atol=1e-5,
+        )
+        np.testing.assert_allclose(got["embedding"], want["embedding"], atol=1e-5)
+
