@@ -183,19 +183,25 @@ def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors
     """The records of `paths` from Ray Data actors, in order."""
     if not paths:
         return
+    # Order kept (Ray Data's default gives up order for speed); the caller's
+    # settings are restored at the end.
     context = ray.data.DataContext.get_current()
+    saved = context.execution_options.preserve_order, context.enable_progress_bars
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    dataset = ray.data.from_items([{"image": path} for path in paths]).map_batches(
-        RayBatchPredictor,
-        fn_constructor_kwargs=dict(
-            model=model, top=top, embeddings=embeddings, batch_size=batch_size
-        ),
-        batch_size=batch_size,
-        concurrency=actors,
-        num_cpus=1,
-        num_gpus=gpus_per_actor or None,
-        runtime_env={"env_vars": {"KERAS_BACKEND": backend}},
-    )
-    for row in dataset.iter_rows():
-        yield json.loads(row["record"])
+    try:
+        dataset = ray.data.from_items([{"image": path} for path in paths]).map_batches(
+            RayBatchPredictor,
+            fn_constructor_kwargs=dict(
+                model=model, top=top, embeddings=embeddings, batch_size=batch_size
+            ),
+            batch_size=batch_size,
+            concurrency=actors,
+            num_cpus=1,
+            num_gpus=gpus_per_actor or None,
+            runtime_env={"env_vars": {"KERAS_BACKEND": backend}},
+        )
+        for row in dataset.iter_rows():
+            yield json.loads(row["record"])
+    finally:
+        context.execution_options.preserve_order, context.enable_progress_bars = saved

@@ -1,14 +1,17 @@
 """Predictions on Ray Data: a local Ray (started here, two CPUs) gives the
 records of the single-process run, in order, error records included, and
-resumes a file."""
+resumes a file; `keras-cait predict --ray` runs it."""
 
 import numpy as np
 import pytest
 
 import keras_cait
+from keras_cait_cli import main as cli
 from tests.support import make_photos
 
 ray = pytest.importorskip("ray", reason="keras-cait[ray] is not installed")
+# ray.init starts its processes from this (multithreaded, on JAX) process.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def local_ray():
 
 
 def test_ray_gives_the_records_of_the_single_process_run(
-    local_ray, tiny_preset, tmp_path, backend
+    local_ray, tiny_preset, tmp_path, capfd, backend
 ):
     folder = tmp_path / "photos"
     make_photos(folder, 9)
@@ -39,12 +42,13 @@ def test_ray_gives_the_records_of_the_single_process_run(
         [r["image"] for r in expected[:2]], on_ray, tiny_preset, top=3,
         batch_size=4, embeddings=True, progress=False,
     )
-    summary = keras_cait.write_predictions_on_ray(
-        folder, on_ray, tiny_preset, top=3, batch_size=4, embeddings=True,
-        resume=True, backend=backend, actors=1, progress=False,
-    )
-    assert summary == {"output": str(on_ray), "images": 10, "kept": 2,
-                       "written": 8, "failed": 1}
+    status = cli.main([
+        "predict", str(folder), "--preset", tiny_preset, "--output", str(on_ray),
+        "--resume", "--top", "3", "--batch-size", "4", "--embeddings", "--ray",
+        "--backend", backend,
+    ])
+    assert status == cli.FAILED_INPUTS  # the broken file
+    assert f"wrote 8 records after 2 kept to {on_ray}" in capfd.readouterr().err
     records = keras_cait.read_records(on_ray)
     # The same inputs exactly once, in order; the same errors and top-k.
     assert [r["image"] for r in records] == [r["image"] for r in expected]
@@ -61,3 +65,16 @@ def test_ray_gives_the_records_of_the_single_process_run(
         )
         np.testing.assert_allclose(got["embedding"], want["embedding"], atol=1e-5)
 
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--ray"], "--ray needs --output FILE"),
+    (["--ray-address", "auto"], "--ray needs --output FILE"),
+    (["--ray", "--output", "r.jsonl", "--attention", "maps"],
+     "--attention cannot be combined with --ray"),
+])
+def test_ray_options_are_checked_before_anything_starts(arguments, message, capfd):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", "cat.jpg", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capfd.readouterr().err
