@@ -51,13 +51,18 @@ class RayBatchPredictor:
         embeddings: bool. Add each image's pooled features.
         batch_size: int. Every forward pass is padded to this size (one
             compiled shape per actor).
+        directory: `None` or the driver's working directory: the actor
+            works there when its node has it, so that relative paths (and
+            error messages naming them) are those of the driver.
 
     Input batches are dicts with an `"image"` column of str paths; output
     batches have a `"record"` column: each record as a line of JSON (Ray
     stores the strings as they are, so floats come back exactly).
     """
 
-    def __init__(self, model, top, embeddings, batch_size):
+    def __init__(self, model, top, embeddings, batch_size, directory=None):
+        if directory and os.path.isdir(directory):
+            os.chdir(directory)
         self.predictor = BatchPredictor(load_classifier(model), top, embeddings)
         self.batch_size = batch_size
 
@@ -193,7 +198,8 @@ def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors
         dataset = ray.data.from_items([{"image": path} for path in paths]).map_batches(
             RayBatchPredictor,
             fn_constructor_kwargs=dict(
-                model=model, top=top, embeddings=embeddings, batch_size=batch_size
+                model=model, top=top, embeddings=embeddings, batch_size=batch_size,
+                directory=os.getcwd(),
             ),
             batch_size=batch_size,
             concurrency=actors,

@@ -24,26 +24,29 @@ def local_ray():
 
 
 def test_ray_gives_the_records_of_the_single_process_run(
-    local_ray, tiny_preset, tmp_path, capfd, backend
+    local_ray, tiny_preset, tmp_path, capfd, backend, monkeypatch
 ):
-    folder = tmp_path / "photos"
-    make_photos(folder, 9)
-    (folder / "broken.jpg").write_text("not an image")
+    make_photos(tmp_path / "photos", 9)
+    (tmp_path / "photos" / "z_broken.jpg").write_text("not an image")  # last
+    # Relative paths: the records (and the error message) name them as given.
+    monkeypatch.chdir(tmp_path)
+    folder = "photos"
     single = tmp_path / "single.jsonl"
     keras_cait.write_predictions(
         folder, single, tiny_preset, top=3, batch_size=4, embeddings=True,
         progress=False,
     )
     expected = keras_cait.read_records(single)
+    assert expected[-1]["error"].startswith("'photos/z_broken.jpg'")
 
     # Two records kept from an interrupted run: Ray classifies the other 8.
-    on_ray = tmp_path / "ray.csv"
+    on_ray = "ray.csv"
     keras_cait.write_predictions(
         [r["image"] for r in expected[:2]], on_ray, tiny_preset, top=3,
         batch_size=4, embeddings=True, progress=False,
     )
     status = cli.main([
-        "predict", str(folder), "--preset", tiny_preset, "--output", str(on_ray),
+        "predict", folder, "--preset", tiny_preset, "--output", on_ray,
         "--resume", "--top", "3", "--batch-size", "4", "--embeddings", "--ray",
         "--backend", backend,
     ])
@@ -64,7 +67,6 @@ def test_ray_gives_the_records_of_the_single_process_run(
             [p["probability"] for p in want["predictions"]], atol=1e-5,
         )
         np.testing.assert_allclose(got["embedding"], want["embedding"], atol=1e-5)
-
 
 
 @pytest.mark.parametrize("arguments, message", [
