@@ -163,10 +163,11 @@ def write_predictions_on_ray(
                     ray, remaining, model, top, embeddings, batch_size, backend,
                     actors, gpus_per_actor,
                 )):
-                    if record["image"] != remaining[index]:
+                    expected = remaining[index] if index < len(remaining) else None
+                    if record["image"] != expected:
                         raise CaiTConfigError(  # a broken `preserve_order`
                             f"Ray returned the record of {record['image']!r} where "
-                            f"{remaining[index]!r} was expected."
+                            f"{expected!r} was expected."
                         )
                     writer.write([record])
                     summary["written"] += 1
