@@ -50,6 +50,7 @@ from keras_cait.models.cait_image_classifier_preprocessor import (
 )
 from keras_cait.models.cait_image_converter import CaiTImageConverter
 from keras_cait.predictions import decode_predictions
+from keras_cait.ray_prediction import write_predictions_on_ray
 from keras_cait.resolution import with_image_shape
 from keras_cait.saliency import (
     class_attention_grid,
@@ -128,6 +129,7 @@ __all__ = [
     # image collections: predictions streamed to records, evaluation
     "predict_files",
     "write_predictions",
+    "write_predictions_on_ray",
     "read_records",
     "evaluate_folder",
     # attention maps (the maps themselves: model.get_attention_maps)

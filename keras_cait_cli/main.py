@@ -2,6 +2,7 @@
 
     keras-cait predict INPUT... [--preset NAME|DIR|hf://...] [--top K]
                                 [--output FILE [--resume]] [--embeddings]
+                                [--ray [--ray-address ADDR] [--ray-actors N]]
                                 [--attention DIR] [--backend BACKEND] [--json]
     keras-cait evaluate DIR --output OUTDIR [--preset ...] [--label-map FILE]
     keras-cait presets [--json]
@@ -46,6 +47,8 @@ examples:
   keras-cait predict photos/ --output results.jsonl      # a folder, recursively
   keras-cait predict photos/ @more.txt --output results.csv --embeddings
   keras-cait predict photos/ --output results.jsonl --resume  # after a stop
+  keras-cait predict /shared/photos/ --output results.jsonl --ray \
+      --ray-address auto --ray-actors 8 --ray-gpus-per-actor 1
   keras-cait predict cat.jpg --attention attention_maps/
   keras-cait predict cat.jpg --preset cait_s24_384 --backend jax
   keras-cait predict cat.jpg --preset hf://timm/cait_xxs24_224.fb_dist_in1k
@@ -188,6 +191,23 @@ def build_parser():
         '[{"image": ..., "predictions": [{"label", "class_id", "probability"}, ...]}, ...]',
     )
     _add_batch_size_argument(predict, default=8)
+    predict.add_argument(
+        "--ray", action="store_true",
+        help="run the model in Ray Data actors (needs keras-cait[ray] and "
+        "--output; a local Ray starts unless --ray-address)",
+    )
+    predict.add_argument(
+        "--ray-address", metavar="ADDR",
+        help="join this Ray cluster (e.g. auto, ray://head:10001); implies --ray",
+    )
+    predict.add_argument(
+        "--ray-actors", type=_positive_int, default=1, metavar="N",
+        help="model replicas under --ray (default: 1)",
+    )
+    predict.add_argument(
+        "--ray-gpus-per-actor", type=float, default=0, metavar="G",
+        help="GPUs reserved per actor under --ray (default: 0)",
+    )
     predict.set_defaults(run=_run_predict, parser=predict)
 
     evaluate = commands.add_parser(
@@ -324,6 +344,14 @@ def _check_predict_arguments(args):
         return "--embeddings needs --output FILE or --json"
     if args.embeddings and args.attention:
         return "--embeddings cannot be combined with --attention"
+    if args.ray_address:
+        args.ray = True
+    if args.ray and not args.output:
+        return "--ray needs --output FILE (the records are written there)"
+    if args.ray and args.attention:
+        return "--attention cannot be combined with --ray"
+    if args.ray_gpus_per_actor < 0:
+        return "--ray-gpus-per-actor must be >= 0"
     return None
 
 

@@ -20,6 +20,7 @@ from keras_cait.batch_prediction import (
 )
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import check_output
+from keras_cait.ray_prediction import write_predictions_on_ray
 
 
 def _unique_stems(paths):
@@ -78,6 +79,12 @@ def predict(args):
         f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
         file=sys.stderr,
     )
+    if args.ray:
+        return None, write_predictions_on_ray(
+            args.inputs, args.output, args.preset, args.top, args.batch_size,
+            args.embeddings, args.resume, address=args.ray_address,
+            actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
+        )
     paths = expand_image_paths(args.inputs)
     if args.output:
         check_output(args.output, args.resume)  # before the model loads

@@ -87,6 +87,7 @@ LAYERS = {
         "keras_cait.image_pipeline",
         "keras_cait.predictions",
         "keras_cait.publishing",
+        "keras_cait.ray_prediction",
         "keras_cait.resolution",
         "keras_cait.saliency",
         "keras_cait.visualization",

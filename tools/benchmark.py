@@ -1109,14 +1109,27 @@ def build_parser():
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per worker")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--markdown-out", default=None)
+    parser.add_argument("--collection", nargs=argparse.REMAINDER, metavar="OPTION",
+                        help="run the collection benchmark instead "
+                        "(tools/collection_benchmark.py; its options follow)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-spec", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     return parser
 
 
+def collection_benchmark(argv):
+    """Folder against array throughput, in tools/collection_benchmark.py."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import collection_benchmark as collection
+
+    return collection.main(argv)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.collection is not None:
+        return collection_benchmark(args.collection)
     if args.worker:
         with open(args.worker_spec) as f:
             spec = json.load(f)

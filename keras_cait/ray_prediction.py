@@ -1,0 +1,214 @@
+"""Predictions on image collections with Ray Data: the paths become a Ray
+Dataset, `map_batches` runs `RayBatchPredictor` actors (each loads the model
+once, on the backend chosen for the run), and the driver writes the records
+to one `.jsonl` or `.csv` file, in input order, as they arrive.
+
+The records are those of `keras_cait.write_predictions` (same formats, same
+error records, same order); Ray is an optional dependency:
+`pip install "keras-cait[ray]"`.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from keras_cait.batch_prediction import (
+    DEFAULT_BATCH_SIZE,
+    BatchPredictor,
+    load_classifier,
+    progress_bar,
+)
+from keras_cait.errors import CaiTConfigError
+from keras_cait.image_pipeline import check_batch_size, image_batches
+from keras_cait.io.image_paths import expand_image_paths
+from keras_cait.io.records import RecordWriter, check_output
+from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+
+
+def _import_ray():
+    try:
+        import ray  # optional dependency: keras-cait[ray]
+        import ray.data  # optional dependency: keras-cait[ray]
+    except ImportError:
+        raise CaiTConfigError(
+            'Predictions on Ray need Ray Data: pip install "keras-cait[ray]" '
+            '(or "ray[data]").'
+        ) from None
+    return ray
+
+
+class RayBatchPredictor:
+    """The callable class of a Ray Data `map_batches`: loads a classifier
+    once per actor and turns batches of image paths into records.
+
+    Args:
+        model: str. A preset (name, directory or `hf://` handle) the actor
+            loads with `CaiTImageClassifier.from_preset` (through the
+            Hugging Face cache of its node).
+        top: int. Predictions per record.
+        embeddings: bool. Add each image's pooled features.
+        batch_size: int. Every forward pass is padded to this size (one
+            compiled shape per actor).
+        directory: `None` or the driver's working directory: the actor
+            works there when its node has it, so that relative paths (and
+            error messages naming them) are those of the driver.
+
+    Input batches are dicts with an `"image"` column of str paths; output
+    batches have a `"record"` column: each record as a line of JSON (Ray
+    stores the strings as they are, so floats come back exactly).
+    """
+
+    def __init__(self, model, top, embeddings, batch_size, directory=None):
+        if directory and os.path.isdir(directory):
+            os.chdir(directory)
+        self.predictor = BatchPredictor(load_classifier(model), top, embeddings)
+        self.batch_size = batch_size
+
+    def __call__(self, batch):
+        paths = [str(path) for path in batch["image"]]
+        records = []
+        for images in image_batches(paths, self.predictor.converter, self.batch_size):
+            outputs = self.predictor.outputs(images.images, self.batch_size)
+            records += self.predictor.records(images, outputs)
+        return {"record": np.array([json.dumps(record) for record in records], object)}
+
+
+def write_predictions_on_ray(
+    inputs, output, model, top=5, batch_size=DEFAULT_BATCH_SIZE,
+    embeddings=False, resume=False, backend=None, address=None, actors=1,
+    gpus_per_actor=0, progress=True,
+):
+    """`keras_cait.write_predictions` on Ray Data: the model runs in Ray
+    actors (on this machine, or on the nodes of a cluster), the records
+    come back to this process, which writes them to `output` in input order
+    as they arrive.
+
+    Uses the Ray runtime this process is connected to (`ray.init()` called
+    before); else connects to `address`; else starts a local Ray, shut down
+    at the end. Paths are sent to the actors, not pixels: every node must
+    see the files at the same paths (a shared file system).
+
+    Args:
+        inputs: as in `write_predictions` (expanded here, on the driver).
+        output: str or path-like ending in `.jsonl` or `.csv`.
+        model: str or path-like. A preset name, directory or `hf://` handle,
+            loaded once per actor (a directory must exist at that path on
+            every node).
+        top, batch_size, embeddings: as in `write_predictions`;
+            `batch_size` is also the size of Ray's batches.
+        resume: bool. Continue `output`: its complete records are kept
+            (checked as in `write_predictions`) and only the images after
+            them go to Ray.
+        backend: `"tensorflow"`, `"jax"`, `"torch"` or `None` (this
+            process's Keras backend): the actors' `KERAS_BACKEND`.
+        address: `None` or the address of a running Ray cluster
+            (`"auto"`, `"ray://head:10001"`, `"head:6379"`), when this
+            process is not connected yet.
+        actors: int. Model replicas (Ray actors, each with one CPU).
+        gpus_per_actor: float. GPUs reserved per actor (`0`: none).
+        progress: bool. Show a progress bar on stderr.
+
+    Returns:
+        The summary dict of `write_predictions`: `output`, `images`,
+        `kept`, `written` and `failed`.
+
+    Raises:
+        CaiTConfigError: Ray is not installed; `model` is not a preset; a
+            bad argument; or as `write_predictions`.
+
+    Example:
+    ```python
+    summary = keras_cait.write_predictions_on_ray(
+        "/shared/photos/", "results.jsonl", "cait_xxs24_224",
+        address="auto", actors=8, gpus_per_actor=1, backend="jax")
+    ```
+    """
+    check_batch_size(batch_size)
+    if not isinstance(model, (str, os.PathLike)):
+        raise CaiTConfigError(
+            "On Ray, `model` must be a preset name, directory or hf:// handle "
+            f"(each actor loads it), got {type(model).__name__}."
+        )
+    for name, value, minimum in (("actors", actors, 1), ("gpus_per_actor", gpus_per_actor, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise CaiTConfigError(f"`{name}` must be a number >= {minimum}, got {value!r}.")
+    if not isinstance(actors, int):
+        raise CaiTConfigError(f"`actors` must be an integer, got {actors!r}.")
+    model = os.fspath(model)
+    output = os.fspath(output)
+    paths = expand_image_paths([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+    check_output(output, resume)  # before Ray starts
+    ray = _import_ray()
+    backend = backend or keras.backend.backend()
+    # The configuration only (no weights), to check the preset and size
+    # the records before any actor starts.
+    described = load_classifier(CaiTImageClassifier.from_preset(model, load_weights=False))
+    top = min(top, described.num_classes) if isinstance(top, int) else top
+    BatchPredictor(described, top, embeddings)  # checks `top` and `embeddings`
+    del described
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = {"output": output, "images": len(paths), "kept": 0, "written": 0}
+        with RecordWriter(output, top, embeddings, resume, expected_images=paths) as writer:
+            summary["kept"] = writer.kept
+            failed = writer.kept_failures
+            remaining = paths[writer.kept:]
+            with progress_bar(len(paths), writer.kept, progress) as bar:
+                for index, record in enumerate(_ray_records(
+                    ray, remaining, model, top, embeddings, batch_size, backend,
+                    actors, gpus_per_actor,
+                )):
+                    expected = remaining[index] if index < len(remaining) else None
+                    if record["image"] != expected:
+                        raise CaiTConfigError(  # a broken `preserve_order`
+                            f"Ray returned the record of {record['image']!r} where "
+                            f"{expected!r} was expected."
+                        )
+                    writer.write([record])
+                    summary["written"] += 1
+                    failed += "error" in record
+                    bar.update(1)
+        if summary["written"] != len(remaining):
+            raise CaiTConfigError(
+                f"Ray returned {summary['written']} records for {len(remaining)} images."
+            )
+    finally:
+        if started:
+            ray.shutdown()
+    summary["failed"] = failed
+    return summary
+
+
+def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors,
+                 gpus_per_actor):
+    """The records of `paths` from Ray Data actors, in order."""
+    if not paths:
+        return
+    # Order kept (Ray Data's default gives up order for speed); the caller's
+    # settings are restored at the end.
+    context = ray.data.DataContext.get_current()
+    saved = context.execution_options.preserve_order, context.enable_progress_bars
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    try:
+        dataset = ray.data.from_items([{"image": path} for path in paths]).map_batches(
+            RayBatchPredictor,
+            fn_constructor_kwargs=dict(
+                model=model, top=top, embeddings=embeddings, batch_size=batch_size,
+                directory=os.getcwd(),
+            ),
+            batch_size=batch_size,
+            concurrency=actors,
+            num_cpus=1,
+            num_gpus=gpus_per_actor or None,
+            runtime_env={"env_vars": {"KERAS_BACKEND": backend}},
+        )
+        for row in dataset.iter_rows():
+            yield json.loads(row["record"])
+    finally:
+        context.execution_options.preserve_order, context.enable_progress_bars = saved
