@@ -511,6 +511,13 @@ class CaiTBackbone(FastInferenceMixin, Backbone):
         """
         return load_preset(cls, preset, load_weights=load_weights, **kwargs)
 
+    def default_lora_layer_names(self):
+        """The layers `enable_lora(rank)` adapts by default (as
+        `Gemma3Backbone` extends KerasHub's list): the self-attention
+        blocks' fused `qkv` projections and the class-attention blocks'
+        query `q` and value `v` projections (timm's names)."""
+        return super().default_lora_layer_names() + ["qkv", "q", "v"]
+
     def get_config(self):
         config = super().get_config()
         config.update({key: getattr(self, key) for key in BACKBONE_DEFAULTS})
