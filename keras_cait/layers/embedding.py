@@ -84,8 +84,15 @@ class PatchEmbedding(keras.layers.Layer):
         patches = patches + ops.cast(self.position_embedding, patches.dtype)
         return self.dropout(patches, training=training)
 
-    # No `compute_output_shape`: Keras traces `call` instead, which also
-    # takes NumPy inputs (`Functional.compute_output_spec` passes them on).
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_patches, self.hidden_dim)
+
+    def compute_output_spec(self, images, training=None):
+        # Keras's default finds no shape on NumPy inputs, which
+        # `Functional.compute_output_spec` passes on as they are.
+        return keras.KerasTensor(
+            self.compute_output_shape(images.shape), dtype=self.compute_dtype
+        )
 
     def get_config(self):
         config = super().get_config()
