@@ -6,7 +6,6 @@ layer names, and `channels_first` on every backend (TensorFlow included)."""
 
 import keras
 import numpy as np
-import pytest
 
 # Private test harnesses (keras 3.15, keras-hub 0.32; pinned in pyproject).
 from keras.src.testing import TestCase as KerasTestCase
