@@ -11,6 +11,9 @@ within each round, and the speed ratio is the median over rounds of
 
     PYTHONPATH=$PWD KERAS_BACKEND=jax flock /tmp/keras-cait-bench.lock \\
         .venv/bin/python tools/quantization_benchmark.py --rounds 3
+
+`--lora` instead times a training step of `cait_xxs24_224` with
+`backbone.enable_lora(4)` against full fine-tuning (docs/finetuning.md).
 """
 
 import argparse
@@ -59,9 +62,10 @@ def worker(model_name, mode, batch, repeats):
         path = os.path.join(directory, "model.keras")
         model.save(path)
         size_mb = os.path.getsize(path) / 2**20
-    model.predict(images, batch_size=batch, verbose=0)  # compile
     times = []
-    for _ in range(repeats):
+    if repeats:
+        model.predict(images, batch_size=batch, verbose=0)  # compile
+    for _ in range(repeats):  # `--repeats 0`: no speed
         start = time.perf_counter()
         model.predict(images, batch_size=batch, verbose=0)
         times.append(time.perf_counter() - start)
@@ -71,8 +75,34 @@ def worker(model_name, mode, batch, repeats):
         "max_logit_difference": float(np.abs(logits - reference).max()),
         "max_float_logit": float(np.abs(reference).max()),
         "size_mb": size_mb,
-        "predict_s": float(np.median(times)),
+        "predict_s": float(np.median(times)) if times else None,
     }))
+
+
+def lora_worker(mode, batch, repeats):
+    """Trainable parameters and the median training step (seconds) with
+    `mode` "lora" (`enable_lora(4)`) or "full": a JSON line on stdout."""
+    import keras
+    import numpy as np
+
+    model = _build("cait")
+    if mode == "lora":
+        model.backbone.enable_lora(4)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    images = np.random.default_rng(0).standard_normal((batch, 224, 224, 3))
+    labels = np.arange(batch) % 1000
+    model.fit(images, labels, batch_size=batch, verbose=0)  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.fit(images, labels, batch_size=batch, verbose=0)
+        times.append(time.perf_counter() - start)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    print(json.dumps({"model": "cait", "mode": mode, "trainable": trainable,
+                      "step_s": float(np.median(times))}))
 
 
 def _run(model_name, mode, batch, repeats):
@@ -86,12 +116,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed predicts per process; 0 for no speed")
     parser.add_argument("--models", default="cait,vit")
+    parser.add_argument("--lora", action="store_true",
+                        help="LoRA against full fine-tuning, training steps")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        if args.worker[0] == "lora":
+            return lora_worker(args.worker[1], args.batch, args.repeats)
         return worker(*args.worker, args.batch, args.repeats)
+    if args.lora:
+        return lora_report(args)
     with open("/proc/loadavg") as f:
         print("load at start:", f.read().strip())
     results = {}
@@ -111,11 +148,32 @@ def main(argv=None):
     print("| --- | --- | --- | --- | --- |")
     for (model_name, mode), runs in results.items():
         floats = results[(model_name, "float32")]
-        ratio = np.median([f["predict_s"] / r["predict_s"] for f, r in zip(floats, runs)])
         run = runs[0]
+        if run["predict_s"] is None:
+            speed = "not measured"
+        else:
+            ratios = [f["predict_s"] / r["predict_s"] for f, r in zip(floats, runs)]
+            speed = f"{np.median(ratios):.2f}x"
         relative = run["max_logit_difference"] / run["max_float_logit"]
         print(f"| {model_name} | {mode} | {run['max_logit_difference']:.3g} "
-              f"({relative:.3f}) | {run['size_mb']:.1f} | {ratio:.2f}x |")
+              f"({relative:.3f}) | {run['size_mb']:.1f} | {speed} |")
+
+
+def lora_report(args):
+    import numpy as np
+
+    runs = {"full": [], "lora": []}
+    for _ in range(args.rounds):
+        for mode in runs:
+            runs[mode].append(_run("lora", mode, args.batch, args.repeats))
+    print(f"backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, batch "
+          f"{args.batch}, {args.rounds} rounds")
+    print("| fine-tuning | trainable parameters | step (s) | speed vs full |")
+    print("| --- | --- | --- | --- |")
+    for mode, results in runs.items():
+        ratio = np.median([f["step_s"] / r["step_s"] for f, r in zip(runs["full"], results)])
+        step = np.median([r["step_s"] for r in results])
+        print(f"| {mode} | {results[0]['trainable']:,} | {step:.2f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
