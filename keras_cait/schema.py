@@ -38,7 +38,11 @@ BACKBONE_DEFAULTS = dict(
     attention_dropout=0.0,
     drop_path_rate=0.0,
     layer_norm_epsilon=1e-6,
+    data_format=None,
 )
+# `None` defaults that are not "required": `None` means a documented default.
+_OPTIONAL_NONE = {"data_format"}
+DATA_FORMATS = ("channels_last", "channels_first")
 CLASSIFIER_ARGUMENTS = ("backbone", "num_classes", "preprocessor", "pooling",
                         "activation", "dropout", "head_dtype", "compile")
 _KERAS_KEYS = {"name", "trainable", "dtype"}
@@ -164,7 +168,7 @@ def check_backbone_config(
     check.unknown_keys(config, BACKBONE_DEFAULTS, "CaiTBackbone")
     values = {**BACKBONE_DEFAULTS, **config}
     for key, default in BACKBONE_DEFAULTS.items():
-        if default is None and values[key] is None:
+        if default is None and values[key] is None and key not in _OPTIONAL_NONE:
             raise check.fail(f"the required argument {check.label(key)} is missing.")
     for key in BACKBONE_INT_LIMITS:
         values[key] = check.integer(key, values[key], high=BACKBONE_INT_LIMITS[key])
@@ -205,6 +209,12 @@ def check_backbone_config(
     values["layer_norm_epsilon"] = check.number(
         "layer_norm_epsilon", values["layer_norm_epsilon"], 0, 1, low_open=True
     )
+    # `None` is `keras.config.image_data_format()`, resolved by the model.
+    if values["data_format"] is not None and values["data_format"] not in DATA_FORMATS:
+        raise check.fail(
+            f"{check.label('data_format')} must be None or one of {DATA_FORMATS}, got "
+            f"{values['data_format']!r:.80}."
+        )
     if not isinstance(values["use_qkv_bias"], bool):
         raise check.fail(f"{check.label('use_qkv_bias')} must be true or false.")
     if limits:

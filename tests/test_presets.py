@@ -73,7 +73,10 @@ def test_every_preset_file_matches_the_schema_and_timm():
         assert sorted(preset) == PRESET_KEYS["top"], name
         for part in ("weights", "classifier", "preprocessing"):
             assert sorted(preset[part]) == PRESET_KEYS[part], (name, part)
-        assert sorted(preset["backbone"]) == sorted(BACKBONE_DEFAULTS), name
+        # The input layout is the user's choice, not the checkpoint's.
+        assert sorted(preset["backbone"]) == sorted(
+            set(BACKBONE_DEFAULTS) - {"data_format"}
+        ), name
         assert preset["name"] == name
         assert preset["description"].strip() and "\n" not in preset["description"]
         assert preset["weights"]["format"] == "timm"
@@ -81,7 +84,10 @@ def test_every_preset_file_matches_the_schema_and_timm():
         assert sha256 is None or SHA256_PATTERN.fullmatch(sha256)
         # The backbone block passes the package's own validator unchanged.
         checked = check_backbone_config(preset["backbone"], str(path))
-        assert checked == dict(preset["backbone"], image_shape=checked["image_shape"])
+        # `data_format` None: keras.config.image_data_format() decides.
+        assert checked == dict(
+            preset["backbone"], image_shape=checked["image_shape"], data_format=None
+        )
         timm = json.loads((TIMM / "configs" / f"{name}.json").read_text())
         arguments = resolve_timm_arguments(timm["architecture"], timm["model_args"])
         assert checked == backbone_kwargs_from_timm(arguments), name

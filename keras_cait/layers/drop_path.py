@@ -29,6 +29,9 @@ class DropPath(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
+        # Stateless, so built at creation as Keras's `Dropout` (private
+        # `Layer._build_at_init`, Keras 3.15).
+        self._build_at_init()
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:

@@ -3,17 +3,22 @@
 import keras
 from keras import ops
 
+# KerasHub's own `data_format` check (private, keras-hub 0.32).
+from keras_hub.src.utils.keras_utils import standardize_data_format
+
 from keras_cait.serialization import register
 
 
 @register
 class PatchEmbedding(keras.layers.Layer):
-    """Splits NHWC images into patches, projects them, adds positions.
+    """Splits images into patches, projects them, adds positions.
 
     A strided convolution projects each `patch_size x patch_size` patch to
     `hidden_dim`; a learned position embedding of shape
     `(1, num_patches, hidden_dim)` is added to the patch tokens. (CaiT's class
-    token has no position embedding.)
+    token has no position embedding.) Channels-first images are transposed
+    to channels-last first (TensorFlow has no NCHW `Conv2D` on CPU), so the
+    weights and outputs are the same in either layout.
 
     Args:
         image_size: tuple `(height, width)`; both divisible by `patch_size`.
@@ -21,13 +26,22 @@ class PatchEmbedding(keras.layers.Layer):
         hidden_dim: int. The token dimension.
         dropout_rate: float. Dropout after adding the position embedding
             (timm's `pos_drop`).
+        data_format: `"channels_last"` (NHWC images), `"channels_first"`
+            (NCHW) or `None` for `keras.config.image_data_format()`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
     """
 
     def __init__(
-        self, image_size, patch_size, hidden_dim, dropout_rate=0.0, **kwargs
+        self,
+        image_size,
+        patch_size,
+        hidden_dim,
+        dropout_rate=0.0,
+        data_format=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
+        self.data_format = standardize_data_format(data_format)
         self.image_size = tuple(image_size)
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
@@ -48,7 +62,10 @@ class PatchEmbedding(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="projection",
         )
-        self.projection.build((None,) + self.image_size + (input_shape[-1],))
+        channels_axis = 1 if self.data_format == "channels_first" else -1
+        self.projection.build(
+            (None,) + self.image_size + (input_shape[channels_axis],)
+        )
         self.position_embedding = self.add_weight(
             name="position_embedding",
             shape=(1, self.num_patches, self.hidden_dim),
@@ -60,6 +77,8 @@ class PatchEmbedding(keras.layers.Layer):
         )
 
     def call(self, images, training=None):
+        if self.data_format == "channels_first":
+            images = ops.transpose(images, (0, 2, 3, 1))
         patches = self.projection(images)
         patches = ops.reshape(patches, (-1, self.num_patches, self.hidden_dim))
         patches = patches + ops.cast(self.position_embedding, patches.dtype)
@@ -67,6 +86,13 @@ class PatchEmbedding(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_patches, self.hidden_dim)
+
+    def compute_output_spec(self, images, training=None):
+        # Keras's default finds no shape on NumPy inputs, which
+        # `Functional.compute_output_spec` passes on as they are.
+        return keras.KerasTensor(
+            self.compute_output_shape(images.shape), dtype=self.compute_dtype
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -76,6 +102,7 @@ class PatchEmbedding(keras.layers.Layer):
                 "patch_size": self.patch_size,
                 "hidden_dim": self.hidden_dim,
                 "dropout_rate": self.dropout_rate,
+                "data_format": self.data_format,
             }
         )
         return config

@@ -47,8 +47,14 @@ _SHAPE_ARGUMENTS = (
 
 
 # Backbone arguments `from_preset` passes to the backbone besides KerasHub's
-# `dtype` and `image_shape`: regularisation chosen at load time (fine-tuning).
-BACKBONE_LOAD_ARGUMENTS = ("drop_path_rate", "dropout_rate", "attention_dropout")
+# `dtype` and `image_shape`: regularisation chosen at load time (fine-tuning)
+# and the images' layout.
+BACKBONE_LOAD_ARGUMENTS = (
+    "drop_path_rate",
+    "dropout_rate",
+    "attention_dropout",
+    "data_format",
+)
 
 
 def split_backbone_kwargs(backbone_kwargs, kwargs):
@@ -59,6 +65,15 @@ def split_backbone_kwargs(backbone_kwargs, kwargs):
         if name in kwargs:
             backbone_kwargs[name] = kwargs.pop(name)
     return backbone_kwargs, kwargs
+
+
+def converter_follows_backbone(task):
+    """Gives `task`'s image converter its backbone's `data_format` (a preset
+    loaded with `data_format=` saved the converter with another)."""
+    converter = getattr(task.preprocessor, "image_converter", None)
+    if converter is not None:
+        converter.data_format = task.backbone.data_format
+    return task
 
 
 def _hub_weights_fetcher(repo_id, revision, commit):
@@ -249,7 +264,7 @@ class CaiTTimmPresetLoader(PresetLoader):
             # A backbone of the caller's stays as it is: only the head loads.
             if own_backbone or load_head:
                 self._load_weights(task, load_backbone=own_backbone, load_head=load_head)
-        return task
+        return converter_follows_backbone(task)
 
     def load_image_converter(self, cls, **kwargs):
         prep = self.checkpoint.preprocessing
@@ -321,7 +336,9 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
     @_deserializes("task.json")
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
         if not (load_weights and self._resized(kwargs)):
-            return super().load_task(cls, load_weights, load_task_weights, **kwargs)
+            return converter_follows_backbone(
+                super().load_task(cls, load_weights, load_task_weights, **kwargs)
+            )
         image_shape = tuple(kwargs["image_shape"])
         others = {k: v for k, v in kwargs.items() if k != "image_shape"}
         saved = super().load_task(cls, True, load_task_weights, **others)
@@ -336,7 +353,7 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
         converter = getattr(task.preprocessor, "image_converter", None)
         if converter is not None:
             converter.image_size = image_shape[:2]
-        return task
+        return converter_follows_backbone(task)
 
     @_deserializes("preprocessor.json")
     def load_preprocessor(self, cls, **kwargs):

@@ -7,6 +7,9 @@ import keras
 import numpy as np
 from keras_hub.models import Backbone
 
+# KerasHub's own `data_format` check (private, keras-hub 0.32).
+from keras_hub.src.utils.keras_utils import standardize_data_format
+
 from keras_cait.errors import CaiTConfigError
 from keras_cait.layers.class_attention_block import ClassAttentionBlock
 from keras_cait.layers.embedding import ClassToken, PatchEmbedding
@@ -202,7 +205,8 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
 
     Args:
         image_shape: tuple `(height, width, channels)`; height and width must
-            be divisible by `patch_size`. Images are NHWC.
+            be divisible by `patch_size`. Always in this order, whatever
+            `data_format` (the model's geometry, as presets store it).
         patch_size: int. Side of the square patches.
         hidden_dim: int. Token dimension (timm's `embed_dim`).
         num_layers: int. Number of self-attention blocks (timm's `depth`).
@@ -224,6 +228,10 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
             self-attention block (as in timm's CaiT). The class-attention
             blocks have no dropout and no drop path.
         layer_norm_epsilon: float. Epsilon of every LayerNorm.
+        data_format: `"channels_last"` (NHWC images), `"channels_first"`
+            (NCHW images: the input is `(batch, channels, height, width)`)
+            or `None` for `keras.config.image_data_format()`. The weights and
+            outputs are the same either way.
         dtype: `None`, string or `keras.DTypePolicy`. The dtype policy.
         **kwargs: other keyword arguments passed to `keras.Model`.
 
@@ -258,9 +266,11 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         attention_dropout=0.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
+        data_format=None,
         dtype=None,
         **kwargs,
     ):
+        data_format = standardize_data_format(data_format)
         given = dict(locals())
         arguments = check_backbone_config(
             {key: given[key] for key in BACKBONE_DEFAULTS}, "CaiTBackbone", limits=False
@@ -273,6 +283,7 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
             patch_size=patch_size,
             hidden_dim=hidden_dim,
             dropout_rate=dropout_rate,
+            data_format=data_format,
             dtype=dtype,
             name="patch_embedding",
         )
@@ -326,11 +337,15 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
             concatenate,
             final_norm,
         )
-        attention_images = keras.Input(shape=image_shape, name="images")
+        if data_format == "channels_first":
+            input_shape = (image_shape[2],) + image_shape[:2]
+        else:
+            input_shape = image_shape
+        attention_images = keras.Input(shape=input_shape, name="images")
         attention_features, _, attention_maps = _connect_layers(
             attention_images, layers, return_attention=True
         )
-        images = keras.Input(shape=image_shape, name="images")
+        images = keras.Input(shape=input_shape, name="images")
         outputs, block_outputs, _ = _connect_layers(images, layers, False)
         super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
@@ -496,6 +511,13 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         ```
         """
         return load_preset(cls, preset, load_weights=load_weights, **kwargs)
+
+    def default_lora_layer_names(self):
+        """The layers `enable_lora(rank)` adapts by default (as
+        `Gemma3Backbone` extends KerasHub's list): the self-attention
+        blocks' fused `qkv` projections and the class-attention blocks'
+        query `q` and value `v` projections (timm's names)."""
+        return super().default_lora_layer_names() + ["qkv", "q", "v"]
 
     def get_config(self):
         config = super().get_config()

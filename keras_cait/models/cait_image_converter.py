@@ -9,7 +9,13 @@ import numpy as np
 # layers use, and KerasHub's graph test (versions pinned in pyproject.toml).
 from keras.src.utils.backend_utils import DynamicBackend
 from keras_hub.layers import ImageConverter
-from keras_hub.src.utils.tensor_utils import in_tf_function
+from keras_hub.src.utils.keras_utils import standardize_data_format
+from keras_hub.src.utils.tensor_utils import (
+    convert_preprocessing_outputs_grain,
+    in_grain_data_pipeline,
+    in_tf_function,
+)
+from keras_hub.src.utils.tensor_utils import tf as optional_tensorflow
 
 from keras_cait.errors import CaiTConfigError, CaiTImageError
 from keras_cait.loading.loader import load_preset
@@ -146,12 +152,16 @@ class CaiTImageConverter(ImageConverter):
     `image_size`, clip to `[0, 255]`, divide by 255, subtract `mean`, divide
     by `std`.
 
-    Inputs: one image `(height, width, channels)` or a batch, channels last,
-    uint8 or float, any size, with 1 (repeated to RGB), 3 or 4 (alpha
-    dropped) channels; a list of images of different sizes is transformed
-    one by one and stacked. The output is `(…, image_size[0],
-    image_size[1], 3)` in the layer's compute dtype. It runs eagerly on every
-    backend and inside `tf.data` (with TensorFlow ops, whatever the backend).
+    Inputs: one image `(height, width, channels)` or a batch (channels
+    first with `data_format="channels_first"`), uint8 or float, any size,
+    with 1 (repeated to RGB), 3 or 4 (alpha dropped) channels; a list of
+    images of different sizes is transformed one by one and stacked. The
+    output is `(…, image_size[0], image_size[1], 3)` (or `(…, 3, height,
+    width)`) in the layer's compute dtype. It computes with TensorFlow's ops
+    whenever TensorFlow is installed, whatever the backend, so that direct
+    calls, `tf.data` and Grain pipelines give the same numbers (with the
+    backend's ops otherwise); the result is a backend tensor, a TensorFlow
+    tensor inside `tf.data` and a NumPy array inside Grain.
 
     Args:
         image_size: int or `(height, width)`. The output size.
@@ -166,6 +176,9 @@ class CaiTImageConverter(ImageConverter):
             `[0, 1]` pixels. Defaults to ImageNet's.
         antialias: bool. Whether to low-pass filter when downsampling, as
             PIL does. Defaults to `True`.
+        data_format: `"channels_last"`, `"channels_first"` or `None` for
+            `keras.config.image_data_format()`: the layout of the inputs
+            and outputs.
         **kwargs: other keyword arguments of `keras.layers.Layer` (`name`,
             `dtype`).
 
@@ -188,8 +201,10 @@ class CaiTImageConverter(ImageConverter):
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         antialias=True,
+        data_format=None,
         **kwargs,
     ):
+        data_format = standardize_data_format(data_format)
         image_size = _standardize_image_size(image_size)
         if isinstance(crop_pct, bool) or not isinstance(
             crop_pct, (int, float, np.floating, np.integer)
@@ -206,7 +221,6 @@ class CaiTImageConverter(ImageConverter):
             )
         mean = _standardize_channel_values("mean", mean, positive=False)
         std = _standardize_channel_values("std", std, positive=True)
-        kwargs.pop("data_format", None)
         super().__init__(
             image_size=image_size,
             scale=None,
@@ -214,9 +228,12 @@ class CaiTImageConverter(ImageConverter):
             crop_to_aspect_ratio=False,
             interpolation=interpolation,
             antialias=bool(antialias),
-            data_format="channels_last",
+            data_format=data_format,
             **kwargs,
         )
+        # The inherited `Resizing` sublayer is never called (the transform
+        # resizes itself); built, so that `Model.quantize` can walk it.
+        self.resizing.build((None, None, None, 3))
         self.crop_pct = crop_pct
         self.mean = mean
         self.std = std
@@ -224,8 +241,19 @@ class CaiTImageConverter(ImageConverter):
     def _call_python(self, inputs):
         # Called by `ImageConverter.call`; inside a `tf.data` graph the
         # inputs are TensorFlow tensors whatever the backend.
-        ops = DynamicBackend("tensorflow" if in_tf_function() else None)
+        if in_tf_function():
+            return self._transform_all(inputs, DynamicBackend("tensorflow"))
+        if optional_tensorflow is None:
+            outputs = self._transform_all(inputs, DynamicBackend(None))
+        else:
+            with optional_tensorflow.device("cpu"):
+                tensors = self._transform_all(inputs, DynamicBackend("tensorflow"))
+                outputs = tensors.numpy()
+        if in_grain_data_pipeline():
+            return convert_preprocessing_outputs_grain(outputs)
+        return keras.ops.convert_to_tensor(outputs)
 
+    def _transform_all(self, inputs, ops):
         if isinstance(inputs, (list, tuple)):
             try:
                 inputs = np.stack([np.asarray(x) for x in inputs])
@@ -254,6 +282,9 @@ class CaiTImageConverter(ImageConverter):
         unbatched = rank == 3
         if unbatched:
             images = ops.numpy.expand_dims(images, 0)
+        channels_first = self.data_format == "channels_first"
+        if channels_first:
+            images = ops.numpy.transpose(images, (0, 2, 3, 1))
         channels = images.shape[-1]
         if channels is None:
             raise CaiTImageError(
@@ -309,12 +340,16 @@ class CaiTImageConverter(ImageConverter):
         std = ops.convert_to_tensor(np.array(self.std, "float32"))
         images = (images / 255.0 - mean) / std
         images = ops.cast(images, self.compute_dtype)
+        if channels_first:
+            images = ops.numpy.transpose(images, (0, 3, 1, 2))
         if unbatched:
             images = images[0]
         return images
 
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
+        if self.data_format == "channels_first":
+            return input_shape[:-3] + (3,) + tuple(self.image_size)
         return input_shape[:-3] + tuple(self.image_size) + (3,)
 
     @classmethod
@@ -337,6 +372,7 @@ class CaiTImageConverter(ImageConverter):
                 "mean": tuple(self.mean),
                 "std": tuple(self.std),
                 "antialias": self.antialias,
+                "data_format": self.data_format,
             }
         )
         return config
