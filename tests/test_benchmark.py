@@ -163,7 +163,7 @@ def test_baseline_workers_alternate_and_import_the_baseline(tmp_path):
     assert [r["keras_cait_path"] for r in runs["before"]] == [
         str(baseline / "keras_cait")
     ]
-    assert "| jax | 2 |" in process.stdout and "after/before" in process.stdout
+    assert "| jax | 2 |" in process.stdout and "fastest after/before" in process.stdout
 
 
 def test_cpu_description_lists_this_cpus_simd_flags():

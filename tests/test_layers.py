@@ -328,4 +328,6 @@ def test_apply_dense_equals_calling_the_layer(variant):
     tokens = keras.ops.convert_to_tensor(tokens, layer.compute_dtype)
     expected = to_numpy(layer(tokens))
     outputs = to_numpy(apply_dense(layer, tokens))
-    np.testing.assert_array_equal(outputs, expected)
+    # On PyTorch a plain Dense is one fused `addmm`, as `torch.nn.Linear`:
+    # the bias add may round differently (1 float32 ulp).
+    np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-7)

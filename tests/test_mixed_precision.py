@@ -5,7 +5,6 @@ logits in float32, and training steps without NaNs."""
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import keras_cait
 from tests.support import TINY_BACKBONE, to_numpy
@@ -89,10 +88,10 @@ def test_layer_matches_float32(policy, name):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_softmax_and_head_mixing_run_in_float32(policy, monkeypatch):
-    from keras_cait.layers import talking_heads_attention
+    from keras_cait.layers import talking_heads_attention, tensor_ops
 
     seen = {"softmax": [], "mix": []}
-    softmax, mix_heads = ops.softmax, talking_heads_attention.mix_heads
+    softmax, mix_heads = tensor_ops.softmax, talking_heads_attention.mix_heads
 
     def spy_softmax(x, *args, **kwargs):
         seen["softmax"].append(keras.backend.standardize_dtype(x.dtype))
@@ -105,7 +104,7 @@ def test_softmax_and_head_mixing_run_in_float32(policy, monkeypatch):
         ]
         return mixed
 
-    monkeypatch.setattr(ops, "softmax", spy_softmax)
+    monkeypatch.setattr(tensor_ops, "softmax", spy_softmax)
     monkeypatch.setattr(talking_heads_attention, "mix_heads", spy_mix_heads)
     talking = _with_policy(policy, lambda: keras_cait.TalkingHeadsAttention(16, 4))
     class_attention = _with_policy(policy, lambda: keras_cait.ClassAttention(16, 4))

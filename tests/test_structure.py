@@ -55,6 +55,7 @@ LAYERS = {
         "keras_cait.layers.self_attention_block",
         "keras_cait.layers.sublayers",
         "keras_cait.layers.talking_heads_attention",
+        "keras_cait.layers.tensor_ops",
         "keras_cait.convert",
         "keras_cait.convert.resample",
         "keras_cait.convert.timm_config",

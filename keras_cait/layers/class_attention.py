@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cait.layers import tensor_ops
 from keras_cait.layers.sublayers import apply_dense, attention_output_spec
 from keras_cait.serialization import register
 
@@ -61,21 +62,24 @@ class ClassAttention(keras.layers.Layer):
 
     def _split_heads(self, tokens):
         """`(batch, n, hidden_dim)` -> `(batch, heads, n, head_dim)`."""
-        tokens = ops.reshape(
+        tokens = tensor_ops.reshape(
             tokens, (-1, ops.shape(tokens)[1], self.num_heads, self.head_dim)
         )
-        return ops.transpose(tokens, (0, 2, 1, 3))
+        return tensor_ops.transpose(tokens, (0, 2, 1, 3))
 
     def call(self, inputs, return_attention=False):
         # timm's ClassAttn.forward (without fused attention), step by step.
         query = self._split_heads(apply_dense(self.q, inputs[:, :1]))
         key = self._split_heads(apply_dense(self.k, inputs))
         value = self._split_heads(apply_dense(self.v, inputs))
-        attention = (query * self.scale) @ ops.swapaxes(key, -1, -2)
-        attention = ops.softmax(ops.cast(attention, "float32"), axis=-1)
-        attention = ops.cast(attention, self.compute_dtype)
-        x_cls = ops.transpose(attention @ value, (0, 2, 1, 3))
-        x_cls = apply_dense(self.proj, ops.reshape(x_cls, (-1, 1, self.hidden_dim)))
+        attention = (query * self.scale) @ tensor_ops.swapaxes(key, -1, -2)
+        attention = tensor_ops.softmax(
+            tensor_ops.cast(attention, "float32"), axis=-1
+        )
+        attention = tensor_ops.cast(attention, self.compute_dtype)
+        x_cls = tensor_ops.transpose(attention @ value, (0, 2, 1, 3))
+        x_cls = tensor_ops.reshape(x_cls, (-1, 1, self.hidden_dim))
+        x_cls = apply_dense(self.proj, x_cls)
         if return_attention:
             return x_cls, attention
         return x_cls

@@ -11,6 +11,8 @@ everywhere else they call the layer.
 import keras
 from keras.src import backend as keras_backend
 
+from keras_cait.layers import tensor_ops
+
 
 def executing_eagerly(x):
     """Whether ops on the backend tensor `x` run eagerly: not traced by
@@ -75,11 +77,11 @@ def call_sublayer(layer, *args, **kwargs):
 
 def apply_dense(layer, inputs):
     """`layer(inputs)` for a `keras.layers.Dense`; in eager execution
-    `inputs @ kernel + bias` where `dense_is_plain(layer)` (without
-    `keras.ops`' per-call dispatch)."""
+    `inputs @ kernel + bias` (`tensor_ops.linear`) where
+    `dense_is_plain(layer)`."""
     if dense_is_plain(layer) and executing_eagerly(inputs):
-        outputs = inputs @ layer.kernel.value
-        return outputs + layer.bias.value if layer.use_bias else outputs
+        bias = layer.bias.value if layer.use_bias else None
+        return tensor_ops.linear(inputs, layer.kernel.value, bias)
     return call_sublayer(layer, inputs)
 
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cait.layers import tensor_ops
 from keras_cait.layers.sublayers import (
     apply_dense,
     attention_output_spec,
@@ -27,14 +28,16 @@ def mix_heads(attention, head_mixer):
     if not dense_is_plain(head_mixer):
         mixed = head_mixer(ops.transpose(attention, (0, 2, 3, 1)))
         return ops.cast(ops.transpose(mixed, (0, 3, 1, 2)), "float32")
-    kernel = ops.transpose(ops.cast(head_mixer.kernel, "float32"))
-    bias = ops.cast(head_mixer.bias, "float32")[:, None]
+    kernel = tensor_ops.cast(head_mixer.kernel.value, "float32")
+    bias = tensor_ops.cast(head_mixer.bias.value, "float32")[:, None]
     shape = ops.shape(attention)
     # One kernel per image: a batched product of equal batches (with a 2-D
     # kernel PyTorch transposes copies of the attention tensor).
-    kernel = ops.broadcast_to(kernel, (shape[0], shape[1], shape[1]))
-    mixed = kernel @ ops.reshape(attention, (shape[0], shape[1], -1)) + bias
-    return ops.reshape(mixed, shape)
+    kernel = tensor_ops.broadcast_to(
+        tensor_ops.transpose(kernel, (1, 0)), (shape[0], shape[1], shape[1])
+    )
+    flat = tensor_ops.reshape(attention, (shape[0], shape[1], -1))
+    return tensor_ops.reshape(kernel @ flat + bias, shape)
 
 
 def computes_on_cpu(x):
@@ -152,8 +155,10 @@ class TalkingHeadsAttention(keras.layers.Layer):
         # timm's TalkingHeadAttn.forward, step by step.
         num_tokens = ops.shape(inputs)[1]
         qkv = apply_dense(self.qkv, inputs)
-        qkv = ops.reshape(qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
+        qkv = tensor_ops.reshape(
+            qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim)
+        )
+        qkv = tensor_ops.transpose(qkv, (2, 0, 3, 1, 4))
         query, key, value = qkv[0] * self.scale, qkv[1], qkv[2]
         blocks = [(0, num_tokens)]
         if computes_on_cpu(inputs):
@@ -164,7 +169,9 @@ class TalkingHeadsAttention(keras.layers.Layer):
             for start, stop in blocks
         ))
         x = _concatenate_rows(outputs)
-        x = ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, num_tokens, self.hidden_dim))
+        x = tensor_ops.reshape(
+            tensor_ops.transpose(x, (0, 2, 1, 3)), (-1, num_tokens, self.hidden_dim)
+        )
         x = apply_dense(self.proj, x)
         x = call_sublayer(self.projection_dropout_layer, x, training=training)
         if return_attention:
@@ -176,11 +183,11 @@ class TalkingHeadsAttention(keras.layers.Layer):
         scaled `query` (the head mixes and the softmax in float32); returns
         `(attn @ v, attn)`."""
 
-        attention = ops.cast(query @ ops.swapaxes(key, -1, -2), "float32")
+        attention = tensor_ops.cast(query @ tensor_ops.swapaxes(key, -1, -2), "float32")
         attention = mix_heads(attention, self.proj_l)
-        attention = ops.softmax(attention, axis=-1)
+        attention = tensor_ops.softmax(attention, axis=-1)
         attention = mix_heads(attention, self.proj_w)
-        attention = ops.cast(attention, self.compute_dtype)
+        attention = tensor_ops.cast(attention, self.compute_dtype)
         dropped = call_sublayer(
             self.attention_dropout_layer, attention, training=training
         )
