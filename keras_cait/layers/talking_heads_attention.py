@@ -13,8 +13,9 @@ from keras_cait.layers.sublayers import (
 from keras_cait.serialization import register
 
 # On a CPU: the largest float32 logits `(batch, heads, rows, tokens)`
-# attended at once, and the most row blocks per layer.
-ATTENTION_BLOCK_BYTES = 8 * 2**20
+# attended at once, by backend (the default for any other), and the most
+# row blocks per layer.
+ATTENTION_BLOCK_BYTES = {"jax": 2 * 2**20, "default": 8 * 2**20}
 MAX_ATTENTION_BLOCKS = 16
 
 
@@ -53,14 +54,17 @@ def computes_on_cpu(x):
 
 def query_row_blocks(batch_size, num_heads, num_tokens):
     """`(start, stop)` query-row ranges covering `range(num_tokens)`, each
-    with at most `ATTENTION_BLOCK_BYTES` of float32 logits (at most
-    `MAX_ATTENTION_BLOCKS` blocks; one when a size is symbolic): on a CPU,
-    large attention tensors cost page faults on every call
+    with at most the backend's `ATTENTION_BLOCK_BYTES` of float32 logits (at
+    most `MAX_ATTENTION_BLOCKS` blocks; one when a size is symbolic): on a
+    CPU, large attention tensors cost page faults on every call
     (docs/performance.md, "Query-row blocks")."""
     if not isinstance(batch_size, int) or not isinstance(num_tokens, int):
         return [(0, num_tokens)]
+    budget = ATTENTION_BLOCK_BYTES.get(
+        keras.backend.backend(), ATTENTION_BLOCK_BYTES["default"]
+    )
     logits_bytes = 4 * batch_size * num_heads * num_tokens * num_tokens
-    num_blocks = -(-logits_bytes // ATTENTION_BLOCK_BYTES)
+    num_blocks = -(-logits_bytes // budget)
     num_blocks = max(1, min(num_blocks, MAX_ATTENTION_BLOCKS, num_tokens))
     rows = -(-num_tokens // num_blocks)
     return [
