@@ -186,9 +186,7 @@ def test_talking_heads_matches_numpy_with_large_head_mix_biases(training):
 def test_query_row_blocks_cover_the_rows_within_the_byte_budget():
     from keras_cait.layers import talking_heads_attention as module
 
-    budget = module.ATTENTION_BLOCK_BYTES.get(
-        keras.backend.backend(), module.ATTENTION_BLOCK_BYTES["default"]
-    )
+    budget = module.attention_block_bytes()
     assert budget == (2 if keras.backend.backend() == "jax" else 8) * 2**20
     for batch, heads, tokens in [(1, 4, 197), (32, 4, 197), (7, 3, 50), (64, 8, 577)]:
         blocks = module.query_row_blocks(batch, heads, tokens)
@@ -338,6 +336,9 @@ def test_apply_dense_equals_calling_the_layer(variant):
     tokens = keras.ops.convert_to_tensor(tokens, layer.compute_dtype)
     expected = to_numpy(layer(tokens))
     outputs = to_numpy(apply_dense(layer, tokens))
-    # On PyTorch a plain Dense is one fused `addmm`, as `torch.nn.Linear`:
-    # the bias add may round differently (1 float32 ulp).
-    np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-7)
+    if keras.backend.backend() == "torch" and variant == "plain":
+        # One fused `addmm`, as `torch.nn.Linear`: the bias add may round
+        # differently (1 float32 ulp).
+        np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(outputs, expected)

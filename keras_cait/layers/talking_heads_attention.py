@@ -52,6 +52,14 @@ def computes_on_cpu(x):
     return False
 
 
+def attention_block_bytes():
+    """The active backend's entry of `ATTENTION_BLOCK_BYTES` (its default
+    for a backend without one)."""
+    return ATTENTION_BLOCK_BYTES.get(
+        keras.backend.backend(), ATTENTION_BLOCK_BYTES["default"]
+    )
+
+
 def query_row_blocks(batch_size, num_heads, num_tokens):
     """`(start, stop)` query-row ranges covering `range(num_tokens)`, each
     with at most the backend's `ATTENTION_BLOCK_BYTES` of float32 logits (at
@@ -60,11 +68,8 @@ def query_row_blocks(batch_size, num_heads, num_tokens):
     (docs/performance.md, "Query-row blocks")."""
     if not isinstance(batch_size, int) or not isinstance(num_tokens, int):
         return [(0, num_tokens)]
-    budget = ATTENTION_BLOCK_BYTES.get(
-        keras.backend.backend(), ATTENTION_BLOCK_BYTES["default"]
-    )
     logits_bytes = 4 * batch_size * num_heads * num_tokens * num_tokens
-    num_blocks = -(-logits_bytes // budget)
+    num_blocks = -(-logits_bytes // attention_block_bytes())
     num_blocks = max(1, min(num_blocks, MAX_ATTENTION_BLOCKS, num_tokens))
     rows = -(-num_tokens // num_blocks)
     return [
