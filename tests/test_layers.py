@@ -342,3 +342,33 @@ def test_apply_dense_equals_calling_the_layer(variant):
         np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-7)
     else:
         np.testing.assert_array_equal(outputs, expected)
+
+
+@pytest.mark.parametrize("variant", ["plain", "no_center", "axis", "mixed"])
+def test_apply_layer_norm_equals_calling_the_layer(variant, monkeypatch):
+    from keras_cait.layers import tensor_ops
+    from keras_cait.layers.sublayers import apply_layer_norm
+
+    layer = keras.layers.LayerNormalization(
+        axis=(-2, -1) if variant == "axis" else -1,
+        center=variant != "no_center",
+        gamma_initializer="glorot_uniform",
+        beta_initializer="glorot_uniform",
+        dtype="mixed_bfloat16" if variant == "mixed" else None,
+    )
+    layer.build((None, 3, 5))
+    tokens = np.random.default_rng(0).standard_normal((2, 3, 5)).astype("float32")
+    tokens = keras.ops.convert_to_tensor(tokens)
+    expected = to_numpy(layer(tokens))
+    through_keras_ops = []
+    original = tensor_ops.ops.layer_normalization
+    monkeypatch.setattr(
+        tensor_ops.ops, "layer_normalization",
+        lambda *a, **k: through_keras_ops.append(1) or original(*a, **k),
+    )
+    np.testing.assert_array_equal(to_numpy(apply_layer_norm(layer, tokens)), expected)
+    fast = variant in ("plain", "no_center")
+    # On PyTorch the plain cases skip `keras.ops`; elsewhere they use it.
+    assert bool(through_keras_ops) == (
+        fast and keras.backend.backend() != "torch"
+    )

@@ -58,6 +58,24 @@ def test_broadcast_to_and_linear():
     )
 
 
+def test_matmul_add_is_a_batched_product_plus_bias(monkeypatch):
+    a = RNG.standard_normal((2, 4, 4)).astype("float32")
+    b = RNG.standard_normal((2, 4, 15)).astype("float32")
+    bias = RNG.standard_normal((4, 1)).astype("float32")
+    fused = []
+    if keras.backend.backend() == "torch":
+        import torch
+
+        monkeypatch.setattr(
+            torch, "baddbmm",
+            lambda *args, _f=torch.baddbmm: fused.append(1) or _f(*args),
+        )
+    result = tensor_ops.matmul_add(*map(ops.convert_to_tensor, (a, b, bias)))
+    np.testing.assert_allclose(to_numpy(result), a @ b + bias, rtol=1e-5, atol=1e-5)
+    # On PyTorch the product and the bias add are one fused op.
+    assert fused == ([1] if keras.backend.backend() == "torch" else [])
+
+
 def test_symbolic_tensors_go_through_keras_ops():
     x = keras.KerasTensor((None, 3, 5, 4))
     assert tensor_ops.reshape(x, (-1, 3, 20)).shape == (None, 3, 20)
@@ -74,7 +92,10 @@ def test_eager_torch_forward_calls_no_keras_shape_op(monkeypatch):
     images = RNG.standard_normal((2, 32, 32, 3)).astype("float32")
     expected = to_numpy(backbone(images))
     calls = []
-    for name in ("reshape", "transpose", "swapaxes", "softmax", "broadcast_to"):
+    for name in (
+        "reshape", "transpose", "swapaxes", "softmax", "broadcast_to",
+        "layer_normalization",
+    ):
         original = getattr(tensor_ops.ops, name)
         monkeypatch.setattr(
             tensor_ops.ops, name,
@@ -90,4 +111,6 @@ def test_eager_torch_forward_calls_no_keras_shape_op(monkeypatch):
     np.testing.assert_allclose(
         to_numpy(backbone(images)), expected, rtol=1e-6, atol=1e-6
     )
-    assert {"reshape", "transpose", "swapaxes", "softmax"} <= {c[0] for c in calls}
+    assert {
+        "reshape", "transpose", "swapaxes", "softmax", "layer_normalization"
+    } <= {c[0] for c in calls}

@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_cait.layers.class_attention import ClassAttention
 from keras_cait.layers.self_attention_block import build_branches
-from keras_cait.layers.sublayers import call_sublayer
+from keras_cait.layers.sublayers import apply_layer_norm, call_sublayer
 from keras_cait.serialization import register
 
 
@@ -73,13 +73,13 @@ class ClassAttentionBlock(keras.layers.Layer):
         u = ops.concatenate([class_token, patch_tokens], axis=1)
         attended = call_sublayer(
             self.attn,
-            call_sublayer(self.norm1, u),
+            apply_layer_norm(self.norm1, u),
             return_attention=return_attention,
         )
         if return_attention:
             attended, attention = attended
         x_cls = class_token + call_sublayer(self.layer_scale_1, attended)
-        branch = call_sublayer(self.mlp, call_sublayer(self.norm2, x_cls))
+        branch = call_sublayer(self.mlp, apply_layer_norm(self.norm2, x_cls))
         x_cls = x_cls + call_sublayer(self.layer_scale_2, branch)
         if return_attention:
             return x_cls, attention

@@ -5,7 +5,7 @@ import keras
 from keras_cait.layers.drop_path import DropPath
 from keras_cait.layers.layer_scale import LayerScale
 from keras_cait.layers.mlp import CaiTMLP
-from keras_cait.layers.sublayers import call_sublayer
+from keras_cait.layers.sublayers import apply_layer_norm, call_sublayer
 from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
 from keras_cait.serialization import register
 
@@ -127,7 +127,7 @@ class SelfAttentionBlock(keras.layers.Layer):
         x = inputs
         attended = call_sublayer(
             self.attn,
-            call_sublayer(self.norm1, x),
+            apply_layer_norm(self.norm1, x),
             return_attention=return_attention,
             training=training,
         )
@@ -136,7 +136,7 @@ class SelfAttentionBlock(keras.layers.Layer):
         branch = call_sublayer(self.layer_scale_1, attended)
         x = x + call_sublayer(self.drop_path_1, branch, training=training)
         branch = call_sublayer(
-            self.mlp, call_sublayer(self.norm2, x), training=training
+            self.mlp, apply_layer_norm(self.norm2, x), training=training
         )
         branch = call_sublayer(self.layer_scale_2, branch)
         x = x + call_sublayer(self.drop_path_2, branch, training=training)

@@ -85,6 +85,29 @@ def apply_dense(layer, inputs):
     return call_sublayer(layer, inputs)
 
 
+def apply_layer_norm(layer, inputs):
+    """`layer(inputs)` for a `keras.layers.LayerNormalization`; in eager
+    execution, where `call_is_plain(layer)` and the layer normalises the
+    last axis in float32, `tensor_ops.layer_norm` with its weights (on
+    PyTorch the kernel Keras's call runs, without its `keras.ops` dispatch:
+    docs/performance.md, "PyTorch tensor ops")."""
+    if (
+        layer.axis == [-1]
+        and not layer.rms_scaling
+        and layer.compute_dtype == "float32"
+        and call_is_plain(layer)
+        and executing_eagerly(inputs)
+    ):
+        outputs = tensor_ops.layer_norm(
+            inputs,
+            None if layer.gamma is None else layer.gamma.value,
+            None if layer.beta is None else layer.beta.value,
+            layer.epsilon,
+        )
+        return tensor_ops.cast(outputs, "float32")
+    return call_sublayer(layer, inputs)
+
+
 def attention_output_spec(layer, inputs, return_attention):
     """An attention layer's `compute_output_spec`: its output and, with
     `return_attention`, its weights (`layer.compute_attention_shape`), in

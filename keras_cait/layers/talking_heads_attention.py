@@ -23,8 +23,9 @@ def mix_heads(attention, head_mixer):
     """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)` on a
     float32 `(batch, heads, queries, keys)` tensor: a built `Dense(heads)`
     across the heads axis. Where it is a plain product (`dense_is_plain`),
-    one `(heads, heads)` product per image without transposing the tensor
-    (docs/performance.md, "Head mixes"); otherwise the layer's call.
+    one `(heads, heads)` product per image without transposing the tensor,
+    the bias added in the product on PyTorch (docs/performance.md, "Head
+    mixes"); otherwise the layer's call.
     """
     if not dense_is_plain(head_mixer):
         mixed = head_mixer(ops.transpose(attention, (0, 2, 3, 1)))
@@ -38,7 +39,7 @@ def mix_heads(attention, head_mixer):
         tensor_ops.transpose(kernel, (1, 0)), (shape[0], shape[1], shape[1])
     )
     flat = tensor_ops.reshape(attention, (shape[0], shape[1], -1))
-    return tensor_ops.reshape(kernel @ flat + bias, shape)
+    return tensor_ops.reshape(tensor_ops.matmul_add(kernel, flat, bias), shape)
 
 
 def computes_on_cpu(x):

@@ -70,3 +70,26 @@ def linear(x, kernel, bias):
         return torch.nn.functional.linear(x, kernel.T, bias)
     outputs = x @ kernel
     return outputs if bias is None else outputs + bias
+
+
+def matmul_add(x, y, bias):
+    """`x @ y + bias` for 3-D `x` and `y` (`bias` broadcasts against the
+    product); on PyTorch one fused product and add (`torch.baddbmm`)."""
+    if _is_torch_tensor(x):
+        import torch  # optional: only the active backend is imported
+
+        return torch.baddbmm(bias, x, y)
+    return x @ y + bias
+
+
+def layer_norm(x, gamma, beta, epsilon):
+    """`keras.ops.layer_normalization(x, gamma, beta, axis=-1,
+    epsilon=epsilon)`; on a float32 PyTorch tensor the same kernel
+    (`torch.nn.functional.layer_norm`) without the `keras.ops` dispatch."""
+    if _is_torch_tensor(x) and keras.backend.standardize_dtype(x.dtype) == "float32":
+        import torch  # optional: only the active backend is imported
+
+        return torch.nn.functional.layer_norm(
+            x, (x.shape[-1],), gamma, beta, epsilon
+        )
+    return ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
