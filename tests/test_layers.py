@@ -183,6 +183,75 @@ def test_talking_heads_matches_numpy_with_large_head_mix_biases(training):
     np.testing.assert_allclose(to_numpy(attention), expected_attention, atol=2e-5)
 
 
+def _traced_calls(fn):
+    """`(name, traced fn, under XLA on TensorFlow)` for the backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [
+            ("xla", tf.function(fn, jit_compile=True), True),
+            ("graph", tf.function(fn, jit_compile=False), False),
+            ("eager", fn, False),
+        ]
+    if backend == "jax":
+        import jax
+
+        return [("jit", jax.jit(fn), False), ("eager", fn, False)]
+    return [("eager", fn, False)]
+
+
+@pytest.mark.parametrize("num_heads", [4, 16])
+def test_head_mix_sums_per_head_products_only_under_xla_on_tensorflow(
+    num_heads, monkeypatch
+):
+    from keras_cait.layers import talking_heads_attention as module
+
+    summed = []
+    original = module.summed_head_mix
+    monkeypatch.setattr(
+        module, "summed_head_mix",
+        lambda *args: summed.append(1) or original(*args),
+    )
+    layer = keras_cait.TalkingHeadsAttention(32, num_heads)
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((2, 7, 32)).astype("float32")
+    layer(tokens)
+    for variable in layer.weights:
+        scale = 5.0 if "proj_l/bias" in variable.path else 0.3
+        variable.assign(scale * rng.standard_normal(variable.shape))
+    expected, expected_attention = _talking_heads_reference(layer, tokens)
+    for name, call, under_xla in _traced_calls(
+        lambda x: layer(x, return_attention=True)
+    ):
+        summed.clear()
+        outputs, attention = call(keras.ops.convert_to_tensor(tokens))
+        np.testing.assert_allclose(to_numpy(outputs), expected, atol=2e-5)
+        np.testing.assert_allclose(
+            to_numpy(attention), expected_attention, atol=2e-5
+        )
+        # Both mixes, in XLA on TensorFlow, for at most 8 heads.
+        expected_calls = 2 if under_xla and num_heads <= 8 else 0
+        assert len(summed) == expected_calls, name
+
+
+def test_summed_head_mix_is_the_head_mix():
+    from keras_cait.layers.talking_heads_attention import summed_head_mix
+
+    rng = np.random.default_rng(0)
+    attention = rng.standard_normal((2, 3, 4, 5)).astype("float32")
+    kernel = rng.standard_normal((3, 3)).astype("float32")
+    bias = rng.standard_normal((3,)).astype("float32")
+    mixed = summed_head_mix(
+        *map(keras.ops.convert_to_tensor, (attention, kernel, bias))
+    )
+    np.testing.assert_allclose(
+        to_numpy(mixed),
+        np.einsum("bhqk,hg->bgqk", attention, kernel) + bias[:, None, None],
+        rtol=1e-5, atol=1e-6,
+    )
+
+
 def test_query_row_blocks_cover_the_rows_within_the_byte_budget():
     from keras_cait.layers import talking_heads_attention as module
 
