@@ -19,27 +19,19 @@ ATTENTION_BLOCK_BYTES = {"jax": 2 * 2**20, "default": 8 * 2**20}
 MAX_ATTENTION_BLOCKS = 16
 
 
-# The most heads mixed as a sum of per-head products under XLA on
-# TensorFlow (measured faster for 4 to 8 heads, slower for 16).
-MAX_SUMMED_MIX_HEADS = 8
-
-
 def mix_heads(attention, head_mixer):
     """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)` on a
     float32 `(batch, heads, queries, keys)` tensor: a built `Dense(heads)`
     across the heads axis. Where it is a plain product (`dense_is_plain`),
     one `(heads, heads)` product per image without transposing the tensor,
-    the bias added in the product on PyTorch, or under XLA on TensorFlow a
-    sum of per-head products (`sums_head_mix`; docs/performance.md, "Head
+    the bias added in the product on PyTorch (docs/performance.md, "Head
     mixes"); otherwise the layer's call.
     """
     if not dense_is_plain(head_mixer):
         mixed = head_mixer(ops.transpose(attention, (0, 2, 3, 1)))
         return ops.cast(ops.transpose(mixed, (0, 3, 1, 2)), "float32")
     kernel = tensor_ops.cast(head_mixer.kernel.value, "float32")
-    bias = tensor_ops.cast(head_mixer.bias.value, "float32")
-    if sums_head_mix(head_mixer.units):
-        return summed_head_mix(attention, kernel, bias)
+    bias = tensor_ops.cast(head_mixer.bias.value, "float32")[:, None]
     shape = ops.shape(attention)
     # One kernel per image: a batched product of equal batches (with a 2-D
     # kernel PyTorch transposes copies of the attention tensor).
@@ -47,38 +39,7 @@ def mix_heads(attention, head_mixer):
         tensor_ops.transpose(kernel, (1, 0)), (shape[0], shape[1], shape[1])
     )
     flat = tensor_ops.reshape(attention, (shape[0], shape[1], -1))
-    mixed = tensor_ops.matmul_add(kernel, flat, bias[:, None])
-    return tensor_ops.reshape(mixed, shape)
-
-
-def sums_head_mix(num_heads):
-    """Whether `mix_heads` sums per-head products: while TensorFlow traces
-    for XLA (`jit_compile=True`, these models' default there), for at most
-    `MAX_SUMMED_MIX_HEADS` heads. XLA then fuses the mix with the softmax
-    before it and the bias add after it; a batched product is a separate
-    kernel whose output, and the bias add's, are written out in full."""
-    if keras.backend.backend() != "tensorflow" or num_heads > MAX_SUMMED_MIX_HEADS:
-        return False
-    # Private: tensorflow.python `control_flow_util` (TensorFlow 2.21), the
-    # XLA context that `tf.function(jit_compile=True)` traces in.
-    from tensorflow.python.framework import ops as tf_ops
-    from tensorflow.python.ops import control_flow_util
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
-
-
-def summed_head_mix(attention, kernel, bias):
-    """`mixed[:, g] = sum_h attention[:, h] * kernel[h, g] + bias[g]` for a
-    `(batch, heads, queries, keys)` tensor, `(heads, heads)` kernel and
-    `(heads,)` bias: the head mix as elementwise products."""
-    heads = range(kernel.shape[0])
-    mixed = []
-    for g in heads:
-        total = attention[:, 0] * kernel[0, g]
-        for h in heads[1:]:
-            total = total + attention[:, h] * kernel[h, g]
-        mixed.append(total + bias[g])
-    return ops.stack(mixed, axis=1)
+    return tensor_ops.reshape(tensor_ops.matmul_add(kernel, flat, bias), shape)
 
 
 def computes_on_cpu(x):
