@@ -7,6 +7,7 @@ No timing is asserted: only that every measurement was taken and is sane.
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -202,3 +203,48 @@ def test_side_by_side_ratios_and_targets():
     assert table["torch"]["speed"]["1"]["met"]  # 1.0 at batch 1 on torch
     assert not table["torch"]["rss"]["32"]["met"]  # 1000 / 450 > 2
     assert "missed by 5%" in benchmark._verdict(12.5 / 11, 1.2)
+
+
+def test_pool_runs_takes_medians_over_every_runs_processes(tmp_path):
+    """`--pool`: each ratio is of the medians over all runs' processes, not a
+    median of the runs' ratios; runs of another batch size are refused."""
+
+    def proc(ips1, ips32, rss=500.0):
+        return {"inference": {
+            "1": {"images_per_s": ips1, "peak_rss_mb": rss},
+            "32": {"images_per_s": ips32, "peak_rss_mb": rss},
+        }, "rss_after_import_mb": 100.0}
+
+    def run(path, after, before, timm, batch_sizes=(1, 32)):
+        path.write_text(json.dumps({
+            "setup": {"model": "m", "batch_sizes": list(batch_sizes)},
+            "timm_runs": [proc(t, t) for t in timm],
+            "keras_runs": {"jax": [proc(a, a) for a in after]},
+            "comparison": {"jax": {
+                "after": [proc(a, a) for a in after],
+                "before": [proc(b, b) for b in before],
+            }},
+            "one_framework": {"jax": {"inference": {
+                "1": {"peak_rss_mb": 700.0}, "32": {"peak_rss_mb": 900.0}}}},
+        }))
+        return str(path)
+
+    first = run(tmp_path / "a.json", after=[10, 11, 30], before=[12, 13, 14], timm=[9, 9, 9])
+    second = run(tmp_path / "b.json", after=[31, 32, 33], before=[10, 11, 40], timm=[8, 30, 30])
+    pooled = benchmark.pool_runs([first, second], ["jax"])
+    after = [10, 11, 30, 31, 32, 33]
+    before = [12, 13, 14, 10, 11, 40]
+    timm = [9, 9, 9, 8, 30, 30]
+    assert pooled["side_by_side"]["jax"]["speed"]["1"]["ratio"] == (
+        statistics.median(after) / statistics.median(timm)
+    )
+    report = benchmark.pool_report(pooled)
+    ratio = statistics.median(after) / statistics.median(before)
+    assert f"| jax | 1 | 6 / 6 | {ratio:.3f} | {33 / 40:.3f} |" in report
+    assert pooled["one_framework"]["jax"]["inference"]["32"]["peak_rss_mb"] == 900.0
+    other = run(tmp_path / "c.json", [1], [1], [1], batch_sizes=(1, 8))
+    with pytest.raises(SystemExit, match="c.json has batch_sizes"):
+        benchmark.pool_runs([first, other], ["jax"])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="bad.json"):
+        benchmark.pool_runs([first, str(tmp_path / "bad.json")], ["jax"])

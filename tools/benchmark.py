@@ -1039,6 +1039,94 @@ def _conversion_report(results, lines):
     )
 
 
+def _read_run(path):
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"--pool: cannot read {path}: {error}") from None
+    if "setup" not in run or "keras_runs" not in run:
+        raise SystemExit(
+            f"--pool: {path} is not a run's --json-out (no 'setup' or 'keras_runs')."
+        )
+    return run
+
+
+def pool_runs(paths, backends):
+    """One results dict from several runs' `--json-out` files of the same
+    model and batch sizes, with every run's worker processes together: a
+    median over 3 processes per tree moves with one slow process, a median
+    over all of them less. The `--baseline` comparison and timm are pooled
+    too; "this backend alone" is the median over the runs' processes."""
+    runs = [_read_run(path) for path in paths]
+    first = runs[0]["setup"]
+    for path, run in zip(paths, runs):
+        for key in ("model", "batch_sizes"):
+            if run["setup"].get(key) != first.get(key):
+                raise SystemExit(
+                    f"--pool: {path} has {key} {run['setup'].get(key)!r}, "
+                    f"{paths[0]} has {first.get(key)!r}."
+                )
+    batches = [str(b) for b in first["batch_sizes"]]
+    pooled = {
+        "setup": {"model": first.get("model"), "batch_sizes": first["batch_sizes"]},
+        "pooled_from": [str(path) for path in paths],
+        "timm_runs": [p for run in runs for p in run.get("timm_runs") or []],
+        "keras_runs": {}, "comparison": {}, "one_framework": {},
+    }
+    for backend in backends:
+        pooled["keras_runs"][backend] = [
+            p for run in runs for p in run["keras_runs"].get(backend, [])
+        ]
+        if all(backend in run.get("comparison", {}) for run in runs):
+            pooled["comparison"][backend] = {
+                side: [p for run in runs for p in run["comparison"][backend][side]]
+                for side in ("after", "before")
+            }
+        alone = [
+            run["one_framework"][backend] for run in runs
+            if "inference" in run.get("one_framework", {}).get(backend, {})
+        ]
+        if alone:
+            pooled["one_framework"][backend] = {"inference": {b: {
+                "peak_rss_mb": statistics.median(
+                    a["inference"][b]["peak_rss_mb"] for a in alone)
+            } for b in batches}}
+    pooled["side_by_side"] = side_by_side(pooled)
+    return pooled
+
+
+def pool_report(pooled):
+    """Markdown for `pool_runs`: the targets against timm and after/before."""
+    lines = [
+        "Pooled over " + ", ".join(f"`{p}`" for p in pooled["pooled_from"])
+        + f": {len(pooled['timm_runs'])} timm processes; "
+        + ", ".join(f"{b} {len(r)}" for b, r in pooled["keras_runs"].items())
+        + " keras-cait processes.",
+        "",
+    ]
+    _targets_report(pooled, lines)
+    if pooled["comparison"]:
+        lines += [
+            "| backend | batch | processes per tree | after/before (medians) "
+            "| fastest after/before |",
+            "|---|---|---|---|---|",
+        ]
+        for backend, runs in pooled["comparison"].items():
+            for batch in (str(b) for b in pooled["setup"]["batch_sizes"]):
+                after, after_values = _median_images_per_s(runs["after"], batch)
+                before, before_values = _median_images_per_s(runs["before"], batch)
+                if not (after and before):
+                    continue
+                lines.append(
+                    f"| {backend} | {batch} | {len(after_values)} / "
+                    f"{len(before_values)} | {after / before:.3f} | "
+                    f"{max(after_values) / max(before_values):.3f} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _atomic_write(path, text):
     path = os.path.abspath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".benchmark-")
@@ -1116,6 +1204,10 @@ def build_parser():
     parser.add_argument("--timm-import", default=str(DEFAULT_TIMM_IMPORT), metavar="DIR",
                         help="directory of the torchvision stand-in that lets timm import "
                              "where torchvision is missing (default ../shared/timm-import)")
+    parser.add_argument("--pool", nargs="+", default=None, metavar="RUN.json",
+                        help="pool the processes of these runs' --json-out files "
+                             "(same model and batch sizes) and report their ratios; "
+                             "--backends picks the backends; runs nothing")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per worker")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--markdown-out", default=None)
@@ -1145,6 +1237,13 @@ def main(argv=None):
             spec = json.load(f)
         result = WORKERS[args.worker](spec)
         _atomic_write(args.worker_out, json.dumps(result))
+        return 0
+
+    if args.pool:
+        markdown = pool_report(pool_runs(args.pool, args.backends))
+        print(markdown)
+        if args.markdown_out:
+            _atomic_write(args.markdown_out, markdown + "\n")
         return 0
 
     sys.path.insert(0, str(REPO))
