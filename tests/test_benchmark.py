@@ -212,6 +212,7 @@ def test_pool_runs_takes_medians_over_every_runs_processes(tmp_path):
     def proc(ips1, ips32, rss=500.0):
         return {"inference": {
             "1": {"images_per_s": ips1, "peak_rss_mb": rss},
+            "8": {"images_per_s": ips32, "peak_rss_mb": rss},
             "32": {"images_per_s": ips32, "peak_rss_mb": rss},
         }, "rss_after_import_mb": 100.0}
 
@@ -245,6 +246,19 @@ def test_pool_runs_takes_medians_over_every_runs_processes(tmp_path):
     other = run(tmp_path / "c.json", [1], [1], [1], batch_sizes=(1, 8))
     with pytest.raises(SystemExit, match="c.json has batch_sizes"):
         benchmark.pool_runs([first, other], ["jax"])
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(SystemExit, match="bad.json"):
-        benchmark.pool_runs([first, str(tmp_path / "bad.json")], ["jax"])
+    for name, text in (("bad.json", "{"), ("list.json", "[]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit, match=name):
+            benchmark.pool_runs([first, str(tmp_path / name)], ["jax"])
+    # A process without a batch size's figures is named; errored ones are left out.
+    broken = json.loads((tmp_path / "b.json").read_text())
+    del broken["keras_runs"]["jax"][1]["inference"]["32"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(SystemExit, match=r"keras_runs\.jax\[1\]\.inference\.32"):
+        benchmark.pool_runs([first, str(tmp_path / "broken.json")], ["jax"])
+    broken["keras_runs"]["jax"][1] = {"error": "crashed"}
+    broken["timm_runs"][0] = {"available": False, "reason": "no timm"}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    pooled = benchmark.pool_runs([first, str(tmp_path / "broken.json")], ["jax", "torch"])
+    assert len(pooled["keras_runs"]["jax"]) == 5 and len(pooled["timm_runs"]) == 5
+    assert "torch" not in pooled["keras_runs"]  # no process: no row

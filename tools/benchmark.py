@@ -1039,16 +1039,67 @@ def _conversion_report(results, lines):
     )
 
 
+def _is_error(process):
+    return "error" in process or process.get("available") is False
+
+
+def _check_processes(path, key, processes, batches):
+    """Each measured process of a run has positive images/s and peak RSS at
+    every batch size; entries with an error are left for the caller."""
+    if not isinstance(processes, list):
+        raise SystemExit(f"--pool: {path}: '{key}' must be a list of processes.")
+    for index, process in enumerate(processes):
+        if not isinstance(process, dict):
+            raise SystemExit(f"--pool: {path}: '{key}[{index}]' must be an object.")
+        if _is_error(process):
+            continue
+        for batch in batches:
+            inference = process.get("inference")
+            measured = inference.get(batch) if isinstance(inference, dict) else None
+            measured = measured if isinstance(measured, dict) else {}
+            values = [measured.get(k) for k in ("images_per_s", "peak_rss_mb")]
+            if not all(isinstance(v, (int, float)) and v > 0 for v in values):
+                raise SystemExit(
+                    f"--pool: {path}: '{key}[{index}].inference.{batch}' must "
+                    "have positive 'images_per_s' and 'peak_rss_mb'."
+                )
+
+
+def _peak_rss_alone(process, batches):
+    """Whether a "this backend alone" process has a peak RSS per batch."""
+    try:
+        return all(process["inference"][b]["peak_rss_mb"] > 0 for b in batches)
+    except (KeyError, TypeError):
+        return False
+
+
 def _read_run(path):
+    """A run's `--json-out`, checked for what `pool_runs` reads."""
     try:
         with open(path) as f:
             run = json.load(f)
     except (OSError, json.JSONDecodeError) as error:
         raise SystemExit(f"--pool: cannot read {path}: {error}") from None
-    if "setup" not in run or "keras_runs" not in run:
+    setup = run.get("setup") if isinstance(run, dict) else None
+    if not isinstance(setup, dict) or not isinstance(setup.get("batch_sizes"), list):
         raise SystemExit(
-            f"--pool: {path} is not a run's --json-out (no 'setup' or 'keras_runs')."
+            f"--pool: {path} is not a run's --json-out: no 'setup.batch_sizes' list."
         )
+    batches = [str(b) for b in setup["batch_sizes"]]
+    for key in ("keras_runs", "comparison", "one_framework"):
+        if not isinstance(run.setdefault(key, {}), dict):
+            raise SystemExit(f"--pool: {path}: '{key}' must be an object.")
+    run["timm_runs"] = run.get("timm_runs") or []
+    _check_processes(path, "timm_runs", run["timm_runs"], batches)
+    for backend, processes in run["keras_runs"].items():
+        _check_processes(path, f"keras_runs.{backend}", processes, batches)
+    for backend, sides in run["comparison"].items():
+        if not isinstance(sides, dict) or not {"after", "before"} <= sides.keys():
+            raise SystemExit(
+                f"--pool: {path}: 'comparison.{backend}' must have 'after' and 'before'."
+            )
+        for side in ("after", "before"):
+            _check_processes(path, f"comparison.{backend}.{side}", sides[side], batches)
     return run
 
 
@@ -1071,27 +1122,45 @@ def pool_runs(paths, backends):
     pooled = {
         "setup": {"model": first.get("model"), "batch_sizes": first["batch_sizes"]},
         "pooled_from": [str(path) for path in paths],
-        "timm_runs": [p for run in runs for p in run.get("timm_runs") or []],
+        "timm_runs": [
+            p for run in runs for p in run["timm_runs"] if not _is_error(p)
+        ],
         "keras_runs": {}, "comparison": {}, "one_framework": {},
     }
+
+    def measured(processes):
+        return [p for p in processes if not _is_error(p)]
+
     for backend in backends:
-        pooled["keras_runs"][backend] = [
+        processes = measured(
             p for run in runs for p in run["keras_runs"].get(backend, [])
-        ]
-        if all(backend in run.get("comparison", {}) for run in runs):
-            pooled["comparison"][backend] = {
-                side: [p for run in runs for p in run["comparison"][backend][side]]
+        )
+        if not processes:
+            continue
+        pooled["keras_runs"][backend] = processes
+        if all(backend in run["comparison"] for run in runs):
+            sides = {
+                side: measured(
+                    p for run in runs for p in run["comparison"][backend][side]
+                )
                 for side in ("after", "before")
             }
+            if sides["after"] and sides["before"]:
+                pooled["comparison"][backend] = sides
         alone = [
             run["one_framework"][backend] for run in runs
-            if "inference" in run.get("one_framework", {}).get(backend, {})
+            if _peak_rss_alone(run["one_framework"].get(backend), batches)
         ]
         if alone:
             pooled["one_framework"][backend] = {"inference": {b: {
                 "peak_rss_mb": statistics.median(
                     a["inference"][b]["peak_rss_mb"] for a in alone)
             } for b in batches}}
+    if not pooled["keras_runs"]:
+        raise SystemExit(
+            f"--pool: no measured keras-cait process for {', '.join(backends)} "
+            f"in {', '.join(map(str, paths))}."
+        )
     pooled["side_by_side"] = side_by_side(pooled)
     return pooled
 
@@ -1129,6 +1198,8 @@ def pool_report(pooled):
 
 def _atomic_write(path, text):
     path = os.path.abspath(path)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise SystemExit(f"Cannot write {path}: {os.path.dirname(path)} is not a folder.")
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".benchmark-")
     try:
         with os.fdopen(fd, "w") as f:
