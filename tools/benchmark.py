@@ -1043,6 +1043,15 @@ def _is_error(process):
     return "error" in process or process.get("available") is False
 
 
+def _has_figures(process, batch, keys):
+    """Whether `process["inference"][batch]` has a positive number per key."""
+    try:
+        values = [process["inference"][batch][key] for key in keys]
+    except (KeyError, TypeError):
+        return False
+    return all(isinstance(v, (int, float)) and v > 0 for v in values)
+
+
 def _check_processes(path, key, processes, batches):
     """Each measured process of a run has positive images/s and peak RSS at
     every batch size; entries with an error are left for the caller."""
@@ -1054,23 +1063,11 @@ def _check_processes(path, key, processes, batches):
         if _is_error(process):
             continue
         for batch in batches:
-            inference = process.get("inference")
-            measured = inference.get(batch) if isinstance(inference, dict) else None
-            measured = measured if isinstance(measured, dict) else {}
-            values = [measured.get(k) for k in ("images_per_s", "peak_rss_mb")]
-            if not all(isinstance(v, (int, float)) and v > 0 for v in values):
+            if not _has_figures(process, batch, ("images_per_s", "peak_rss_mb")):
                 raise SystemExit(
                     f"--pool: {path}: '{key}[{index}].inference.{batch}' must "
                     "have positive 'images_per_s' and 'peak_rss_mb'."
                 )
-
-
-def _peak_rss_alone(process, batches):
-    """Whether a "this backend alone" process has a peak RSS per batch."""
-    try:
-        return all(process["inference"][b]["peak_rss_mb"] > 0 for b in batches)
-    except (KeyError, TypeError):
-        return False
 
 
 def _read_run(path):
@@ -1149,7 +1146,10 @@ def pool_runs(paths, backends):
                 pooled["comparison"][backend] = sides
         alone = [
             run["one_framework"][backend] for run in runs
-            if _peak_rss_alone(run["one_framework"].get(backend), batches)
+            if all(
+                _has_figures(run["one_framework"].get(backend), b, ("peak_rss_mb",))
+                for b in batches
+            )
         ]
         if alone:
             pooled["one_framework"][backend] = {"inference": {b: {
