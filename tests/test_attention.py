@@ -178,22 +178,6 @@ def test_bad_block_indices_are_named(indices, message):
         backbone.attention_model(indices)
 
 
-def test_deprecated_module_functions_warn_and_call_the_method():
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    with pytest.warns(DeprecationWarning, match=r"model\.attention_model"):
-        derived = keras_cait.attention_model(backbone, None)
-    assert derived is backbone.attention_model(None)
-    images = np.zeros((1, 32, 32, 3), "float32")
-    with pytest.warns(DeprecationWarning, match="get_intermediate_outputs"):
-        outputs = keras_cait.get_intermediate_outputs(backbone, images, indices=1)
-    assert set(outputs) == {"self_attention_block_1"}
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.warns(DeprecationWarning), pytest.raises(
-        keras_cait.CaiTConfigError, match="CaiTBackbone"
-    ):
-        keras_cait.attention_model(model)
-
-
 def _ramp_attention(batch=2, heads=3, rows=2, columns=3):
     """Class attention whose patch entries are their row-major index."""
     num_patches = rows * columns

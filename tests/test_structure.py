@@ -94,7 +94,6 @@ LAYERS = {
         "keras_cait.training",
         "keras_cait.training.finetuning",
         "keras_cait.training.resolution",
-        "keras_cait.export",
         "keras_cait",
     ],
     6: [  # the command line and checkpoint publishing (outside the package,
