@@ -46,6 +46,7 @@ LAYERS = {
     ],
     2: [  # keras.ops layers; timm conversion (NumPy)
         "keras_cait.layers",
+        "keras_cait.layers._fast_paths",
         "keras_cait.layers.class_attention",
         "keras_cait.layers.class_attention_block",
         "keras_cait.layers.drop_path",
@@ -69,16 +70,17 @@ LAYERS = {
         "keras_cait.loading.registry",
         "keras_cait.loading.safe_loading",
         "keras_cait.loading.timm_repo",
+        "keras_cait.runtime",  # predict/export overrides attached to the models
+        "keras_cait.runtime.export",
+        "keras_cait.runtime.predict",
     ],
     4: [  # the model, in one folder (as KerasHub's models/vit/)
         "keras_cait.models",
         "keras_cait.models.cait_backbone",
-        "keras_cait.models.cait_export",
         "keras_cait.models.cait_image_classifier",
         "keras_cait.models.cait_image_classifier_preprocessor",
         "keras_cait.models.cait_image_converter",
         "keras_cait.models.cait_presets",
-        "keras_cait.models.fast_inference",
     ],
     5: [  # features built on the model, and the public API
         "keras_cait.batch_prediction",
