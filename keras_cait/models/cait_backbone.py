@@ -241,19 +241,22 @@ class CaiTBackbone(RuntimeMixin, Backbone):
             name="patch_embedding",
         )
         class_token_layer = ClassToken(hidden_dim, dtype=dtype, name="class_token")
+        common = dict(
+            use_qkv_bias=use_qkv_bias,
+            layer_scale_init_value=layer_scale_init_value,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+        )
         self_attention_blocks = [
             SelfAttentionBlock(
                 hidden_dim,
                 num_heads,
                 mlp_ratio=mlp_ratio,
-                use_qkv_bias=use_qkv_bias,
-                layer_scale_init_value=layer_scale_init_value,
                 dropout_rate=dropout_rate,
                 attention_dropout=attention_dropout,
                 drop_path_rate=drop_path_rate,
-                layer_norm_epsilon=layer_norm_epsilon,
-                dtype=dtype,
                 name=f"self_attention_block_{i}",
+                **common,
             )
             for i in range(num_layers)
         ]
@@ -262,11 +265,8 @@ class CaiTBackbone(RuntimeMixin, Backbone):
                 hidden_dim,
                 num_heads,
                 mlp_ratio=class_attention_mlp_ratio,
-                use_qkv_bias=use_qkv_bias,
-                layer_scale_init_value=layer_scale_init_value,
-                layer_norm_epsilon=layer_norm_epsilon,
-                dtype=dtype,
                 name=f"class_attention_block_{i}",
+                **common,
             )
             for i in range(num_class_attention_layers)
         ]
@@ -322,12 +322,6 @@ class CaiTBackbone(RuntimeMixin, Backbone):
         rows, columns = self.grid_size
         return rows * columns
 
-    def attention_graph(self):
-        """`(images, features, attention_maps)`: this backbone's layers and
-        weights wired on a `keras.Input` with every block's attention
-        weights by map name, all symbolic; `attention_model()` builds on it."""
-        return self._attention_graph
-
     def attention_model(self, indices=()):
         """A `keras.Model` returning features and attention maps in one
         pass, sharing this backbone's weights (cached per selection):
@@ -358,7 +352,7 @@ class CaiTBackbone(RuntimeMixin, Backbone):
         )
 
     def _build_attention_model(self, blocks):
-        images, features, maps = self.attention_graph()
+        images, features, maps = self._attention_graph
         outputs = {"features": features}
         for i in range(self.num_class_attention_layers):
             outputs[f"class_attention_{i}"] = maps[f"class_attention_{i}"]
@@ -469,9 +463,7 @@ class CaiTBackbone(RuntimeMixin, Backbone):
 
     @staticmethod
     def get_layout_map(
-        device_mesh,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
+        device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"
     ):
         """A `keras.distribution.LayoutMap` sharding CaiT's large kernels,
         for `keras.distribution.ModelParallel` (as KerasHub's
@@ -508,19 +500,13 @@ class CaiTBackbone(RuntimeMixin, Backbone):
                 f"{type(device_mesh).__name__}."
             )
         axis_names = tuple(device_mesh.axis_names)
-        for argument, name in (
-            ("model_parallel_dim_name", model_parallel_dim_name),
-            ("data_parallel_dim_name", data_parallel_dim_name),
-        ):
-            if name is None and argument == "data_parallel_dim_name":
-                continue
-            if name not in axis_names:
+        model_dim, data_dim = model_parallel_dim_name, data_parallel_dim_name
+        for argument, name in (("model", model_dim), ("data", data_dim)):
+            if name not in axis_names and (name, argument) != (None, "data"):
                 raise CaiTConfigError(
-                    f"`{argument}={name!r}` is not an axis of the device mesh; "
-                    f"its axes are {axis_names}."
+                    f"`{argument}_parallel_dim_name={name!r}` is not an axis of "
+                    f"the device mesh; its axes are {axis_names}."
                 )
-        model_dim = model_parallel_dim_name
-        data_dim = data_parallel_dim_name
 
         layout_map = keras.distribution.LayoutMap(device_mesh)
         # Fan-out projections: split the output features.

@@ -125,7 +125,8 @@ class FastPredict:
             and keras.distribution.distribution() is None
         ):
             return super().predict(
-                x, batch_size, verbose, steps=steps, callbacks=callbacks, **kwargs
+                x, batch_size=batch_size, verbose=verbose, steps=steps,
+                callbacks=callbacks, **kwargs,
             )
         batch_size = check_batch_size(
             DEFAULT_BATCH_SIZE if batch_size is None else batch_size
