@@ -282,14 +282,8 @@ class CaiTBackbone(RuntimeMixin, Backbone):
         # each layer's first call's outputs, so that call must be the one
         # with more outputs.
         concatenate = keras.layers.Concatenate(axis=1, name="tokens", dtype=dtype)
-        layers = (
-            patch_embedding,
-            class_token_layer,
-            self_attention_blocks,
-            class_attention_blocks,
-            concatenate,
-            final_norm,
-        )
+        layers = (patch_embedding, class_token_layer, self_attention_blocks)
+        layers += (class_attention_blocks, concatenate, final_norm)
         if data_format == "channels_first":
             input_shape = (image_shape[2],) + image_shape[:2]
         else:

@@ -89,10 +89,7 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
         )
         if num_classes > 0:
             self.output_dense = keras.layers.Dense(
-                num_classes,
-                activation=activation,
-                dtype=head_dtype,
-                name="predictions",
+                num_classes, activation=activation, dtype=head_dtype, name="predictions"
             )
         else:
             self.output_dense = None
