@@ -12,7 +12,7 @@ import pytest
 
 import keras_cait
 from keras_cait.errors import CaiTConfigError
-from keras_cait.models.cait_export import (
+from keras_cait.runtime.export import (
     FORMATS,
     KERAS_LIMITS,
     OPENVINO_F32,
