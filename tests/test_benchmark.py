@@ -15,10 +15,14 @@ import sys
 import keras
 import pytest
 
+from keras_cait.convert.timm_config import (
+    backbone_kwargs_from_timm,
+    resolve_timm_arguments,
+)
 from tests.support import REPO, load_tool
 
 benchmark = load_tool("benchmark")
-XXS24 = json.loads((REPO / "presets" / "cait_xxs24_224.json").read_text())["backbone"]
+XXS24 = backbone_kwargs_from_timm(resolve_timm_arguments("cait_xxs24_224", None))
 
 
 def test_flops_of_cait_xxs24_224():
@@ -105,7 +109,7 @@ def test_bad_arguments_are_named(tmp_path):
         (["--rows", "keras,pooling"], "unknown ['pooling']"),
         (["--images", str(tmp_path / "missing")], "--images:"),
         (["--json-out", str(tmp_path / "no" / "b.json")], "--json-out: its folder"),
-        (["--model", "cait_huge"], "--model: no preset 'cait_huge'"),
+        (["--model", "cait_huge"], "--model: 'cait_huge' is not one of"),
     ):
         with pytest.raises(SystemExit, match=expected.replace("[", r"\[")):
             benchmark.main(arguments)

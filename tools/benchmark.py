@@ -332,12 +332,12 @@ def _check(args):
     if args.quick:
         args.rounds, args.repeats = 1, (2, 1)
         return "quick", dict(QUICK_CONFIG), 10
-    path = REPO / "presets" / f"{args.model}.json"
-    if not path.is_file():
-        raise SystemExit(f"--model: no preset {args.model!r} in {path.parent}; expected one of "
-                         f"{sorted(p.stem for p in path.parent.glob('*.json'))}.")
-    preset = json.loads(path.read_text())
-    return args.model, preset["backbone"], preset["classifier"]["num_classes"]
+    from keras_cait.convert import timm_config as timm  # the variants' one home
+
+    if args.model not in timm.TIMM_ARCHITECTURES:
+        raise SystemExit(f"--model: {args.model!r} is not one of {sorted(timm.TIMM_ARCHITECTURES)}.")
+    arguments = timm.resolve_timm_arguments(args.model, None, source="--model")
+    return args.model, timm.backbone_kwargs_from_timm(arguments), arguments["num_classes"]
 
 
 def run(args):
