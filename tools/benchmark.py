@@ -292,7 +292,7 @@ def plan(args, work):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="cait_xxs24_224", help="a preset's architecture")
+    parser.add_argument("--model", default="cait_xxs24_224", help="a timm CaiT architecture")
     parser.add_argument("--quick", action="store_true", help="a tiny config, 1 round (CI)")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--rows", default=",".join(ROWS[:-1]), help=f"among {','.join(ROWS)}")
