@@ -30,6 +30,7 @@ from tests.support import REPO
 LAYERS = {
     0: [  # foundations: no keras_cait imports
         "keras_cait.errors",
+        "keras_cait.arguments",
         "keras_cait.version",
         "keras_cait.serialization",
         "keras_cait.testing",
