@@ -14,7 +14,7 @@ every sub-command's `--help`, `presets` and `cache-weights` answer at once.
 A sub-command that needs the model first checks what it can without Keras
 (`keras_cait_cli.checks`: preset names, paths, the backend being
 installed), then imports its own module (`keras_cait_cli.predict`,
-`keras_cait.publishing`).
+`keras_cait_cli.convert`).
 
 Quiet by default: TensorFlow's C++ and absl logging and Python warnings are
 silenced before anything imports them, unless `--verbose`. Without
@@ -521,7 +521,7 @@ def _run_evaluate(args, argv):
         return status
     with stdout_to_stderr():
         with quiet_import(args.verbose):
-            from keras_cait import evaluation  # start-up: imports Keras and a backend
+            from keras_cait.inference import evaluation  # start-up: imports Keras
 
         print(f"keras-cait: preset {args.preset}", file=sys.stderr)
         summary = evaluation.evaluate_folder(
@@ -585,9 +585,9 @@ def _run_convert(args, argv):
         return status
     with stdout_to_stderr():
         with quiet_import(args.verbose):
-            from keras_cait import publishing  # start-up: imports Keras and a backend
+            from keras_cait_cli import convert  # start-up: imports Keras and a backend
 
-        summary = publishing.convert(
+        summary = convert.convert(
             args.source,
             args.output_dir,
             atol=args.atol,

@@ -12,15 +12,15 @@ import sys
 import keras
 
 from keras_cait import load_image
-from keras_cait.batch_prediction import (
+from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
     predict_batches,
     write_records,
 )
+from keras_cait.inference.ray_prediction import write_predictions_on_ray
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import check_output, read_records
-from keras_cait.ray_prediction import write_predictions_on_ray
 
 
 def _unique_stems(paths):
@@ -44,7 +44,7 @@ class _AttentionPredictor(BatchPredictor):
     def records(self, batch, outputs):
         """The records of `BatchPredictor`, each with `"attention"`: the
         paths of the PNGs written for its image."""
-        from keras_cait import visualization  # optional dependency: matplotlib
+        from keras_cait.explain import visualization  # optional dependency: matplotlib
 
         converter = self.converter
         records = super().records(batch, outputs)
@@ -76,7 +76,7 @@ def predict(args):
     Returns:
         `(records, summary)`: without `--output`, the list of records and
         `None`; with it, `None` and the summary of
-        `keras_cait.batch_prediction.write_records` (the records are in the
+        `keras_cait.inference.batch_prediction.write_records` (the records are in the
         file). Records with an `error` are inputs that failed.
     """
     print(
@@ -96,7 +96,7 @@ def predict(args):
     if args.output:
         check_output(args.output, args.resume)  # before the model loads
     if args.attention:
-        from keras_cait import visualization  # optional dependency: matplotlib
+        from keras_cait.explain import visualization  # optional dependency: matplotlib
 
         visualization.require_matplotlib()  # fail now, not after the model
     classifier = load_classifier(args.preset)
