@@ -7,6 +7,7 @@ backend choice, which must be settled before anything imports Keras.
 Each check raises `ArgumentProblem` with a sentence that says what to do.
 """
 
+import difflib
 import errno
 import glob
 import importlib.util
@@ -122,8 +123,10 @@ def check_preset(preset, presets_dir):
         return
     if os.sep in preset or preset.startswith("."):
         raise ArgumentProblem(f"--preset {preset}: no such folder.")
+    close = difflib.get_close_matches(preset, names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ArgumentProblem(
-        f"unknown preset {preset!r}; choose one of {', '.join(names)} "
+        f"Unknown preset {preset!r}.{hint} Choose one of {', '.join(names)} "
         "(`keras-cait presets`), a local preset folder or an hf://owner/name "
         "handle."
     )
@@ -188,19 +191,24 @@ def check_new_folder(folder, option):
 
 
 def check_inputs(inputs):
-    """Each `predict` input: an existing file or folder, a glob that
-    matches, or an @list file that exists."""
+    """`predict`'s inputs: each @list file exists, and at least one input
+    exists or matches (a missing image among others is not an error of the
+    command: it gets an error record)."""
+    found = False
     for item in inputs:
         if item.startswith("@"):
             if not os.path.isfile(item[1:]):
                 raise ArgumentProblem(f"list file {item[1:]} (from {item}) does not exist.")
-            continue
-        if glob.has_magic(item):
-            if not glob.glob(item, recursive=True):
-                raise ArgumentProblem(f"no file matches {item!r}.")
-            continue
-        if not os.path.exists(item):
-            raise ArgumentProblem(f"{item} does not exist; give an image, a folder, a glob or @list.txt.")
+            found = True
+        elif glob.has_magic(item):
+            found = found or bool(glob.glob(item, recursive=True))
+        else:
+            found = found or os.path.exists(item)
+    if not found:
+        shown = ", ".join(inputs[:3]) + (", ..." if len(inputs) > 3 else "")
+        raise ArgumentProblem(
+            f"no input exists ({shown}); give images, folders, globs or @list.txt files."
+        )
 
 
 def check_folder(folder, option):

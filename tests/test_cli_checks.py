@@ -61,12 +61,13 @@ def test_cheap_mistakes_are_one_sentence_before_keras_is_imported(tmp_path):
     model_file = tmp_path / "ft.keras"
     model_file.write_bytes(b"PK")
     cases = {
-        "unknown preset": (["predict", photo, "--preset", "nope"], "unknown preset 'nope'; choose one of cait_m36_384"),
+        "misspelt preset": (["predict", photo, "--preset", "cait_xxs42_224"], "Did you mean 'cait_xxs24_224'?"),
+        "unknown preset": (["predict", photo, "--preset", "nope"], "Unknown preset 'nope'. Choose one of cait_m36_384"),
         "output exists": (["predict", photo, "--output", str(existing)], "already exists: add --resume"),
         "wrong extension": (["predict", photo, "--output", str(tmp_path / "out.txt")], "must end in .jsonl or .csv"),
         "parent is a file": (["predict", photo, "--output", photo + "/out.jsonl"], "chelsea.png is a file, not a folder"),
         "unwritable": (["predict", photo, "--output", "/proc/out.jsonl"], "/proc is not writable"),
-        "missing input": (["predict", str(tmp_path / "cat.jgp")], "cat.jgp does not exist"),
+        "missing input": (["predict", str(tmp_path / "cat.jgp")], "no input exists ("),
         "missing list": (["predict", "@" + str(tmp_path / "list.txt")], "list.txt (from @"),
         "a .keras preset": (["predict", photo, "--preset", str(model_file)], "save_to_preset"),
         "attention overwrite": (["predict", photo, "--attention", str(full)], "--attention"),
@@ -199,3 +200,57 @@ def test_cache_weights_refuses_bad_sources(tmp_path):
         cache_weights.cache_weights(folder, "cait_xxs42", tmp_path / "hub", cli.presets_dir())
     assert not (tmp_path / "hub").exists()  # nothing written on an error
     json.loads((folder / "config.json").read_text())
+
+
+def _main(capfd, *argv):
+    status = cli.main(list(argv))
+    captured = capfd.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_resume_of_a_complete_file_loads_no_model(tmp_path, capfd, monkeypatch):
+    import keras
+
+    from keras_cait_cli import predict
+
+    photo = str(REPO / "examples" / "images" / "chelsea.png")
+    output = tmp_path / "done.jsonl"
+    record = {"image": photo, "predictions": [{"label": "tabby", "class_id": 281, "probability": 0.5}]}
+    output.write_text(json.dumps(record) + "\n")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(predict, "load_classifier", no_model)
+    status, _, err = _main(capfd, "predict", photo, "--output", str(output), "--resume",
+                           "--backend", keras.config.backend())
+    assert status == 0 and "is complete (every input has a record); nothing to do" in err
+
+
+def test_one_record_interrupts_and_evaluate_top_k(tmp_path, capfd, monkeypatch):
+    import keras
+
+    from keras_cait.inference import evaluation
+    from keras_cait_cli import predict
+
+    photo = str(REPO / "examples" / "images" / "chelsea.png")
+    output = str(tmp_path / "new.jsonl")
+    argv = ("predict", photo, "--output", output, "--backend", keras.config.backend())
+    summary = {"output": output, "images": 1, "kept": 0, "written": 1, "failed": 0}
+    monkeypatch.setattr(predict, "predict", lambda args: (None, summary))
+    status, _, err = _main(capfd, *argv)
+    assert status == 0 and f"wrote 1 record to {output}" in err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "predict", interrupted)
+    status, _, err = _main(capfd, *argv)
+    assert status == 130
+    assert err.strip().endswith("interrupted; run the same command with --resume to continue it")
+
+    lines = evaluation.format_summary({
+        "top1": 50.0, "top5": 100.0, "top1_correct": 1, "top5_correct": 2, "evaluated": 2,
+        "images": 2, "failed": 0, "images_per_second": 1.0, "num_classes": 3,
+    }).splitlines()
+    assert lines[1].startswith("top-3 ")
