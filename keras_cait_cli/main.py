@@ -42,6 +42,8 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
+import warnings
 
 from keras_cait_cli import checks
 
@@ -362,8 +364,6 @@ def quiet_import(verbose):
     if verbose:
         yield
         return
-    import tempfile
-
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as hidden:
@@ -472,7 +472,7 @@ def _check_predict_paths(args):
 def _start_backend(args, argv):
     """Chooses the backend (says which and why on stderr) and makes Keras
     run on it; returns `None` to go on, or an exit status."""
-    backend, reason = checks.choose_backend(args.backend)
+    backend, reason = checks.choose_backend(getattr(args, "backend", None))
     print(f"keras-cait: backend {backend} ({reason})", file=sys.stderr, flush=True)
     return _switch_backend(backend, argv, args.can_restart)
 
@@ -618,7 +618,7 @@ def main(argv=None):
         with _quiet_warnings(verbose):
             return args.run(args, argv) or 0
     except checks.ArgumentProblem as problem:
-        return fail(problem, status=2)
+        return fail(problem)
     except KeyboardInterrupt:
         resume = ""
         if getattr(args, "output", None) and args.command == "predict":
@@ -641,8 +641,6 @@ def _quiet_warnings(verbose):
     if verbose:
         yield
         return
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
