@@ -116,9 +116,8 @@ class FastPredict:
                 x, batch_size=batch_size, verbose=verbose, steps=steps,
                 callbacks=callbacks, **kwargs,
             )
-        batch_size = check_batch_size(
-            DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        )
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        check_batch_size(batch_size)
         num_samples = int(x.shape[0])
         if num_samples == 0:
             raise CaiTConfigError(
