@@ -9,6 +9,7 @@ import warnings
 
 from keras_cait.batch_prediction import predict_files, write_predictions
 from keras_cait.convert.resample import resample_position_embedding
+from keras_cait.convert.timm_export import export_to_timm
 from keras_cait.convert.timm_weights import load_timm_state_dict
 from keras_cait.errors import (
     CaiTConfigError,
@@ -121,6 +122,7 @@ __all__ = [
     "get_preset",
     "list_presets",
     "load_timm_state_dict",
+    "export_to_timm",
     "read_safetensors",
     "load_model",
     # images and predictions
