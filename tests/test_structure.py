@@ -60,6 +60,7 @@ LAYERS = {
         "keras_cait.convert",
         "keras_cait.convert.resample",
         "keras_cait.convert.timm_config",
+        "keras_cait.convert.timm_export",
         "keras_cait.convert.timm_weights",
     ],
     3: [  # loading: presets, handles, timm repos, from_preset, safety checks
@@ -102,6 +103,7 @@ LAYERS = {
         "keras_cait_cli",
         "keras_cait_cli.__main__",
         "keras_cait_cli.convert",
+        "keras_cait_cli.export_timm",
         "keras_cait_cli.main",
         "keras_cait_cli.predict",
     ],
