@@ -63,6 +63,8 @@ def _round_trip(model, directory, **kwargs):
     assert sorted(os.listdir(directory)) == ["README.md", "config.json", "model.safetensors"]
     images = _images(model.backbone.image_shape)
     error = _relative_error(to_numpy(model(images)), timm_logits(directory, images))
+    # Shown with `pytest -s`: the figure the README quotes.
+    print(f"round trip {os.path.basename(directory)} on {keras.config.backend()}: {error:.2e}")
     assert error < RELATIVE_TOLERANCE, error
     _assert_weights_equal(model, keras_cait.CaiTImageClassifier.from_preset(directory))
     with open(os.path.join(directory, "config.json")) as f:
@@ -70,7 +72,7 @@ def _round_trip(model, directory, **kwargs):
 
 
 def test_preset_round_trip(preset_dir, preset_model, tmp_path):
-    config = _round_trip(preset_model, str(tmp_path / "export"))
+    config = _round_trip(preset_model, str(tmp_path / "preset"))
     assert config["architecture"] == "cait_xxs24_224"
     assert config["num_classes"] == 1000
     # Only timm's own `save_for_hf` keywords: the architecture says the rest.
@@ -79,18 +81,18 @@ def test_preset_round_trip(preset_dir, preset_model, tmp_path):
     assert (cfg["input_size"], cfg["crop_pct"], cfg["interpolation"]) == ([3, 224, 224], 1.0, "bicubic")
     # The weights are timm's own tensors, bit for bit.
     np.testing.assert_equal(
-        load_file(tmp_path / "export" / "model.safetensors"),
+        load_file(tmp_path / "preset" / "model.safetensors"),
         load_file(os.path.join(preset_dir, "model.safetensors")),
     )
 
 
 def test_custom_shape_round_trip(preset_model, tmp_path):
     model = keras_cait.with_image_shape(preset_model, (160, 96, 3))
-    config = _round_trip(model, str(tmp_path / "export"))
+    config = _round_trip(model, str(tmp_path / "custom"))
     assert config["model_args"]["img_size"] == [160, 96]
     assert config["pretrained_cfg"]["input_size"] == [3, 160, 96]
     timm = import_timm()
-    assert timm.create_model(f"local-dir:{tmp_path / 'export'}").pos_embed.shape == (1, 60, 192)
+    assert timm.create_model(f"local-dir:{tmp_path / 'custom'}").pos_embed.shape == (1, 60, 192)
 
 
 def test_finetuned_round_trip_with_label_names(tmp_path):
@@ -102,13 +104,18 @@ def test_finetuned_round_trip_with_label_names(tmp_path):
     model.fit(raw, np.array([0, 3, 6, 2]), epochs=1, batch_size=4, verbose=0)
     assert not np.array_equal(head_before, to_numpy(model.output_dense.kernel))
     names = [f"class {i}" for i in range(7)]
-    config = _round_trip(model, str(tmp_path / "export"), label_names=names)
+    config = _round_trip(model, str(tmp_path / "finetuned"), label_names=names)
     assert (config["num_classes"], config["label_names"]) == (7, names)
     assert config["model_args"]["num_classes"] == 7
     timm = import_timm()
-    loaded = timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True)
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'finetuned'}", pretrained=True)
     assert loaded.pretrained_cfg["label_names"] == names
-    card = (tmp_path / "export" / "README.md").read_text()
+    # The exported folder, as a preset, carries its names to the next export.
+    reloaded = keras_cait.CaiTImageClassifier.from_preset(str(tmp_path / "finetuned"))
+    assert reloaded.label_names == names
+    again = timm_export.timm_config(reloaded)
+    assert again["label_names"] == names
+    card = (tmp_path / "finetuned" / "README.md").read_text()
     assert "7 classes (class 0, class 1" in card and "local-dir:" in card
 
 
