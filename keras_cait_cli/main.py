@@ -8,6 +8,7 @@
     keras-cait presets [--json]
     keras-cait convert SOURCE OUTPUT_DIR [--upload hf://...]
     keras-cait cache-weights [PRESET] --from DIR [--cache-dir DIR]
+    keras-cait export-timm MODEL DIR [--label-names FILE] [--upload hf://...]
 
 This module imports neither Keras nor a backend nor `keras_cait`: `--help`,
 every sub-command's `--help`, `presets` and `cache-weights` answer at once.
@@ -89,6 +90,12 @@ CONVERT_EXAMPLES = """\
 examples:
   keras-cait convert cait_xxs24_224 out/cait_xxs24_224
   keras-cait convert ./my_timm_checkpoint/ out/preset --upload hf://me/my-cait
+"""
+
+EXPORT_TIMM_EXAMPLES = """\
+examples:
+  keras-cait export-timm finetuned.keras out/my-cait --label-names classes.txt
+  keras-cait export-timm ./my_preset/ out/my-cait --upload hf://me/my-cait
 """
 
 MAIN_EXAMPLES = """\
@@ -320,6 +327,31 @@ def build_parser():
         "else ~/.cache/huggingface/hub)",
     )
     cache.set_defaults(run=_run_cache_weights)
+    export_timm = commands.add_parser(
+        "export-timm",
+        help="write a keras-cait model in timm's format (for timm, transformers, the Hub)",
+        description="Write a keras-cait model (a .keras file, or a preset name, "
+        "directory or hf:// handle) as a timm model directory: config.json, "
+        "model.safetensors and a model card README.md, loadable with "
+        "timm.create_model('local-dir:DIR', pretrained=True) and "
+        "CaiTImageClassifier.from_preset(DIR); optionally upload it. Prints "
+        "a JSON summary on the last line.",
+        epilog=EXPORT_TIMM_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export_timm.add_argument("model", metavar="MODEL", help=".keras file, preset name, directory or hf:// handle")
+    export_timm.add_argument("directory", metavar="DIR", help="folder to write (must not exist)")
+    export_timm.add_argument(
+        "--label-names", metavar="FILE",
+        help="class names: a text file (one per line, line k is class k) or a JSON list",
+    )
+    export_timm.add_argument("--upload", metavar="URI", help="publish to hf://<user>/<repo>")
+    export_timm.add_argument(
+        "--merge-lora", action="store_true",
+        help="merge LoRA adapters into the kernels (timm has no place for them)",
+    )
+    _add_verbose_argument(export_timm)
+    export_timm.set_defaults(run=_run_export_timm)
     return parser
 
 
@@ -593,6 +625,18 @@ def _run_convert(args, argv):
             atol=args.atol,
             num_images=args.num_images,
             upload=args.upload,
+        )
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _run_export_timm(args, argv):
+    with stdout_to_stderr():
+        from keras_cait_cli import export_timm  # start-up: imports Keras and a backend
+
+        summary = export_timm.export_timm(
+            args.model, args.directory, label_names_file=args.label_names,
+            upload=args.upload, merge_lora=args.merge_lora,
         )
     print(json.dumps(summary), flush=True)
     return 0

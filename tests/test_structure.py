@@ -61,6 +61,7 @@ LAYERS = {
         "keras_cait.convert",
         "keras_cait.convert.resample",
         "keras_cait.convert.timm_config",
+        "keras_cait.convert.timm_export",
         "keras_cait.convert.timm_weights",
     ],
     3: [  # loading: presets, handles, timm repos, from_preset, safety checks
@@ -105,6 +106,7 @@ LAYERS = {
         "keras_cait_cli.cache_weights",
         "keras_cait_cli.checks",
         "keras_cait_cli.convert",
+        "keras_cait_cli.export_timm",
         "keras_cait_cli.main",
         "keras_cait_cli.predict",
     ],

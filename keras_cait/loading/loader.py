@@ -220,6 +220,8 @@ class CaiTTimmPresetLoader(PresetLoader):
             # A backbone of the caller's stays as it is: only the head loads.
             if own_backbone or load_head:
                 self._load_weights(task, load_backbone=own_backbone, load_head=load_head)
+            if load_head and self.checkpoint.label_names is not None:
+                task.label_names = list(self.checkpoint.label_names)
         return converter_follows_backbone(task)
 
     def load_image_converter(self, cls, **kwargs):
