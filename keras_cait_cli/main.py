@@ -631,8 +631,13 @@ def _run_convert(args, argv):
 
 
 def _run_export_timm(args, argv):
+    checks.check_new_folder(args.directory, "DIR")
+    status = _start_backend(args, argv)
+    if status is not None:
+        return status
     with stdout_to_stderr():
-        from keras_cait_cli import export_timm  # start-up: imports Keras and a backend
+        with quiet_import(args.verbose):
+            from keras_cait_cli import export_timm  # start-up: imports Keras
 
         summary = export_timm.export_timm(
             args.model, args.directory, label_names_file=args.label_names,
