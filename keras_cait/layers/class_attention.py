@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from keras_cait.layers import _fast_paths
 from keras_cait.serialization import register
 
 
@@ -58,7 +57,6 @@ class ClassAttention(keras.layers.Layer):
             self.hidden_dim, dtype=self.dtype_policy, name="proj"
         )
         self.proj.build(token_shape)
-        self._fast_paths = _fast_paths.enabled_for(self)
 
     def _split_heads(self, tokens):
         """`(batch, n, hidden_dim)` -> `(batch, heads, n, head_dim)`."""
@@ -68,8 +66,6 @@ class ClassAttention(keras.layers.Layer):
         return ops.transpose(tokens, (0, 2, 1, 3))
 
     def call(self, inputs, return_attention=False):
-        if self._fast_paths and _fast_paths.eager_torch(inputs, self):
-            return _fast_paths.class_attention(self, inputs, return_attention)
         # timm's ClassAttn.forward (without fused attention).
         q = ops.cast(self._split_heads(self.q(inputs[:, :1])), "float32")
         k = ops.cast(self._split_heads(self.k(inputs)), "float32")

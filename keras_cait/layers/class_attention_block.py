@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from keras_cait.layers import _fast_paths
 from keras_cait.layers.class_attention import ClassAttention
 from keras_cait.layers.self_attention_block import build_branches
 from keras_cait.serialization import register
@@ -64,13 +63,8 @@ class ClassAttentionBlock(keras.layers.Layer):
             name="attn",
         )
         build_branches(self, attention)
-        self._fast_paths = _fast_paths.enabled_for(self)
 
     def call(self, patch_tokens, class_token, return_attention=False):
-        if self._fast_paths and _fast_paths.eager_torch(class_token, self):
-            return _fast_paths.class_attention_block(
-                self, patch_tokens, class_token, return_attention
-            )
         # timm's LayerScaleBlockClassAttn.forward (no drop path here).
         u = ops.concatenate([class_token, patch_tokens], axis=1)
         out = self.attn(self.norm1(u), return_attention=return_attention)
