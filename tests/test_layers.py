@@ -335,9 +335,10 @@ def test_eager_torch_attention_calls_no_keras_ops(monkeypatch, fast_paths):
     for name in ("reshape", "transpose", "swapaxes", "softmax", "matmul", "cast"):
         monkeypatch.setattr(keras.ops, name, spy(name, getattr(keras.ops, name)))
     # Built with the switch on or off, the same numbers; with it on, the
-    # attention layers use PyTorch's own ops.
+    # self-attention blocks use PyTorch's own ops.
     np.testing.assert_allclose(to_numpy(backbone(images)), expected, rtol=1e-6, atol=1e-6)
-    attention = [c for c in calls if c[1].endswith("attention.py")]
+    files = ("talking_heads_attention.py", "self_attention_block.py", "_fast_paths.py")
+    attention = [c for c in calls if c[1].endswith(files)]
     assert bool(attention) == (not fast_paths), attention
 
 

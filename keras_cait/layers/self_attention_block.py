@@ -123,16 +123,12 @@ class SelfAttentionBlock(keras.layers.Layer):
 
     def call(self, inputs, return_attention=False, training=None):
         if self._fast_paths and _fast_paths.eager_torch(inputs, self):
-            return _fast_paths.self_attention_block(
-                self, inputs, return_attention, training
-            )
+            return _fast_paths.self_attention_block(self, inputs, return_attention, training)
         # timm's LayerScaleBlock.forward.
-        x = inputs
-        out = self.attn(
-            self.norm1(x), return_attention=return_attention, training=training
-        )
+        x = self.norm1(inputs)
+        out = self.attn(x, return_attention=return_attention, training=training)
         attended, attention = out if return_attention else (out, None)
-        x = x + self.drop_path_1(self.layer_scale_1(attended), training=training)
+        x = inputs + self.drop_path_1(self.layer_scale_1(attended), training=training)
         branch = self.layer_scale_2(self.mlp(self.norm2(x), training=training))
         x = x + self.drop_path_2(branch, training=training)
         return (x, attention) if return_attention else x

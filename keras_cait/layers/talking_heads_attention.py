@@ -93,9 +93,7 @@ class TalkingHeadsAttention(keras.layers.Layer):
 
     def call(self, inputs, return_attention=False, training=None):
         if self._fast_paths:
-            return _fast_paths.talking_heads_attention(
-                self, inputs, return_attention, training
-            )
+            return _fast_paths.talking_heads_attention(self, inputs, return_attention, training)
         # timm's TalkingHeadAttn.forward.
         tokens = ops.shape(inputs)[1]
         qkv = ops.reshape(
