@@ -383,8 +383,8 @@ def test_layers_made_in_a_remat_scope_take_no_fast_path():
     # Pins Keras's private `_remat_mode` (read in `_fast_paths.enabled_for`).
     with keras.RematScope(mode="full"):
         remat = keras_cait.SelfAttentionBlock(16, 4)
-        remat(TOKENS)
+        remat.build(TOKENS.shape)
     plain = keras_cait.SelfAttentionBlock(16, 4)
-    plain(TOKENS)
+    plain.build(TOKENS.shape)
     assert remat._fast_paths is False and remat.attn._fast_paths is False
     assert plain._fast_paths is _fast_paths.use_fast_paths()
