@@ -1,5 +1,5 @@
 """The package's layers: every module's layer, declared once, and the import
-rule that keeps dependencies one way (README, "Architecture", quotes this).
+rule that keeps dependencies one way (CONTRIBUTING.md quotes this).
 
 A module imports only from its own layer or below, never upward, and the
 import graph has no cycle. A function-local import also goes only downward
@@ -30,6 +30,7 @@ from tests.support import REPO
 LAYERS = {
     0: [  # foundations: no keras_cait imports
         "keras_cait.errors",
+        "keras_cait.arguments",
         "keras_cait.version",
         "keras_cait.serialization",
         "keras_cait.testing",
@@ -68,16 +69,17 @@ LAYERS = {
         "keras_cait.loading.registry",
         "keras_cait.loading.safe_loading",
         "keras_cait.loading.timm_repo",
+        "keras_cait.runtime",  # predict/export overrides attached to the models
+        "keras_cait.runtime.export",
+        "keras_cait.runtime.predict",
     ],
     4: [  # the model, in one folder (as KerasHub's models/vit/)
         "keras_cait.models",
         "keras_cait.models.cait_backbone",
-        "keras_cait.models.cait_export",
         "keras_cait.models.cait_image_classifier",
         "keras_cait.models.cait_image_classifier_preprocessor",
         "keras_cait.models.cait_image_converter",
         "keras_cait.models.cait_presets",
-        "keras_cait.models.fast_inference",
     ],
     5: [  # applications on the model, one folder per concern; the public API
         "keras_cait.explain",
@@ -92,13 +94,14 @@ LAYERS = {
         "keras_cait.training",
         "keras_cait.training.finetuning",
         "keras_cait.training.resolution",
-        "keras_cait.export",
         "keras_cait",
     ],
     6: [  # the command line and checkpoint publishing (outside the package,
         # so that it starts at once)
         "keras_cait_cli",
         "keras_cait_cli.__main__",
+        "keras_cait_cli.cache_weights",
+        "keras_cait_cli.checks",
         "keras_cait_cli.convert",
         "keras_cait_cli.main",
         "keras_cait_cli.predict",
@@ -283,9 +286,9 @@ print("FAILED", failures)
 
 
 def test_readme_quotes_the_layer_table():
-    """README's architecture table: a row `| <layer> | <modules> | ... |`
+    """CONTRIBUTING.md's layer table: a row `| <layer> | <modules> | ... |`
     per layer, naming exactly that layer's modules in backquotes."""
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "CONTRIBUTING.md").read_text()
     quoted = {}
     for line in readme.splitlines():
         cells = [cell.strip() for cell in line.split("|")[1:-1]]

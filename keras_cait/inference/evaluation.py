@@ -20,14 +20,13 @@ from keras_hub.src.utils.imagenet.imagenet_utils import IMAGENET_NAMES
 from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
 from keras_cait.explain import visualization
 from keras_cait.inference.batch_prediction import (
-    DEFAULT_BATCH_SIZE,
     BatchPredictor,
     load_classifier,
     predict_batches,
 )
-from keras_cait.inference.image_pipeline import check_batch_size
 from keras_cait.io.files import read_json, staged_path
 from keras_cait.io.image_paths import image_files_under
+from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 TOP_K = 5
 # A confusion-matrix picture is drawn for at most this many classes.
@@ -380,7 +379,7 @@ def format_summary(summary):
         [
             f"top-1   {percent(summary['top1'])}  "
             f"({summary['top1_correct']} of {summary['evaluated']})",
-            f"top-5   {percent(summary['top5'])}  "
+            f"top-{min(5, summary['num_classes'])}   {percent(summary['top5'])}  "
             f"({summary['top5_correct']} of {summary['evaluated']})",
             f"images  {summary['images']}{failed}",
             f"speed   {speed:.1f} images/s" if speed else "speed   n/a",
