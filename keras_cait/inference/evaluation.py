@@ -187,7 +187,8 @@ def evaluate_folder(
         `failed`, `failures` (`[{"image", "error"}]`), `top1` and `top5`
         (percentages of the evaluated images, `None` when there are none;
         `top5` counts the `min(5, num_classes)` best classes), `top1_correct`,
-        `top5_correct`, `seconds` and `images_per_second` (reading and
+        `top5_correct`, `engine`, `precision`, `seconds` and
+        `images_per_second` (reading and
         prediction, after the model is loaded), `num_classes`, `classes` (one
         dict per class folder: `class_id`, `folder`, `label`, `images`,
         `failed`, `top1_correct`, `top5_correct`), `confusion_matrix`
