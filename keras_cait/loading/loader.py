@@ -16,6 +16,7 @@ import threading
 from keras_hub.layers import ImageConverter
 from keras_hub.models import Backbone, Preprocessor, Task
 
+from keras_cait.arguments import check_preset_arguments
 from keras_cait.convert.timm_weights import ModelTensors, load_timm_weights
 from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
 from keras_cait.io import hub
@@ -338,11 +339,16 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
                     f"Preset {preset!r} holds a {backbone_cls.__name__}, not a "
                     f"{cls.__name__}."
                 )
+            check_preset_arguments(backbone_cls, kwargs)
             return loader.load_backbone(backbone_cls, load_weights, **kwargs)
         if not issubclass(cls, (Task, Preprocessor, ImageConverter)):
             raise CaiTConfigError(f"{cls.__name__} cannot be loaded from a preset.")
         if cls.backbone_cls is not backbone_cls:
             cls = find_subclass(preset, cls, backbone_cls)
+        if issubclass(cls, Task):
+            check_preset_arguments(cls, kwargs, (*BACKBONE_LOAD_ARGUMENTS, "image_shape"))
+        else:
+            check_preset_arguments(cls, kwargs, ("image_size",))
         if issubclass(cls, Task):
             load_task_weights = "num_classes" not in kwargs
             return loader.load_task(cls, load_weights, load_task_weights, **kwargs)

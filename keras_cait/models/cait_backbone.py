@@ -14,8 +14,8 @@ from keras_cait.layers.class_attention_block import ClassAttentionBlock
 from keras_cait.layers.embedding import ClassToken, PatchEmbedding
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
 from keras_cait.loading.loader import load_preset
-from keras_cait.runtime import RuntimeMixin, check_batch_size
-from keras_cait.schema import BACKBONE_DEFAULTS, check_backbone_config
+from keras_cait.runtime import RuntimeMixin
+from keras_cait.schema import BACKBONE_DEFAULTS, check_backbone_config, check_batch_size
 from keras_cait.serialization import register
 
 INTERMEDIATE_FORMATS = ("tokens", "grid")
@@ -134,7 +134,7 @@ def run_in_batches(model, images, batch_size):
     Returns:
         A dict of NumPy arrays, concatenated over the batches.
     """
-    batch_size = check_batch_size(batch_size)
+    check_batch_size(batch_size)
     images = keras.ops.convert_to_numpy(images)
     pieces = {}
     for start in range(0, len(images), batch_size):
