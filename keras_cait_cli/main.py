@@ -163,6 +163,33 @@ def _add_verbose_argument(parser):
     )
 
 
+def _add_engine_arguments(parser):
+    parser.add_argument(
+        "--engine", choices=("keras", "onnxruntime", "openvino"), default="keras",
+        help="run the Keras model (default), or the artefact of its "
+        "model.export on ONNX Runtime or OpenVINO (made once, kept in the "
+        "cache; needs keras-cait[export])",
+    )
+    parser.add_argument(
+        "--precision", choices=("float32", "bfloat16"), default="float32",
+        help="bfloat16: --engine openvino on a CPU with bfloat16 "
+        "(AVX-512 BF16 or AMX) only (default: float32)",
+    )
+    parser.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="the engines' artefact cache (default: $KERAS_CAIT_CACHE, else "
+        "$XDG_CACHE_HOME/keras-cait/engines, else ~/.cache/keras-cait/engines)",
+    )
+
+
+def _check_engine_arguments(args):
+    if args.precision == "bfloat16" and args.engine != "openvino":
+        return "--precision bfloat16 needs --engine openvino"
+    if args.cache_dir and args.engine == "keras":
+        return "--cache-dir is for --engine onnxruntime or openvino"
+    return None
+
+
 def _add_batch_size_argument(parser, default):
     parser.add_argument(
         "--batch-size", type=_positive_int, default=default, metavar="N",
@@ -230,6 +257,7 @@ def build_parser():
         '[{"image": ..., "predictions": [{"label", "class_id", "probability"}, ...]}, ...]',
     )
     _add_batch_size_argument(predict, default=8)
+    _add_engine_arguments(predict)
     predict.add_argument(
         "--ray", action="store_true",
         help="run the model in Ray Data actors (needs keras-cait[ray] and "
@@ -273,6 +301,7 @@ def build_parser():
     )
     _add_backend_argument(evaluate)
     _add_batch_size_argument(evaluate, default=32)
+    _add_engine_arguments(evaluate)
     _add_verbose_argument(evaluate)
     evaluate.set_defaults(run=_run_evaluate, parser=evaluate)
 
@@ -469,7 +498,9 @@ def _check_predict_arguments(args):
         return "--attention cannot be combined with --ray"
     if args.ray_gpus_per_actor < 0:
         return "--ray-gpus-per-actor must be >= 0"
-    return None
+    if args.attention and args.engine != "keras":
+        return "--attention needs --engine keras"
+    return _check_engine_arguments(args)
 
 
 def _failed_inputs(failed, total):
@@ -543,6 +574,9 @@ def _count(number, noun):
 
 
 def _run_evaluate(args, argv):
+    problem = _check_engine_arguments(args)
+    if problem:
+        args.parser.error(problem)  # exit status 2, with the usage
     checks.check_folder(args.directory, "")
     checks.check_preset(args.preset, presets_dir())
     checks.check_new_folder(args.output, "--output")
@@ -559,6 +593,7 @@ def _run_evaluate(args, argv):
         summary = evaluation.evaluate_folder(
             args.directory, args.preset, output_dir=args.output,
             label_map=args.label_map, batch_size=args.batch_size, progress=True,
+            engine=args.engine, precision=args.precision, cache_dir=args.cache_dir,
         )
         for path in summary["files"]:
             print(f"wrote {path}", file=sys.stderr)

@@ -15,9 +15,11 @@ from keras_cait import load_image
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
+    make_predictor,
     predict_batches,
     write_records,
 )
+from keras_cait.inference.engines import check_engine
 from keras_cait.inference.ray_prediction import write_predictions_on_ray
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import check_output, read_records
@@ -80,9 +82,11 @@ def predict(args):
         file). Records with an `error` are inputs that failed.
     """
     print(
-        f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
+        f"keras-cait: preset {args.preset}, backend {keras.config.backend()}"
+        + ("" if args.engine == "keras" else f", engine {args.engine} ({args.precision})"),
         file=sys.stderr,
     )
+    check_engine(args.engine, args.precision)  # before the model loads
     if args.resume and not args.ray and _complete(args.output, args.inputs):
         return None, {"output": args.output, "images": 0, "kept": 0,
                       "written": 0, "failed": 0, "complete": True}
@@ -91,6 +95,7 @@ def predict(args):
             args.inputs, args.output, args.preset, args.top, args.batch_size,
             args.embeddings, args.resume, address=args.ray_address,
             actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
+            engine=args.engine, precision=args.precision, cache_dir=args.cache_dir,
         )
     paths = expand_image_paths(args.inputs)
     if args.output:
@@ -103,7 +108,10 @@ def predict(args):
     if args.attention:
         predictor = _AttentionPredictor(classifier, args.top, args.attention, paths)
     else:
-        predictor = BatchPredictor(classifier, args.top, embeddings=args.embeddings)
+        predictor = make_predictor(
+            classifier, args.top, args.embeddings, args.engine, args.precision,
+            args.cache_dir,
+        )
     progress = len(paths) > args.batch_size
     if args.output:
         summary = write_records(
