@@ -52,7 +52,7 @@ def main():
     import numpy as np
 
     import keras_cait
-    from keras_cait.visualization import (
+    from keras_cait.explain.visualization import (
         display_image,
         plot_attention_heads,
         plot_saliency,

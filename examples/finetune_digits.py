@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 import keras_cait
-from keras_cait.finetuning import finetuning_optimizer, load_for_finetuning
+from keras_cait.training.finetuning import finetuning_optimizer, load_for_finetuning
 
 # ImageNet statistics: the normalisation CaiT checkpoints expect.
 MEAN = np.array([0.485, 0.456, 0.406], "float32")

@@ -7,7 +7,6 @@ the package registers its classes with Keras and its presets with KerasHub.
 
 import warnings
 
-from keras_cait.batch_prediction import predict_files, write_predictions
 from keras_cait.convert.resample import resample_position_embedding
 from keras_cait.convert.timm_weights import load_timm_state_dict
 from keras_cait.errors import (
@@ -19,14 +18,17 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.evaluation import evaluate_folder
-from keras_cait.export import export_model
-from keras_cait.finetuning import (
-    LayerDecayAdamW,
-    finetuning_optimizer,
-    layer_decay_multipliers,
-    load_for_finetuning,
+from keras_cait.explain.saliency import (
+    class_attention_grid,
+    head_maps,
+    saliency_map,
+    upsample_maps,
 )
+from keras_cait.export import export_model
+from keras_cait.inference.batch_prediction import predict_files, write_predictions
+from keras_cait.inference.evaluation import evaluate_folder
+from keras_cait.inference.predictions import decode_predictions
+from keras_cait.inference.ray_prediction import write_predictions_on_ray
 from keras_cait.io.images import load_image
 from keras_cait.io.records import read_records
 from keras_cait.io.safetensors_io import read_safetensors
@@ -49,15 +51,13 @@ from keras_cait.models.cait_image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
 )
 from keras_cait.models.cait_image_converter import CaiTImageConverter
-from keras_cait.predictions import decode_predictions
-from keras_cait.ray_prediction import write_predictions_on_ray
-from keras_cait.resolution import with_image_shape
-from keras_cait.saliency import (
-    class_attention_grid,
-    head_maps,
-    saliency_map,
-    upsample_maps,
+from keras_cait.training.finetuning import (
+    LayerDecayAdamW,
+    finetuning_optimizer,
+    layer_decay_multipliers,
+    load_for_finetuning,
 )
+from keras_cait.training.resolution import with_image_shape
 from keras_cait.version import __version__
 
 get_layout_map = CaiTBackbone.get_layout_map

@@ -1,4 +1,4 @@
-"""The `keras-cait` command line (also `python -m keras_cait`).
+"""The `keras-cait` command line (also `python -m keras_cait_cli`).
 
     keras-cait predict INPUT... [--preset NAME|DIR|hf://...] [--top K]
                                 [--output FILE [--resume]] [--embeddings]
@@ -11,7 +11,7 @@
 This module imports neither Keras nor a backend nor `keras_cait`: `--help`,
 every sub-command's `--help` and `presets` answer at once. A sub-command
 that needs the model imports its own module (`keras_cait_cli.predict`,
-`keras_cait.publishing`) after its arguments are parsed and checked.
+`keras_cait_cli.convert`) after its arguments are parsed and checked.
 
 Keras fixes its backend when it is first imported. When `--backend` asks for
 another backend than the one already loaded in this process, the command
@@ -394,7 +394,7 @@ def _run_evaluate(args, argv):
     with stdout_to_stderr():
         import keras  # start-up: the backend
 
-        from keras_cait import evaluation  # start-up: imports Keras and a backend
+        from keras_cait.inference import evaluation  # start-up: imports Keras
 
         print(f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
               file=sys.stderr)
@@ -441,9 +441,9 @@ def _run_presets(args, argv):
 
 def _run_convert(args, argv):
     with stdout_to_stderr():
-        from keras_cait import publishing  # start-up: imports Keras and a backend
+        from keras_cait_cli import convert  # start-up: imports Keras and a backend
 
-        summary = publishing.convert(
+        summary = convert.convert(
             args.source,
             args.output_dir,
             atol=args.atol,

@@ -12,15 +12,15 @@ import sys
 import keras
 
 from keras_cait import load_image
-from keras_cait.batch_prediction import (
+from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
     predict_batches,
     write_records,
 )
+from keras_cait.inference.ray_prediction import write_predictions_on_ray
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import check_output
-from keras_cait.ray_prediction import write_predictions_on_ray
 
 
 def _unique_stems(paths):
@@ -42,7 +42,7 @@ class _AttentionPredictor(BatchPredictor):
         self.stems = _unique_stems(paths)
 
     def records(self, batch, outputs):
-        from keras_cait import visualization  # optional dependency: matplotlib
+        from keras_cait.explain import visualization  # optional dependency: matplotlib
 
         converter = self.converter
         for offset, (path, error) in enumerate(zip(batch.paths, batch.errors)):
@@ -72,7 +72,7 @@ def predict(args):
     Returns:
         `(records, summary)`: without `--output`, the list of records and
         `None`; with it, `None` and the summary of
-        `keras_cait.batch_prediction.write_records` (the records are in the
+        `keras_cait.inference.batch_prediction.write_records` (the records are in the
         file). Records with an `error` are inputs that failed.
     """
     print(
@@ -89,7 +89,7 @@ def predict(args):
     if args.output:
         check_output(args.output, args.resume)  # before the model loads
     if args.attention:
-        from keras_cait import visualization  # optional dependency: matplotlib
+        from keras_cait.explain import visualization  # optional dependency: matplotlib
 
         visualization.require_matplotlib()  # fail now, not after the model
     classifier = load_classifier(args.preset)

@@ -127,7 +127,7 @@ def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_run(
     os.remove(blocked)
     os.mkfifo(blocked)
     output = tmp_path / "results.jsonl"
-    command = [sys.executable, "-m", "keras_cait", "predict", str(folder),
+    command = [sys.executable, "-m", "keras_cait_cli", "predict", str(folder),
                "--preset", tiny_preset, "--output", str(output),
                "--batch-size", "4", "--backend", backend]
     process = subprocess.Popen(
@@ -205,7 +205,7 @@ def test_resume_after_a_half_written_line_keeps_the_complete_records(
 
 
 def test_any_reading_failure_is_a_reason_naming_the_file(monkeypatch, tmp_path):
-    from keras_cait import image_pipeline
+    from keras_cait.inference import image_pipeline
 
     def exploding(path):
         raise MemoryError("no room\nat all")

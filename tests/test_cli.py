@@ -27,7 +27,7 @@ PHOTOS = ["chelsea.png", "camera.png", "rocket.jpg"]  # RGB, greyscale, JPEG
 def _run(arguments, env=None, module=True, timeout=600):
     """Runs the CLI in a fresh process; returns (returncode, stdout, stderr)."""
     if module:
-        command = [sys.executable, "-m", "keras_cait", *arguments]
+        command = [sys.executable, "-m", "keras_cait_cli", *arguments]
     else:
         script = pathlib.Path(sys.executable).parent / "keras-cait"
         command = [str(script), *arguments]

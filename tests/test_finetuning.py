@@ -10,7 +10,7 @@ import pytest
 
 import keras_cait
 from keras_cait.errors import CaiTConfigError
-from keras_cait.finetuning import (
+from keras_cait.training.finetuning import (
     LayerDecayAdamW,
     finetuning_optimizer,
     layer_decay_multipliers,

@@ -90,13 +90,32 @@ def test_the_command_line_starts_without_keras(arguments):
         assert [row["name"] for row in rows] == keras_cait.list_presets()
 
 
-def test_console_script_and_modules_run_the_command_line():
+def test_console_script_and_module_run_the_command_line():
+    """One `python -m` entry point, `keras_cait_cli`, as light as the console
+    script: its `--help` imports neither Keras nor `keras_cait`."""
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'keras-cait = "keras_cait_cli.main:main"' in pyproject
-    for module in ("keras_cait", "keras_cait_cli"):
-        result = subprocess.run(
-            [sys.executable, "-m", module, "presets"], capture_output=True,
-            text=True, cwd=REPO, timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
-        assert "cait_xxs24_224" in result.stdout
+    code = (
+        "import json, runpy, sys\n"
+        "sys.argv = ['keras_cait_cli', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('keras_cait_cli', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exit:\n"
+        "    status = exit.code\n"
+        "sys.stdout.flush()\n"
+        f"print(json.dumps([status, sorted(m for m in sys.modules if m.split('.')[0] in {_HEAVY!r})]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    status, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    assert status == 0, result.stderr
+    assert "keras-cait" in result.stdout and heavy == []
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_cait_cli", "presets"], capture_output=True,
+        text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cait_xxs24_224" in result.stdout
+    # The only `python -m` entry point (the package's would import Keras).
+    assert not (REPO / "keras_cait" / "__main__.py").exists()

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import keras_cait
-from keras_cait import visualization
+from keras_cait.explain import visualization
 from tests.support import IMAGES, REPO
 
 pytest.importorskip("matplotlib")

@@ -6,7 +6,7 @@ It writes `--images` JPEG files of 256-640 px (random crops of
 local preset, and then, per backend and round, in alternating fresh
 processes:
 
-- folder: `keras_cait.batch_prediction.write_records`, the code of
+- folder: `keras_cait.inference.batch_prediction.write_records`, the code of
   `keras-cait predict DIR --output FILE`: Pillow decoding, the converter's
   bicubic resize and the model, in batches of `--batch-size`, records written;
 - array: `model.predict` (the same Keras model) on the `(N, size, size, 3)`
@@ -85,7 +85,7 @@ def worker_prepare(spec):
     import numpy as np
 
     import keras_cait
-    from keras_cait.image_pipeline import image_batches
+    from keras_cait.inference.image_pipeline import image_batches
 
     keras.utils.set_random_seed(0)
     backbone = keras_cait.CaiTBackbone(**spec["backbone_kwargs"])
@@ -106,7 +106,7 @@ def worker_measure(spec):
     import numpy as np
 
     import keras_cait
-    from keras_cait.batch_prediction import BatchPredictor, write_records
+    from keras_cait.inference.batch_prediction import BatchPredictor, write_records
 
     batch_size = spec["batch_size"]
     classifier = keras_cait.CaiTImageClassifier.from_preset(spec["preset"])

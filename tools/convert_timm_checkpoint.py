@@ -3,7 +3,7 @@
     python tools/convert_timm_checkpoint.py SOURCE OUTPUT_DIR \
         [--upload hf://<user>/<repo>] [--atol 1e-4] [--num-images 2]
 
-The same command as `keras-cait convert` (see `keras_cait.publishing`):
+The same command as `keras-cait convert` (see `keras_cait_cli.convert`):
 SOURCE is a preset name (`cait_xxs24_224`), an `hf://timm/<repo>[@revision]`
 handle or a local timm directory (`config.json` + `model.safetensors`).
 Prints a JSON summary on the last line.

@@ -1,5 +1,5 @@
 """Class-attention maps as pictures: NumPy helpers on the arrays that
-`get_attention_maps()` returns (figures: `keras_cait.visualization`)."""
+`get_attention_maps()` returns (figures: `keras_cait.explain.visualization`)."""
 
 
 import numpy as np

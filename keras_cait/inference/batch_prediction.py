@@ -1,6 +1,6 @@
 """Predictions on image collections: files, folders, globs and lists in,
 one record per image out, in order, streamed (see `keras_cait.io.records`
-for the record formats and `keras_cait.image_pipeline` for the input
+for the record formats and `keras_cait.inference.image_pipeline` for the input
 pipeline).
 
 `BatchPredictor` is the forward pass and the records of one batch; a Ray
@@ -16,11 +16,11 @@ import numpy as np
 from huggingface_hub.utils import tqdm
 
 from keras_cait.errors import CaiTConfigError
-from keras_cait.image_pipeline import check_batch_size, image_batches
+from keras_cait.inference.image_pipeline import check_batch_size, image_batches
+from keras_cait.inference.predictions import probabilities, top_predictions
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import RecordWriter, check_output
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
-from keras_cait.predictions import probabilities, top_predictions
 
 DEFAULT_BATCH_SIZE = 32
 

@@ -14,14 +14,14 @@ import os
 import keras
 import numpy as np
 
-from keras_cait.batch_prediction import (
+from keras_cait.errors import CaiTConfigError
+from keras_cait.inference.batch_prediction import (
     DEFAULT_BATCH_SIZE,
     BatchPredictor,
     load_classifier,
     progress_bar,
 )
-from keras_cait.errors import CaiTConfigError
-from keras_cait.image_pipeline import check_batch_size, image_batches
+from keras_cait.inference.image_pipeline import check_batch_size, image_batches
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import RecordWriter, check_output
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier

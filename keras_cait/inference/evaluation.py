@@ -17,15 +17,15 @@ import numpy as np
 # in pyproject.toml.
 from keras_hub.src.utils.imagenet.imagenet_utils import IMAGENET_NAMES
 
-from keras_cait import visualization
-from keras_cait.batch_prediction import (
+from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait.explain import visualization
+from keras_cait.inference.batch_prediction import (
     DEFAULT_BATCH_SIZE,
     BatchPredictor,
     load_classifier,
     predict_batches,
 )
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
-from keras_cait.image_pipeline import check_batch_size
+from keras_cait.inference.image_pipeline import check_batch_size
 from keras_cait.io.files import read_json, staged_path
 from keras_cait.io.image_paths import image_files_under
 

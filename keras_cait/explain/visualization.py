@@ -13,13 +13,13 @@ import os
 import numpy as np
 
 from keras_cait.errors import CaiTConfigError
-from keras_cait.io.files import staged_path
-from keras_cait.saliency import (
+from keras_cait.explain.saliency import (
     class_attention_grid,
     normalize_maps,
     saliency_map,
     upsample_maps,
 )
+from keras_cait.io.files import staged_path
 
 
 def require_matplotlib(purpose="Drawing attention maps"):

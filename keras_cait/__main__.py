@@ -1,8 +1,0 @@
-"""`python -m keras_cait`: the `keras-cait` command line."""
-
-import sys
-
-from keras_cait_cli.main import main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Explaining predictions: class-attention saliency maps and their pictures."""
