@@ -5,8 +5,6 @@ importing Keras; keras-cait imports none of the backends itself. Importing
 the package registers its classes with Keras and its presets with KerasHub.
 """
 
-import warnings
-
 from keras_cait.convert.resample import resample_position_embedding
 from keras_cait.convert.timm_weights import load_timm_state_dict
 from keras_cait.errors import (
@@ -24,7 +22,6 @@ from keras_cait.explain.saliency import (
     saliency_map,
     upsample_maps,
 )
-from keras_cait.export import export_model
 from keras_cait.inference.batch_prediction import predict_files, write_predictions
 from keras_cait.inference.evaluation import evaluate_folder
 from keras_cait.inference.predictions import decode_predictions
@@ -60,38 +57,6 @@ from keras_cait.training.finetuning import (
 from keras_cait.training.resolution import with_image_shape
 from keras_cait.version import __version__
 
-get_layout_map = CaiTBackbone.get_layout_map
-
-
-def _deprecated_method_alias(name):
-    """`keras_cait.<name>(model, ...)`, kept for one release: the feature is
-    the model's method `model.<name>(...)` now."""
-
-    def alias(model, *args, **kwargs):
-        warnings.warn(
-            f"keras_cait.{name}(model, ...) is deprecated and will be removed "
-            f"in the next release; call model.{name}(...) instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        method = getattr(model, name, None)
-        if not isinstance(model, (CaiTBackbone, CaiTImageClassifier)) or method is None:
-            raise CaiTConfigError(
-                f"`model` must be a keras_cait CaiTBackbone or CaiTImageClassifier "
-                f"with a `{name}` method, got {type(model).__name__}."
-            )
-        return method(*args, **kwargs)
-
-    alias.__name__ = name
-    alias.__doc__ = f"Deprecated: use `model.{name}(...)`."
-    return alias
-
-
-attention_model = _deprecated_method_alias("attention_model")
-get_attention_maps = _deprecated_method_alias("get_attention_maps")
-intermediate_model = _deprecated_method_alias("intermediate_model")
-get_intermediate_outputs = _deprecated_method_alias("get_intermediate_outputs")
-
 __all__ = [
     "__version__",
     # models
@@ -109,7 +74,6 @@ __all__ = [
     "PatchEmbedding",
     "SelfAttentionBlock",
     "TalkingHeadsAttention",
-    # errors
     "CaiTConfigError",
     "CaiTError",
     "CaiTFileNotFoundError",
@@ -123,32 +87,24 @@ __all__ = [
     "load_timm_state_dict",
     "read_safetensors",
     "load_model",
-    # images and predictions
+    # images, predictions, image collections (streamed to records), evaluation
     "load_image",
     "decode_predictions",
-    # image collections: predictions streamed to records, evaluation
     "predict_files",
     "write_predictions",
     "write_predictions_on_ray",
     "read_records",
     "evaluate_folder",
-    # attention maps (the maps themselves: model.get_attention_maps)
+    # attention pictures (the maps: model.get_attention_maps)
     "class_attention_grid",
     "head_maps",
     "saliency_map",
     "upsample_maps",
-    # resolution, fine-tuning, multi-device, export
+    # resolution, fine-tuning
     "resample_position_embedding",
     "with_image_shape",
     "LayerDecayAdamW",
     "finetuning_optimizer",
     "layer_decay_multipliers",
     "load_for_finetuning",
-    "get_layout_map",
-    "export_model",
-    # deprecated aliases of model methods (one release)
-    "attention_model",
-    "get_attention_maps",
-    "intermediate_model",
-    "get_intermediate_outputs",
 ]

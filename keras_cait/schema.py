@@ -56,6 +56,8 @@ BACKBONE_INT_LIMITS = dict(
     patch_size=1024,
     num_class_attention_layers=64,
 )
+# Images per forward pass when the caller gives none.
+DEFAULT_BATCH_SIZE = 32
 MAX_IMAGE_SIDE = 8192
 MAX_CHANNELS = 64
 MAX_MLP_RATIO = 64
@@ -121,6 +123,18 @@ class _Checker:
         unknown = sorted(set(config) - set(allowed) - _KERAS_KEYS)
         if unknown:
             raise self.fail(f"unexpected arguments {unknown} for {class_name}.")
+
+
+def check_batch_size(batch_size):
+    """The one check of a `batch_size` argument (images per forward pass).
+
+    Raises:
+        CaiTConfigError: `batch_size` is not a positive int (a bool is not).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CaiTConfigError(
+            f"`batch_size` must be a positive integer, got {batch_size!r}."
+        )
 
 
 def check_backbone_config(

@@ -418,7 +418,7 @@ def _run_presets(args, argv):
     rows = []
     for path in sorted(presets_dir().glob("*.json")):
         preset = json.loads(path.read_text(encoding="utf-8"))
-        height, width = preset["backbone"]["image_shape"][:2]
+        height, width = preset["preprocessing"]["image_size"]
         rows.append(
             {
                 "name": preset["name"],

@@ -119,32 +119,6 @@ def test_attention_models_are_cached_per_block_set():
     assert set(other.output) == {"features", "class_attention_0", "class_attention_1"}
 
 
-def test_old_argument_names_warn_and_keep_their_meaning():
-    backbone = keras_cait.CaiTBackbone(**dict(TINY_BACKBONE, num_layers=3))
-    # `self_attention_blocks=i` was block i (now `indices=[i]`).
-    for old, new in ((0, [0]), ([0, 2], [0, 2]), ("all", None), (None, ())):
-        with pytest.warns(DeprecationWarning, match="self_attention_blocks"):
-            model = backbone.attention_model(self_attention_blocks=old)
-        assert model is backbone.attention_model(indices=new)
-    with pytest.warns(DeprecationWarning, match="indices=None"):
-        assert backbone.attention_model("all") is backbone.attention_model(None)
-    images = np.zeros((1, 32, 32, 3), "float32")
-    with pytest.warns(DeprecationWarning, match="self_attention_blocks"):
-        maps = backbone.get_attention_maps(images, self_attention_blocks=0)
-    assert "talking_head_attention_0" in maps and "talking_head_attention_2" not in maps
-    # `blocks=` already meant what `indices=` means.
-    with pytest.warns(DeprecationWarning, match="blocks"):
-        model = backbone.intermediate_model(blocks=2)
-    assert model is backbone.intermediate_model(indices=[1, 2])
-    with pytest.warns(DeprecationWarning, match="blocks"):
-        outputs = backbone.get_intermediate_outputs(images, blocks=1)
-    assert set(outputs) == {"self_attention_block_2"}
-    with pytest.raises(TypeError, match="indices"):
-        backbone.attention_model(blocks=1, self_attention_blocks=1)
-    with pytest.raises(TypeError, match="indices"):
-        backbone.intermediate_model(block=1)
-
-
 def test_attention_model_does_not_change_the_saved_weights(tmp_path):
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     before = [w.path for w in backbone.weights]
@@ -176,22 +150,6 @@ def test_bad_block_indices_are_named(indices, message):
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     with pytest.raises(keras_cait.CaiTConfigError, match=message):
         backbone.attention_model(indices)
-
-
-def test_deprecated_module_functions_warn_and_call_the_method():
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    with pytest.warns(DeprecationWarning, match=r"model\.attention_model"):
-        derived = keras_cait.attention_model(backbone, None)
-    assert derived is backbone.attention_model(None)
-    images = np.zeros((1, 32, 32, 3), "float32")
-    with pytest.warns(DeprecationWarning, match="get_intermediate_outputs"):
-        outputs = keras_cait.get_intermediate_outputs(backbone, images, indices=1)
-    assert set(outputs) == {"self_attention_block_1"}
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.warns(DeprecationWarning), pytest.raises(
-        keras_cait.CaiTConfigError, match="CaiTBackbone"
-    ):
-        keras_cait.attention_model(model)
 
 
 def _ramp_attention(batch=2, heads=3, rows=2, columns=3):

@@ -4,12 +4,14 @@ and after a half-written last line)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 
 import keras_cait
 from keras_cait_cli import main as cli
@@ -238,3 +240,49 @@ def test_records_follow_the_model_as_keras_runs_it(tiny_classifier, tiny_preset,
     scores = [[p["probability"] for p in sorted(r["predictions"], key=lambda p: p["class_id"])]
               for r in records]
     np.testing.assert_allclose(scores, quantized, atol=2e-5)
+
+
+def test_the_records_loop_checks_order_and_count(tmp_path):
+    """The loop shared by the single-process and Ray runs refuses records
+    of the wrong image or too few records, and resumes after kept ones."""
+    from keras_cait.inference.batch_prediction import write_record_stream
+
+    paths = ["a.png", "b.png", "c.png"]
+    record = lambda path: {"image": path, "error": "unreadable"}  # noqa: E731
+    output = str(tmp_path / "r.jsonl")
+    with pytest.raises(keras_cait.CaiTConfigError, match="out of order"):
+        write_record_stream(output, paths, 1, False, False, False,
+                            lambda kept: iter([[record("b.png")]]))
+    if os.path.exists(output):
+        os.remove(output)
+    with pytest.raises(keras_cait.CaiTConfigError, match="Got 1 records for 3"):
+        write_record_stream(output, paths, 1, False, False, False,
+                            lambda kept: iter([[record("a.png")]]))
+    asked = []
+
+    def produce(kept):
+        asked.append(kept)
+        return iter([[record(path)] for path in paths[kept:]])
+
+    summary = write_record_stream(output, paths, 1, False, True, False, produce)
+    assert asked == [1]
+    assert summary == {"output": output, "images": 3, "kept": 1, "written": 2,
+                       "failed": 3}
+    assert [r["image"] for r in keras_cait.read_records(output)] == paths
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, True, 2.0, None])
+def test_batch_size_is_checked_before_the_model_loads(batch_size, tmp_path):
+    message = re.escape(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    calls = [
+        lambda: keras_cait.predict_files(tmp_path, "no_such_preset", batch_size=batch_size),
+        lambda: keras_cait.write_predictions(
+            tmp_path, tmp_path / "r.jsonl", "no_such_preset", batch_size=batch_size),
+        lambda: keras_cait.write_predictions_on_ray(
+            tmp_path, tmp_path / "r.jsonl", "no_such_preset", batch_size=batch_size),
+        lambda: keras_cait.evaluate_folder(tmp_path, "no_such_preset",
+                                           batch_size=batch_size),
+    ]
+    for call in calls:
+        with pytest.raises(keras_cait.CaiTConfigError, match=message):
+            call()

@@ -12,7 +12,7 @@ import pytest
 
 import keras_cait
 from keras_cait.errors import CaiTConfigError
-from keras_cait.models.cait_export import (
+from keras_cait.runtime.export import (
     FORMATS,
     KERAS_LIMITS,
     OPENVINO_F32,
@@ -176,29 +176,3 @@ def test_bad_arguments_are_named(classifier, tmp_path):
     with pytest.raises(CaiTConfigError, match="'.xml'"):
         classifier.export(tmp_path / "x.onnx", format="openvino")
     assert not any(tmp_path.iterdir())
-
-
-def test_export_model_is_a_deprecated_alias(classifier, images, tmp_path):
-    format = "onnx"
-    with pytest.warns(DeprecationWarning, match="model.export"):
-        with pytest.raises(CaiTConfigError, match="`batch_size`"):
-            keras_cait.export_model(classifier, tmp_path / "x.onnx", batch_size=0)
-    with pytest.warns(DeprecationWarning):
-        with pytest.raises(CaiTConfigError, match="`model`"):
-            keras_cait.export_model(
-                keras.Sequential([keras.layers.Dense(2)]), tmp_path / "x.onnx"
-            )
-    assert not any(tmp_path.iterdir())
-    if BACKEND not in SUPPORTED_BACKENDS[format]:
-        return
-    path = tmp_path / "fixed.onnx"
-    with pytest.warns(DeprecationWarning):
-        keras_cait.export_model(classifier, path, format=format, batch_size=2)
-    onnxruntime = pytest.importorskip("onnxruntime")
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert list(session.get_inputs()[0].shape) == [2, 32, 32, 3]
-    np.testing.assert_allclose(
-        _run_onnx(str(path), images[:2]),
-        classifier.predict(images[:2], verbose=0),
-        atol=1e-4,
-    )

@@ -1,12 +1,17 @@
-"""The fast `predict()` path (keras_cait/models/fast_inference.py): same
-outputs as the model, batching and fallbacks as in Keras, XLA by default on
-TensorFlow."""
+"""The runtime's `predict()` (keras_cait/runtime/predict.py): same outputs
+as the model, batching and fallbacks as in Keras, XLA by default on
+TensorFlow, all behind the speed switch; and the private Keras API it uses,
+pinned."""
+
+import inspect
 
 import keras
 import numpy as np
 import pytest
 
 import keras_cait
+from keras_cait.layers import _fast_paths
+from keras_cait.runtime import RuntimeMixin
 from tests.support import TINY_BACKBONE, to_numpy
 
 
@@ -75,76 +80,65 @@ def test_xla_is_the_default_on_tensorflow(classifier):
     assert model.jit_compile is False
 
 
-jax_only = pytest.mark.skipif(
-    keras.backend.backend() != "jax", reason="the JAX predict path"
-)
-
-
-def keras_predict_on_batch(model, x):
-    """What Keras's own `predict_on_batch` returns (KerasHub's task first
-    preprocesses, then the backend trainer's)."""
-    return keras.Model.predict_on_batch(model, model.preprocess_samples(x)
-                                        if hasattr(model, "preprocess_samples") else x)
-
-
-@jax_only
-def test_jax_predict_skips_keras_state_round_trip_and_keeps_its_numbers(
-    images, monkeypatch
-):
-    from keras.src.backend.jax.trainer import JAXTrainer
-
-    backbone = keras_cait.CaiTBackbone(**{**TINY_BACKBONE, "layer_scale_init_value": 0.1})
+def test_switch_off_gives_keras_predict(images, monkeypatch):
+    monkeypatch.setattr(_fast_paths, "_enabled", False)
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     model = keras_cait.CaiTImageClassifier(backbone, num_classes=5)
+    if keras.backend.backend() == "tensorflow":
+        # Keras's own "auto": no XLA on a machine without a GPU.
+        assert model.jit_compile is keras.Model._resolve_auto_jit_compile(model)
+    expected = to_numpy(model(images, training=False))
+
+    def refuse(x):
+        raise AssertionError("the fast path ran")
+
+    # Keras's loop does not go through `predict_on_batch`; the fast path does.
+    monkeypatch.setattr(model, "predict_on_batch", refuse)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+    # The switch is read when the predict function is made, not per call.
+    monkeypatch.setattr(_fast_paths, "_enabled", True)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+    model.make_predict_function(force=True)
+    with pytest.raises(AssertionError, match="fast path"):
+        model.predict(images, verbose=0)
+
+
+def test_pinned_private_keras_api():
+    # Keras 3.15: compile(jit_compile="auto") asks `_resolve_auto_jit_compile`
+    # (runtime/predict.py overrides it), which reads `_flatten_layers`.
     calls = []
-    original = JAXTrainer.predict_on_batch
-    monkeypatch.setattr(
-        JAXTrainer, "predict_on_batch",
-        lambda self, x: calls.append(1) or original(self, x),
-    )
-    model.predict(images, batch_size=2, verbose=0)
-    fast = model.predict(images, verbose=0)
-    assert calls == []  # Keras's per-call state round trip was skipped
-    np.testing.assert_allclose(fast, keras_predict_on_batch(model, images), atol=1e-6)
 
-    # A weight assigned between calls is seen (values are read per call).
-    kernel = model.get_layer("predictions").kernel
-    kernel.assign(kernel.value * 2)
-    np.testing.assert_allclose(
-        model.predict(images, verbose=0), keras_predict_on_batch(model, images),
-        atol=1e-6,
-    )
+    class Model(keras.Model):
+        def _resolve_auto_jit_compile(self):
+            calls.append(len(list(self._flatten_layers())))
+            return False
 
-    # quantize() resets Keras's predict_function, and so the compiled step;
-    # LoRA adds variables, which retraces it: both as Keras's own predict.
-    float_logits = model.predict(images, verbose=0)
-    model.quantize("int8")
-    quantized = model.predict(images, verbose=0)
-    assert np.abs(quantized - float_logits).max() > 0
-    np.testing.assert_allclose(quantized, keras_predict_on_batch(model, images), atol=1e-6)
-    model.get_layer("predictions").enable_lora(2)
-    lora = model.get_layer("predictions")
-    lora.lora_kernel_b.assign(np.ones(lora.lora_kernel_b.shape, "float32"))
-    with_lora = model.predict(images, verbose=0)
-    assert np.abs(with_lora - quantized).max() > 1e-3
-    np.testing.assert_allclose(with_lora, keras_predict_on_batch(model, images), atol=1e-5)
+    inputs = keras.Input((2,))
+    Model(inputs, keras.layers.Dense(1)(inputs)).compile()
+    assert calls and calls[0] >= 2
+    if keras.backend.backend() == "tensorflow":
+        # TensorFlowTrainer's strategy attribute, None outside tf.distribute.
+        assert keras.Model(inputs, inputs)._distribute_strategy is None
 
 
-@jax_only
-def test_jax_predict_writes_back_state_the_step_changes(images):
-    from keras_cait.models.fast_inference import FastInferenceMixin
+def test_pinned_private_openvino_trainer_api():
+    # Keras 3.15's OpenVINO trainer: the compiled model runtime/predict.py
+    # compiles again in float32, and the parameter runtime/export.py uses.
+    pytest.importorskip("openvino")
+    from keras.src.backend.openvino import trainer
 
-    class CountCalls(keras.layers.Layer):
-        def build(self, input_shape):
-            self.count = self.add_weight(shape=(), initializer="zeros", trainable=False)
+    source = inspect.getsource(trainer.OpenVINOTrainer)
+    for name in ("struct_params", "struct_outputs", "_output_mask_indices", "ov_device"):
+        assert f"self.{name} =" in source, name
+    for method in ("_get_compiled_model", "_parameterize_data"):
+        assert list(inspect.signature(getattr(trainer.OpenVINOTrainer, method)).parameters) == [
+            "self", "data"
+        ]
 
-        def call(self, x):
-            self.count.assign(self.count + 1.0)
-            return x
 
-    class Counting(FastInferenceMixin, keras.Model):
-        pass
-
-    inputs = keras.Input((32, 32, 3))
-    model = Counting(inputs, CountCalls()(inputs))
-    model.predict(images, batch_size=2, verbose=0)  # 3 batches
-    assert float(model.layers[-1].count.value) == 3.0
+def test_runtime_is_attached_in_one_place():
+    for cls in (keras_cait.CaiTBackbone, keras_cait.CaiTImageClassifier):
+        assert cls.__mro__[1] is RuntimeMixin
+        for name in ("predict", "export", "_resolve_auto_jit_compile"):
+            owner = next(c for c in cls.__mro__ if name in vars(c))
+            assert owner.__module__.startswith("keras_cait.runtime"), (cls, name)

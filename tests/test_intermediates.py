@@ -98,6 +98,7 @@ def test_block_selection_follows_timm():
         (["0"], "must be ints"),
         (True, "None, an int"),
         (1.5, "None, an int"),
+        ("all", "None, an int"),  # one spelling: None is every block
     ):
         with pytest.raises(CaiTConfigError, match=message):
             block_indices(4, bad)
@@ -106,3 +107,10 @@ def test_block_selection_follows_timm():
 def test_bad_output_format(backbone):
     with pytest.raises(CaiTConfigError, match="output_format"):
         backbone.intermediate_model(output_format="NCHW")
+
+
+def test_one_spelling_of_the_block_selection(backbone, images):
+    for method in (backbone.attention_model, backbone.intermediate_model):
+        for old in ("blocks", "self_attention_blocks"):
+            with pytest.raises(TypeError, match=old):
+                method(**{old: 1})

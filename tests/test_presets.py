@@ -53,17 +53,17 @@ def _copy_repo(src, dst, skip=()):
 
 
 PRESET_KEYS = dict(
-    top=["architecture", "backbone", "classifier", "description", "imagenet_top1",
-         "license", "name", "num_params", "preprocessing", "weights"],
+    top=["architecture", "description", "imagenet_top1", "license", "name",
+         "num_params", "preprocessing", "weights"],
     weights=["format", "sha256", "source"],
-    classifier=["num_classes", "pooling"],
     preprocessing=["crop_pct", "image_size", "interpolation", "mean", "std"],
 )
 
 
 def test_every_preset_file_matches_the_schema_and_timm():
     """The shipped JSON files are checked here, not at import: the schema
-    (docs/presets.md) and agreement with timm's own configs."""
+    (docs/presets.md) and agreement with timm's own configs. The model's
+    hyper-parameters are not in the JSON: they come from the architecture."""
     files = sorted(registry.PRESETS_DIR.glob("*.json"))
     assert [f.stem for f in files] == sorted(TIMM_ARCHITECTURES)
     counts = variants()
@@ -71,36 +71,33 @@ def test_every_preset_file_matches_the_schema_and_timm():
         preset = registry.get_preset(path.stem)
         name = path.stem
         assert sorted(preset) == PRESET_KEYS["top"], name
-        for part in ("weights", "classifier", "preprocessing"):
+        for part in ("weights", "preprocessing"):
             assert sorted(preset[part]) == PRESET_KEYS[part], (name, part)
-        # The input layout is the user's choice, not the checkpoint's.
-        assert sorted(preset["backbone"]) == sorted(
-            set(BACKBONE_DEFAULTS) - {"data_format"}
-        ), name
         assert preset["name"] == name
         assert preset["description"].strip() and "\n" not in preset["description"]
         assert preset["weights"]["format"] == "timm"
         sha256 = preset["weights"]["sha256"]
         assert sha256 is None or SHA256_PATTERN.fullmatch(sha256)
-        # The backbone block passes the package's own validator unchanged.
-        checked = check_backbone_config(preset["backbone"], str(path))
-        # `data_format` None: keras.config.image_data_format() decides.
-        assert checked == dict(
-            preset["backbone"], image_shape=checked["image_shape"], data_format=None
-        )
+        backbone, head = registry.model_arguments(name)
+        # Every backbone argument; the input layout is the user's choice
+        # (None: keras.config.image_data_format() decides).
+        assert sorted(backbone) == sorted(BACKBONE_DEFAULTS), name
+        assert backbone["data_format"] is None
+        assert check_backbone_config(backbone, name) == backbone
+        # The architecture's arguments build what timm's config.json builds.
         timm = json.loads((TIMM / "configs" / f"{name}.json").read_text())
         arguments = resolve_timm_arguments(timm["architecture"], timm["model_args"])
-        assert checked == backbone_kwargs_from_timm(arguments), name
-        head = classifier_kwargs_from_timm(arguments)
-        assert preset["classifier"] == {k: head[k] for k in ("num_classes", "pooling")}
+        assert backbone == backbone_kwargs_from_timm(arguments), name
+        assert head == classifier_kwargs_from_timm(arguments), name
         assert preset["architecture"] == timm["architecture"] == name
         cfg = timm["pretrained_cfg"]
         prep = preset["preprocessing"]
         assert prep["image_size"] == cfg["input_size"][1:]
+        assert prep["image_size"] == list(backbone["image_shape"][:2])
         assert prep["crop_pct"] == cfg["crop_pct"]
         assert prep["interpolation"] == cfg["interpolation"] in INTERPOLATIONS
         assert prep["mean"] == cfg["mean"] and prep["std"] == cfg["std"]
-        assert preset["classifier"]["num_classes"] == cfg["num_classes"]
+        assert head["num_classes"] == cfg["num_classes"]
         assert preset["license"] == cfg["license"]
         assert preset["num_params"] == counts[name]["num_params"]
         assert preset["weights"]["source"] == f"hf://timm/{name}.fb_dist_in1k"

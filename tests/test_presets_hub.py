@@ -3,7 +3,7 @@
 One subprocess per backend run (HF_HUB_CACHE and HF_HUB_OFFLINE must be set
 before `huggingface_hub` is imported) loads from an offline cache built by
 `tests.hf_cache`: the preset name `cait_xxs24_224` (timm's logits within
-1e-4, then again through KerasHub's base class), the legacy config as a
+1e-4, downloading only `model.safetensors`, then again through KerasHub's base class), the legacy config as a
 local timm directory (timm's logits within 1e-4), pinned and
 unpinned handles, a keras-cait preset repo, KerasHub's base classes, and the
 offline errors.
@@ -29,9 +29,18 @@ from tests.support import expected, to_numpy
 info = json.loads(INFO_JSON)
 out = {}
 
-# 1. The quickstart: a preset name, timm's logits.
+# 1. The quickstart: a preset name, timm's logits; only the weights file is
+#    downloaded (the architecture is keras-cait's, not the repo's config.json).
+from keras_cait.io import hub
 ref = expected("cait_xxs24_224")
+downloads, download_file = [], hub.download_file
+def counting(repo_id, filename, *args, **kwargs):
+    downloads.append([repo_id, filename])
+    return download_file(repo_id, filename, *args, **kwargs)
+hub.download_file = counting
 model = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224")
+hub.download_file = download_file
+out["xxs24_downloads"] = downloads
 # (One image per call everywhere: same shapes, so JAX compiles once.)
 out["xxs24_error"] = float(np.abs(to_numpy(model(ref["images"][:1])) - ref["logits"][:1]).max())
 out["xxs24_preprocessor"] = type(model.preprocessor).__name__
@@ -146,6 +155,7 @@ def test_offline_hub_loading(hub_cache, monkeypatch):
     out = json.loads(line[len("RESULT") :])
 
     assert out["xxs24_error"] < 1e-4
+    assert out["xxs24_downloads"] == [[hf_cache.XXS24, "model.safetensors"]]
     assert out["xxs24_preprocessor"] == "CaiTImageClassifierPreprocessor"
     assert out["photo_shape"] != [224, 224, 3]
     assert out["predict_shape"] == [1, 10] and out["predict_error"] < 1e-4

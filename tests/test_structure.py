@@ -70,16 +70,17 @@ LAYERS = {
         "keras_cait.loading.registry",
         "keras_cait.loading.safe_loading",
         "keras_cait.loading.timm_repo",
+        "keras_cait.runtime",  # predict/export overrides attached to the models
+        "keras_cait.runtime.export",
+        "keras_cait.runtime.predict",
     ],
     4: [  # the model, in one folder (as KerasHub's models/vit/)
         "keras_cait.models",
         "keras_cait.models.cait_backbone",
-        "keras_cait.models.cait_export",
         "keras_cait.models.cait_image_classifier",
         "keras_cait.models.cait_image_classifier_preprocessor",
         "keras_cait.models.cait_image_converter",
         "keras_cait.models.cait_presets",
-        "keras_cait.models.fast_inference",
         "keras_cait.models.shuffled_batches",
     ],
     5: [  # applications on the model, one folder per concern; the public API
@@ -95,7 +96,6 @@ LAYERS = {
         "keras_cait.training",
         "keras_cait.training.finetuning",
         "keras_cait.training.resolution",
-        "keras_cait.export",
         "keras_cait",
     ],
     6: [  # the command line and checkpoint publishing (outside the package,

@@ -86,12 +86,17 @@ def worker_prepare(spec):
 
     import keras_cait
     from keras_cait.inference.image_pipeline import image_batches
+    from keras_cait.loading import registry
 
+    backbone_kwargs, num_classes = spec["backbone_kwargs"], spec["num_classes"]
+    if backbone_kwargs is None:  # a preset: the model of its architecture
+        backbone_kwargs, head = registry.model_arguments(spec["model"])
+        num_classes = head["num_classes"]
     keras.utils.set_random_seed(0)
-    backbone = keras_cait.CaiTBackbone(**spec["backbone_kwargs"])
+    backbone = keras_cait.CaiTBackbone(**backbone_kwargs)
     converter = keras_cait.CaiTImageConverter(**spec["preprocessing"])
     classifier = keras_cait.CaiTImageClassifier(
-        backbone, num_classes=spec["num_classes"],
+        backbone, num_classes=num_classes,
         preprocessor=keras_cait.CaiTImageClassifierPreprocessor(converter),
     )
     classifier.save_to_preset(spec["preset"])
@@ -161,8 +166,7 @@ def _model(args):
     preset = json.loads((REPO / "presets" / f"{args.model}.json").read_text())
     preprocessing = {key: preset["preprocessing"][key] for key in
                      ("image_size", "crop_pct", "interpolation", "mean", "std")}
-    return (args.model, preset["backbone"], preset["classifier"]["num_classes"],
-            preprocessing)
+    return args.model, None, None, preprocessing  # the model: its architecture's
 
 
 def measure(args):
@@ -171,7 +175,7 @@ def measure(args):
               "uptime_start": uptime(), "runs": []}
     with tempfile.TemporaryDirectory() as directory:
         paths = make_collection(os.path.join(directory, "images"), args.images)
-        spec = dict(paths=paths, preset=os.path.join(directory, "preset"),
+        spec = dict(model=label, paths=paths, preset=os.path.join(directory, "preset"),
                     array=os.path.join(directory, "images.npy"),
                     backbone_kwargs=backbone_kwargs, num_classes=num_classes,
                     preprocessing=preprocessing, batch_size=args.batch_size)

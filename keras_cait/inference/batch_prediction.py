@@ -16,13 +16,12 @@ import numpy as np
 from huggingface_hub.utils import tqdm
 
 from keras_cait.errors import CaiTConfigError
-from keras_cait.inference.image_pipeline import check_batch_size, image_batches
+from keras_cait.inference.image_pipeline import image_batches
 from keras_cait.inference.predictions import probabilities, top_predictions
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import RecordWriter, check_output
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
-
-DEFAULT_BATCH_SIZE = 32
+from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 
 def load_classifier(model):
@@ -167,8 +166,15 @@ def progress_bar(total, initial=0, enabled=True, description="classifying"):
         yield bar
 
 
-def predict_batches(predictor, paths, batch_size, start=0, progress=False):
-    """Runs `predictor` over `paths[start:]` through the streamed pipeline.
+def predict_batches(predictor, paths, batch_size, start=0, progress=False,
+                    fixed_shape=False):
+    """Runs `predictor` over `paths[start:]` through the streamed pipeline:
+    the forward loop of every collection run (one process, Ray actors,
+    evaluation, the command line).
+
+    Args:
+        fixed_shape: bool. Pad every batch to `batch_size`, even in a run of
+            fewer paths (a Ray actor's calls then all have one shape).
 
     Yields:
         `(batch, outputs, records)` per batch, in order: the `ImageBatch`,
@@ -176,7 +182,8 @@ def predict_batches(predictor, paths, batch_size, start=0, progress=False):
     """
     # One forward shape for the whole run (resumed or not): the last batch
     # is padded, a run shorter than `batch_size` is one batch.
-    batch_size = min(batch_size, len(paths))
+    if not fixed_shape:
+        batch_size = min(batch_size, len(paths))
     with progress_bar(len(paths), start, progress) as bar:
         for batch in image_batches(paths, predictor.converter, batch_size, start):
             outputs = predictor.outputs(batch.images, batch_size)
@@ -307,24 +314,61 @@ def write_records(predictor, paths, output, batch_size, resume=False, progress=T
     Returns:
         The summary dict of `write_predictions`.
     """
-    summary = {"output": output, "images": len(paths), "kept": 0, "written": 0}
-    with RecordWriter(
-        output, predictor.top, predictor.embeddings, resume=resume,
-        expected_images=paths,
-    ) as writer:
-        summary["kept"] = writer.kept
-        failed = writer.kept_failures
+
+    def produce(kept):
         # Restart at the batch the kept records end in: the batches are
         # those of an uninterrupted run.
-        start = writer.kept - writer.kept % batch_size
-        if writer.kept == len(paths):  # nothing left to do
-            start = len(paths)
-        for batch, _, records in predict_batches(
-            predictor, paths, batch_size, start, progress
-        ):
-            records = records[max(0, writer.kept - batch.start):]
-            writer.write(records)
-            summary["written"] += len(records)
-            failed += sum("error" in record for record in records)
+        start = len(paths) if kept == len(paths) else kept - kept % batch_size
+        for batch, _, records in predict_batches(predictor, paths, batch_size, start):
+            yield records[max(0, kept - batch.start):]
+
+    return write_record_stream(
+        output, paths, predictor.top, predictor.embeddings, resume, progress, produce
+    )
+
+
+def write_record_stream(output, paths, top, embeddings, resume, progress, produce):
+    """The records loop of every run that writes a records file, in one
+    process (`write_records`) or on Ray (`write_predictions_on_ray`).
+
+    Args:
+        output, resume, progress: as in `write_predictions`.
+        paths: list of str, the run's image paths.
+        top, embeddings: the records' options (a resumed file must have
+            the same).
+        produce: a function of `kept` (the records kept from an earlier
+            run) returning an iterator of lists of records: those of
+            `paths[kept:]`, in order.
+
+    Returns:
+        The summary dict of `write_predictions`.
+
+    Raises:
+        CaiTConfigError: a record is not the next path's, or records are
+            missing; or as `RecordWriter`.
+    """
+    summary = {"output": output, "images": len(paths), "kept": 0, "written": 0}
+    with RecordWriter(output, top, embeddings, resume, expected_images=paths) as writer:
+        summary["kept"] = writer.kept
+        failed = writer.kept_failures
+        remaining = paths[writer.kept:]
+        with progress_bar(len(paths), writer.kept, progress) as bar:
+            for records in produce(writer.kept):
+                written = summary["written"]
+                images = [record["image"] for record in records]
+                expected = remaining[written : written + len(records)]
+                if images != expected:
+                    raise CaiTConfigError(
+                        f"Got the records of {images[:2]!r:.200} where those of "
+                        f"{expected[:2]!r:.200} were expected (records out of order)."
+                    )
+                writer.write(records)
+                summary["written"] += len(records)
+                failed += sum("error" in record for record in records)
+                bar.update(len(records))
+    if summary["written"] != len(remaining):
+        raise CaiTConfigError(
+            f"Got {summary['written']} records for {len(remaining)} images."
+        )
     summary["failed"] = failed
     return summary

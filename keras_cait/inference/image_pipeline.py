@@ -63,14 +63,6 @@ def read_image(path):
         return _PLACEHOLDER, f"Cannot read image '{path}': {reason}"
 
 
-def check_batch_size(batch_size):
-    """Raises `CaiTConfigError` unless `batch_size` is a positive int."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CaiTConfigError(
-            f"`batch_size` must be a positive integer, got {batch_size!r}."
-        )
-
-
 def image_batches(paths, converter, batch_size, start=0):
     """Yields the `ImageBatch`es of `paths[start:]`, in order.
 
@@ -86,7 +78,9 @@ def image_batches(paths, converter, batch_size, start=0):
         converter: the preset's `CaiTImageConverter`: a Keras layer turning a
             uint8 `(height, width, 3)` image into a `(size, size, 3)` model
             input, inside a `tf.data` graph.
-        batch_size: int. Images per batch (the last one may be smaller).
+        batch_size: int `>= 1` (checked by the callers, see
+            `keras_cait.schema.check_batch_size`). Images per batch (the
+            last one may be smaller).
         start: int. Index of the first path to read (to resume a run).
 
     Yields:
@@ -94,10 +88,8 @@ def image_batches(paths, converter, batch_size, start=0):
         with its image or its error.
 
     Raises:
-        CaiTConfigError: `batch_size` is not a positive int, or TensorFlow
-            (for `tf.data`) is not installed.
+        CaiTConfigError: TensorFlow (for `tf.data`) is not installed.
     """
-    check_batch_size(batch_size)
     try:
         import tensorflow as tf  # optional dependency: tf.data (comes with keras-hub)
     except ImportError:

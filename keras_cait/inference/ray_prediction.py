@@ -16,15 +16,15 @@ import numpy as np
 
 from keras_cait.errors import CaiTConfigError
 from keras_cait.inference.batch_prediction import (
-    DEFAULT_BATCH_SIZE,
     BatchPredictor,
     load_classifier,
-    progress_bar,
+    predict_batches,
+    write_record_stream,
 )
-from keras_cait.inference.image_pipeline import check_batch_size, image_batches
 from keras_cait.io.image_paths import expand_image_paths
-from keras_cait.io.records import RecordWriter, check_output
+from keras_cait.io.records import check_output
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 
 def _import_ray():
@@ -68,10 +68,8 @@ class RayBatchPredictor:
 
     def __call__(self, batch):
         paths = [str(path) for path in batch["image"]]
-        records = []
-        for images in image_batches(paths, self.predictor.converter, self.batch_size):
-            outputs = self.predictor.outputs(images.images, self.batch_size)
-            records += self.predictor.records(images, outputs)
+        batches = predict_batches(self.predictor, paths, self.batch_size, fixed_shape=True)
+        records = [record for _, _, records in batches for record in records]
         return {"record": np.array([json.dumps(record) for record in records], object)}
 
 
@@ -153,40 +151,22 @@ def write_predictions_on_ray(
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        summary = {"output": output, "images": len(paths), "kept": 0, "written": 0}
-        with RecordWriter(output, top, embeddings, resume, expected_images=paths) as writer:
-            summary["kept"] = writer.kept
-            failed = writer.kept_failures
-            remaining = paths[writer.kept:]
-            with progress_bar(len(paths), writer.kept, progress) as bar:
-                for index, record in enumerate(_ray_records(
-                    ray, remaining, model, top, embeddings, batch_size, backend,
-                    actors, gpus_per_actor,
-                )):
-                    expected = remaining[index] if index < len(remaining) else None
-                    if record["image"] != expected:
-                        raise CaiTConfigError(  # a broken `preserve_order`
-                            f"Ray returned the record of {record['image']!r} where "
-                            f"{expected!r} was expected."
-                        )
-                    writer.write([record])
-                    summary["written"] += 1
-                    failed += "error" in record
-                    bar.update(1)
-        if summary["written"] != len(remaining):
-            raise CaiTConfigError(
-                f"Ray returned {summary['written']} records for {len(remaining)} images."
-            )
+        return write_record_stream(
+            output, paths, top, embeddings, resume, progress,
+            lambda kept: _ray_records(
+                ray, paths[kept:], model, top, embeddings, batch_size, backend,
+                actors, gpus_per_actor,
+            ),
+        )
     finally:
         if started:
             ray.shutdown()
-    summary["failed"] = failed
-    return summary
 
 
 def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors,
                  gpus_per_actor):
-    """The records of `paths` from Ray Data actors, in order."""
+    """The records of `paths` from Ray Data actors, in order, one list per
+    record (as they arrive)."""
     if not paths:
         return
     # Order kept (Ray Data's default gives up order for speed); the caller's
@@ -209,6 +189,6 @@ def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors
             runtime_env={"env_vars": {"KERAS_BACKEND": backend}},
         )
         for row in dataset.iter_rows():
-            yield json.loads(row["record"])
+            yield [json.loads(row["record"])]
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved

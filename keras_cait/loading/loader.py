@@ -33,20 +33,6 @@ from keras_hub.src.utils.preset_utils import (  # isort: skip
     find_subclass,
 )
 
-# Backbone arguments that decide the shapes of the weights.
-_SHAPE_ARGUMENTS = (
-    "image_shape",
-    "patch_size",
-    "hidden_dim",
-    "num_layers",
-    "num_heads",
-    "num_class_attention_layers",
-    "mlp_ratio",
-    "class_attention_mlp_ratio",
-    "use_qkv_bias",
-)
-
-
 # Backbone arguments `from_preset` passes to the backbone besides KerasHub's
 # `dtype` and `image_shape`: regularisation chosen at load time (fine-tuning)
 # and the images' layout.
@@ -79,7 +65,7 @@ def converter_follows_backbone(task):
 
 def _hub_weights_fetcher(repo_id, revision, commit):
     def fetch():
-        # The same commit as the config.json that was read.
+        # The same commit as the config.json that was read, if one was.
         path, _ = hub.download_file(
             repo_id,
             timm_repo.WEIGHTS_FILE,
@@ -105,52 +91,21 @@ def _local_weights_fetcher(directory):
 
 
 def _named_preset(name):
-    """The `TimmCheckpoint` of a shipped preset JSON."""
+    """The `TimmCheckpoint` of a shipped preset: the model of its
+    architecture (`registry.model_arguments`), the JSON's preprocessing;
+    only the repo's `model.safetensors` is downloaded."""
     data = registry.get_preset(name)
     source = handles.parse_hf_handle(data["weights"]["source"])
-
-    def fetch():
-        config_path, commit = hub.download_file(
-            source.repo_id, timm_repo.CONFIG_FILE, revision=source.revision
-        )
-        config_source = f"{source.text} {timm_repo.CONFIG_FILE}"
-        repo = timm_repo.TimmCheckpoint.from_config(
-            read_json(config_path, config_source), config_source
-        )
-        _check_agrees(name, data, repo)
-        return _hub_weights_fetcher(source.repo_id, source.revision, commit)()
-
+    backbone_kwargs, classifier_kwargs = registry.model_arguments(name)
     return timm_repo.TimmCheckpoint(
         f"preset {name!r} ({source.text})",
         data["architecture"],
-        data["backbone"],
-        dict(data["classifier"], dropout=0.0),
+        backbone_kwargs,
+        classifier_kwargs,
         data["preprocessing"],
-        fetch,
+        _hub_weights_fetcher(source.repo_id, source.revision, None),
         sha256=data["weights"].get("sha256"),
     )
-
-
-def _check_agrees(name, data, repo):
-    """The repo's config.json must describe the preset's model."""
-    expected = dict(data["backbone"], image_shape=tuple(data["backbone"]["image_shape"]))
-    differences = [
-        f"{key}: preset {expected[key]!r}, repo {repo.backbone_kwargs[key]!r}"
-        for key in _SHAPE_ARGUMENTS
-        if expected[key] != repo.backbone_kwargs[key]
-    ]
-    for key in ("num_classes", "pooling"):
-        if data["classifier"][key] != repo.classifier_kwargs[key]:
-            differences.append(
-                f"{key}: preset {data['classifier'][key]!r}, repo "
-                f"{repo.classifier_kwargs[key]!r}"
-            )
-    if differences:
-        raise CaiTConfigError(
-            f"{repo.label} does not describe preset {name!r}: "
-            + "; ".join(differences)
-            + ". Pin the preset's revision or load the repo by its handle."
-        )
 
 
 def get_loader(preset, config=None):

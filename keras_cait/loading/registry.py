@@ -7,6 +7,11 @@ import difflib
 import functools
 import pathlib
 
+from keras_cait.convert.timm_config import (
+    backbone_kwargs_from_timm,
+    classifier_kwargs_from_timm,
+    resolve_timm_arguments,
+)
 from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
 from keras_cait.io.files import read_json
 
@@ -46,6 +51,32 @@ def get_preset(name):
     if name in presets:
         return presets[name]
     raise CaiTConfigError(unknown_preset_message(name))
+
+
+def model_arguments(name):
+    """The model a preset builds: `(backbone_kwargs, classifier_kwargs)`
+    of its timm `architecture`, as timm's `cait.py` registers it
+    (`keras_cait.convert.timm_config.TIMM_ARCHITECTURES`, the one place the
+    variants' hyper-parameters are written; the JSON names the architecture).
+
+    Args:
+        name: a name from `list_presets()`.
+
+    Returns:
+        Two dicts: every `CaiTBackbone` argument, checked by
+        `keras_cait.schema.check_backbone_config`, and the head's
+        `num_classes`, `pooling` and `dropout`.
+
+    Raises:
+        CaiTConfigError: `name` is not a preset.
+    """
+    data = get_preset(name)
+    source = f"preset {name!r}"
+    arguments = resolve_timm_arguments(data["architecture"], source=source)
+    return (
+        backbone_kwargs_from_timm(arguments, source),
+        classifier_kwargs_from_timm(arguments, source),
+    )
 
 
 def unknown_preset_message(name):

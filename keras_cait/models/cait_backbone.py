@@ -1,6 +1,5 @@
 """CaiTBackbone: the CaiT feature extractor as a KerasHub backbone."""
 
-import warnings
 import weakref
 
 import keras
@@ -15,8 +14,7 @@ from keras_cait.layers.class_attention_block import ClassAttentionBlock
 from keras_cait.layers.embedding import ClassToken, PatchEmbedding
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
 from keras_cait.loading.loader import load_preset
-from keras_cait.models.cait_export import CaiTExportMixin
-from keras_cait.models.fast_inference import FastInferenceMixin
+from keras_cait.runtime import RuntimeMixin, check_batch_size
 from keras_cait.schema import BACKBONE_DEFAULTS, check_backbone_config
 from keras_cait.serialization import register
 
@@ -86,7 +84,7 @@ def cait_backbone_of(model):
     return backbone
 
 
-def block_indices(num_layers, indices, allow_empty=False, **deprecated):
+def block_indices(num_layers, indices, allow_empty=False):
     """Self-attention block indices, sorted and unique, as timm's
     `forward_intermediates(indices=...)` selects them: `None` for every
     block, an int `n` for the last `n` blocks, a sequence for those blocks
@@ -96,25 +94,11 @@ def block_indices(num_layers, indices, allow_empty=False, **deprecated):
         num_layers: int. The backbone's self-attention blocks.
         indices: `None`, an int or a sequence of ints.
         allow_empty: bool. Whether an empty sequence (no block) is valid.
-        **deprecated: the old names, for one release with a
-            `DeprecationWarning`: `self_attention_blocks=` (an int meant
-            that one block, `"all"` every block, `None` none) and `blocks=`
-            (the meaning of `indices`).
 
     Raises:
         CaiTConfigError: an index out of range, another type, or an empty
             selection where `allow_empty` is False.
     """
-    if deprecated:
-        indices = _from_deprecated_name(deprecated)
-    if isinstance(indices, str) and indices == "all":
-        warnings.warn(
-            "indices='all' is deprecated and will be removed in the next "
-            "release; pass indices=None for every block.",
-            DeprecationWarning,
-            stacklevel=4,
-        )
-        indices = None
     if indices is None:
         return tuple(range(num_layers))
     if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
@@ -144,43 +128,13 @@ def block_indices(num_layers, indices, allow_empty=False, **deprecated):
     return tuple(sorted(selected))
 
 
-def _from_deprecated_name(deprecated):
-    """`indices` from an old argument name, with a `DeprecationWarning`."""
-    if len(deprecated) > 1 or not set(deprecated) <= {"self_attention_blocks", "blocks"}:
-        raise TypeError(
-            f"Unexpected keyword arguments {sorted(deprecated)}: the blocks are "
-            "chosen with `indices`."
-        )
-    ((name, value),) = deprecated.items()
-    warnings.warn(
-        f"`{name}=` is deprecated and will be removed in the next release; "
-        "pass `indices=` (as timm's forward_intermediates: an int n is the "
-        "last n blocks, a list those blocks, None every block).",
-        DeprecationWarning,
-        stacklevel=4,
-    )
-    if name == "blocks" or isinstance(value, str):
-        return value
-    # `self_attention_blocks`: an int was that one block, None no block.
-    if value is None:
-        return ()
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (value,)
-    return value
-
-
 def run_in_batches(model, images, batch_size):
     """Calls `model` (dict outputs) on `images` batch by batch, eagerly.
 
     Returns:
         A dict of NumPy arrays, concatenated over the batches.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
-        batch_size < 1
-    ):
-        raise CaiTConfigError(
-            f"`batch_size` must be a positive integer, got {batch_size!r}."
-        )
+    batch_size = check_batch_size(batch_size)
     images = keras.ops.convert_to_numpy(images)
     pieces = {}
     for start in range(0, len(images), batch_size):
@@ -190,9 +144,8 @@ def run_in_batches(model, images, batch_size):
     return {name: np.concatenate(values) for name, values in pieces.items()}
 
 
-
 @register
-class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
+class CaiTBackbone(RuntimeMixin, Backbone):
     """CaiT (Class-Attention in Image Transformers) backbone.
 
     Patch embedding with a learned position embedding, `num_layers`
@@ -288,19 +241,22 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
             name="patch_embedding",
         )
         class_token_layer = ClassToken(hidden_dim, dtype=dtype, name="class_token")
+        common = dict(
+            use_qkv_bias=use_qkv_bias,
+            layer_scale_init_value=layer_scale_init_value,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+        )
         self_attention_blocks = [
             SelfAttentionBlock(
                 hidden_dim,
                 num_heads,
                 mlp_ratio=mlp_ratio,
-                use_qkv_bias=use_qkv_bias,
-                layer_scale_init_value=layer_scale_init_value,
                 dropout_rate=dropout_rate,
                 attention_dropout=attention_dropout,
                 drop_path_rate=drop_path_rate,
-                layer_norm_epsilon=layer_norm_epsilon,
-                dtype=dtype,
                 name=f"self_attention_block_{i}",
+                **common,
             )
             for i in range(num_layers)
         ]
@@ -309,11 +265,8 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
                 hidden_dim,
                 num_heads,
                 mlp_ratio=class_attention_mlp_ratio,
-                use_qkv_bias=use_qkv_bias,
-                layer_scale_init_value=layer_scale_init_value,
-                layer_norm_epsilon=layer_norm_epsilon,
-                dtype=dtype,
                 name=f"class_attention_block_{i}",
+                **common,
             )
             for i in range(num_class_attention_layers)
         ]
@@ -329,14 +282,8 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         # each layer's first call's outputs, so that call must be the one
         # with more outputs.
         concatenate = keras.layers.Concatenate(axis=1, name="tokens", dtype=dtype)
-        layers = (
-            patch_embedding,
-            class_token_layer,
-            self_attention_blocks,
-            class_attention_blocks,
-            concatenate,
-            final_norm,
-        )
+        layers = (patch_embedding, class_token_layer, self_attention_blocks)
+        layers += (class_attention_blocks, concatenate, final_norm)
         if data_format == "channels_first":
             input_shape = (image_shape[2],) + image_shape[:2]
         else:
@@ -363,20 +310,13 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         rows, columns = self.image_shape[:2]
         return rows // self.patch_size, columns // self.patch_size
 
-
     @property
     def num_patches(self):
         """The number of patch tokens."""
         rows, columns = self.grid_size
         return rows * columns
 
-    def attention_graph(self):
-        """`(images, features, attention_maps)`: this backbone's layers and
-        weights wired on a `keras.Input` with every block's attention
-        weights by map name, all symbolic; `attention_model()` builds on it."""
-        return self._attention_graph
-
-    def attention_model(self, indices=(), **deprecated):
+    def attention_model(self, indices=()):
         """A `keras.Model` returning features and attention maps in one
         pass, sharing this backbone's weights (cached per selection):
         - `"features"`: the backbone's output `(batch, 1 + N, hidden_dim)`;
@@ -391,8 +331,7 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
             indices: the self-attention blocks, as timm's
                 `forward_intermediates`: `None` (every block), an int `n`
                 (the last `n` blocks) or a list of indices (negative count
-                from the end); `()` for none. `self_attention_blocks=` is a
-                deprecated name (its int meant one block).
+                from the end); `()` for none.
 
         Example:
         ```python
@@ -401,44 +340,36 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         outputs["class_attention_1"].shape  # (batch, heads, 1, 1 + N)
         ```
         """
-        blocks = block_indices(self.num_layers, indices, allow_empty=True, **deprecated)
+        blocks = block_indices(self.num_layers, indices, allow_empty=True)
         return derived_model(
             self, ("attention", blocks), lambda: self._build_attention_model(blocks)
         )
 
-    def _build_attention_model(self, blocks, head=None):
-        images, features, maps = self.attention_graph()
-        if head is None:
-            outputs = {"features": features}
-        else:
-            outputs = {"predictions": head(features)}
+    def _build_attention_model(self, blocks):
+        images, features, maps = self._attention_graph
+        outputs = {"features": features}
         for i in range(self.num_class_attention_layers):
             outputs[f"class_attention_{i}"] = maps[f"class_attention_{i}"]
         for i in blocks:
             outputs[f"talking_head_attention_{i}"] = maps[f"talking_head_attention_{i}"]
         return keras.Model(images, outputs, name=f"{self.name}_attention")
 
-    def get_attention_maps(self, images, indices=(), batch_size=8, **deprecated):
+    def get_attention_maps(self, images, indices=(), batch_size=8):
         """`attention_model(indices)`'s outputs for the normalised `images`
         `(batch, height, width, channels)`, as NumPy arrays, computed
         eagerly `batch_size` images at a time (for large datasets,
         `attention_model(...).predict(dataset)` compiles once)."""
-        return run_in_batches(
-            self.attention_model(indices, **deprecated), images, batch_size
-        )
+        return run_in_batches(self.attention_model(indices), images, batch_size)
 
-    def intermediate_model(
-        self, indices=None, output_format="tokens", norm=False, **deprecated
-    ):
+    def intermediate_model(self, indices=None, output_format="tokens", norm=False):
         """A model returning chosen self-attention block outputs (timm's
         `forward_intermediates`), sharing this backbone's weights (cached
         per request).
 
         Args:
-
             indices: as timm's: `None` (every block), an int `n` (the last
                 `n` blocks) or a list of block indices (negative count from
-                the end). `blocks=` is a deprecated name.
+                the end).
             output_format: `"tokens"` for `(batch, num_patches, hidden_dim)`
                 or `"grid"` for `(batch, rows, columns, hidden_dim)`.
             norm: bool. Pass each output through the final LayerNorm
@@ -459,7 +390,7 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
                 f"`output_format` must be one of {INTERMEDIATE_FORMATS}, got "
                 f"{output_format!r}."
             )
-        indices = block_indices(self.num_layers, indices, **deprecated)
+        indices = block_indices(self.num_layers, indices)
         key = ("intermediates", indices, output_format, bool(norm))
         return derived_model(
             self, key, lambda: self._build_intermediate_model(indices, output_format, norm)
@@ -484,11 +415,11 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
         return keras.Model(self.input, outputs, name=f"{self.name}_intermediates")
 
     def get_intermediate_outputs(
-        self, images, indices=None, output_format="tokens", norm=False, **deprecated
+        self, images, indices=None, output_format="tokens", norm=False
     ):
         """`intermediate_model(...)(images)`: a dict
         `{"self_attention_block_{i}": tensor}` in block order."""
-        model = self.intermediate_model(indices, output_format, norm, **deprecated)
+        model = self.intermediate_model(indices, output_format, norm)
         return model(images)
 
     @classmethod
@@ -526,9 +457,7 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
 
     @staticmethod
     def get_layout_map(
-        device_mesh,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
+        device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"
     ):
         """A `keras.distribution.LayoutMap` sharding CaiT's large kernels,
         for `keras.distribution.ModelParallel` (as KerasHub's
@@ -565,19 +494,13 @@ class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone):
                 f"{type(device_mesh).__name__}."
             )
         axis_names = tuple(device_mesh.axis_names)
-        for argument, name in (
-            ("model_parallel_dim_name", model_parallel_dim_name),
-            ("data_parallel_dim_name", data_parallel_dim_name),
-        ):
-            if name is None and argument == "data_parallel_dim_name":
-                continue
-            if name not in axis_names:
+        model_dim, data_dim = model_parallel_dim_name, data_parallel_dim_name
+        for argument, name in (("model", model_dim), ("data", data_dim)):
+            if name not in axis_names and (name, argument) != (None, "data"):
                 raise CaiTConfigError(
-                    f"`{argument}={name!r}` is not an axis of the device mesh; "
-                    f"its axes are {axis_names}."
+                    f"`{argument}_parallel_dim_name={name!r}` is not an axis of "
+                    f"the device mesh; its axes are {axis_names}."
                 )
-        model_dim = model_parallel_dim_name
-        data_dim = data_parallel_dim_name
 
         layout_map = keras.distribution.LayoutMap(device_mesh)
         # Fan-out projections: split the output features.

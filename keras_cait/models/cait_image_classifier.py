@@ -13,22 +13,21 @@ from keras_cait.models.cait_backbone import (
     derived_model,
     run_in_batches,
 )
-from keras_cait.models.cait_export import CaiTExportMixin
 from keras_cait.models.cait_image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
 )
-from keras_cait.models.fast_inference import FastInferenceMixin
 from keras_cait.models.shuffled_batches import (
     is_array_input,
     shuffled_batches,
     split_validation,
 )
+from keras_cait.runtime import RuntimeMixin
 from keras_cait.schema import check_classifier_config
 from keras_cait.serialization import register
 
 
 @register
-class CaiTImageClassifier(CaiTExportMixin, FastInferenceMixin, ImageClassifier):
+class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
     """CaiT image classification task.
 
     Pools the backbone's final tokens (`"token"`: the class token, as timm's
@@ -96,24 +95,14 @@ class CaiTImageClassifier(CaiTExportMixin, FastInferenceMixin, ImageClassifier):
         )
         if num_classes > 0:
             self.output_dense = keras.layers.Dense(
-                num_classes,
-                activation=activation,
-                dtype=head_dtype,
-                name="predictions",
+                num_classes, activation=activation, dtype=head_dtype, name="predictions"
             )
         else:
             self.output_dense = None
 
         # === Functional model ===
         inputs = self.backbone.input
-        tokens = self.backbone(inputs)
-        if pooling == "token":
-            pooled = tokens[:, 0]
-        else:
-            pooled = ops.mean(tokens[:, 1:], axis=1)
-        outputs = self.output_dropout(pooled)
-        if self.output_dense is not None:
-            outputs = self.output_dense(outputs)
+        outputs = self._head(self.backbone(inputs), pooling)
         # KerasHub's ImageClassifier builds a global-average-pooling graph;
         # like its ViT, skip it and build ours.
         Task.__init__(self, inputs=inputs, outputs=outputs, compile=False, **kwargs)
@@ -127,40 +116,33 @@ class CaiTImageClassifier(CaiTExportMixin, FastInferenceMixin, ImageClassifier):
         if compile:
             self.compile()
 
-    def attention_model(self, indices=(), **deprecated):
+    def _head(self, tokens, pooling):
+        """Pooling, dropout and the dense head on the backbone's `tokens`."""
+        if pooling == "token":
+            pooled = tokens[:, 0]
+        else:
+            pooled = ops.mean(tokens[:, 1:], axis=1)
+        outputs = self.output_dropout(pooled)
+        if self.output_dense is not None:
+            outputs = self.output_dense(outputs)
+        return outputs
+
+    def attention_model(self, indices=()):
         """`CaiTBackbone.attention_model()` with `"predictions"` (this
         model's output) in place of `"features"`."""
-
-        blocks = block_indices(
-            self.backbone.num_layers, indices, allow_empty=True, **deprecated
-        )
+        blocks = block_indices(self.backbone.num_layers, indices, allow_empty=True)
         return derived_model(
-            self,
-            ("attention", blocks),
-            lambda: self.backbone._build_attention_model(blocks, self._head()),
+            self, ("attention", blocks), lambda: self._build_attention_model(blocks)
         )
 
-    def _head(self):
-        """The part of this model's graph after its backbone (pooling,
-        dropout, dense head) as a `keras.Model` on the backbone's tokens,
-        reusing this model's layers."""
-        nodes = [
-            node
-            for depth_nodes in self._nodes_by_depth.values()
-            for node in depth_nodes
-            if node.operation is self.backbone
-        ]
-        if len(nodes) != 1:
-            raise CaiTConfigError(
-                f"`{self.name}` must call its backbone exactly once to expose "
-                f"attention maps; it calls it {len(nodes)} times."
-            )
-        (tokens,) = nodes[0].output_tensors
-        return keras.Model(tokens, self.output, name=f"{self.name}_head")
+    def _build_attention_model(self, indices):
+        backbone_model = self.backbone.attention_model(indices)
+        outputs = dict(backbone_model.output)
+        features = outputs.pop("features")
+        outputs = {"predictions": self._head(features, self.pooling), **outputs}
+        return keras.Model(backbone_model.input, outputs, name=f"{self.name}_attention")
 
-    def get_attention_maps(
-        self, images, indices=(), batch_size=8, preprocess=None, **deprecated
-    ):
+    def get_attention_maps(self, images, indices=(), batch_size=8, preprocess=None):
         """`CaiTBackbone.get_attention_maps()` with `"predictions"`;
         `preprocess` (default: when there is a `preprocessor`, as
         `predict()`) runs the preprocessor first.
@@ -181,9 +163,7 @@ class CaiTImageClassifier(CaiTExportMixin, FastInferenceMixin, ImageClassifier):
                     "`preprocess=True` but the model has no `preprocessor`."
                 )
             images = self.preprocessor(images)
-        return run_in_batches(
-            self.attention_model(indices, **deprecated), images, batch_size
-        )
+        return run_in_batches(self.attention_model(indices), images, batch_size)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):

@@ -1,21 +1,11 @@
-"""`model.export` for keras-cait models: every format Keras offers, on every
-backend where CaiT can be written, with a dynamic batch where the format
-allows one (docs/export.md).
-
-Keras's own exporter is used wherever it works for CaiT. The mixin steps in
-where a Keras default fails for CaiT and CaiT can do better:
-
-- ONNX on TensorFlow: tf2onnx learns TensorFlow's `Erfc` (in exact GELU).
-- ONNX and OpenVINO on PyTorch: `torch.export` (dynamic batch) instead of
-  Keras's TorchScript trace, which cannot trace Keras variables.
-- OpenVINO on JAX: through jax2onnx and OpenVINO's ONNX reader, instead of
-  jax2tf's `XlaCallModule`, which OpenVINO cannot read.
-- `torch` on PyTorch: a dynamic batch instead of a batch fixed at 1.
-
-The combinations Keras cannot write for any model (KerasHub's ViT fails
-the same way) raise `CaiTConfigError` saying so.
+"""`export()` for keras-cait models: Keras's `model.export`, made to work
+for CaiT in every format and backend it can (docs/export.md). Each override
+makes a format work that Keras's default fails to write for CaiT, or keeps
+a dynamic batch; the combinations Keras cannot write for any model raise
+`CaiTConfigError` saying so.
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -33,21 +23,17 @@ SUFFIXES = {"openvino": ".xml", "litert": ".tflite", "torch": ".pt2"}
 
 # (format, backend) pairs that Keras cannot write for any model, with why.
 KERAS_LIMITS = {
-    ("tf_saved_model", "torch"): "Keras needs `torch_xla` to write a "
-    "SavedModel from PyTorch, and torch_xla has no build for this torch",
-    ("litert", "jax"): "Keras's LiteRT export needs the TensorFlow or "
-    "PyTorch backend",
-    ("torch", "tensorflow"): "a PyTorch ExportedProgram needs the PyTorch "
-    "backend",
+    ("tf_saved_model", "torch"): "Keras needs `torch_xla` to write a SavedModel "
+    "from PyTorch, and torch_xla has no build for this torch",
+    ("litert", "jax"): "Keras's LiteRT export needs the TensorFlow or PyTorch backend",
+    ("torch", "tensorflow"): "a PyTorch ExportedProgram needs the PyTorch backend",
     ("torch", "jax"): "a PyTorch ExportedProgram needs the PyTorch backend",
 }
 
 # The backends that can write each format (the table in docs/export.md).
 SUPPORTED_BACKENDS = {
     format: tuple(
-        backend
-        for backend in ("tensorflow", "jax", "torch")
-        if (format, backend) not in KERAS_LIMITS
+        b for b in ("tensorflow", "jax", "torch") if (format, b) not in KERAS_LIMITS
     )
     for format in FORMATS
 }
@@ -56,18 +42,15 @@ SUPPORTED_BACKENDS = {
 # timm needs float32.
 OPENVINO_F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
-_TF2ONNX_ERFC_REGISTERED = []
 
-
+@functools.cache
 def _register_tf2onnx_erfc():
-    """Teaches tf2onnx TensorFlow's `Erfc` op as `1 - Erf(x)`.
+    """Teaches tf2onnx TensorFlow's `Erfc` op as `1 - Erf(x)`, once.
 
-    TensorFlow's exact GELU (`keras.activations.gelu(approximate=False)`,
-    CaiT's MLP activation) is written with `Erfc`, which tf2onnx has no
-    converter for. ONNX has `Erf`.
+    Reason: TensorFlow writes CaiT's exact GELU with `Erfc`, which tf2onnx
+    (1.17) has no converter for; ONNX has `Erf`. `tf2onnx.handler.tf_op` is
+    tf2onnx's decorator for custom op handlers.
     """
-    if _TF2ONNX_ERFC_REGISTERED:
-        return
     from tf2onnx import utils  # optional dependency: keras-cait[export]
     from tf2onnx.handler import tf_op  # optional dependency: keras-cait[export]
 
@@ -86,8 +69,6 @@ def _register_tf2onnx_erfc():
                 "Sub", [one.output[0], erf.output[0]], outputs=[output],
                 name=name, shapes=shapes, dtypes=dtypes,
             )
-
-    _TF2ONNX_ERFC_REGISTERED.append(Erfc)
 
 
 def _single_spec(input_signature):
@@ -135,20 +116,11 @@ def _save_openvino(ov_model, filepath, spec):
     openvino.save_model(ov_model, filepath, compress_to_fp16=False)
 
 
-class CaiTExportMixin:
-    """`export()` for keras-cait models: Keras's `model.export`, made to
-    work for CaiT in every format and backend it can.
-
-    Put it before the Keras/KerasHub base class:
-    `class CaiTBackbone(CaiTExportMixin, FastInferenceMixin, Backbone)`.
-    """
+class Export:
+    """`export()` override; see `keras_cait.runtime.RuntimeMixin`."""
 
     def export(
-        self,
-        filepath,
-        format="tf_saved_model",
-        verbose=None,
-        input_signature=None,
+        self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
         **kwargs,
     ):
         """Exports the model as an artefact for inference, as
@@ -162,15 +134,7 @@ class CaiTExportMixin:
         `input_signature` fixes it, except for `"litert"` on PyTorch (batch
         1 unless `input_signature` says otherwise).
 
-        | format | TensorFlow | JAX | PyTorch |
-        | --- | --- | --- | --- |
-        | `"tf_saved_model"` | yes | yes (jax2tf) | no: Keras needs `torch_xla` |
-        | `"onnx"` | yes (tf2onnx) | yes (jax2onnx) | yes (`torch.export`, dynamo) |
-        | `"openvino"` | yes | yes (through ONNX) | yes (`torch.export`) |
-        | `"litert"` | yes | no: Keras refuses | yes, fixed batch (`litert-torch`) |
-        | `"torch"` | no | no | yes (`torch.export`) |
-
-        On Keras's OpenVINO backend, `"openvino"` (dynamic batch).
+        Which backend writes which format: docs/export.md.
 
         Args:
             filepath: string or path. A directory for `"tf_saved_model"`, a
@@ -201,10 +165,6 @@ class CaiTExportMixin:
         ```python
         classifier = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224")
         classifier.export("cait_xxs24_224.onnx", format="onnx")
-
-        import onnxruntime
-        session = onnxruntime.InferenceSession("cait_xxs24_224.onnx")
-        logits = session.run(None, {"images": images})[0]
         ```
         """
         backend = keras.backend.backend()
@@ -213,13 +173,8 @@ class CaiTExportMixin:
         if input_signature is None:
             batch = 1 if (format, backend) == ("litert", "torch") else None
             image = self.inputs[0]
-            input_signature = [
-                keras.InputSpec(
-                    shape=(batch,) + tuple(image.shape[1:]),
-                    dtype=image.dtype,
-                    name="images",
-                )
-            ]
+            shape = (batch,) + tuple(image.shape[1:])
+            input_signature = [keras.InputSpec(shape=shape, dtype=image.dtype, name="images")]
         spec = _single_spec(input_signature)
         with staged_path(filepath) as staged:
             self._export_staged(
@@ -241,6 +196,7 @@ class CaiTExportMixin:
         # Keras's own messages name the staging path: silence them.
         quiet = dict(verbose=False, input_signature=input_signature, **kwargs)
         if spec is not None and backend == "torch" and format in ("onnx", "openvino"):
+            # Reason: Keras's TorchScript trace cannot trace Keras variables.
             program = _torch_exported_program(self, spec)
             if format == "onnx":
                 import torch  # optional dependency: only on PyTorch
@@ -256,15 +212,11 @@ class CaiTExportMixin:
 
                 _save_openvino(openvino.convert_model(program), staged, spec)
             return
-        if (
-            spec is not None
-            and (format, backend) == ("openvino", "openvino")
-            and spec.shape[0] is None
-        ):
+        if spec is not None and backend == format == "openvino" and spec.shape[0] is None:
             import openvino  # optional dependency: only on the OpenVINO backend
 
-            # Keras traces a batch of 1 here, which OpenVINO folds into the
-            # graph's reshapes. Private: keras.src
+            # Reason: Keras traces a batch of 1 here, which OpenVINO folds
+            # into the graph's reshapes. Private: keras.src
             # `OpenVINOTrainer._parameterize_data` (Keras 3.15), the images
             # parameter with a dynamic batch that Keras's `predict` uses.
             sample = np.zeros((1,) + tuple(spec.shape[1:]), spec.dtype)
@@ -279,6 +231,7 @@ class CaiTExportMixin:
         if spec is not None and (format, backend) == ("openvino", "jax"):
             import openvino  # optional dependency: keras-cait[export]
 
+            # Reason: OpenVINO cannot read jax2tf's `XlaCallModule`.
             folder = tempfile.mkdtemp()
             try:
                 onnx_path = os.path.join(folder, "model.onnx")
@@ -289,17 +242,12 @@ class CaiTExportMixin:
             return
         if format == "onnx" and backend == "tensorflow":
             _register_tf2onnx_erfc()
-        if (
-            format == "torch"
-            and spec is not None
-            and spec.shape[0] is None
-            and "dynamic_shapes" not in kwargs
-        ):
+        dynamic = spec is not None and spec.shape[0] is None
+        if format == "torch" and dynamic and "dynamic_shapes" not in kwargs:
             import torch  # optional dependency: only on PyTorch
 
-            quiet["dynamic_shapes"] = {
-                0: torch.export.Dim("batch", min=1, max=65536)
-            }
+            # Reason: Keras's torch export fixes the batch at 1.
+            quiet["dynamic_shapes"] = {0: torch.export.Dim("batch", min=1, max=65536)}
         if (format, backend) == ("litert", "torch"):
             try:
                 import litert_torch  # noqa: F401  optional: keras-cait[litert-torch]

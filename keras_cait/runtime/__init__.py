@@ -1,0 +1,15 @@
+"""What keras-cait models change in Keras's `predict()` (`predict.py`, behind
+the speed switch `keras_cait.layers._fast_paths`) and `export()`
+(`export.py`), kept out of the model classes and attached to each in one
+line: `class CaiTBackbone(RuntimeMixin, Backbone)`."""
+
+from keras_cait.runtime.export import Export
+from keras_cait.runtime.predict import FastPredict, check_batch_size
+
+
+class RuntimeMixin(FastPredict, Export):
+    """`predict()` and `export()` overrides for a Keras model. Put it before
+    the Keras/KerasHub base class."""
+
+
+__all__ = ["RuntimeMixin", "check_batch_size"]
