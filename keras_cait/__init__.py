@@ -6,6 +6,7 @@ the package registers its classes with Keras and its presets with KerasHub.
 """
 
 from keras_cait.convert.resample import resample_position_embedding
+from keras_cait.convert.timm_export import export_to_timm
 from keras_cait.convert.timm_weights import load_timm_state_dict
 from keras_cait.errors import (
     CaiTConfigError,
@@ -85,6 +86,7 @@ __all__ = [
     "get_preset",
     "list_presets",
     "load_timm_state_dict",
+    "export_to_timm",
     "read_safetensors",
     "load_model",
     # images, predictions, image collections (streamed to records), evaluation

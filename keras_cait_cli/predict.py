@@ -20,7 +20,7 @@ from keras_cait.inference.batch_prediction import (
 )
 from keras_cait.inference.ray_prediction import write_predictions_on_ray
 from keras_cait.io.image_paths import expand_image_paths
-from keras_cait.io.records import check_output
+from keras_cait.io.records import check_output, read_records
 
 
 def _unique_stems(paths):
@@ -42,9 +42,12 @@ class _AttentionPredictor(BatchPredictor):
         self.stems = _unique_stems(paths)
 
     def records(self, batch, outputs):
+        """The records of `BatchPredictor`, each with `"attention"`: the
+        paths of the PNGs written for its image."""
         from keras_cait.explain import visualization  # optional dependency: matplotlib
 
         converter = self.converter
+        records = super().records(batch, outputs)
         for offset, (path, error) in enumerate(zip(batch.paths, batch.errors)):
             if error is not None:
                 continue
@@ -63,7 +66,8 @@ class _AttentionPredictor(BatchPredictor):
             )
             for figure_path in written:
                 print(f"wrote {figure_path}", file=sys.stderr)
-        return super().records(batch, outputs)
+            records[offset]["attention"] = [str(f) for f in written]
+        return records
 
 
 def predict(args):
@@ -79,6 +83,9 @@ def predict(args):
         f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
         file=sys.stderr,
     )
+    if args.resume and not args.ray and _complete(args.output, args.inputs):
+        return None, {"output": args.output, "images": 0, "kept": 0,
+                      "written": 0, "failed": 0, "complete": True}
     if args.ray:
         return None, write_predictions_on_ray(
             args.inputs, args.output, args.preset, args.top, args.batch_size,
@@ -105,6 +112,15 @@ def predict(args):
         return None, summary
     batches = predict_batches(predictor, paths, args.batch_size, progress=progress)
     return [record for _, _, records in batches for record in records], None
+
+
+def _complete(output, inputs):
+    """Whether `output` already holds a complete record for every input
+    (then `--resume` has nothing to do and the model is not loaded)."""
+    if not os.path.exists(output):
+        return False
+    paths = expand_image_paths(inputs)
+    return [r["image"] for r in read_records(output)] == list(paths)
 
 
 def format_table(records):

@@ -1,5 +1,5 @@
 """The package's layers: every module's layer, declared once, and the import
-rule that keeps dependencies one way (README, "Architecture", quotes this).
+rule that keeps dependencies one way (CONTRIBUTING.md quotes this).
 
 A module imports only from its own layer or below, never upward, and the
 import graph has no cycle. A function-local import also goes only downward
@@ -30,6 +30,7 @@ from tests.support import REPO
 LAYERS = {
     0: [  # foundations: no keras_cait imports
         "keras_cait.errors",
+        "keras_cait.arguments",
         "keras_cait.version",
         "keras_cait.serialization",
         "keras_cait.testing",
@@ -60,6 +61,7 @@ LAYERS = {
         "keras_cait.convert",
         "keras_cait.convert.resample",
         "keras_cait.convert.timm_config",
+        "keras_cait.convert.timm_export",
         "keras_cait.convert.timm_weights",
     ],
     3: [  # loading: presets, handles, timm repos, from_preset, safety checks
@@ -102,7 +104,10 @@ LAYERS = {
         # so that it starts at once)
         "keras_cait_cli",
         "keras_cait_cli.__main__",
+        "keras_cait_cli.cache_weights",
+        "keras_cait_cli.checks",
         "keras_cait_cli.convert",
+        "keras_cait_cli.export_timm",
         "keras_cait_cli.main",
         "keras_cait_cli.predict",
     ],
@@ -286,9 +291,9 @@ print("FAILED", failures)
 
 
 def test_readme_quotes_the_layer_table():
-    """README's architecture table: a row `| <layer> | <modules> | ... |`
+    """CONTRIBUTING.md's layer table: a row `| <layer> | <modules> | ... |`
     per layer, naming exactly that layer's modules in backquotes."""
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "CONTRIBUTING.md").read_text()
     quoted = {}
     for line in readme.splitlines():
         cells = [cell.strip() for cell in line.split("|")[1:-1]]

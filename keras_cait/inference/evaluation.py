@@ -379,7 +379,7 @@ def format_summary(summary):
         [
             f"top-1   {percent(summary['top1'])}  "
             f"({summary['top1_correct']} of {summary['evaluated']})",
-            f"top-5   {percent(summary['top5'])}  "
+            f"top-{min(5, summary['num_classes'])}   {percent(summary['top5'])}  "
             f"({summary['top5_correct']} of {summary['evaluated']})",
             f"images  {summary['images']}{failed}",
             f"speed   {speed:.1f} images/s" if speed else "speed   n/a",

@@ -17,6 +17,7 @@ import keras
 from keras_hub.layers import ImageConverter
 from keras_hub.models import Backbone, Preprocessor, Task
 
+from keras_cait.arguments import check_preset_arguments
 from keras_cait.convert.timm_weights import ModelTensors, load_timm_weights
 from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError, CaiTWeightsError
 from keras_cait.io import hub
@@ -220,6 +221,8 @@ class CaiTTimmPresetLoader(PresetLoader):
             # A backbone of the caller's stays as it is: only the head loads.
             if own_backbone or load_head:
                 self._load_weights(task, load_backbone=own_backbone, load_head=load_head)
+            if load_head and self.checkpoint.label_names is not None:
+                task.label_names = list(self.checkpoint.label_names)
         return converter_follows_backbone(task)
 
     def load_image_converter(self, cls, **kwargs):
@@ -367,11 +370,16 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
                     f"Preset {preset!r} holds a {backbone_cls.__name__}, not a "
                     f"{cls.__name__}."
                 )
+            check_preset_arguments(backbone_cls, kwargs)
             return loader.load_backbone(backbone_cls, load_weights, **kwargs)
         if not issubclass(cls, (Task, Preprocessor, ImageConverter)):
             raise CaiTConfigError(f"{cls.__name__} cannot be loaded from a preset.")
         if cls.backbone_cls is not backbone_cls:
             cls = find_subclass(preset, cls, backbone_cls)
+        if issubclass(cls, Task):
+            check_preset_arguments(cls, kwargs, (*BACKBONE_LOAD_ARGUMENTS, "image_shape"))
+        else:
+            check_preset_arguments(cls, kwargs, ("image_size",))
         if issubclass(cls, Task):
             load_task_weights = "num_classes" not in kwargs
             return loader.load_task(cls, load_weights, load_task_weights, **kwargs)

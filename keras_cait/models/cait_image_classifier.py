@@ -16,6 +16,11 @@ from keras_cait.models.cait_backbone import (
 from keras_cait.models.cait_image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
 )
+from keras_cait.models.cait_image_converter import (
+    check_one_size,
+    is_image_list,
+    preprocess_image_list,
+)
 from keras_cait.models.shuffled_batches import (
     is_array_input,
     shuffled_batches,
@@ -162,8 +167,35 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
                 raise CaiTConfigError(
                     "`preprocess=True` but the model has no `preprocessor`."
                 )
-            images = self.preprocessor(images)
+            if is_image_list(images):  # photos of any sizes, one at a time
+                images = preprocess_image_list(self.preprocessor, images)
+            else:
+                images = self.preprocessor(images)
+        elif is_image_list(images):
+            check_one_size(images, f"{self.name}.get_attention_maps")
+            images = np.stack([keras.ops.convert_to_numpy(x) for x in images])
         return run_in_batches(self.attention_model(indices), images, batch_size)
+
+    def predict(
+        self, x=None, batch_size=None, verbose="auto", steps=None, callbacks=None,
+        **kwargs,
+    ):
+        """`keras.Model.predict` with this model's preprocessor; `x` may also
+        be a list of photos `(height, width, channels)` of any sizes, each
+        preprocessed on its own (a list of images of one size is a batch
+        too)."""
+        if is_image_list(x) and self.preprocessor is not None:
+            images = preprocess_image_list(self.preprocessor, x)
+            # Already preprocessed: Keras's own loop, without the
+            # preprocessor that KerasHub's `predict` would apply again.
+            return keras.Model.predict(
+                self, images, batch_size=batch_size, verbose=verbose,
+                steps=steps, callbacks=callbacks, **kwargs,
+            )
+        return super().predict(
+            x, batch_size=batch_size, verbose=verbose, steps=steps,
+            callbacks=callbacks, **kwargs,
+        )
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):

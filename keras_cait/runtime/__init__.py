@@ -4,7 +4,7 @@ the speed switch `keras_cait.layers._fast_paths`) and `export()`
 line: `class CaiTBackbone(RuntimeMixin, Backbone)`."""
 
 from keras_cait.runtime.export import Export
-from keras_cait.runtime.predict import FastPredict, check_batch_size
+from keras_cait.runtime.predict import FastPredict
 
 
 class RuntimeMixin(FastPredict, Export):
@@ -12,4 +12,4 @@ class RuntimeMixin(FastPredict, Export):
     the Keras/KerasHub base class."""
 
 
-__all__ = ["RuntimeMixin", "check_batch_size"]
+__all__ = ["RuntimeMixin"]

@@ -10,19 +10,7 @@ import numpy as np
 from keras_cait.errors import CaiTConfigError
 from keras_cait.layers._fast_paths import use_fast_paths
 from keras_cait.runtime.export import OPENVINO_F32
-
-DEFAULT_BATCH_SIZE = 32
-
-
-def check_batch_size(value, name="batch_size"):
-    """Returns `value` if it is a positive int.
-
-    Raises:
-        CaiTConfigError: (a `ValueError`) it is not, naming `name`.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise CaiTConfigError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
+from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 
 def _is_array(x):
@@ -128,9 +116,8 @@ class FastPredict:
                 x, batch_size=batch_size, verbose=verbose, steps=steps,
                 callbacks=callbacks, **kwargs,
             )
-        batch_size = check_batch_size(
-            DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        )
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        check_batch_size(batch_size)
         num_samples = int(x.shape[0])
         if num_samples == 0:
             raise CaiTConfigError(

@@ -6,6 +6,11 @@ and optional layer-wise learning-rate decay grouped as timm groups CaiT.
 import keras
 from keras import ops
 
+from keras_cait.arguments import (
+    KERAS_BASE_ARGUMENTS,
+    check_keyword_arguments,
+    parameter_names,
+)
 from keras_cait.errors import CaiTConfigError
 from keras_cait.models.cait_backbone import CaiTBackbone, cait_backbone_of
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
@@ -196,6 +201,9 @@ def finetuning_optimizer(
     )
     ```
     """
+    check_keyword_arguments(
+        "finetuning_optimizer", kwargs, parameter_names(keras.optimizers.AdamW.__init__)
+    )
     if layer_decay is None:
         cait_backbone_of(model)
     return LayerDecayAdamW(
@@ -238,6 +246,10 @@ def load_for_finetuning(
         it again with `finetuning_optimizer`).
     """
 
+    check_keyword_arguments(
+        "load_for_finetuning", kwargs,
+        (*parameter_names(CaiTBackbone.__init__), *KERAS_BASE_ARGUMENTS),
+    )
     backbone_kwargs = dict(kwargs, drop_path_rate=drop_path_rate)
     if image_shape is not None:
         backbone_kwargs["image_shape"] = tuple(image_shape)
