@@ -81,6 +81,7 @@ LAYERS = {
         "keras_cait.models.cait_image_classifier_preprocessor",
         "keras_cait.models.cait_image_converter",
         "keras_cait.models.cait_presets",
+        "keras_cait.models.shuffled_batches",
     ],
     5: [  # applications on the model, one folder per concern; the public API
         "keras_cait.explain",

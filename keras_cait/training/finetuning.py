@@ -180,9 +180,11 @@ def finetuning_optimizer(
     """AdamW for fine-tuning CaiT, following the CaiT/DeiT recipe.
 
     No weight decay on biases, norms, LayerScale, the position embedding and
-    the class token. With `layer_decay`, a `LayerDecayAdamW` whose per-layer
+    the class token. A `LayerDecayAdamW`: with `layer_decay`, its per-layer
     learning rates shrink geometrically from the head to the patch embedding;
-    without, a plain `keras.optimizers.AdamW`.
+    without, it steps as `keras.optimizers.AdamW` with
+    `exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY_NAMES)`, and unlike
+    it keeps those names through a `.keras` save.
 
     Args:
         model: the `CaiTImageClassifier` (or `CaiTBackbone`) to train.
@@ -204,15 +206,12 @@ def finetuning_optimizer(
     )
     if layer_decay is None:
         cait_backbone_of(model)
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
-        )
-        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY_NAMES))
-        return optimizer
     return LayerDecayAdamW(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
-        learning_rate_multipliers=layer_decay_multipliers(model, layer_decay),
+        learning_rate_multipliers=(
+            None if layer_decay is None else layer_decay_multipliers(model, layer_decay)
+        ),
         **kwargs,
     )
 
