@@ -41,6 +41,7 @@ from keras_cait.layers import (
     SelfAttentionBlock,
     TalkingHeadsAttention,
 )
+from keras_cait.layers._fast_paths import set_fast_paths, use_fast_paths
 from keras_cait.loading.registry import get_preset, list_presets
 from keras_cait.loading.safe_loading import load_model
 from keras_cait.models import CaiTBackbone
@@ -59,6 +60,8 @@ from keras_cait.training.resolution import with_image_shape
 from keras_cait.version import __version__
 
 __all__ = [
+    "set_fast_paths",
+    "use_fast_paths",
     "__version__",
     # models
     "CaiTBackbone",
