@@ -198,6 +198,9 @@ def test_cache_weights_refuses_bad_sources(tmp_path):
         cache_weights.cache_weights(folder, None, tmp_path / "hub")
     with pytest.raises(cache_weights.CacheWeightsError, match="unknown preset 'cait_xxs42'"):
         cache_weights.cache_weights(folder, "cait_xxs42", tmp_path / "hub", cli.presets_dir())
+    (folder / "config.json").write_text('{"architecture": "cait_xxs24_224"}')
+    with pytest.raises(cache_weights.CacheWeightsError, match="is for 'cait_xxs24_224', not 'cait_s24_384'"):
+        cache_weights.cache_weights(folder, "cait_s24_384", tmp_path / "hub", cli.presets_dir())
     assert not (tmp_path / "hub").exists()  # nothing written on an error
     json.loads((folder / "config.json").read_text())
 
