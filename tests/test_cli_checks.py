@@ -226,8 +226,12 @@ def test_resume_of_a_complete_file_loads_no_model(tmp_path, capfd, monkeypatch):
 
     monkeypatch.setattr(predict, "load_classifier", no_model)
     status, _, err = _main(capfd, "predict", photo, "--output", str(output), "--resume",
-                           "--backend", keras.config.backend())
+                           "--top", "1", "--backend", keras.config.backend())
     assert status == 0 and "is complete (every input has a record); nothing to do" in err
+    # Complete, but written with another --top: refused, as a resumed run refuses it.
+    status, _, err = _main(capfd, "predict", photo, "--output", str(output), "--resume",
+                           "--backend", keras.config.backend())
+    assert status == 1 and "Use the same --top and --embeddings" in err
 
 
 def test_one_record_interrupts_and_evaluate_top_k(tmp_path, capfd, monkeypatch):
