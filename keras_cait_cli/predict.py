@@ -12,6 +12,7 @@ import sys
 import keras
 
 from keras_cait import load_image
+from keras_cait.inference import artifact_cache
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
@@ -87,6 +88,13 @@ def predict(args):
         file=sys.stderr,
     )
     check_engine(args.engine, args.precision)  # before the model loads
+    if args.engine != "keras":
+        print(
+            f"keras-cait: {args.engine} artefacts are kept in "
+            f"{artifact_cache.default_cache_dir(args.cache_dir)} (a new one is "
+            "exported first, once: a minute or more)",
+            file=sys.stderr,
+        )
     if args.resume and not args.ray and _complete(
         args.output, args.inputs, args.top, args.embeddings
     ):
