@@ -140,5 +140,10 @@ def test_runtime_is_attached_in_one_place():
     for cls in (keras_cait.CaiTBackbone, keras_cait.CaiTImageClassifier):
         assert cls.__mro__[1] is RuntimeMixin
         for name in ("predict", "export", "_resolve_auto_jit_compile"):
-            owner = next(c for c in cls.__mro__ if name in vars(c))
-            assert owner.__module__.startswith("keras_cait.runtime"), (cls, name)
+            owners = [c for c in cls.__mro__ if name in vars(c)]
+            if cls is keras_cait.CaiTImageClassifier and name == "predict":
+                # The classifier's own `predict` only preprocesses lists of
+                # photos of any size; everything else goes to the runtime's.
+                assert owners[0] is cls
+                owners = owners[1:]
+            assert owners[0].__module__.startswith("keras_cait.runtime"), (cls, name)

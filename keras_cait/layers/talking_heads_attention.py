@@ -15,7 +15,8 @@ class TalkingHeadsAttention(keras.layers.Layer):
     `proj_l` mixes the attention logits across heads before the softmax and
     `proj_w` mixes the probabilities after it. The logits `q @ k^T`, both
     mixes and the softmax run in float32 whatever the compute dtype (float16
-    logits overflow above 65504); `attn @ v` runs in the compute dtype.
+    logits overflow above 65504; a quantized or LoRA mix runs in the compute
+    dtype); `attn @ v` runs in the compute dtype.
 
     Args:
         hidden_dim: int. The token dimension; must be divisible by `num_heads`.
@@ -65,16 +66,12 @@ class TalkingHeadsAttention(keras.layers.Layer):
             name="qkv",
         )
         self.qkv.build(token_shape)
-        # The head mixes compute in float32 under a 16-bit compute dtype.
-        mix_policy = self.dtype_policy
-        if self.compute_dtype in ("float16", "bfloat16"):
-            mix_policy = "float32"
         self.proj_l = keras.layers.Dense(
-            self.num_heads, dtype=mix_policy, name="proj_l"
+            self.num_heads, dtype=self.dtype_policy, name="proj_l"
         )
         self.proj_l.build((None, self.num_heads))
         self.proj_w = keras.layers.Dense(
-            self.num_heads, dtype=mix_policy, name="proj_w"
+            self.num_heads, dtype=self.dtype_policy, name="proj_w"
         )
         self.proj_w.build((None, self.num_heads))
         self.attention_dropout_layer = keras.layers.Dropout(
@@ -110,11 +107,18 @@ class TalkingHeadsAttention(keras.layers.Layer):
         rows `q`, in float32 up to `attn`; returns `(attn @ v, attn)`."""
         q = ops.cast(q, "float32") * self.scale
         attn = q @ ops.swapaxes(ops.cast(k, "float32"), -1, -2)
-        attn = ops.transpose(self.proj_l(ops.transpose(attn, (0, 2, 3, 1))), (0, 3, 1, 2))
-        attn = ops.softmax(attn, axis=-1)
-        attn = ops.transpose(self.proj_w(ops.transpose(attn, (0, 2, 3, 1))), (0, 3, 1, 2))
+        attn = self._mix(self.proj_w, ops.softmax(self._mix(self.proj_l, attn), axis=-1))
         attn = ops.cast(attn, self.compute_dtype)
         return self.attention_dropout_layer(attn, training=training) @ v, attn
+
+    def _mix(self, dense, attn):
+        """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`, in
+        float32: a plain 16-bit `dense` is applied with float32 weights."""
+        attn = ops.transpose(attn, (0, 2, 3, 1))
+        if dense.compute_dtype == "float32" or dense.quantization_mode or dense.lora_enabled:
+            return ops.cast(ops.transpose(dense(attn), (0, 3, 1, 2)), "float32")
+        attn = attn @ ops.cast(dense.kernel, "float32") + ops.cast(dense.bias, "float32")
+        return ops.transpose(attn, (0, 3, 1, 2))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)
