@@ -33,13 +33,14 @@ from keras_hub.src.utils.preset_utils import (  # isort: skip
 )
 
 # Backbone arguments `from_preset` passes to the backbone besides KerasHub's
-# `dtype` and `image_shape`: regularisation chosen at load time (fine-tuning)
-# and the images' layout.
+# `dtype` and `image_shape`: regularisation chosen at load time (fine-tuning),
+# the images' layout and the position embedding's stored size.
 BACKBONE_LOAD_ARGUMENTS = (
     "drop_path_rate",
     "dropout_rate",
     "attention_dropout",
     "data_format",
+    "position_embedding_shape",
 )
 
 
