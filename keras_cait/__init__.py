@@ -6,6 +6,7 @@ the package registers its classes with Keras and its presets with KerasHub.
 """
 
 from keras_cait.convert.resample import resample_position_embedding
+from keras_cait.convert.timm_export import export_to_timm
 from keras_cait.convert.timm_weights import load_timm_state_dict
 from keras_cait.errors import (
     CaiTConfigError,
@@ -40,6 +41,7 @@ from keras_cait.layers import (
     SelfAttentionBlock,
     TalkingHeadsAttention,
 )
+from keras_cait.layers._fast_paths import set_fast_paths, use_fast_paths
 from keras_cait.loading.registry import get_preset, list_presets
 from keras_cait.loading.safe_loading import load_model
 from keras_cait.models import CaiTBackbone
@@ -58,6 +60,8 @@ from keras_cait.training.resolution import with_image_shape
 from keras_cait.version import __version__
 
 __all__ = [
+    "set_fast_paths",
+    "use_fast_paths",
     "__version__",
     # models
     "CaiTBackbone",
@@ -85,6 +89,7 @@ __all__ = [
     "get_preset",
     "list_presets",
     "load_timm_state_dict",
+    "export_to_timm",
     "read_safetensors",
     "load_model",
     # images, predictions, image collections (streamed to records), evaluation

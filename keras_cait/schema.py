@@ -126,16 +126,19 @@ class _Checker:
             raise self.fail(f"unexpected arguments {unknown} for {class_name}.")
 
 
-def check_batch_size(batch_size):
+def check_batch_size(value, name="batch_size"):
     """The one check of a `batch_size` argument (images per forward pass).
 
+    Returns:
+        `value` as a Python int.
+
     Raises:
-        CaiTConfigError: `batch_size` is not a positive int (a bool is not).
+        CaiTConfigError: (a `ValueError`) `value` is not a positive int (a
+            bool is not; a NumPy integer is), naming `name`.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CaiTConfigError(
-            f"`batch_size` must be a positive integer, got {batch_size!r}."
-        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise CaiTConfigError(f"`{name}` must be a positive integer, got {value!r}.")
+    return int(value)
 
 
 def check_backbone_config(

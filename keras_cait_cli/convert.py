@@ -9,7 +9,7 @@ import keras_hub
 import numpy as np
 
 from keras_cait.errors import CaiTConfigError, CaiTWeightsError
-from keras_cait.io.files import staged_path
+from keras_cait.io.files import read_json, staged_path
 from keras_cait.loading import loader as loader_lib
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
 
@@ -79,10 +79,7 @@ def convert(source, output_dir, atol=1e-4, num_images=2, upload=None):
         CaiTConfigError: `upload` is not an `hf://` URI.
         CaiTWeightsError: the reloaded preset or timm disagrees.
     """
-    if upload is not None and not upload.startswith("hf://"):
-        raise CaiTConfigError(
-            f"`upload` must be an 'hf://<user>/<repo>' URI, got {upload!r}."
-        )
+    check_upload_uri(upload)
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir):
         raise FileExistsError(
@@ -119,6 +116,33 @@ def convert(source, output_dir, atol=1e-4, num_images=2, upload=None):
                 f"{source}: logits differ from timm's by {error} (> {atol})."
             )
     if upload is not None:
-        keras_hub.upload_preset(upload, output_dir)
+        upload_directory(upload, output_dir)
         summary["uploaded_to"] = upload
     return summary
+
+
+def check_upload_uri(upload):
+    """Raises `CaiTConfigError` unless `upload` is `None` or `hf://...`."""
+    if upload is not None and not upload.startswith("hf://"):
+        raise CaiTConfigError(
+            f"`upload` must be an 'hf://<user>/<repo>' URI, got {upload!r}."
+        )
+
+
+def upload_directory(uri, directory):
+    """Publishes a written directory at `uri` (`hf://<user>/<repo>`), for
+    `keras-cait convert --upload` and `keras-cait export-timm --upload`: a
+    keras-cait preset with `keras_hub.upload_preset` (which checks it and
+    adds a model card when the repo has none), a timm-format directory
+    (`config.json` with `architecture`; KerasHub's uploader accepts only
+    its own presets) with `huggingface_hub.create_repo` and `upload_folder`,
+    its own model card included."""
+    check_upload_uri(uri)
+    config = read_json(os.path.join(directory, "config.json"))
+    if "architecture" not in config:
+        keras_hub.upload_preset(uri, directory)
+        return
+    import huggingface_hub  # start-up: only for an upload
+
+    repo = huggingface_hub.create_repo(uri.removeprefix("hf://"), exist_ok=True)
+    huggingface_hub.upload_folder(repo_id=repo.repo_id, folder_path=directory)

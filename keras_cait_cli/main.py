@@ -7,11 +7,20 @@
     keras-cait evaluate DIR --output OUTDIR [--preset ...] [--label-map FILE]
     keras-cait presets [--json]
     keras-cait convert SOURCE OUTPUT_DIR [--upload hf://...]
+    keras-cait cache-weights [PRESET] --from DIR [--cache-dir DIR]
+    keras-cait export-timm MODEL DIR [--label-names FILE] [--upload hf://...]
 
 This module imports neither Keras nor a backend nor `keras_cait`: `--help`,
-every sub-command's `--help` and `presets` answer at once. A sub-command
-that needs the model imports its own module (`keras_cait_cli.predict`,
-`keras_cait_cli.convert`) after its arguments are parsed and checked.
+every sub-command's `--help`, `presets` and `cache-weights` answer at once.
+A sub-command that needs the model first checks what it can without Keras
+(`keras_cait_cli.checks`: preset names, paths, the backend being
+installed), then imports its own module (`keras_cait_cli.predict`,
+`keras_cait_cli.convert`).
+
+Quiet by default: TensorFlow's C++ and absl logging and Python warnings are
+silenced before anything imports them, unless `--verbose`. Without
+`--backend` and `KERAS_BACKEND`, the backend is the first installed of JAX,
+PyTorch and TensorFlow, said in one line.
 
 Keras fixes its backend when it is first imported. When `--backend` asks for
 another backend than the one already loaded in this process, the command
@@ -34,6 +43,10 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
+import warnings
+
+from keras_cait_cli import checks
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_PRESET = "cait_xxs24_224"
@@ -47,7 +60,7 @@ examples:
   keras-cait predict photos/ --output results.jsonl      # a folder, recursively
   keras-cait predict photos/ @more.txt --output results.csv --embeddings
   keras-cait predict photos/ --output results.jsonl --resume  # after a stop
-  keras-cait predict /shared/photos/ --output results.jsonl --ray \
+  keras-cait predict /shared/photos/ --output results.jsonl --ray \\
       --ray-address auto --ray-actors 8 --ray-gpus-per-actor 1
   keras-cait predict cat.jpg --attention attention_maps/
   keras-cait predict cat.jpg --preset cait_s24_384 --backend jax
@@ -62,10 +75,27 @@ examples:
       --label-map classes.txt --output eval/
 """
 
+CACHE_EXAMPLES = """\
+examples:
+  # online machine
+  hf download timm/cait_xxs24_224.fb_dist_in1k --local-dir cait_xxs24_224
+  # offline machine, after copying the folder
+  keras-cait cache-weights cait_xxs24_224 --from cait_xxs24_224
+  HF_HUB_OFFLINE=1 keras-cait predict photo.jpg
+  # or copy a whole cache (~/.cache/huggingface/hub) from the online machine
+  keras-cait cache-weights --from copied_hub/
+"""
+
 CONVERT_EXAMPLES = """\
 examples:
   keras-cait convert cait_xxs24_224 out/cait_xxs24_224
   keras-cait convert ./my_timm_checkpoint/ out/preset --upload hf://me/my-cait
+"""
+
+EXPORT_TIMM_EXAMPLES = """\
+examples:
+  keras-cait export-timm finetuned.keras out/my-cait --label-names classes.txt
+  keras-cait export-timm ./my_preset/ out/my-cait --upload hf://me/my-cait
 """
 
 MAIN_EXAMPLES = """\
@@ -76,6 +106,7 @@ examples:
   keras-cait predict photos/ --output results.jsonl
   keras-cait evaluate imagenet/val --output eval/
   keras-cait presets
+  keras-cait cache-weights cait_xxs24_224 --from downloaded/   # offline machine
   keras-cait convert --help
 
 Run `keras-cait COMMAND --help` for a command's options.
@@ -120,8 +151,43 @@ def _add_backend_argument(parser):
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="the Keras backend (default: $KERAS_BACKEND, else Keras's default)",
+        help="the Keras backend (default: $KERAS_BACKEND, else the first "
+        "installed of jax, torch, tensorflow)",
     )
+
+
+def _add_verbose_argument(parser):
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="show TensorFlow/absl logs and library warnings (hidden by default)",
+    )
+
+
+def _add_engine_arguments(parser):
+    parser.add_argument(
+        "--engine", choices=("keras", "onnxruntime", "openvino"), default="keras",
+        help="run the Keras model (default), or the artefact of its "
+        "model.export on ONNX Runtime or OpenVINO (made once, kept in the "
+        "cache; needs keras-cait[export])",
+    )
+    parser.add_argument(
+        "--precision", choices=("float32", "bfloat16"), default="float32",
+        help="bfloat16: --engine openvino on a CPU with bfloat16 "
+        "(AVX-512 BF16 or AMX) only (default: float32)",
+    )
+    parser.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="the engines' artefact cache (default: $KERAS_CAIT_CACHE, else "
+        "$XDG_CACHE_HOME/keras-cait/engines, else ~/.cache/keras-cait/engines)",
+    )
+
+
+def _check_engine_arguments(args):
+    if args.precision == "bfloat16" and args.engine != "openvino":
+        return "--precision bfloat16 needs --engine openvino"
+    if args.cache_dir and args.engine == "keras":
+        return "--cache-dir is for --engine onnxruntime or openvino"
+    return None
 
 
 def _add_batch_size_argument(parser, default):
@@ -191,6 +257,7 @@ def build_parser():
         '[{"image": ..., "predictions": [{"label", "class_id", "probability"}, ...]}, ...]',
     )
     _add_batch_size_argument(predict, default=8)
+    _add_engine_arguments(predict)
     predict.add_argument(
         "--ray", action="store_true",
         help="run the model in Ray Data actors (needs keras-cait[ray] and "
@@ -208,11 +275,12 @@ def build_parser():
         "--ray-gpus-per-actor", type=float, default=0, metavar="G",
         help="GPUs reserved per actor under --ray (default: 0)",
     )
+    _add_verbose_argument(predict)
     predict.set_defaults(run=_run_predict, parser=predict)
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)",
+        help="top-1/top-k accuracy on a labelled folder (ImageFolder layout)",
         description="Evaluate a preset on an ImageFolder layout (DIR/<class>/"
         "images, any depth below), as timm's validate.py: print top-1, top-5, "
         "the number of images and images/s; write OUTDIR/summary.json, "
@@ -233,7 +301,9 @@ def build_parser():
     )
     _add_backend_argument(evaluate)
     _add_batch_size_argument(evaluate, default=32)
-    evaluate.set_defaults(run=_run_evaluate)
+    _add_engine_arguments(evaluate)
+    _add_verbose_argument(evaluate)
+    evaluate.set_defaults(run=_run_evaluate, parser=evaluate)
 
     presets = commands.add_parser(
         "presets",
@@ -260,7 +330,57 @@ def build_parser():
     convert.add_argument("--upload", metavar="URI", help="publish to hf://<user>/<repo>")
     convert.add_argument("--atol", type=float, default=1e-4, help="largest accepted logit difference from timm")
     convert.add_argument("--num-images", type=_positive_int, default=2, help="random images for the checks")
+    _add_verbose_argument(convert)
     convert.set_defaults(run=_run_convert)
+
+    cache = commands.add_parser(
+        "cache-weights",
+        help="fill the Hugging Face cache from copied files (offline machines)",
+        description="Fill this machine's Hugging Face cache from files copied "
+        "from an online machine, so that presets load with HF_HUB_OFFLINE=1: "
+        "a folder written by `hf download <repo> --local-dir DIR` (name the "
+        "PRESET or hf:// handle it belongs to), or a copied Hugging Face "
+        "cache folder (~/.cache/huggingface/hub; no PRESET). Needs no Keras.",
+        epilog=CACHE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cache.add_argument(
+        "preset", nargs="?", metavar="PRESET",
+        help="preset name or hf://owner/name[@revision] the files belong to",
+    )
+    cache.add_argument("--from", dest="source", required=True, metavar="DIR",
+                       help="the copied folder")
+    cache.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="the cache to fill (default: $HF_HUB_CACHE, else $HF_HOME/hub, "
+        "else ~/.cache/huggingface/hub)",
+    )
+    cache.set_defaults(run=_run_cache_weights)
+    export_timm = commands.add_parser(
+        "export-timm",
+        help="write a keras-cait model in timm's format (for timm, transformers, the Hub)",
+        description="Write a keras-cait model (a .keras file, or a preset name, "
+        "directory or hf:// handle) as a timm model directory: config.json, "
+        "model.safetensors and a model card README.md, loadable with "
+        "timm.create_model('local-dir:DIR', pretrained=True) and "
+        "CaiTImageClassifier.from_preset(DIR); optionally upload it. Prints "
+        "a JSON summary on the last line.",
+        epilog=EXPORT_TIMM_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export_timm.add_argument("model", metavar="MODEL", help=".keras file, preset name, directory or hf:// handle")
+    export_timm.add_argument("directory", metavar="DIR", help="folder to write (must not exist)")
+    export_timm.add_argument(
+        "--label-names", metavar="FILE",
+        help="class names: a text file (one per line, line k is class k) or a JSON list",
+    )
+    export_timm.add_argument("--upload", metavar="URI", help="publish to hf://<user>/<repo>")
+    export_timm.add_argument(
+        "--merge-lora", action="store_true",
+        help="merge LoRA adapters into the kernels (timm has no place for them)",
+    )
+    _add_verbose_argument(export_timm)
+    export_timm.set_defaults(run=_run_export_timm)
     return parser
 
 
@@ -295,6 +415,32 @@ def stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def quiet_import(verbose):
+    """Hides what C++ libraries print on stderr while they load (TensorFlow
+    logs its oneDNN and CUDA probes before its log level is read), unless
+    `verbose`; if the import fails, the hidden text is shown."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as hidden:
+        os.dup2(hidden.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            hidden.seek(0)
+            sys.stderr.write(hidden.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 # --- Backend selection -------------------------------------------------------
@@ -352,7 +498,9 @@ def _check_predict_arguments(args):
         return "--attention cannot be combined with --ray"
     if args.ray_gpus_per_actor < 0:
         return "--ray-gpus-per-actor must be >= 0"
-    return None
+    if args.attention and args.engine != "keras":
+        return "--attention needs --engine keras"
+    return _check_engine_arguments(args)
 
 
 def _failed_inputs(failed, total):
@@ -364,21 +512,55 @@ def _failed_inputs(failed, total):
     return FAILED_INPUTS
 
 
+def _check_predict_paths(args):
+    """What `predict` can check before Keras loads (raises `ArgumentProblem`)."""
+    checks.check_inputs(args.inputs)
+    checks.check_preset(args.preset, presets_dir())
+    if args.output:
+        checks.check_output_file(args.output, args.resume)
+    if args.attention:
+        checks.check_new_folder(args.attention, "--attention")
+        if not checks.installed("matplotlib"):
+            raise checks.ArgumentProblem(
+                '--attention needs matplotlib: pip install matplotlib (from a '
+                'clone: pip install -e ".[viz]").'
+            )
+    if args.ray and not checks.installed("ray"):
+        raise checks.ArgumentProblem(
+            '--ray needs Ray Data: pip install "ray[data]" (from a clone: '
+            'pip install -e ".[ray]").'
+        )
+
+
+def _start_backend(args, argv):
+    """Chooses the backend (says which and why on stderr) and makes Keras
+    run on it; returns `None` to go on, or an exit status."""
+    backend, reason = checks.choose_backend(getattr(args, "backend", None))
+    print(f"keras-cait: backend {backend} ({reason})", file=sys.stderr, flush=True)
+    return _switch_backend(backend, argv, args.can_restart)
+
+
 def _run_predict(args, argv):
     problem = _check_predict_arguments(args)
     if problem:
-        args.parser.error(problem)  # exit status 2, with the usage
-    status = _switch_backend(args.backend, argv, args.can_restart)
+        args.parser.error(problem)  # exit status 2, one line
+    _check_predict_paths(args)
+    status = _start_backend(args, argv)
     if status is not None:
         return status
     with stdout_to_stderr():
-        from keras_cait_cli import predict  # start-up: imports Keras and a backend
+        with quiet_import(args.verbose):
+            from keras_cait_cli import predict  # start-up: imports Keras and a backend
 
         records, summary = predict.predict(args)
+    if summary is not None and summary.get("complete"):
+        print(f"keras-cait: {summary['output']} is complete (every input has a "
+              "record); nothing to do", file=sys.stderr, flush=True)
+        return 0
     if summary is not None:
         kept = f" after {summary['kept']} kept" if summary["kept"] else ""
-        print(f"keras-cait: wrote {summary['written']} records{kept} to "
-              f"{summary['output']}", file=sys.stderr, flush=True)
+        print(f"keras-cait: wrote {_count(summary['written'], 'record')}{kept} "
+              f"to {summary['output']}", file=sys.stderr, flush=True)
         return _failed_inputs(summary["failed"], summary["images"])
     if args.json:
         print(json.dumps(records, indent=2), flush=True)
@@ -387,20 +569,31 @@ def _run_predict(args, argv):
     return _failed_inputs(sum("error" in r for r in records), len(records))
 
 
+def _count(number, noun):
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _run_evaluate(args, argv):
-    status = _switch_backend(args.backend, argv, args.can_restart)
+    problem = _check_engine_arguments(args)
+    if problem:
+        args.parser.error(problem)  # exit status 2, with the usage
+    checks.check_folder(args.directory, "")
+    checks.check_preset(args.preset, presets_dir())
+    checks.check_new_folder(args.output, "--output")
+    if args.label_map:
+        checks.check_file(args.label_map, "--label-map")
+    status = _start_backend(args, argv)
     if status is not None:
         return status
     with stdout_to_stderr():
-        import keras  # start-up: the backend
+        with quiet_import(args.verbose):
+            from keras_cait.inference import evaluation  # start-up: imports Keras
 
-        from keras_cait.inference import evaluation  # start-up: imports Keras
-
-        print(f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
-              file=sys.stderr)
+        print(f"keras-cait: preset {args.preset}", file=sys.stderr)
         summary = evaluation.evaluate_folder(
             args.directory, args.preset, output_dir=args.output,
             label_map=args.label_map, batch_size=args.batch_size, progress=True,
+            engine=args.engine, precision=args.precision, cache_dir=args.cache_dir,
         )
         for path in summary["files"]:
             print(f"wrote {path}", file=sys.stderr)
@@ -439,9 +632,27 @@ def _run_presets(args, argv):
     return 0
 
 
+def _run_cache_weights(args, argv):
+    from keras_cait_cli import cache_weights  # start-up: only this command
+
+    try:
+        line = cache_weights.cache_weights(
+            args.source, args.preset, args.cache_dir, presets_dir()
+        )
+    except cache_weights.CacheWeightsError as error:
+        return fail(error)
+    print(f"keras-cait: {line}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _run_convert(args, argv):
+    checks.check_preset(args.source, presets_dir())
+    status = _start_backend(args, argv)
+    if status is not None:
+        return status
     with stdout_to_stderr():
-        from keras_cait_cli import convert  # start-up: imports Keras and a backend
+        with quiet_import(args.verbose):
+            from keras_cait_cli import convert  # start-up: imports Keras and a backend
 
         summary = convert.convert(
             args.source,
@@ -449,6 +660,23 @@ def _run_convert(args, argv):
             atol=args.atol,
             num_images=args.num_images,
             upload=args.upload,
+        )
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _run_export_timm(args, argv):
+    checks.check_new_folder(args.directory, "DIR")
+    status = _start_backend(args, argv)
+    if status is not None:
+        return status
+    with stdout_to_stderr():
+        with quiet_import(args.verbose):
+            from keras_cait_cli import export_timm  # start-up: imports Keras
+
+        summary = export_timm.export_timm(
+            args.model, args.directory, label_names_file=args.label_names,
+            upload=args.upload, merge_lora=args.merge_lora,
         )
     print(json.dumps(summary), flush=True)
     return 0
@@ -468,16 +696,35 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.can_restart = can_restart
+    verbose = getattr(args, "verbose", False)
+    checks.quiet_environment(verbose)  # before anything imports TensorFlow
     try:
-        return args.run(args, argv) or 0
+        with _quiet_warnings(verbose):
+            return args.run(args, argv) or 0
+    except checks.ArgumentProblem as problem:
+        return fail(problem)
     except KeyboardInterrupt:
-        return fail("interrupted", status=130)
+        resume = ""
+        if getattr(args, "output", None) and args.command == "predict":
+            resume = "; run the same command with --resume to continue it"
+        return fail(f"interrupted{resume}", status=130)
     except Exception as error:  # one line, never a traceback
         if os.environ.get("KERAS_CAIT_DEBUG"):
             raise
         errors = sys.modules.get("keras_cait.errors")  # loaded if it can raise
-        if isinstance(error, OSError) or (
-            errors is not None and isinstance(error, errors.CaiTError)
-        ):
+        if errors is not None and isinstance(error, errors.CaiTError):
             return fail(error)
+        if isinstance(error, OSError):
+            return fail(checks.os_error_sentence(error))
         return fail(f"{type(error).__name__}: {error}")
+
+
+@contextlib.contextmanager
+def _quiet_warnings(verbose):
+    """Python warnings (deprecations in libraries) hidden unless `verbose`."""
+    if verbose:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

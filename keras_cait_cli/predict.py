@@ -15,12 +15,14 @@ from keras_cait import load_image
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
+    make_predictor,
     predict_batches,
     write_records,
 )
+from keras_cait.inference.engines import check_engine
 from keras_cait.inference.ray_prediction import write_predictions_on_ray
 from keras_cait.io.image_paths import expand_image_paths
-from keras_cait.io.records import check_output
+from keras_cait.io.records import check_output, read_records
 
 
 def _unique_stems(paths):
@@ -42,9 +44,12 @@ class _AttentionPredictor(BatchPredictor):
         self.stems = _unique_stems(paths)
 
     def records(self, batch, outputs):
+        """The records of `BatchPredictor`, each with `"attention"`: the
+        paths of the PNGs written for its image."""
         from keras_cait.explain import visualization  # optional dependency: matplotlib
 
         converter = self.converter
+        records = super().records(batch, outputs)
         for offset, (path, error) in enumerate(zip(batch.paths, batch.errors)):
             if error is not None:
                 continue
@@ -63,7 +68,8 @@ class _AttentionPredictor(BatchPredictor):
             )
             for figure_path in written:
                 print(f"wrote {figure_path}", file=sys.stderr)
-        return super().records(batch, outputs)
+            records[offset]["attention"] = [str(f) for f in written]
+        return records
 
 
 def predict(args):
@@ -76,14 +82,20 @@ def predict(args):
         file). Records with an `error` are inputs that failed.
     """
     print(
-        f"keras-cait: preset {args.preset}, backend {keras.config.backend()}",
+        f"keras-cait: preset {args.preset}, backend {keras.config.backend()}"
+        + ("" if args.engine == "keras" else f", engine {args.engine} ({args.precision})"),
         file=sys.stderr,
     )
+    check_engine(args.engine, args.precision)  # before the model loads
+    if args.resume and not args.ray and _complete(args.output, args.inputs):
+        return None, {"output": args.output, "images": 0, "kept": 0,
+                      "written": 0, "failed": 0, "complete": True}
     if args.ray:
         return None, write_predictions_on_ray(
             args.inputs, args.output, args.preset, args.top, args.batch_size,
             args.embeddings, args.resume, address=args.ray_address,
             actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
+            engine=args.engine, precision=args.precision, cache_dir=args.cache_dir,
         )
     paths = expand_image_paths(args.inputs)
     if args.output:
@@ -96,7 +108,10 @@ def predict(args):
     if args.attention:
         predictor = _AttentionPredictor(classifier, args.top, args.attention, paths)
     else:
-        predictor = BatchPredictor(classifier, args.top, embeddings=args.embeddings)
+        predictor = make_predictor(
+            classifier, args.top, args.embeddings, args.engine, args.precision,
+            args.cache_dir,
+        )
     progress = len(paths) > args.batch_size
     if args.output:
         summary = write_records(
@@ -105,6 +120,15 @@ def predict(args):
         return None, summary
     batches = predict_batches(predictor, paths, args.batch_size, progress=progress)
     return [record for _, _, records in batches for record in records], None
+
+
+def _complete(output, inputs):
+    """Whether `output` already holds a complete record for every input
+    (then `--resume` has nothing to do and the model is not loaded)."""
+    if not os.path.exists(output):
+        return False
+    paths = expand_image_paths(inputs)
+    return [r["image"] for r in read_records(output)] == list(paths)
 
 
 def format_table(records):

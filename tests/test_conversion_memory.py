@@ -6,8 +6,7 @@ released every `REOPEN_EVERY_BYTES`) and assigned one tensor at a time, so
 model's own variables are 1x), measured in a fresh process. The whole-dict
 code of the first release took about 4x.
 
-Only public APIs are used (the checkpoint is written with
-tools/benchmark.py's recipe), so this test also runs against older code.
+The model is loaded through public APIs only.
 """
 
 import json
@@ -18,7 +17,7 @@ import sys
 
 import keras
 
-from tests.support import REPO, TIMM, load_tool
+from tests.support import REPO, TIMM
 
 # ~49M parameters (187 MB float32): large enough that the model's own
 # variables dominate the backends' fixed costs.
@@ -54,16 +53,28 @@ print(json.dumps({"ratio": (peak - before) / weights_mb, "weights_mb": weights_m
 """
 
 
+def _write_checkpoint(folder, backbone_kwargs, num_classes):
+    """A timm directory (config.json + model.safetensors), seeded weights."""
+    from safetensors.numpy import save_file
+
+    from keras_cait.convert.timm_config import timm_arguments_from_keras
+    from keras_cait.schema import checkpoint_layout
+    from keras_cait.testing import seeded_state_dict
+
+    layout = checkpoint_layout(backbone_kwargs, num_classes)
+    state_dict = seeded_state_dict({t.key: t.shape for t in layout}, seed=0)
+    folder.mkdir()
+    config = {"architecture": "cait_xxs24_224", "num_classes": num_classes,
+              "model_args": timm_arguments_from_keras(backbone_kwargs,
+                                                      {"num_classes": num_classes})}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(state_dict, str(folder / "model.safetensors"))
+    return {"num_params": int(sum(a.size for a in state_dict.values()))}
+
+
 def test_from_preset_peak_memory_is_below_2_5x_the_weights(tmp_path):
     folder = tmp_path / "checkpoint"
-    written = load_tool("benchmark").worker_write_checkpoint(
-        dict(
-            backbone_kwargs=MEMORY_CONFIG,
-            num_classes=1000,
-            timm_architecture="cait_xxs24_224",
-            directory=str(folder),
-        )
-    )
+    written = _write_checkpoint(folder, MEMORY_CONFIG, num_classes=1000)
     assert 40e6 < written["num_params"] < 60e6
     warmup = tmp_path / "tiny"
     shutil.copytree(TIMM / "tiny_token_head", warmup)

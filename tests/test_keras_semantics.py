@@ -1,13 +1,14 @@
 """Keras's own machinery on a CaiT: `quantize` (int8, int4, float8), a
 quantized `.keras` round trip, LoRA, and the fast paths that must not skip
-any of it. LayerScale is 0.1 (with timm's 1e-5 a wrong branch hides)."""
+any of it: every test runs with the speed switch on and off. LayerScale is
+0.1 (with timm's 1e-5 a wrong branch hides)."""
 
 import keras
 import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.layers import sublayers
+from keras_cait.layers import _fast_paths
 from tests.support import TINY_BACKBONE, to_numpy
 
 IMAGES = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype("float32")
@@ -17,6 +18,15 @@ IMAGES = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype("float3
 QUANTIZATION_NOISE = {"int8": 0.05, "int4": 0.5, "float8": 0.25}
 
 
+@pytest.fixture(scope="module", autouse=True, params=[True, False], ids=["fast", "plain"])
+def fast_paths(request):
+    """Every model of the test is built with the speed switch on, or off."""
+    previous = _fast_paths.use_fast_paths()
+    _fast_paths.set_fast_paths(request.param)
+    yield request.param
+    _fast_paths.set_fast_paths(previous)
+
+
 def _classifier():
     keras.utils.set_random_seed(0)
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE, layer_scale_init_value=0.1)
@@ -24,20 +34,26 @@ def _classifier():
 
 
 @pytest.fixture(scope="module")
-def float_model():
+def float_model(fast_paths):
     model = _classifier()
     return model, to_numpy(model(IMAGES))
 
 
-def _without_fast_paths(monkeypatch, function):
-    """`function()` with every sublayer called through `Layer.__call__`."""
-    with monkeypatch.context() as patch:
-        patch.setattr(sublayers, "call_is_plain", lambda layer: False)
-        return function()
+def _without_fast_paths(model):
+    """`model(IMAGES)` with the layers' speed paths off."""
+    layers = [x for x in model._flatten_layers() if hasattr(x, "_fast_paths")]
+    choices = [layer._fast_paths for layer in layers]
+    for layer in layers:
+        layer._fast_paths = False
+    try:
+        return to_numpy(model(IMAGES))
+    finally:
+        for layer, choice in zip(layers, choices):
+            layer._fast_paths = choice
 
 
 @pytest.mark.parametrize("mode", sorted(QUANTIZATION_NOISE))
-def test_quantized_model_is_keras_quantized_model(mode, float_model, monkeypatch):
+def test_quantized_model_is_keras_quantized_model(mode, float_model):
     reference, expected = float_model
     model = _classifier()
     model.set_weights(reference.get_weights())
@@ -45,7 +61,7 @@ def test_quantized_model_is_keras_quantized_model(mode, float_model, monkeypatch
     assert model.get_layer("predictions").quantization_mode == mode
     logits = to_numpy(model(IMAGES))
     # The fast paths compute what Keras's layers compute...
-    keras_logits = _without_fast_paths(monkeypatch, lambda: to_numpy(model(IMAGES)))
+    keras_logits = _without_fast_paths(model)
     np.testing.assert_allclose(logits, keras_logits, atol=1e-4, rtol=0)
     np.testing.assert_allclose(model.predict(IMAGES, verbose=0), logits, atol=1e-4)
     # ...which is the float model within the quantization noise.
@@ -72,7 +88,7 @@ def test_quantized_keras_file_round_trip_is_bit_exact(mode, float_model, tmp_pat
     )
 
 
-def test_lora_trains_the_adapters_only(monkeypatch):
+def test_lora_trains_the_adapters_only():
     model = _classifier()
     before = to_numpy(model(IMAGES))
     model.backbone.enable_lora(2, target_layer_names=["qkv", "q", "v", "proj_l"])
@@ -86,7 +102,7 @@ def test_lora_trains_the_adapters_only(monkeypatch):
     frozen = {v.path: to_numpy(v) for v in model.backbone.weights if not v.trainable}
     assert len(frozen) == len(model.backbone.weights) - len(lora) - 8  # 8 biases
     adapted = to_numpy(model(IMAGES))
-    keras_adapted = _without_fast_paths(monkeypatch, lambda: to_numpy(model(IMAGES)))
+    keras_adapted = _without_fast_paths(model)
     np.testing.assert_allclose(adapted, keras_adapted, atol=1e-5, rtol=0)
     assert np.abs(adapted - before).max() > 1e-3
 

@@ -1,79 +1,46 @@
 """Each layer: config round trip, output shapes, and its own behaviour."""
 
+import inspect
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 import keras_cait
-from tests.support import to_numpy
+from keras_cait.layers import _fast_paths
+from tests.support import TINY_BACKBONE, to_numpy
 
 TOKENS = np.random.default_rng(0).standard_normal((2, 5, 16)).astype("float32")
 
-LAYER_CASES = {
-    "LayerScale": (lambda: keras_cait.LayerScale(0.1), TOKENS),
-    "DropPath": (lambda: keras_cait.DropPath(0.2, seed=3), TOKENS),
-    "CaiTMLP": (lambda: keras_cait.CaiTMLP(16, 32, dropout_rate=0.1), TOKENS),
-    "TalkingHeadsAttention": (
-        lambda: keras_cait.TalkingHeadsAttention(
-            16, 4, use_qkv_bias=False, attention_dropout=0.1,
-            projection_dropout=0.1,
-        ),
-        TOKENS,
-    ),
-    "ClassAttention": (lambda: keras_cait.ClassAttention(16, 2), TOKENS),
-    "SelfAttentionBlock": (
-        lambda: keras_cait.SelfAttentionBlock(
-            16, 4, mlp_ratio=2.0, layer_scale_init_value=0.1,
-            dropout_rate=0.1, attention_dropout=0.1, drop_path_rate=0.1,
-            seed=7,
-        ),
-        TOKENS,
-    ),
-    "PatchEmbedding": (
-        lambda: keras_cait.PatchEmbedding((8, 12), 4, 16, dropout_rate=0.1),
-        np.ones((2, 8, 12, 3), "float32"),
-    ),
-    "ClassToken": (lambda: keras_cait.ClassToken(16), TOKENS),
+LAYERS = {
+    "LayerScale": lambda: keras_cait.LayerScale(0.1),
+    "DropPath": lambda: keras_cait.DropPath(0.2, seed=3),
+    "CaiTMLP": lambda: keras_cait.CaiTMLP(16, 32, dropout_rate=0.1),
+    "TalkingHeadsAttention": lambda: keras_cait.TalkingHeadsAttention(16, 4),
+    "ClassAttention": lambda: keras_cait.ClassAttention(16, 2),
+    "SelfAttentionBlock": lambda: keras_cait.SelfAttentionBlock(16, 4, seed=7),
+    "ClassAttentionBlock": lambda: keras_cait.ClassAttentionBlock(16, 4),
+    "PatchEmbedding": lambda: keras_cait.PatchEmbedding((8, 12), 4, 16),
+    "ClassToken": lambda: keras_cait.ClassToken(16),
 }
 
 
-@pytest.mark.parametrize("name", sorted(LAYER_CASES))
-def test_config_round_trip_and_output_shape(name):
-    make, inputs = LAYER_CASES[name]
-    layer = make()
-    outputs = to_numpy(layer(inputs))
-    assert tuple(layer.compute_output_shape(inputs.shape)) == outputs.shape
+@pytest.fixture(params=[True, False], ids=["fast", "plain"])
+def fast_paths(request):
+    """Layers built in the test take the speed paths or not."""
+    previous = _fast_paths.use_fast_paths()
+    _fast_paths.set_fast_paths(request.param)
+    yield request.param
+    _fast_paths.set_fast_paths(previous)
 
-    config = layer.get_config()
-    clone = type(layer).from_config(config)
-    assert clone.get_config() == config
-    # Every constructor argument is in the config.
-    import inspect
 
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_config_names_every_constructor_argument(name):
+    # The rest of the config round trip: KerasHub's harness (run_layer_test).
+    layer = LAYERS[name]()
     arguments = set(inspect.signature(type(layer).__init__).parameters)
-    assert arguments - {"self", "kwargs"} <= set(config)
-    # The clone computes the same thing with the same weights.
-    clone(inputs)
-    clone.set_weights(layer.get_weights())
-    if name != "DropPath":
-        np.testing.assert_allclose(to_numpy(clone(inputs)), outputs, atol=1e-6)
-    # Registered for deserialization by name.
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(layer)
-    )
-    assert type(restored) is type(layer)
-
-
-def test_class_attention_block_round_trip_and_shape():
-    block = keras_cait.ClassAttentionBlock(16, 4, mlp_ratio=3.0)
-    cls = TOKENS[:, :1]
-    outputs = to_numpy(block(TOKENS, cls))
-    assert outputs.shape == (2, 1, 16)
-    assert tuple(block.compute_output_shape(TOKENS.shape, cls.shape)) == (2, 1, 16)
-    clone = keras_cait.ClassAttentionBlock.from_config(block.get_config())
-    clone(TOKENS, cls)
-    clone.set_weights(block.get_weights())
-    np.testing.assert_allclose(to_numpy(clone(TOKENS, cls)), outputs, atol=1e-6)
+    assert arguments - {"self", "kwargs"} <= set(layer.get_config())
 
 
 def test_attention_maps_shapes_and_normalisation():
@@ -169,7 +136,7 @@ def _talking_heads_reference(layer, tokens):
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_talking_heads_matches_numpy_with_large_head_mix_biases(training):
+def test_talking_heads_matches_numpy_with_large_head_mix_biases(training, fast_paths):
     layer = keras_cait.TalkingHeadsAttention(24, 4)
     rng = np.random.default_rng(0)
     tokens = rng.standard_normal((2, 7, 24)).astype("float32")
@@ -184,9 +151,10 @@ def test_talking_heads_matches_numpy_with_large_head_mix_biases(training):
 
 
 def test_query_row_blocks_cover_the_rows_within_the_byte_budget():
-    from keras_cait.layers import talking_heads_attention as module
-
-    budget = module.attention_block_bytes()
+    module = _fast_paths
+    budget = module.ATTENTION_BLOCK_BYTES.get(
+        keras.backend.backend(), module.ATTENTION_BLOCK_BYTES["default"]
+    )
     assert budget == (2 if keras.backend.backend() == "jax" else 8) * 2**20
     for batch, heads, tokens in [(1, 4, 197), (32, 4, 197), (7, 3, 50), (64, 8, 577)]:
         blocks = module.query_row_blocks(batch, heads, tokens)
@@ -210,17 +178,24 @@ def test_query_row_blocks_cover_the_rows_within_the_byte_budget():
 
 
 def _spy_attended_rows(monkeypatch):
-    """The number of query rows of each `_attend` call, as they happen."""
+    """The number of query rows attended at once, as they happen (`_attend`
+    in `keras.ops`, `proj_l`'s mix on eager PyTorch)."""
     from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
 
     rows = []
-    attend = TalkingHeadsAttention._attend
+    attend, mix_heads = TalkingHeadsAttention._attend, _fast_paths._mix_heads
 
     def spy_attend(self, query, *args):
         rows.append(int(query.shape[2]))
         return attend(self, query, *args)
 
+    def spy_mix_heads(dense, attn):
+        if dense.name == "proj_l":
+            rows.append(int(attn.shape[2]))
+        return mix_heads(dense, attn)
+
     monkeypatch.setattr(TalkingHeadsAttention, "_attend", spy_attend)
+    monkeypatch.setattr(_fast_paths, "_mix_heads", spy_mix_heads)
     return rows
 
 
@@ -228,12 +203,10 @@ def _spy_attended_rows(monkeypatch):
 def test_talking_heads_in_row_blocks_matches_numpy(monkeypatch, training):
     # A budget of a few rows' logits splits 7 tokens into uneven blocks; the
     # outputs and the concatenated attention weights are still exact.
-    from keras_cait.layers import talking_heads_attention as module
-
     monkeypatch.setitem(
-        module.ATTENTION_BLOCK_BYTES, keras.backend.backend(), 4 * 2 * 4 * 3 * 7
+        _fast_paths.ATTENTION_BLOCK_BYTES, keras.backend.backend(), 4 * 2 * 4 * 3 * 7
     )
-    assert module.query_row_blocks(2, 4, 7) == [(0, 3), (3, 6), (6, 7)]
+    assert _fast_paths.query_row_blocks(2, 4, 7) == [(0, 3), (3, 6), (6, 7)]
     attended_rows = _spy_attended_rows(monkeypatch)
     layer = keras_cait.TalkingHeadsAttention(24, 4)
     rng = np.random.default_rng(1)
@@ -252,36 +225,34 @@ def test_talking_heads_in_row_blocks_matches_numpy(monkeypatch, training):
 
 
 def test_query_row_blocks_only_on_a_cpu(monkeypatch):
-    from keras_cait.layers import talking_heads_attention as module
-
     tokens = keras.ops.convert_to_tensor(TOKENS)
-    assert module.computes_on_cpu(tokens)
+    assert _fast_paths.computes_on_cpu(tokens)
     if keras.backend.backend() == "torch":
         class OnGPU:
             class device:
                 type = "cuda"
 
-        assert not module.computes_on_cpu(OnGPU())
+        assert not _fast_paths.computes_on_cpu(OnGPU())
     else:
         monkeypatch.setattr(keras.distribution, "list_devices", lambda: ["gpu:0"])
-        assert not module.computes_on_cpu(tokens)
+        assert not _fast_paths.computes_on_cpu(tokens)
 
     # 2 x 4 x 5 x 5 logits against a one-row budget: 5 blocks on a CPU.
     monkeypatch.setitem(
-        module.ATTENTION_BLOCK_BYTES, keras.backend.backend(), 4 * 2 * 4 * 5
+        _fast_paths.ATTENTION_BLOCK_BYTES, keras.backend.backend(), 4 * 2 * 4 * 5
     )
     rows = _spy_attended_rows(monkeypatch)
     layer = keras_cait.TalkingHeadsAttention(16, 4)
     for on_cpu, expected_rows in ((True, [1] * 5), (False, [5])):
-        monkeypatch.setattr(module, "computes_on_cpu", lambda x, on_cpu=on_cpu: on_cpu)
+        monkeypatch.setattr(_fast_paths, "computes_on_cpu", lambda x, c=on_cpu: c)
         rows.clear()
         layer(TOKENS)
         assert rows == expected_rows
 
 
 def test_sublayers_called_through_keras_when_traced(monkeypatch):
-    """The eager fast path (`layer.call`, no `Layer.__call__`) is for eager
-    execution only: traced, every sublayer goes through `__call__`."""
+    """The eager PyTorch path (`layer.call`, no `Layer.__call__`) is for
+    eager execution only: traced, every sublayer goes through `__call__`."""
     block = keras_cait.SelfAttentionBlock(16, 4)
     block(TOKENS)
     calls = []
@@ -294,8 +265,9 @@ def test_sublayers_called_through_keras_when_traced(monkeypatch):
     monkeypatch.setattr(keras.layers.LayerNormalization, "__call__", spy_call)
     tokens = keras.ops.convert_to_tensor(TOKENS)
     eager = block(tokens)
-    assert calls == []
     backend = keras.backend.backend()
+    assert calls == ([] if backend == "torch" else ["norm1", "norm2"])
+    calls.clear()
     if backend == "jax":
         import jax
 
@@ -312,19 +284,18 @@ def test_sublayers_called_through_keras_when_traced(monkeypatch):
     assert calls == ["norm1", "norm2"]
 
 
-@pytest.mark.parametrize(
-    "variant", ["plain", "no_bias", "activation", "lora", "int8", "mixed"]
+TORCH_ONLY = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="an eager PyTorch path"
 )
-def test_apply_dense_equals_calling_the_layer(variant):
-    from keras_cait.layers.sublayers import apply_dense
 
+
+@TORCH_ONLY
+@pytest.mark.parametrize("variant", ["plain", "no_bias", "lora", "int8", "mixed"])
+def test_fast_dense_and_head_mix_equal_calling_the_layer(variant):
     layer = keras.layers.Dense(
-        6,
-        use_bias=variant != "no_bias",
-        activation="relu" if variant == "activation" else None,
-        bias_initializer="glorot_uniform",
+        4, use_bias=variant != "no_bias", bias_initializer="glorot_uniform"
     )
-    layer.build((None, None, 5))
+    layer.build((None, 4))
     if variant == "lora":
         layer.enable_lora(2)
         layer.lora_kernel_b.assign(np.ones(layer.lora_kernel_b.shape))
@@ -332,43 +303,88 @@ def test_apply_dense_equals_calling_the_layer(variant):
         layer.quantize("int8")
     if variant == "mixed":
         layer.dtype_policy = "mixed_bfloat16"
-    tokens = np.random.default_rng(0).standard_normal((2, 3, 5)).astype("float32")
-    tokens = keras.ops.convert_to_tensor(tokens, layer.compute_dtype)
-    expected = to_numpy(layer(tokens))
-    outputs = to_numpy(apply_dense(layer, tokens))
-    if keras.backend.backend() == "torch" and variant == "plain":
-        # One fused `addmm`, as `torch.nn.Linear`: the bias add may round
-        # differently (1 float32 ulp).
-        np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-7)
-    else:
-        np.testing.assert_array_equal(outputs, expected)
+    attn = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype("float32")
+    attn = keras.ops.convert_to_tensor(attn, layer.compute_dtype)
+    expected = to_numpy(layer(attn))
+    # One fused `addmm` (as `torch.nn.Linear`): the bias add may round
+    # differently (1 float32 ulp).
+    tolerance = dict(rtol=1e-6, atol=1e-7) if variant == "plain" else dict(rtol=0)
+    np.testing.assert_allclose(to_numpy(_fast_paths._dense(layer, attn)), expected, **tolerance)
+    if variant != "no_bias":  # timm's mix, across the heads axis
+        mixed = to_numpy(_fast_paths._mix_heads(layer, attn.permute(0, 3, 1, 2)))
+        np.testing.assert_allclose(mixed.transpose(0, 2, 3, 1), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["plain", "no_center", "axis", "mixed"])
-def test_apply_layer_norm_equals_calling_the_layer(variant, monkeypatch):
-    from keras_cait.layers import tensor_ops
-    from keras_cait.layers.sublayers import apply_layer_norm
+@TORCH_ONLY
+def test_eager_torch_attention_calls_no_keras_ops(monkeypatch, fast_paths):
+    keras.utils.set_random_seed(0)
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE, layer_scale_init_value=0.1)
+    _fast_paths.set_fast_paths(not fast_paths)
+    other = keras_cait.CaiTBackbone(**TINY_BACKBONE, layer_scale_init_value=0.1)
+    other.set_weights(backbone.get_weights())
+    images = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
+    expected = to_numpy(other(images))
+    calls = []
 
-    layer = keras.layers.LayerNormalization(
-        axis=(-2, -1) if variant == "axis" else -1,
-        center=variant != "no_center",
-        gamma_initializer="glorot_uniform",
-        beta_initializer="glorot_uniform",
-        dtype="mixed_bfloat16" if variant == "mixed" else None,
-    )
-    layer.build((None, 3, 5))
-    tokens = np.random.default_rng(0).standard_normal((2, 3, 5)).astype("float32")
-    tokens = keras.ops.convert_to_tensor(tokens)
-    expected = to_numpy(layer(tokens))
-    through_keras_ops = []
-    original = tensor_ops.ops.layer_normalization
-    monkeypatch.setattr(
-        tensor_ops.ops, "layer_normalization",
-        lambda *a, **k: through_keras_ops.append(1) or original(*a, **k),
-    )
-    np.testing.assert_array_equal(to_numpy(apply_layer_norm(layer, tokens)), expected)
-    fast = variant in ("plain", "no_center")
-    # On PyTorch the plain cases skip `keras.ops`; elsewhere they use it.
-    assert bool(through_keras_ops) == (
-        fast and keras.backend.backend() != "torch"
-    )
+    def spy(name, original):
+        def op(*args, **kwargs):
+            calls.append((name, sys._getframe(1).f_code.co_filename))
+            return original(*args, **kwargs)
+        return op
+
+    for name in ("reshape", "transpose", "swapaxes", "softmax", "matmul", "cast"):
+        monkeypatch.setattr(keras.ops, name, spy(name, getattr(keras.ops, name)))
+    # Built with the switch on or off, the same numbers; with it on, the
+    # self-attention blocks use PyTorch's own ops.
+    np.testing.assert_allclose(to_numpy(backbone(images)), expected, rtol=1e-6, atol=1e-6)
+    files = ("talking_heads_attention.py", "self_attention_block.py", "_fast_paths.py")
+    attention = [c for c in calls if c[1].endswith(files)]
+    assert bool(attention) == (not fast_paths), attention
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("1", True), ("on", True), ("", True), ("0", False), (" OFF ", False), ("no", False)],
+)
+def test_switch_reads_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("KERAS_CAIT_FAST_PATHS", value)
+    assert _fast_paths._from_environment() is expected
+    monkeypatch.delenv("KERAS_CAIT_FAST_PATHS")
+    assert _fast_paths._from_environment() is True
+    monkeypatch.setenv("KERAS_CAIT_FAST_PATHS", "maybe")
+    with pytest.raises(ValueError, match="KERAS_CAIT_FAST_PATHS='maybe'"):
+        _fast_paths._from_environment()
+
+
+def test_switch_is_read_when_a_layer_is_built(monkeypatch, fast_paths):
+    with pytest.raises(TypeError, match="enable"):
+        _fast_paths.set_fast_paths(1)
+    assert _fast_paths.use_fast_paths() is fast_paths
+    taken = []
+    for name in ("talking_heads_attention", "self_attention_block", "eager_torch"):
+        original = getattr(_fast_paths, name)
+        monkeypatch.setattr(
+            _fast_paths, name,
+            lambda *a, _f=original, _n=name: taken.append(_n) or _f(*a),
+        )
+    keras.utils.set_random_seed(0)
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    images = np.zeros((1, 32, 32, 3), "float32")
+    backbone(images)
+    assert bool(taken) is fast_paths
+    # Built layers keep their choice.
+    _fast_paths.set_fast_paths(not fast_paths)
+    taken.clear()
+    backbone(images)
+    assert bool(taken) is fast_paths
+
+
+def test_layers_made_in_a_remat_scope_take_no_fast_path():
+    # Pins Keras's private `_remat_mode` (read in `_fast_paths.enabled_for`).
+    with keras.RematScope(mode="full"):
+        remat = keras_cait.SelfAttentionBlock(16, 4)
+        remat.build(TOKENS.shape)
+    plain = keras_cait.SelfAttentionBlock(16, 4)
+    plain.build(TOKENS.shape)
+    assert remat._fast_paths is False and remat.attn._fast_paths is False
+    assert plain._fast_paths is _fast_paths.use_fast_paths()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import keras_cait
+from keras_cait.layers import _fast_paths
 from tests.support import TINY_BACKBONE, to_numpy
 
 POLICIES = ("bfloat16", "mixed_bfloat16", "mixed_float16")
@@ -86,35 +87,63 @@ def test_layer_matches_float32(policy, name):
     _close(outputs, expected, COMPUTE[policy])
 
 
+@pytest.fixture(params=[True, False], ids=["fast", "plain"])
+def fast_paths(request):
+    previous = _fast_paths.use_fast_paths()
+    _fast_paths.set_fast_paths(request.param)
+    yield request.param
+    _fast_paths.set_fast_paths(previous)
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_softmax_and_head_mixing_run_in_float32(policy, monkeypatch):
-    from keras_cait.layers import talking_heads_attention, tensor_ops
-
-    seen = {"softmax": [], "mix": []}
-    softmax, mix_heads = tensor_ops.softmax, talking_heads_attention.mix_heads
-
-    def spy_softmax(x, *args, **kwargs):
-        seen["softmax"].append(keras.backend.standardize_dtype(x.dtype))
-        return softmax(x, *args, **kwargs)
-
-    def spy_mix_heads(attention, head_mixer, **kwargs):
-        mixed = mix_heads(attention, head_mixer, **kwargs)
-        seen["mix"] += [
-            keras.backend.standardize_dtype(x.dtype) for x in (attention, mixed)
-        ]
-        return mixed
-
-    monkeypatch.setattr(tensor_ops, "softmax", spy_softmax)
-    monkeypatch.setattr(talking_heads_attention, "mix_heads", spy_mix_heads)
+    seen = []
+    softmax = keras.ops.softmax
+    monkeypatch.setattr(
+        keras.ops, "softmax",
+        lambda x, **k: seen.append(keras.backend.standardize_dtype(x.dtype)) or softmax(x, **k),
+    )
     talking = _with_policy(policy, lambda: keras_cait.TalkingHeadsAttention(16, 4))
     class_attention = _with_policy(policy, lambda: keras_cait.ClassAttention(16, 4))
     tokens = _rng_array((2, 5, 16))
-    talking(tokens)
-    class_attention(tokens)
-    assert seen["softmax"] == ["float32", "float32"]
-    assert seen["mix"] == ["float32"] * 4  # proj_l and proj_w, in and out
     _, attention = talking(tokens, return_attention=True)
+    class_attention(tokens)
+    assert seen == ["float32", "float32"]
+    assert talking.proj_l.compute_dtype == talking.proj_w.compute_dtype == "float32"
     assert keras.backend.standardize_dtype(attention.dtype) == COMPUTE[policy]
+
+
+def _large_logits(layer):
+    """Exact float16 weights whose logits `q @ k^T * scale` exceed 65504 with
+    q and k entries at most 512 (q = 512, k = 64 or 64.5 by token)."""
+    dim = layer.hidden_dim
+    names = ("q", "k", "v") if isinstance(layer, keras_cait.ClassAttention) else ("qkv",)
+    kernels = {"q": np.zeros((dim, dim)), "k": 0.5 * np.eye(dim),
+               "v": np.round(4 * _rng_array((dim, dim), seed=2)) / 4}
+    biases = {"q": np.full(dim, 512.0), "k": np.full(dim, 64.0), "v": np.zeros(dim)}
+    for name in names:
+        parts = ("q", "k", "v") if name == "qkv" else (name,)
+        dense = getattr(layer, name)
+        dense.kernel.assign(np.concatenate([kernels[p] for p in parts], axis=1))
+        dense.bias.assign(np.concatenate([biases[p] for p in parts]))
+    head_dim = dim // layer.num_heads
+    assert 512 * 64 * head_dim * head_dim**-0.5 > 65504
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("name", ["TalkingHeadsAttention", "ClassAttention"])
+def test_logits_above_float16_range_stay_finite(policy, name, fast_paths):
+    tokens = (np.random.default_rng(3).random((2, 5, 16)) < 0.5).astype("float32")
+    make = {"TalkingHeadsAttention": lambda: keras_cait.TalkingHeadsAttention(16, 2),
+            "ClassAttention": lambda: keras_cait.ClassAttention(16, 2)}[name]
+    reference = make()
+    reference(tokens)
+    _large_logits(reference)
+    expected = reference(tokens)
+    layer = _with_policy(policy, make)
+    layer(tokens)
+    layer.set_weights(reference.get_weights())
+    _close(layer(tokens), expected, "bfloat16" if "bfloat16" in policy else "float16")
 
 
 @pytest.mark.parametrize("policy", POLICIES)

@@ -1,5 +1,5 @@
 """The package's layers: every module's layer, declared once, and the import
-rule that keeps dependencies one way (README, "Architecture", quotes this).
+rule that keeps dependencies one way (CONTRIBUTING.md quotes this).
 
 A module imports only from its own layer or below, never upward, and the
 import graph has no cycle. A function-local import also goes only downward
@@ -30,6 +30,7 @@ from tests.support import REPO
 LAYERS = {
     0: [  # foundations: no keras_cait imports
         "keras_cait.errors",
+        "keras_cait.arguments",
         "keras_cait.version",
         "keras_cait.serialization",
         "keras_cait.testing",
@@ -55,12 +56,11 @@ LAYERS = {
         "keras_cait.layers.mlp",
         "keras_cait.layers.position_embedding_resample",
         "keras_cait.layers.self_attention_block",
-        "keras_cait.layers.sublayers",
         "keras_cait.layers.talking_heads_attention",
-        "keras_cait.layers.tensor_ops",
         "keras_cait.convert",
         "keras_cait.convert.resample",
         "keras_cait.convert.timm_config",
+        "keras_cait.convert.timm_export",
         "keras_cait.convert.timm_weights",
     ],
     3: [  # loading: presets, handles, timm repos, from_preset, safety checks
@@ -82,15 +82,19 @@ LAYERS = {
         "keras_cait.models.cait_image_classifier_preprocessor",
         "keras_cait.models.cait_image_converter",
         "keras_cait.models.cait_presets",
+        "keras_cait.models.shuffled_batches",
     ],
     5: [  # applications on the model, one folder per concern; the public API
         "keras_cait.explain",
         "keras_cait.explain.saliency",
         "keras_cait.explain.visualization",
         "keras_cait.inference",
+        "keras_cait.inference.artifact_cache",
         "keras_cait.inference.batch_prediction",
+        "keras_cait.inference.engines",
         "keras_cait.inference.evaluation",
         "keras_cait.inference.image_pipeline",
+        "keras_cait.inference.pillow_pipeline",
         "keras_cait.inference.predictions",
         "keras_cait.inference.ray_prediction",
         "keras_cait.training",
@@ -102,7 +106,10 @@ LAYERS = {
         # so that it starts at once)
         "keras_cait_cli",
         "keras_cait_cli.__main__",
+        "keras_cait_cli.cache_weights",
+        "keras_cait_cli.checks",
         "keras_cait_cli.convert",
+        "keras_cait_cli.export_timm",
         "keras_cait_cli.main",
         "keras_cait_cli.predict",
     ],
@@ -286,9 +293,9 @@ print("FAILED", failures)
 
 
 def test_readme_quotes_the_layer_table():
-    """README's architecture table: a row `| <layer> | <modules> | ... |`
+    """CONTRIBUTING.md's layer table: a row `| <layer> | <modules> | ... |`
     per layer, naming exactly that layer's modules in backquotes."""
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "CONTRIBUTING.md").read_text()
     quoted = {}
     for line in readme.splitlines():
         cells = [cell.strip() for cell in line.split("|")[1:-1]]

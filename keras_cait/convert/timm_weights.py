@@ -1,9 +1,12 @@
-"""Filling keras-cait models with timm CaiT tensors: the one assignment path.
+"""keras-cait variables <-> timm CaiT tensors: the one mapping, both ways.
 
-KerasHub's `port_weight` pattern: `load_timm_weights` reads each variable's
-timm key (`keras_cait.schema.checkpoint_layout`) from a source of
-timm-layout tensors (`SafetensorsFile`, `StateDict` or `ModelTensors`),
-transposes it and assigns it.
+`keras_cait.schema.checkpoint_layout` is the table (timm key, timm shape,
+transpose, Keras variable path); `model_weight_map` pairs it with a model's
+variables. Reading: KerasHub's `port_weight` pattern, `load_timm_weights`
+reads each variable's timm key from a source of timm-layout tensors
+(`SafetensorsFile`, `StateDict` or `ModelTensors`), transposes it
+(`to_keras`) and assigns it. Writing: `ModelTensors` reads a model's
+variables back in timm's layout (`to_timm`), for `convert.timm_export`.
 """
 
 import ctypes
@@ -19,11 +22,12 @@ from keras_cait.io.safetensors_io import FLOAT_DTYPES, checked_array
 from keras_cait.schema import BACKBONE_DEFAULTS, checkpoint_layout, keras_shape
 
 
-def model_weight_map(model, load_backbone=True, load_head=True):
+def model_weight_map(model, load_backbone=True, load_head=True, ignore=()):
     """`(CheckpointTensor, variable)` pairs of a `CaiTBackbone` or a
     `CaiTImageClassifier` (its head is timm's `head`), in layout order, for
     the backbone and/or the head; `CaiTWeightsError` when the model's
-    variables are not its CaiT layout's (e.g. a quantized model)."""
+    variables are not its CaiT layout's (e.g. a quantized model), besides
+    the variable paths in `ignore`."""
 
     backbone = getattr(model, "backbone", model)
     head = getattr(model, "output_dense", None) if model is not backbone else None
@@ -31,7 +35,8 @@ def model_weight_map(model, load_backbone=True, load_head=True):
         {key: getattr(backbone, key) for key in BACKBONE_DEFAULTS},
         head.units if head is not None else 0,
     )
-    variables = {variable.path: variable for variable in model.weights}
+    ignore = set(ignore)
+    variables = {v.path: v for v in model.weights if v.path not in ignore}
     differences = set(variables) ^ {tensor.path for tensor in layout}
     if differences:
         raise CaiTWeightsError(
@@ -54,6 +59,15 @@ def to_keras(tensor, array):
     if tensor.axes is None:
         return array
     return keras.ops.transpose(array, tensor.axes)
+
+
+def to_timm(tensor, array):
+    """A Keras-layout array of `tensor` (a `CheckpointTensor`) in timm's
+    layout: the inverse of `to_keras`, as a NumPy array."""
+    array = np.asarray(array)
+    if tensor.axes is None:
+        return array
+    return np.ascontiguousarray(np.transpose(array, np.argsort(tensor.axes)))
 
 
 class StateDict:
@@ -82,12 +96,42 @@ class StateDict:
         return self._arrays[key]
 
 
+def lora_layers(model):
+    """`{kernel variable path: layer}` of the `keras.layers.Dense` layers of
+    `model` with LoRA enabled (`enable_lora`)."""
+    # Private Keras API (keras 3.15): every nested layer.
+    return {
+        layer._kernel.path: layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.Dense) and getattr(layer, "lora_enabled", False)
+    }
+
+
 class ModelTensors:
     """A built keras-cait model's weights as timm-layout tensors, read one
-    at a time (to copy them into a model of another shape)."""
+    at a time (to copy them into a model of another shape, or to write them
+    in timm's format).
 
-    def __init__(self, model):
-        self._entries = {tensor.key: (tensor, v) for tensor, v in model_weight_map(model)}
+    Args:
+        model: a `CaiTBackbone` or `CaiTImageClassifier`.
+        merge_lora: bool. Read the kernel of a LoRA-enabled `Dense` as what
+            the layer computes with, `kernel + (lora_alpha / lora_rank) *
+            lora_kernel_a @ lora_kernel_b` (its `kernel` property), and leave
+            the adapters out. Without it, LoRA adapters are unexpected
+            variables (`CaiTWeightsError`).
+    """
+
+    def __init__(self, model, merge_lora=False):
+        adapted = lora_layers(model) if merge_lora else {}
+        adapters = [
+            path
+            for layer in adapted.values()
+            for path in (layer.lora_kernel_a.path, layer.lora_kernel_b.path)
+        ]
+        self._merged = adapted
+        self._entries = {
+            tensor.key: (tensor, v) for tensor, v in model_weight_map(model, ignore=adapters)
+        }
 
     def keys(self):
         return list(self._entries)
@@ -100,10 +144,9 @@ class ModelTensors:
 
     def read(self, key):
         tensor, variable = self._entries[key]
-        array = np.asarray(keras.ops.convert_to_numpy(variable.value))
-        if tensor.axes is not None:
-            array = np.transpose(array, np.argsort(tensor.axes))
-        return array
+        layer = self._merged.get(variable.path)
+        value = variable.value if layer is None else layer.kernel
+        return to_timm(tensor, keras.ops.convert_to_numpy(value))
 
 
 def check_keys(source, expected_keys, found_keys, tolerated=()):

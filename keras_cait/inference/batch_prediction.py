@@ -16,8 +16,9 @@ import numpy as np
 from huggingface_hub.utils import tqdm
 
 from keras_cait.errors import CaiTConfigError
+from keras_cait.inference import engines
 from keras_cait.inference.image_pipeline import image_batches
-from keras_cait.inference.predictions import probabilities, top_predictions
+from keras_cait.inference.predictions import batch_records
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import RecordWriter, check_output
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
@@ -91,8 +92,7 @@ class BatchPredictor:
     """
 
     def __init__(self, classifier, top=5, embeddings=False, attention_maps=False):
-        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-            raise CaiTConfigError(f"`top` must be a positive integer, got {top!r}.")
+        self.check_top(top)
         if embeddings and attention_maps:
             raise CaiTConfigError("`embeddings` and `attention_maps` cannot be combined.")
         self.classifier = classifier
@@ -107,6 +107,12 @@ class BatchPredictor:
                 # The head's input: the pooled features (Keras's `Layer.input`).
                 outputs["embedding"] = classifier.output_dropout.input
             self.model = keras.Model(classifier.input, outputs)
+
+    @staticmethod
+    def check_top(top):
+        """Raises `CaiTConfigError` unless `top` is a positive int."""
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise CaiTConfigError(f"`top` must be a positive integer, got {top!r}.")
 
     def outputs(self, images, batch_size=None):
         """The model's outputs on a batch of model inputs.
@@ -133,21 +139,39 @@ class BatchPredictor:
         outputs = self.model.predict_on_batch(images)
         return {name: np.asarray(value)[:count] for name, value in outputs.items()}
 
+    def image_batches(self, paths, batch_size, start=0):
+        """The `ImageBatch`es of `paths[start:]` for this predictor: the
+        `tf.data` pipeline with the classifier's converter
+        (`image_pipeline.image_batches`)."""
+        return image_batches(paths, self.converter, batch_size, start)
+
     def records(self, batch, outputs):
         """One record per image of `batch` (an `ImageBatch`), in order: its
         path and top predictions (and embedding), or its error."""
-        scores = probabilities(outputs["predictions"], self.classifier.activation)
-        ranked = top_predictions(scores, self.top)
-        records = []
-        for index, (path, error) in enumerate(zip(batch.paths, batch.errors)):
-            if error is not None:
-                records.append({"image": path, "error": error})
-                continue
-            record = {"image": path, "predictions": ranked[index]}
-            if self.embeddings:
-                record["embedding"] = outputs["embedding"][index].tolist()
-            records.append(record)
-        return records
+        return batch_records(
+            batch, outputs, self.classifier.activation, self.top, self.embeddings
+        )
+
+
+def make_predictor(classifier, top=5, embeddings=False, engine="keras",
+                   precision="float32", cache_dir=None):
+    """The predictor of a collection run on `engine`: a `BatchPredictor`
+    for `"keras"`, else an `engines.EnginePredictor` on the classifier's
+    cached artefact (exported on first use, `engines.make_artifact`).
+
+    Raises:
+        CaiTConfigError: see `engines.check_engine` and
+            `engines.make_artifact`.
+    """
+    engines.check_engine(engine, precision)
+    if engine == "keras":
+        return BatchPredictor(classifier, top, embeddings)
+    BatchPredictor.check_top(top)
+    folder = engines.make_artifact(classifier, engine, cache_dir)
+    return engines.EnginePredictor(
+        folder, engine, top, embeddings, precision,
+        converter=classifier.preprocessor.image_converter,
+    )
 
 
 @contextlib.contextmanager
@@ -185,7 +209,7 @@ def predict_batches(predictor, paths, batch_size, start=0, progress=False,
     if not fixed_shape:
         batch_size = min(batch_size, len(paths))
     with progress_bar(len(paths), start, progress) as bar:
-        for batch in image_batches(paths, predictor.converter, batch_size, start):
+        for batch in predictor.image_batches(paths, batch_size, start):
             outputs = predictor.outputs(batch.images, batch_size)
             yield batch, outputs, predictor.records(batch, outputs)
             bar.update(len(batch.paths))
@@ -197,7 +221,7 @@ def _as_list(inputs):
 
 def predict_files(
     inputs, model, top=5, batch_size=DEFAULT_BATCH_SIZE, embeddings=False,
-    progress=False,
+    progress=False, engine="keras", precision="float32", cache_dir=None,
 ):
     """Classifies a collection of image files; an iterator of records.
 
@@ -217,6 +241,16 @@ def predict_files(
         embeddings: bool. Add each image's pooled features (`"embedding"`,
             `hidden_dim` floats).
         progress: bool. Show a progress bar on stderr.
+        engine: `"keras"` (the Keras model, `tf.data` preprocessing),
+            `"onnxruntime"` or `"openvino"`: the engine runs the artefact of
+            the classifier's `model.export`, made once and kept in the
+            artefact cache, on images preprocessed with Pillow and NumPy
+            (docs/cli.md, "Fast CPU inference").
+        precision: `"float32"`, or `"bfloat16"` with `engine="openvino"` on
+            a CPU that has it (AVX-512 BF16 or AMX).
+        cache_dir: `None` (`$KERAS_CAIT_CACHE`, else
+            `$XDG_CACHE_HOME/keras-cait/engines`, else
+            `~/.cache/keras-cait/engines`) or the artefact cache folder.
 
     Returns:
         An iterator of records, one per image, in input order:
@@ -240,21 +274,25 @@ def predict_files(
     ```
     """
     check_batch_size(batch_size)
+    engines.check_engine(engine, precision)
     paths = expand_image_paths(_as_list(inputs))
-    predictor = BatchPredictor(load_classifier(model), top, embeddings)
+    predictor = make_predictor(
+        load_classifier(model), top, embeddings, engine, precision, cache_dir
+    )
 
     def records():
-        for _, _, batch_records in predict_batches(
+        for _, _, records_of_batch in predict_batches(
             predictor, paths, batch_size, progress=progress
         ):
-            yield from batch_records
+            yield from records_of_batch
 
     return records()
 
 
 def write_predictions(
     inputs, output, model, top=5, batch_size=DEFAULT_BATCH_SIZE,
-    embeddings=False, resume=False, progress=True,
+    embeddings=False, resume=False, progress=True, engine="keras",
+    precision="float32", cache_dir=None,
 ):
     """Classifies a collection of image files into a records file, written
     as the run goes.
@@ -279,6 +317,7 @@ def write_predictions(
             those of the first inputs, written with the same `top` and
             `embeddings`.
         progress: bool. Show a progress bar on stderr.
+        engine, precision, cache_dir: as in `predict_files`.
 
     Returns:
         A dict: `output`, `images` (inputs), `kept` (records kept from an
@@ -296,10 +335,13 @@ def write_predictions(
     ```
     """
     check_batch_size(batch_size)
+    engines.check_engine(engine, precision)
     output = os.fspath(output)
     paths = expand_image_paths(_as_list(inputs))
     check_output(output, resume)  # before the model loads
-    predictor = BatchPredictor(load_classifier(model), top, embeddings)
+    predictor = make_predictor(
+        load_classifier(model), top, embeddings, engine, precision, cache_dir
+    )
     return write_records(predictor, paths, output, batch_size, resume, progress)
 
 

@@ -19,9 +19,10 @@ from keras_hub.src.utils.imagenet.imagenet_utils import IMAGENET_NAMES
 
 from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
 from keras_cait.explain import visualization
+from keras_cait.inference import engines
 from keras_cait.inference.batch_prediction import (
-    BatchPredictor,
     load_classifier,
+    make_predictor,
     predict_batches,
 )
 from keras_cait.io.files import read_json, staged_path
@@ -155,7 +156,8 @@ def _class_name(index, folder, num_classes):
 
 def evaluate_folder(
     directory, model, output_dir=None, label_map=None,
-    batch_size=DEFAULT_BATCH_SIZE, progress=False,
+    batch_size=DEFAULT_BATCH_SIZE, progress=False, engine="keras",
+    precision="float32", cache_dir=None,
 ):
     """Top-1 and top-5 accuracy of a classifier on an ImageFolder layout.
 
@@ -176,13 +178,16 @@ def evaluate_folder(
             `read_label_map`.
         batch_size: int. Images per forward pass.
         progress: bool. Show a progress bar on stderr.
+        engine, precision, cache_dir: the inference engine, as in
+            `keras_cait.predict_files`.
 
     Returns:
         The summary dict (also `summary.json`): `images`, `evaluated`,
         `failed`, `failures` (`[{"image", "error"}]`), `top1` and `top5`
         (percentages of the evaluated images, `None` when there are none;
         `top5` counts the `min(5, num_classes)` best classes), `top1_correct`,
-        `top5_correct`, `seconds` and `images_per_second` (reading and
+        `top5_correct`, `engine`, `precision`, `seconds` and
+        `images_per_second` (reading and
         prediction, after the model is loaded), `num_classes`, `classes` (one
         dict per class folder: `class_id`, `folder`, `label`, `images`,
         `failed`, `top1_correct`, `top5_correct`), `confusion_matrix`
@@ -203,6 +208,7 @@ def evaluate_folder(
     ```
     """
     check_batch_size(batch_size)
+    engines.check_engine(engine, precision)
     directory = os.fspath(directory)
     folders = _class_folders(directory)
     if label_map is not None and not isinstance(label_map, dict):
@@ -219,7 +225,9 @@ def evaluate_folder(
     if not paths:
         raise CaiTConfigError(f"The class folders of '{directory}' hold no image files.")
 
-    predictor = BatchPredictor(classifier, top=TOP_K)
+    predictor = make_predictor(
+        classifier, TOP_K, engine=engine, precision=precision, cache_dir=cache_dir
+    )
     stats = {
         index: {"images": 0, "failed": 0, "top1_correct": 0, "top5_correct": 0}
         for index in indices.values()
@@ -254,6 +262,8 @@ def evaluate_folder(
             else classifier.name
         ),
         "backend": keras.config.backend(),
+        "engine": engine,
+        "precision": precision,
         "num_classes": num_classes,
         "images": len(paths),
         "evaluated": evaluated,
@@ -379,7 +389,7 @@ def format_summary(summary):
         [
             f"top-1   {percent(summary['top1'])}  "
             f"({summary['top1_correct']} of {summary['evaluated']})",
-            f"top-5   {percent(summary['top5'])}  "
+            f"top-{min(5, summary['num_classes'])}   {percent(summary['top5'])}  "
             f"({summary['top5_correct']} of {summary['evaluated']})",
             f"images  {summary['images']}{failed}",
             f"speed   {speed:.1f} images/s" if speed else "speed   n/a",

@@ -63,6 +63,34 @@ def top_predictions(scores, top):
     return results
 
 
+def batch_records(batch, outputs, activation, top, embeddings=False):
+    """One record per image of a collection batch, in order: its path and
+    top predictions (and embedding), or its error.
+
+    Args:
+        batch: an `ImageBatch` (its `paths` and `errors`).
+        outputs: dict of NumPy arrays: `"predictions"` `(batch,
+            num_classes)` and, with `embeddings`, `"embedding"`.
+        activation: the classifier's `activation` (see `probabilities`).
+        top: int. Predictions per record.
+        embeddings: bool. Add `"embedding"` (a list of floats).
+
+    Returns:
+        A list of records (see `keras_cait.predict_files`).
+    """
+    ranked = top_predictions(probabilities(outputs["predictions"], activation), top)
+    records = []
+    for index, (path, error) in enumerate(zip(batch.paths, batch.errors)):
+        if error is not None:
+            records.append({"image": path, "error": error})
+            continue
+        record = {"image": path, "predictions": ranked[index]}
+        if embeddings:
+            record["embedding"] = outputs["embedding"][index].tolist()
+        records.append(record)
+    return records
+
+
 def decode_predictions(logits, top=5):
     """Top-`top` ImageNet-1k classes of a batch of logits.
 

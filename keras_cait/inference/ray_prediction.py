@@ -15,15 +15,18 @@ import keras
 import numpy as np
 
 from keras_cait.errors import CaiTConfigError
+from keras_cait.inference import engines
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
     predict_batches,
     write_record_stream,
 )
+from keras_cait.inference.pillow_pipeline import pillow_supports
 from keras_cait.io.image_paths import expand_image_paths
 from keras_cait.io.records import check_output
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+from keras_cait.models.cait_image_converter import CaiTImageConverter
 from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 
@@ -54,16 +57,30 @@ class RayBatchPredictor:
         directory: `None` or the driver's working directory: the actor
             works there when its node has it, so that relative paths (and
             error messages naming them) are those of the driver.
+        engine: `"keras"`, or the engine running `artifact`.
+        precision: as in `keras_cait.predict_files`.
+        artifact: `None`, or (with an engine other than `"keras"`) the
+            folder of the artefact the driver made
+            (`engines.make_artifact`): the actor runs it without loading
+            the Keras model.
 
     Input batches are dicts with an `"image"` column of str paths; output
     batches have a `"record"` column: each record as a line of JSON (Ray
     stores the strings as they are, so floats come back exactly).
     """
 
-    def __init__(self, model, top, embeddings, batch_size, directory=None):
+    def __init__(self, model, top, embeddings, batch_size, directory=None,
+                 engine="keras", precision="float32", artifact=None):
         if directory and os.path.isdir(directory):
             os.chdir(directory)
-        self.predictor = BatchPredictor(load_classifier(model), top, embeddings)
+        if engine == "keras":
+            self.predictor = BatchPredictor(load_classifier(model), top, embeddings)
+        else:
+            self.predictor = engines.EnginePredictor(
+                artifact, engine, top, embeddings, precision
+            )
+            if not pillow_supports(self.predictor.converter_config):
+                self.predictor.converter = CaiTImageConverter.from_preset(model)
         self.batch_size = batch_size
 
     def __call__(self, batch):
@@ -76,7 +93,8 @@ class RayBatchPredictor:
 def write_predictions_on_ray(
     inputs, output, model, top=5, batch_size=DEFAULT_BATCH_SIZE,
     embeddings=False, resume=False, backend=None, address=None, actors=1,
-    gpus_per_actor=0, progress=True,
+    gpus_per_actor=0, progress=True, engine="keras", precision="float32",
+    cache_dir=None,
 ):
     """`keras_cait.write_predictions` on Ray Data: the model runs in Ray
     actors (on this machine, or on the nodes of a cluster), the records
@@ -107,6 +125,11 @@ def write_predictions_on_ray(
         actors: int. Model replicas (Ray actors, each with one CPU).
         gpus_per_actor: float. GPUs reserved per actor (`0`: none).
         progress: bool. Show a progress bar on stderr.
+        engine, precision, cache_dir: as in `write_predictions`. With an
+            engine other than `"keras"`, this process exports the artefact
+            once (or finds it in the cache) and every actor runs it; the
+            cache folder must be at the same path on every node (a shared
+            file system, as for the images).
 
     Returns:
         The summary dict of `write_predictions`: `output`, `images`,
@@ -124,6 +147,7 @@ def write_predictions_on_ray(
     ```
     """
     check_batch_size(batch_size)
+    engines.check_engine(engine, precision)
     if not isinstance(model, (str, os.PathLike)):
         raise CaiTConfigError(
             "On Ray, `model` must be a preset name, directory or hf:// handle "
@@ -141,10 +165,16 @@ def write_predictions_on_ray(
     ray = _import_ray()
     backend = backend or keras.backend.backend()
     # The configuration only (no weights), to check the preset and size
-    # the records before any actor starts.
-    described = load_classifier(CaiTImageClassifier.from_preset(model, load_weights=False))
+    # the records before any actor starts; with an engine, the whole model,
+    # to make the artefact once, here.
+    described = load_classifier(
+        CaiTImageClassifier.from_preset(model, load_weights=engine != "keras")
+    )
     top = min(top, described.num_classes) if isinstance(top, int) else top
     BatchPredictor(described, top, embeddings)  # checks `top` and `embeddings`
+    artifact = None
+    if engine != "keras":
+        artifact = engines.make_artifact(described, engine, cache_dir)
     del described
 
     started = not ray.is_initialized()
@@ -155,7 +185,7 @@ def write_predictions_on_ray(
             output, paths, top, embeddings, resume, progress,
             lambda kept: _ray_records(
                 ray, paths[kept:], model, top, embeddings, batch_size, backend,
-                actors, gpus_per_actor,
+                actors, gpus_per_actor, engine, precision, artifact,
             ),
         )
     finally:
@@ -164,7 +194,7 @@ def write_predictions_on_ray(
 
 
 def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors,
-                 gpus_per_actor):
+                 gpus_per_actor, engine="keras", precision="float32", artifact=None):
     """The records of `paths` from Ray Data actors, in order, one list per
     record (as they arrive)."""
     if not paths:
@@ -180,7 +210,8 @@ def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors
             RayBatchPredictor,
             fn_constructor_kwargs=dict(
                 model=model, top=top, embeddings=embeddings, batch_size=batch_size,
-                directory=os.getcwd(),
+                directory=os.getcwd(), engine=engine, precision=precision,
+                artifact=artifact,
             ),
             batch_size=batch_size,
             concurrency=actors,

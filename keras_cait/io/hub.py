@@ -24,11 +24,13 @@ def _offline_advice(repo_id, revision, filenames):
         else "the Hub could not be reached"
     )
     rev = f" --revision {revision}" if revision else ""
+    handle = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
     return (
-        f"{mode} and nothing is cached for it in {where}. Pre-download it "
-        f"while online with `hf download {repo_id} {' '.join(filenames)}{rev}` "
-        f"(or `huggingface-cli download ...`), or pass a local directory "
-        "holding the files to `from_preset`."
+        f"{mode} and nothing is cached for it in {where}. Download the whole "
+        f"repo on an online machine with `hf download {repo_id}{rev} "
+        "--local-dir DIR`, copy DIR here and run `keras-cait cache-weights "
+        f"{handle} --from DIR`; or pass a local directory holding the files "
+        "to `from_preset`."
     )
 
 

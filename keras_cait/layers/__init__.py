@@ -1,4 +1,5 @@
-"""keras.ops-only building blocks of CaiT."""
+"""The building blocks of CaiT, in `keras.ops`; their speed paths (PyTorch
+tensor ops among them) in the private `_fast_paths`."""
 
 from keras_cait.layers.class_attention import ClassAttention
 from keras_cait.layers.class_attention_block import ClassAttentionBlock

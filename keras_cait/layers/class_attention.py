@@ -3,8 +3,6 @@
 import keras
 from keras import ops
 
-from keras_cait.layers import tensor_ops
-from keras_cait.layers.sublayers import apply_dense, attention_output_spec
 from keras_cait.serialization import register
 
 
@@ -62,27 +60,21 @@ class ClassAttention(keras.layers.Layer):
 
     def _split_heads(self, tokens):
         """`(batch, n, hidden_dim)` -> `(batch, heads, n, head_dim)`."""
-        tokens = tensor_ops.reshape(
+        tokens = ops.reshape(
             tokens, (-1, ops.shape(tokens)[1], self.num_heads, self.head_dim)
         )
-        return tensor_ops.transpose(tokens, (0, 2, 1, 3))
+        return ops.transpose(tokens, (0, 2, 1, 3))
 
     def call(self, inputs, return_attention=False):
-        # timm's ClassAttn.forward (without fused attention), step by step.
-        query = self._split_heads(apply_dense(self.q, inputs[:, :1]))
-        key = self._split_heads(apply_dense(self.k, inputs))
-        value = self._split_heads(apply_dense(self.v, inputs))
-        attention = (query * self.scale) @ tensor_ops.swapaxes(key, -1, -2)
-        attention = tensor_ops.softmax(
-            tensor_ops.cast(attention, "float32"), axis=-1
-        )
-        attention = tensor_ops.cast(attention, self.compute_dtype)
-        x_cls = tensor_ops.transpose(attention @ value, (0, 2, 1, 3))
-        x_cls = tensor_ops.reshape(x_cls, (-1, 1, self.hidden_dim))
-        x_cls = apply_dense(self.proj, x_cls)
-        if return_attention:
-            return x_cls, attention
-        return x_cls
+        # timm's ClassAttn.forward (without fused attention).
+        q = ops.cast(self._split_heads(self.q(inputs[:, :1])), "float32")
+        k = ops.cast(self._split_heads(self.k(inputs)), "float32")
+        v = self._split_heads(self.v(inputs))
+        attn = ops.softmax((q * self.scale) @ ops.swapaxes(k, -1, -2), axis=-1)
+        attn = ops.cast(attn, self.compute_dtype)
+        x_cls = ops.reshape(ops.swapaxes(attn @ v, 1, 2), (-1, 1, self.hidden_dim))
+        x_cls = self.proj(x_cls)
+        return (x_cls, attn) if return_attention else x_cls
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, self.hidden_dim)
@@ -92,7 +84,13 @@ class ClassAttention(keras.layers.Layer):
         return (input_shape[0], self.num_heads, 1, input_shape[1])
 
     def compute_output_spec(self, inputs, return_attention=False):
-        return attention_output_spec(self, inputs, return_attention)
+        outputs = keras.KerasTensor(
+            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+        )
+        if not return_attention:
+            return outputs
+        shape = self.compute_attention_shape(inputs.shape)
+        return outputs, keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

@@ -5,7 +5,6 @@ from keras import ops
 
 from keras_cait.layers.class_attention import ClassAttention
 from keras_cait.layers.self_attention_block import build_branches
-from keras_cait.layers.sublayers import apply_layer_norm, call_sublayer
 from keras_cait.serialization import register
 
 
@@ -66,24 +65,13 @@ class ClassAttentionBlock(keras.layers.Layer):
         build_branches(self, attention)
 
     def call(self, patch_tokens, class_token, return_attention=False):
-        # timm's LayerScaleBlockClassAttn.forward (no drop path here):
-        #   u = cat(x_cls, x)
-        #   x_cls = x_cls + gamma_1 * attn(norm1(u))
-        #   x_cls = x_cls + gamma_2 * mlp(norm2(x_cls))
+        # timm's LayerScaleBlockClassAttn.forward (no drop path here).
         u = ops.concatenate([class_token, patch_tokens], axis=1)
-        attended = call_sublayer(
-            self.attn,
-            apply_layer_norm(self.norm1, u),
-            return_attention=return_attention,
-        )
-        if return_attention:
-            attended, attention = attended
-        x_cls = class_token + call_sublayer(self.layer_scale_1, attended)
-        branch = call_sublayer(self.mlp, apply_layer_norm(self.norm2, x_cls))
-        x_cls = x_cls + call_sublayer(self.layer_scale_2, branch)
-        if return_attention:
-            return x_cls, attention
-        return x_cls
+        out = self.attn(self.norm1(u), return_attention=return_attention)
+        attended, attention = out if return_attention else (out, None)
+        x_cls = class_token + self.layer_scale_1(attended)
+        x_cls = x_cls + self.layer_scale_2(self.mlp(self.norm2(x_cls)))
+        return (x_cls, attention) if return_attention else x_cls
 
     def compute_output_shape(self, patch_tokens_shape, class_token_shape=None):
         return (patch_tokens_shape[0], 1, self.hidden_dim)

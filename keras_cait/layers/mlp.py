@@ -2,7 +2,6 @@
 
 import keras
 
-from keras_cait.layers.sublayers import apply_dense, call_sublayer
 from keras_cait.serialization import register
 
 
@@ -39,11 +38,9 @@ class CaiTMLP(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         # timm's Mlp.forward: fc1, act, drop1, fc2, drop2.
-        x = apply_dense(self.fc1, inputs)
-        x = keras.activations.gelu(x, approximate=False)
-        x = call_sublayer(self.dropout, x, training=training)
-        x = apply_dense(self.fc2, x)
-        return call_sublayer(self.dropout, x, training=training)
+        x = keras.activations.gelu(self.fc1(inputs), approximate=False)
+        x = self.fc2(self.dropout(x, training=training))
+        return self.dropout(x, training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)

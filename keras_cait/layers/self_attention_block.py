@@ -2,10 +2,10 @@
 
 import keras
 
+from keras_cait.layers import _fast_paths
 from keras_cait.layers.drop_path import DropPath
 from keras_cait.layers.layer_scale import LayerScale
 from keras_cait.layers.mlp import CaiTMLP
-from keras_cait.layers.sublayers import apply_layer_norm, call_sublayer
 from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
 from keras_cait.serialization import register
 
@@ -119,30 +119,19 @@ class SelfAttentionBlock(keras.layers.Layer):
             self.drop_path_rate, seed=seed_2, dtype=policy, name="drop_path_2"
         )
         self.drop_path_2.build(token_shape)
+        self._fast_paths = _fast_paths.enabled_for(self)
 
     def call(self, inputs, return_attention=False, training=None):
-        # timm's LayerScaleBlock.forward:
-        #   x = x + drop_path(gamma_1 * attn(norm1(x)))
-        #   x = x + drop_path(gamma_2 * mlp(norm2(x)))
-        x = inputs
-        attended = call_sublayer(
-            self.attn,
-            apply_layer_norm(self.norm1, x),
-            return_attention=return_attention,
-            training=training,
-        )
-        if return_attention:
-            attended, attention = attended
-        branch = call_sublayer(self.layer_scale_1, attended)
-        x = x + call_sublayer(self.drop_path_1, branch, training=training)
-        branch = call_sublayer(
-            self.mlp, apply_layer_norm(self.norm2, x), training=training
-        )
-        branch = call_sublayer(self.layer_scale_2, branch)
-        x = x + call_sublayer(self.drop_path_2, branch, training=training)
-        if return_attention:
-            return x, attention
-        return x
+        if self._fast_paths and _fast_paths.eager_torch(inputs, self):
+            return _fast_paths.self_attention_block(self, inputs, return_attention, training)
+        # timm's LayerScaleBlock.forward.
+        x = self.norm1(inputs)
+        out = self.attn(x, return_attention=return_attention, training=training)
+        attended, attention = out if return_attention else (out, None)
+        x = inputs + self.drop_path_1(self.layer_scale_1(attended), training=training)
+        branch = self.layer_scale_2(self.mlp(self.norm2(x), training=training))
+        x = x + self.drop_path_2(branch, training=training)
+        return (x, attention) if return_attention else x
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

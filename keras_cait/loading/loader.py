@@ -13,11 +13,13 @@ import functools
 import os
 import threading
 
+import keras
 from keras_hub.layers import ImageConverter
 from keras_hub.models import Backbone, Preprocessor, Task
 
+from keras_cait.arguments import check_preset_arguments
 from keras_cait.convert.timm_weights import ModelTensors, load_timm_weights
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError, CaiTWeightsError
 from keras_cait.io import hub
 from keras_cait.io.files import read_json
 from keras_cait.io.safetensors_io import SafetensorsFile, verify_sha256
@@ -249,6 +251,8 @@ class CaiTTimmPresetLoader(PresetLoader):
             # A backbone of the caller's stays as it is: only the head loads.
             if own_backbone or load_head:
                 self._load_weights(task, load_backbone=own_backbone, load_head=load_head)
+            if load_head and self.checkpoint.label_names is not None:
+                task.label_names = list(self.checkpoint.label_names)
         return converter_follows_backbone(task)
 
     def load_image_converter(self, cls, **kwargs):
@@ -296,7 +300,33 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
     embedding)."""
 
     def get_backbone_kwargs(self, **kwargs):
-        return split_backbone_kwargs(*super().get_backbone_kwargs(**kwargs))
+        backbone_kwargs, kwargs = split_backbone_kwargs(
+            *super().get_backbone_kwargs(**kwargs)
+        )
+        # KerasHub's `load_backbone` passes `dtype=None` over the saved
+        # policy, which rebuilds a quantized backbone unquantized; keep a
+        # saved quantization (its `load_task` does the same).
+        if backbone_kwargs.get("dtype") is None and self._quantized():
+            backbone_kwargs["dtype"] = self.config["config"]["dtype"]
+        return backbone_kwargs, kwargs
+
+    def _quantized(self):
+        """Whether the saved backbone's dtype policy quantizes a layer."""
+        saved = self.config.get("config", {}).get("dtype")
+        if not isinstance(saved, dict):
+            return False
+        policy = keras.dtype_policies.deserialize(saved)
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            return any(p.quantization_mode for p in policy.values())
+        return policy.quantization_mode is not None
+
+    def _check_resizable(self):
+        if self._quantized():
+            raise CaiTWeightsError(
+                f"{self.preset}: a quantized preset cannot be loaded with "
+                "another `image_shape`; load it at its saved shape, or "
+                "resize the float model and quantize it after."
+            )
 
     def _stored_size(self, kwargs):
         saved = self.config.get("config", {})
@@ -317,6 +347,7 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
         kwargs = self._stored_size(kwargs)
         if not (load_weights and self._resized(kwargs)):
             return super().load_backbone(cls, load_weights, **kwargs)
+        self._check_resizable()
         saved = super().load_backbone(cls, True)
         backbone = super().load_backbone(cls, False, **kwargs)
         load_timm_weights(
@@ -331,6 +362,7 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
             return converter_follows_backbone(
                 super().load_task(cls, load_weights, load_task_weights, **kwargs)
             )
+        self._check_resizable()
         image_shape = tuple(kwargs["image_shape"])
         others = {
             k: v
@@ -379,11 +411,16 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
                     f"Preset {preset!r} holds a {backbone_cls.__name__}, not a "
                     f"{cls.__name__}."
                 )
+            check_preset_arguments(backbone_cls, kwargs)
             return loader.load_backbone(backbone_cls, load_weights, **kwargs)
         if not issubclass(cls, (Task, Preprocessor, ImageConverter)):
             raise CaiTConfigError(f"{cls.__name__} cannot be loaded from a preset.")
         if cls.backbone_cls is not backbone_cls:
             cls = find_subclass(preset, cls, backbone_cls)
+        if issubclass(cls, Task):
+            check_preset_arguments(cls, kwargs, (*BACKBONE_LOAD_ARGUMENTS, "image_shape"))
+        else:
+            check_preset_arguments(cls, kwargs, ("image_size",))
         if issubclass(cls, Task):
             load_task_weights = "num_classes" not in kwargs
             return loader.load_task(cls, load_weights, load_task_weights, **kwargs)

@@ -54,6 +54,7 @@ class TimmCheckpoint:
         self.preprocessing = dict(preprocessing)
         self.fetch_weights = fetch_weights
         self.sha256 = sha256
+        self.label_names = None  # timm's `label_names`, when the config has them
 
     @classmethod
     def from_config(cls, config, source, fetch_weights=None):
@@ -77,7 +78,7 @@ class TimmCheckpoint:
             architecture, config.get("model_args"), source=source
         )
         backbone_kwargs = backbone_kwargs_from_timm(arguments, source)
-        return cls(
+        checkpoint = cls(
             source,
             architecture,
             backbone_kwargs,
@@ -85,6 +86,8 @@ class TimmCheckpoint:
             _preprocessing(config, backbone_kwargs["image_shape"], source),
             fetch_weights,
         )
+        checkpoint.label_names = _label_names(config, checkpoint.classifier_kwargs)
+        return checkpoint
 
     def timm_model_args(self):
         """The keywords of `timm.create_model(self.architecture, ...)` that
@@ -135,3 +138,16 @@ def _preprocessing(config, image_shape, source):
         prep[key] = [float(v) for v in value]
     prep["crop_pct"] = float(prep["crop_pct"])
     return prep
+
+
+def _label_names(config, classifier_kwargs):
+    """timm's `label_names` when they are one string per class, else `None`
+    (timm also allows an id -> name object; the weights load either way)."""
+    names = config.get("label_names")
+    if (
+        isinstance(names, list)
+        and len(names) == classifier_kwargs["num_classes"]
+        and all(isinstance(n, str) for n in names)
+    ):
+        return names
+    return None

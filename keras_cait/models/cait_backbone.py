@@ -4,7 +4,7 @@ import weakref
 
 import keras
 import numpy as np
-from keras_hub.models import Backbone
+from keras_hub.models import FeaturePyramidBackbone
 
 # KerasHub's own `data_format` check (private, keras-hub 0.32).
 from keras_hub.src.utils.keras_utils import standardize_data_format
@@ -19,6 +19,8 @@ from keras_cait.schema import BACKBONE_DEFAULTS, check_backbone_config, check_ba
 from keras_cait.serialization import register
 
 INTERMEDIATE_FORMATS = ("tokens", "grid")
+# Blocks in `pyramid_outputs`: timm's `features_only` default for CaiT.
+PYRAMID_BLOCKS = 3
 
 
 def _connect_layers(images, layers, return_attention):
@@ -145,7 +147,7 @@ def run_in_batches(model, images, batch_size):
 
 
 @register
-class CaiTBackbone(RuntimeMixin, Backbone):
+class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
     """CaiT (Class-Attention in Image Transformers) backbone.
 
     Patch embedding with a learned position embedding, `num_layers`
@@ -154,7 +156,9 @@ class CaiTBackbone(RuntimeMixin, Backbone):
     which a class token reads the patches, and a final LayerNorm over
     `concat(class_token, patches)`. The output equals timm's
     `Cait.forward_features`: `(batch, 1 + num_patches, hidden_dim)`, class
-    token first.
+    token first. As a KerasHub `FeaturePyramidBackbone`, `pyramid_outputs`
+    maps `"self_attention_block_{i}"` to the patch-token grids of the last
+    three blocks (timm's `features_only` blocks).
 
     Args:
         image_shape: tuple `(height, width, channels)`; height and width must
@@ -316,7 +320,31 @@ class CaiTBackbone(RuntimeMixin, Backbone):
 
         # Symbolic tensors of the graphs above, for derived models.
         self._block_outputs = block_outputs
+        self.pyramid_outputs = self._build_pyramid_outputs()
         self._attention_graph = (attention_images, attention_features, attention_maps)
+
+    def _build_pyramid_outputs(self):
+        """KerasHub's `FeaturePyramidBackbone.pyramid_outputs`: the patch
+        tokens of the last `PYRAMID_BLOCKS` self-attention blocks (timm's
+        `features_only` default, `out_indices=3`; not normalised, as timm)
+        as grids, `(batch, rows, columns, hidden_dim)`, or `(batch,
+        hidden_dim, rows, columns)` under `channels_first`. A ViT has one
+        stride (`patch_size`), so KerasHub's `P{level}` names cannot tell
+        them apart: each is named by its block, as `intermediate_model`
+        names it (`self_attention_block_{i}`, timm's `blocks.{i}`)."""
+        rows, columns = self.grid_size
+        outputs = {}
+        for index in block_indices(self.num_layers, min(PYRAMID_BLOCKS, self.num_layers)):
+            name = f"self_attention_block_{index}"
+            grid = keras.layers.Reshape(
+                (rows, columns, self.hidden_dim), dtype=self.dtype_policy, name=f"{name}_pyramid"
+            )(self._block_outputs[name])
+            if self.data_format == "channels_first":
+                grid = keras.layers.Permute(
+                    (3, 1, 2), dtype=self.dtype_policy, name=f"{name}_pyramid_nchw"
+                )(grid)
+            outputs[name] = grid
+        return outputs
 
     @property
     def grid_size(self):

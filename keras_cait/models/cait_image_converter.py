@@ -142,6 +142,70 @@ def _standardize_channel_values(name, values, positive):
     return values
 
 
+def _is_ragged(inputs):
+    return optional_tensorflow is not None and isinstance(
+        inputs, optional_tensorflow.RaggedTensor
+    )
+
+
+def _one_image(image):
+    """An element of a list of images of different sizes: one image."""
+    if np.ndim(image) != 3:
+        raise CaiTImageError(
+            "CaiTImageConverter: a list of images of different sizes must "
+            "hold single images (height, width, channels); received an "
+            f"element of shape {np.shape(image)}."
+        )
+    return image
+
+
+def is_image_list(images):
+    """Whether `images` is a non-empty list or tuple of single images
+    `(height, width, channels)` (arrays, tensors or nested lists), of any
+    sizes."""
+    return (
+        isinstance(images, (list, tuple))
+        and len(images) > 0
+        and all(
+            not isinstance(x, (dict, str, bytes)) and np.ndim(x) == 3
+            for x in images
+        )
+    )
+
+
+def stack_images(images):
+    """A converter's output as one batch: a list of preprocessed images
+    (one per photo of a list of different sizes) is stacked; a batch is
+    returned as it is."""
+    if isinstance(images, (list, tuple)):
+        return np.stack([keras.ops.convert_to_numpy(x) for x in images])
+    return images
+
+
+def preprocess_image_list(preprocessor, images):
+    """A list of photos of any sizes through `preprocessor` (a KerasHub
+    preprocessor or image converter), each photo on its own, as one
+    batch `(len(images), height, width, 3)` (a NumPy array)."""
+    outputs = preprocessor(list(images))
+    outputs, _, _ = keras.utils.unpack_x_y_sample_weight(outputs)
+    if isinstance(outputs, tuple) and len(outputs) == 1:
+        outputs = outputs[0]
+    return np.asarray(keras.ops.convert_to_numpy(stack_images(outputs)))
+
+
+def check_one_size(images, what):
+    """Raises `CaiTImageError` naming the sizes when a list of images that
+    is not preprocessed here holds images of different sizes."""
+    shapes = sorted({tuple(np.shape(x)) for x in images})
+    if len(shapes) > 1:
+        raise CaiTImageError(
+            f"{what}: the images have different sizes {shapes} and are not "
+            "preprocessed here, so they cannot form one batch; resize them "
+            "to the model's input size, or pass raw photos with "
+            "preprocessing on (each is then preprocessed on its own)."
+        )
+
+
 @register
 class CaiTImageConverter(ImageConverter):
     """timm's evaluation transform for CaiT, as a KerasHub image converter.
@@ -154,8 +218,10 @@ class CaiTImageConverter(ImageConverter):
 
     Inputs: one image `(height, width, channels)` or a batch (channels
     first with `data_format="channels_first"`), uint8 or float, any size,
-    with 1 (repeated to RGB), 3 or 4 (alpha dropped) channels; a list of
-    images of different sizes is transformed one by one and stacked. The
+    with 1 (repeated to RGB), 3 or 4 (alpha dropped) channels. A list of
+    images of one size is stacked into a batch first; a list of images of
+    different sizes is transformed one image at a time and returned as a
+    list, as KerasHub's converters do (`stack_images` makes it a batch). The
     output is `(…, image_size[0], image_size[1], 3)` (or `(…, 3, height,
     width)`) in the layer's compute dtype. It computes with TensorFlow's ops
     whenever TensorFlow is installed, whatever the backend, so that direct
@@ -248,20 +314,30 @@ class CaiTImageConverter(ImageConverter):
         else:
             with optional_tensorflow.device("cpu"):
                 tensors = self._transform_all(inputs, DynamicBackend("tensorflow"))
-                outputs = tensors.numpy()
+                outputs = keras.tree.map_structure(lambda x: x.numpy(), tensors)
         if in_grain_data_pipeline():
             return convert_preprocessing_outputs_grain(outputs)
-        return keras.ops.convert_to_tensor(outputs)
+        return keras.tree.map_structure(keras.ops.convert_to_tensor, outputs)
 
     def _transform_all(self, inputs, ops):
+        # A Python list of images of different sizes (a ragged tensor once
+        # KerasHub's preprocessing wrapper has converted it): each image on
+        # its own, returned as a list, as KerasHub's converters do.
         if isinstance(inputs, (list, tuple)):
             try:
                 inputs = np.stack([np.asarray(x) for x in inputs])
             except ValueError:
-                # Images of different sizes: one by one, then a batch.
-                return ops.numpy.stack(
-                    [self._transform(x, ops) for x in inputs]
+                return [self._transform(_one_image(x), ops) for x in inputs]
+        elif _is_ragged(inputs):
+            if in_tf_function():
+                raise CaiTImageError(
+                    "CaiTImageConverter: the images of this batch have "
+                    "different sizes (a ragged tensor), which a traced "
+                    "tf.data graph cannot preprocess together; preprocess "
+                    "each image before batching, or call the converter "
+                    "outside tf.data with a list of images."
                 )
+            return [self._transform(image.to_tensor(), ops) for image in inputs]
         return self._transform(inputs, ops)
 
     def _transform(self, images, ops):

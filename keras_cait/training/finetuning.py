@@ -6,6 +6,11 @@ and optional layer-wise learning-rate decay grouped as timm groups CaiT.
 import keras
 from keras import ops
 
+from keras_cait.arguments import (
+    KERAS_BASE_ARGUMENTS,
+    check_keyword_arguments,
+    parameter_names,
+)
 from keras_cait.errors import CaiTConfigError
 from keras_cait.models.cait_backbone import CaiTBackbone, cait_backbone_of
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
@@ -175,9 +180,11 @@ def finetuning_optimizer(
     """AdamW for fine-tuning CaiT, following the CaiT/DeiT recipe.
 
     No weight decay on biases, norms, LayerScale, the position embedding and
-    the class token. With `layer_decay`, a `LayerDecayAdamW` whose per-layer
+    the class token. A `LayerDecayAdamW`: with `layer_decay`, its per-layer
     learning rates shrink geometrically from the head to the patch embedding;
-    without, a plain `keras.optimizers.AdamW`.
+    without, it steps as `keras.optimizers.AdamW` with
+    `exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY_NAMES)`, and unlike
+    it keeps those names through a `.keras` save.
 
     Args:
         model: the `CaiTImageClassifier` (or `CaiTBackbone`) to train.
@@ -194,17 +201,17 @@ def finetuning_optimizer(
     )
     ```
     """
+    check_keyword_arguments(
+        "finetuning_optimizer", kwargs, parameter_names(keras.optimizers.AdamW.__init__)
+    )
     if layer_decay is None:
         cait_backbone_of(model)
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
-        )
-        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY_NAMES))
-        return optimizer
     return LayerDecayAdamW(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
-        learning_rate_multipliers=layer_decay_multipliers(model, layer_decay),
+        learning_rate_multipliers=(
+            None if layer_decay is None else layer_decay_multipliers(model, layer_decay)
+        ),
         **kwargs,
     )
 
@@ -239,6 +246,10 @@ def load_for_finetuning(
         it again with `finetuning_optimizer`).
     """
 
+    check_keyword_arguments(
+        "load_for_finetuning", kwargs,
+        (*parameter_names(CaiTBackbone.__init__), *KERAS_BASE_ARGUMENTS),
+    )
     backbone_kwargs = dict(kwargs, drop_path_rate=drop_path_rate)
     if image_shape is not None:
         backbone_kwargs["image_shape"] = tuple(image_shape)

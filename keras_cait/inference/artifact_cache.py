@@ -1,0 +1,213 @@
+"""The cache of exported inference artefacts: one folder per key, made once,
+checked on every load.
+
+A key is the SHA-256 of everything that changes an artefact's graph or its
+numbers (`artifact_key`). An artefact is exported into a temporary folder
+next to its final place, with a `manifest.json` listing each file's size
+and SHA-256, then renamed into place: readers never see half an artefact.
+Two processes making the same artefact take turns on a lock file (`fcntl`
+where it exists); where it does not, the first rename wins and the other
+process uses that artefact. An artefact whose files no longer match their
+manifest (truncated, edited, half deleted) is exported again, with a
+warning.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+
+from keras_cait.errors import CaiTConfigError
+from keras_cait.io.files import sha256_file
+
+MANIFEST = "manifest.json"
+CACHE_ENV = "KERAS_CAIT_CACHE"
+
+
+class CorruptArtifactError(CaiTConfigError):
+    """An artefact's files do not match its manifest."""
+
+
+def default_cache_dir(override=None):
+    """The artefact cache folder.
+
+    Args:
+        override: `None`, or a folder (str or path-like) that wins over the
+            environment.
+
+    Returns:
+        str: `override`, else `$KERAS_CAIT_CACHE`, else
+        `$XDG_CACHE_HOME/keras-cait/engines`, else
+        `~/.cache/keras-cait/engines`.
+    """
+    if override is not None:
+        return os.path.abspath(os.fspath(override))
+    if os.environ.get(CACHE_ENV):
+        return os.path.abspath(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return os.path.join(base, "keras-cait", "engines")
+
+
+def artifact_key(fields):
+    """The key of an artefact: the SHA-256 (hex) of `fields` as canonical
+    JSON (sorted keys). `fields` is a JSON-serialisable dict."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _file_list(folder):
+    names = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            relative = os.path.relpath(os.path.join(root, name), folder)
+            if relative != MANIFEST:
+                names.append(relative.replace(os.sep, "/"))
+    return sorted(names)
+
+
+def verify_artifact(folder, key=None):
+    """Checks an artefact folder against its manifest.
+
+    Args:
+        folder: str. The artefact folder.
+        key: `None` or the key the folder must have been made for.
+
+    Returns:
+        The manifest (dict): `key`, `fields`, `files` (`{name: {"size",
+        "sha256"}}`) and `metadata` (what the exporter returned).
+
+    Raises:
+        CorruptArtifactError: the manifest is missing or unreadable, is for
+            another key, or a file is missing, has another size or another
+            SHA-256; the message names the file.
+    """
+    path = os.path.join(folder, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CorruptArtifactError(
+            f"Artefact '{folder}': no readable {MANIFEST} ({error})."
+        ) from None
+    if key is not None and manifest.get("key") != key:
+        raise CorruptArtifactError(
+            f"Artefact '{folder}': its manifest is for key "
+            f"{manifest.get('key')!r}, not {key!r}."
+        )
+    for name, expected in files.items():
+        file = os.path.join(folder, name)
+        if not os.path.isfile(file):
+            raise CorruptArtifactError(f"Artefact file '{file}' is missing.")
+        size = os.path.getsize(file)
+        if size != expected["size"]:
+            raise CorruptArtifactError(
+                f"Artefact file '{file}' has {size} bytes, its manifest says "
+                f"{expected['size']}."
+            )
+        if sha256_file(file) != expected["sha256"]:
+            raise CorruptArtifactError(
+                f"Artefact file '{file}' does not match its SHA-256 in the manifest."
+            )
+    return manifest
+
+
+@contextlib.contextmanager
+def _lock(path):
+    """An exclusive lock on `path` (created) while the block runs; nothing
+    where `fcntl` does not exist (the rename then decides)."""
+    try:
+        import fcntl  # optional: POSIX only
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove(folder):
+    """Moves `folder` aside (one rename), then deletes it."""
+    aside = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(folder))
+    try:
+        os.rename(folder, os.path.join(aside, "artifact"))
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _checked(folder, key):
+    """The manifest of a valid artefact at `folder`, or `None` when there is
+    none; a broken one is removed with a warning."""
+    if not os.path.isdir(folder):
+        return None
+    try:
+        return verify_artifact(folder, key)
+    except CorruptArtifactError as error:
+        warnings.warn(f"{error} Exporting it again.", stacklevel=4)
+        _remove(folder)
+        return None
+
+
+def ensure_artifact(cache_dir, fields, export):
+    """The folder of the artefact for `fields`, exported by `export` when
+    the cache has no valid one.
+
+    Args:
+        cache_dir: str. The cache folder (created).
+        fields: JSON-serialisable dict, everything that changes the
+            artefact (see `artifact_key`).
+        export: callable `export(folder) -> metadata`: writes the artefact's
+            files into the (empty, temporary) `folder` and returns a
+            JSON-serialisable dict kept in the manifest as `"metadata"`.
+
+    Returns:
+        `(folder, manifest)`: the artefact's folder and its verified
+        manifest.
+
+    Raises:
+        Whatever `export` raises (nothing is left in the cache then).
+    """
+    os.makedirs(cache_dir, exist_ok=True)
+    key = artifact_key(fields)
+    folder = os.path.join(cache_dir, key)
+    manifest = _checked(folder, key)
+    if manifest is not None:
+        return folder, manifest
+    with _lock(os.path.join(cache_dir, f"{key}.lock")):
+        manifest = _checked(folder, key)  # made while we waited
+        if manifest is not None:
+            return folder, manifest
+        staging = tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir)
+        try:
+            metadata = export(staging)
+            files = {
+                name: {
+                    "size": os.path.getsize(os.path.join(staging, name)),
+                    "sha256": sha256_file(os.path.join(staging, name)),
+                }
+                for name in _file_list(staging)
+            }
+            manifest = {"key": key, "fields": fields, "files": files,
+                        "metadata": metadata}
+            with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=2, sort_keys=True)
+            try:
+                os.rename(staging, folder)
+            except OSError:
+                # Another process (without a lock) renamed its copy first.
+                existing = _checked(folder, key)
+                if existing is None:
+                    raise
+                return folder, existing
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder, verify_artifact(folder, key)

@@ -1,0 +1,378 @@
+"""ONNX Runtime and OpenVINO engines for collection runs: the records of the
+Keras engine, the artefact cache (reuse, corruption, keys, two processes at
+once), Ray actors on one artefact, Pillow preprocessing close to timm's, and
+the errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_cait
+from keras_cait.errors import CaiTConfigError
+from keras_cait.inference import artifact_cache, engines
+from keras_cait.inference.batch_prediction import BatchPredictor, make_predictor
+from keras_cait.inference.image_pipeline import image_batches
+from keras_cait.inference.pillow_pipeline import transform
+from keras_cait_cli import main as cli
+from tests.support import IMAGES, REPO, TIMM, make_photos
+
+pytest.importorskip("onnxruntime", reason="keras-cait[export] is not installed")
+pytest.importorskip("openvino", reason="keras-cait[export] is not installed")
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
+ENGINES = ("onnxruntime", "openvino")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("engine_cache"))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """9 photos, then a file that is not an image (last)."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = make_photos(folder, 9)
+    broken = folder / "z_broken.jpg"
+    broken.write_text("not an image")
+    return [*paths, str(broken)]
+
+
+@pytest.fixture
+def count_exports(monkeypatch):
+    """Counts the artefacts exported in this process."""
+    calls = []
+    export_graph = engines._export_graph
+
+    def counted(classifier):
+        calls.append(classifier.name)
+        return export_graph(classifier)
+
+    monkeypatch.setattr(engines, "_export_graph", counted)
+    return calls
+
+
+def same_records(got, want, atol):
+    """Same paths in order, same errors, same top-k (a swap only between
+    near ties), probabilities and embeddings within `atol`."""
+    assert [r["image"] for r in got] == [r["image"] for r in want]
+    for a, b in zip(got, want):
+        if "error" in b:
+            assert a == b
+            continue
+        probabilities = {p["class_id"]: p["probability"] for p in b["predictions"]}
+        for mine, theirs in zip(a["predictions"], b["predictions"]):
+            if mine["class_id"] != theirs["class_id"]:  # a near tie only
+                assert abs(mine["probability"] - theirs["probability"]) <= atol
+            else:
+                assert abs(mine["probability"] - probabilities[mine["class_id"]]) <= atol
+        if "embedding" in b:
+            np.testing.assert_allclose(a["embedding"], b["embedding"], atol=50 * atol)
+
+
+# --- records equal to the Keras engine's --------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engine_records_equal_the_keras_engines(
+    engine, tiny_preset, tiny_classifier, photos, cache, count_exports, tmp_path
+):
+    want = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=4,
+                                         embeddings=True))
+    assert want[-1]["error"].startswith(f"'{photos[-1]}'")
+    got = list(keras_cait.predict_files(
+        photos, tiny_preset, top=3, batch_size=4, embeddings=True, engine=engine,
+        cache_dir=cache,
+    ))
+    # Pillow's pixels (float resize) are tf.data's within ~1e-6.
+    same_records(got, want, atol=1e-3)
+    # Given the same pixels, within 1e-4.
+    keras_predictor = BatchPredictor(tiny_classifier, 3, embeddings=True)
+    predictor = make_predictor(tiny_classifier, 3, True, engine, cache_dir=cache)
+    assert len(count_exports) == 1  # made by the first run only: reused
+    for batch in image_batches(photos, keras_predictor.converter, 4):
+        same_records(
+            predictor.records(batch, predictor.outputs(batch.images, 4)),
+            keras_predictor.records(batch, keras_predictor.outputs(batch.images, 4)),
+            atol=1e-4,
+        )
+    # --resume continues a file as the Keras engine does.
+    output = tmp_path / "records.jsonl"
+    keras_cait.write_predictions(photos[:6], output, tiny_preset, top=3, batch_size=4,
+                                 engine=engine, cache_dir=cache, progress=False)
+    summary = keras_cait.write_predictions(
+        photos, output, tiny_preset, top=3, batch_size=4, resume=True,
+        engine=engine, cache_dir=cache, progress=False,
+    )
+    assert (summary["kept"], summary["written"], summary["failed"]) == (6, 4, 1)
+    whole = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=4,
+                                          engine=engine, cache_dir=cache))
+    assert keras_cait.read_records(output) == whole
+    assert len(count_exports) == 1
+
+
+def test_cli_and_evaluation_run_the_engine(tiny_preset, photos, cache, tmp_path, capfd):
+    output = tmp_path / "cli.jsonl"
+    status = cli.main(["predict", *photos, "--preset", tiny_preset, "--output",
+                       str(output), "--top", "3", "--batch-size", "4", "--engine",
+                       "onnxruntime", "--cache-dir", cache, "--embeddings"])
+    assert status == cli.FAILED_INPUTS  # the broken file
+    assert "engine onnxruntime (float32)" in capfd.readouterr().err
+    want = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=4,
+                                         embeddings=True))
+    same_records(keras_cait.read_records(output), want, atol=1e-3)
+
+    for index, path in enumerate(photos[:6]):
+        target = tmp_path / "folder" / str(index % 3) / os.path.basename(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(open(path, "rb").read())
+    keras_summary = keras_cait.evaluate_folder(tmp_path / "folder", tiny_preset, batch_size=4)
+    summary = keras_cait.evaluate_folder(tmp_path / "folder", tiny_preset, batch_size=4,
+                                         engine="onnxruntime", cache_dir=cache)
+    assert summary["engine"] == "onnxruntime"
+    for key in ("images", "failed", "top1_correct", "top5_correct", "confusion_matrix"):
+        assert summary[key] == keras_summary[key]
+
+
+def test_openvino_bfloat16(tiny_classifier, photos, cache):
+    if not engines.bfloat16_supported():
+        pytest.skip("this CPU has no bfloat16 in OpenVINO (no AVX-512 BF16 or AMX)")
+    f32 = make_predictor(tiny_classifier, 3, engine="openvino", cache_dir=cache)
+    bf16 = make_predictor(tiny_classifier, 3, engine="openvino", precision="bfloat16",
+                          cache_dir=cache)
+    batch = next(f32.image_batches(photos[:8], 8))
+    exact = f32.outputs(batch.images)["predictions"]
+    rough = bf16.outputs(batch.images)["predictions"]
+    difference = float(np.abs(exact - rough).max())
+    # bfloat16 has 8 bits of mantissa: not float32's numbers, but close.
+    assert 1e-6 < difference < 0.1 * max(1.0, float(np.abs(exact).max()))
+
+
+# --- the artefact cache ---------------------------------------------------------
+
+
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("KERAS_CAIT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert artifact_cache.default_cache_dir() == str(tmp_path / "xdg/keras-cait/engines")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert artifact_cache.default_cache_dir() == str(
+        tmp_path / "home/.cache/keras-cait/engines")
+    monkeypatch.setenv("KERAS_CAIT_CACHE", str(tmp_path / "mine"))
+    assert artifact_cache.default_cache_dir() == str(tmp_path / "mine")
+    assert artifact_cache.default_cache_dir(tmp_path / "given") == str(tmp_path / "given")
+
+
+def test_key_changes_with_versions_weights_and_shape(tiny_classifier, monkeypatch):
+    fields = engines.artifact_fields(tiny_classifier, "onnxruntime")
+    key = artifact_cache.artifact_key(fields)
+    assert artifact_cache.artifact_key(
+        engines.artifact_fields(tiny_classifier, "onnxruntime")) == key  # stable
+    assert fields["export_backend"] == keras.config.backend()
+    assert artifact_cache.artifact_key(
+        engines.artifact_fields(tiny_classifier, "openvino")) != key
+    monkeypatch.setattr(engines, "__version__", "9.9.9")
+    assert artifact_cache.artifact_key(
+        engines.artifact_fields(tiny_classifier, "onnxruntime")) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(engines, "_engine_version", lambda engine: "0.0.1")
+    assert artifact_cache.artifact_key(
+        engines.artifact_fields(tiny_classifier, "onnxruntime")) != key
+    monkeypatch.undo()
+    for name in ("weights", "image_shape", "config", "export_backend"):
+        changed = dict(fields, **{name: "other"})
+        assert artifact_cache.artifact_key(changed) != key
+
+
+def _fake_export(payload):
+    def export(folder):
+        with open(os.path.join(folder, "model.bin"), "wb") as f:
+            f.write(payload)
+        return {"file": "model.bin"}
+    return export
+
+
+def test_cache_reuses_and_re_exports_a_corrupted_artefact(tmp_path):
+    fields = {"model": "m"}
+    exported = []
+
+    def export(folder):
+        exported.append(folder)
+        return _fake_export(b"x" * 1000)(folder)
+
+    folder, manifest = artifact_cache.ensure_artifact(str(tmp_path), fields, export)
+    assert manifest["files"]["model.bin"]["size"] == 1000
+    assert artifact_cache.ensure_artifact(str(tmp_path), fields, export)[0] == folder
+    assert len(exported) == 1  # reused
+    for corrupt in (
+        lambda path: open(path, "r+b").truncate(500),  # truncated
+        lambda path: open(path, "r+b").write(b"y"),  # same size, other bytes
+        os.remove,  # missing
+    ):
+        corrupt(os.path.join(folder, "model.bin"))
+        with pytest.raises(artifact_cache.CorruptArtifactError, match="model.bin"):
+            artifact_cache.verify_artifact(folder)
+        with pytest.warns(UserWarning, match="Exporting it again"):
+            again, _ = artifact_cache.ensure_artifact(str(tmp_path), fields, export)
+        assert again == folder
+        assert open(os.path.join(folder, "model.bin"), "rb").read() == b"x" * 1000
+    assert len(exported) == 4
+    # A failed export leaves nothing behind.
+    with pytest.raises(RuntimeError, match="boom"):
+        artifact_cache.ensure_artifact(str(tmp_path), {"model": "n"},
+                                       lambda folder: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [os.path.basename(folder), os.path.basename(folder) + ".lock",
+         artifact_cache.artifact_key({"model": "n"}) + ".lock"])
+
+
+def test_a_corrupted_engine_artefact_is_exported_again(
+    tiny_classifier, photos, cache, count_exports, backend
+):
+    if backend != "tensorflow":
+        pytest.skip("one backend suffices: the cache does not depend on it")
+    before = make_predictor(tiny_classifier, 3, engine="onnxruntime", cache_dir=cache)
+    batch = next(before.image_batches(photos, 4))
+    expected = before.outputs(batch.images)["predictions"]
+    folder = engines.make_artifact(tiny_classifier, "onnxruntime", cache)
+    model = os.path.join(folder, "model.onnx")
+    os.truncate(model, os.path.getsize(model) // 2)
+    with pytest.warns(UserWarning, match="model.onnx.*Exporting it again"):
+        after = make_predictor(tiny_classifier, 3, engine="onnxruntime", cache_dir=cache)
+    assert len(count_exports) == 1
+    np.testing.assert_allclose(after.outputs(batch.images)["predictions"], expected,
+                               atol=1e-5)
+
+
+def test_two_processes_export_one_artefact(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, sys, time, types
+        # The cache module alone, without the package's __init__ (Keras).
+        package = types.ModuleType("keras_cait")
+        package.__path__ = [{str(REPO / "keras_cait")!r}]
+        sys.modules["keras_cait"] = package
+        from keras_cait.inference import artifact_cache
+        def export(folder):
+            with open({str(tmp_path / "exports.log")!r}, "a") as log:
+                log.write(str(os.getpid()) + "\\n")
+            time.sleep(1.0)
+            with open(os.path.join(folder, "model.bin"), "wb") as f:
+                for _ in range(64):
+                    f.write(os.urandom(1 << 16))
+            return {{"file": "model.bin"}}
+        folder, manifest = artifact_cache.ensure_artifact(
+            {str(tmp_path / "cache")!r}, {{"model": "shared"}}, export)
+        print(folder, manifest["files"]["model.bin"]["sha256"])
+    """)
+    processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300)[0].split() for process in processes]
+    assert all(process.returncode == 0 for process in processes)
+    assert outputs[0] == outputs[1]  # the same folder and bytes
+    assert len(open(tmp_path / "exports.log").read().split()) == 1
+    artifact_cache.verify_artifact(outputs[0][0])
+
+
+# --- Ray: the driver makes the artefact, each actor runs it ---------------------
+
+
+def test_ray_actors_run_one_artefact(
+    tiny_preset, photos, count_exports, tmp_path, backend
+):
+    ray = pytest.importorskip("ray", reason="keras-cait[ray] is not installed")
+    if backend != "jax":
+        pytest.skip("one backend suffices: the actors run the engine, not Keras")
+    ray_cache = str(tmp_path / "ray_cache")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = keras_cait.write_predictions_on_ray(
+            photos, tmp_path / "ray.jsonl", tiny_preset, top=3, batch_size=2,
+            embeddings=True, actors=2, engine="onnxruntime", cache_dir=ray_cache,
+            progress=False,
+        )
+    finally:
+        ray.shutdown()
+    assert (summary["written"], summary["failed"]) == (len(photos), 1)
+    assert len(count_exports) == 1  # on the driver; actors only open it
+    assert len([n for n in os.listdir(ray_cache) if not n.endswith(".lock")]) == 1
+    want = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=2,
+                                         embeddings=True, engine="onnxruntime",
+                                         cache_dir=ray_cache))
+    same_records(keras_cait.read_records(tmp_path / "ray.jsonl"), want, atol=1e-6)
+
+
+# --- Pillow preprocessing is timm's --------------------------------------------
+
+
+@pytest.mark.parametrize("key, size, crop_pct",
+                         [("224", 224, 1.0), ("384", 384, 1.0), ("224_crop0875", 224, 0.875)])
+def test_pillow_transform_matches_timm_reference(key, size, crop_pct):
+    reference = np.load(TIMM / "preprocess.npz")
+    converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
+    config = engines._converter_config(converter)
+    for name, file in (("astronaut", "astronaut.png"), ("camera", "camera.png"),
+                       ("chelsea", "chelsea.png"), ("coffee", "coffee.png"),
+                       ("rocket", "rocket.jpg")):
+        out = transform(keras_cait.load_image(IMAGES / file), config)
+        assert out.shape == (size, size, 3) and out.dtype == np.float32
+        assert float(np.abs(out - reference[f"{name}_{key}"]).mean()) < 0.01
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(engine="tensorrt"), "`engine` must be one of"),
+    (dict(precision="float16"), "`precision` must be one of"),
+    (dict(engine="keras", precision="bfloat16"), "bfloat16' is for engine='openvino'"),
+    (dict(engine="onnxruntime", precision="bfloat16"), "bfloat16' is for engine='openvino'"),
+])
+def test_bad_engine_arguments(kwargs, message, photos, tiny_preset):
+    with pytest.raises(CaiTConfigError, match=message):
+        keras_cait.predict_files(photos, tiny_preset, **kwargs)
+
+
+def test_bfloat16_without_cpu_support_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(engines, "bfloat16_supported", lambda: False)
+    with pytest.raises(CaiTConfigError, match="no bfloat16 support"):
+        engines.check_engine("openvino", "bfloat16")
+    with pytest.raises(CaiTConfigError, match="Attention maps need engine='keras'"):
+        engines.check_engine("openvino", attention=True)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--engine", "openvino", "--attention", "maps"], "--attention needs --engine keras"),
+    (["--precision", "bfloat16"], "--precision bfloat16 needs --engine openvino"),
+    (["--engine", "onnxruntime", "--precision", "bfloat16"],
+     "--precision bfloat16 needs --engine openvino"),
+])
+def test_cli_engine_options_are_checked(arguments, message, capfd):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", "cat.jpg", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capfd.readouterr().err
+
+
+def test_manifest_is_json_with_sizes_and_digests(tiny_classifier, cache):
+    folder = engines.make_artifact(tiny_classifier, "onnxruntime", cache)
+    manifest = json.load(open(os.path.join(folder, artifact_cache.MANIFEST)))
+    assert set(manifest["files"]) == {"model.onnx"}
+    assert manifest["metadata"]["outputs"].keys() == {"predictions", "embedding"}
+    assert manifest["fields"]["engine"] == "onnxruntime"
+
+
+def test_pillow_pixels_are_the_converters(photos):
+    for size, crop_pct in ((32, 1.0), (224, 0.875)):
+        converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
+        config = engines._converter_config(converter)
+        for path in photos[:4]:
+            image = keras_cait.load_image(path)
+            np.testing.assert_allclose(
+                transform(image, config), np.asarray(converter(image)), atol=1e-4)
