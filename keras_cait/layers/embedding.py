@@ -95,12 +95,11 @@ class PatchEmbedding(keras.layers.Layer):
         if self.data_format == "channels_first":
             images = ops.transpose(images, (0, 2, 3, 1))
         patches = self.projection(images)
-        shape = ops.shape(patches)
-        grid = tuple(
-            static if isinstance(static, int) else dynamic
-            for static, dynamic in zip(patches.shape[1:3], shape[1:3])
-        )
-        patches = ops.reshape(patches, (shape[0], -1, self.hidden_dim))
+        grid = tuple(patches.shape[1:3])
+        if not all(isinstance(side, int) for side in grid):
+            # Sizes known at call time only, counted as vectors of ones.
+            grid = (ops.ones_like(patches[0, :, 0, 0]), ops.ones_like(patches[0, 0, :, 0]))
+        patches = ops.reshape(patches, (ops.shape(patches)[0], -1, self.hidden_dim))
         position = resample_to_grid(self.position_embedding, self.grid_size, grid)
         patches = patches + ops.cast(position, patches.dtype)
         return self.dropout(patches, training=training)

@@ -29,17 +29,22 @@ def resize_matrix(input_size, output_size, dtype="float32"):
 
     Args:
         input_size: int. The stored grid's side.
-        output_size: int or scalar integer tensor (a size known only at call
-            time). A Python int gives NumPy's float64 weights, cast to
-            `dtype`; a tensor computes them in `dtype`.
+        output_size: int, scalar integer tensor, or a 1-D tensor of
+            `output_size` ones (a size known only at call time: under
+            `torch.export` a size is not a tensor, so it is counted). A
+            Python int gives NumPy's float64 weights, cast to `dtype`; a
+            tensor computes them in `dtype`.
         dtype: the weights' dtype.
     """
     if isinstance(output_size, int):
         return ops.convert_to_tensor(resize_weights(input_size, output_size), dtype)
-    output = ops.cast(output_size, dtype)
+    if len(getattr(output_size, "shape", ())) == 0:
+        output_size = ops.ones((output_size,), dtype)
+    ones = ops.cast(output_size, dtype)
+    output = ops.sum(ones)
     scale = float(input_size) / output
     stretch = ops.maximum(scale, 1.0)
-    centers = scale * (ops.cast(ops.arange(output_size), dtype) + 0.5)
+    centers = scale * (ops.cumsum(ones) - 0.5)
     taps = ops.cast(ops.arange(input_size), dtype) + 0.5
     weights = _cubic((taps[None, :] - centers[:, None]) / stretch)
     return weights / ops.sum(weights, axis=1, keepdims=True)
@@ -52,7 +57,8 @@ def resample_to_grid(embedding, stored_grid, grid):
     Args:
         embedding: tensor `(1, stored_rows * stored_columns, dim)`.
         stored_grid: pair of ints, the grid `embedding` is stored for.
-        grid: pair of ints or scalar integer tensors, the input's patch grid.
+        grid: the input's patch grid: a pair of ints, or of sizes known
+            only at call time as `resize_matrix` takes them.
 
     Returns:
         A tensor `(1, rows * columns, dim)` of `embedding`'s dtype; the
