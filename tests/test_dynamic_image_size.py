@@ -256,3 +256,33 @@ def test_channels_first_any_size():
     np.testing.assert_allclose(
         to_numpy(first(images.transpose(0, 3, 1, 2))), to_numpy(last(images)), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("format", ["onnx", "openvino"])
+def test_export_with_dynamic_height_and_width(tmp_path, format):
+    backbone = _tiny_dynamic_backbone()
+    path = str(tmp_path / ("model.onnx" if format == "onnx" else "model.xml"))
+    if keras.backend.backend() == "jax":
+        with pytest.raises(CaiTConfigError, match="dynamic image height or width"):
+            backbone.export(path, format=format, verbose=False)
+        return
+    backbone.export(path, format=format, verbose=False)
+    if format == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime")
+        session = onnxruntime.InferenceSession(path)
+        name = session.get_inputs()[0].name
+
+        def run(images):
+            return session.run(None, {name: images})[0]
+    else:
+        openvino = pytest.importorskip("openvino")
+        compiled = openvino.Core().compile_model(
+            path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        )
+
+        def run(images):
+            return compiled(images)[0]
+    # One artefact, two sizes (and batch sizes).
+    for size, batch in [((24, 48), 2), ((40, 40), 3)]:
+        images = _images(size, batch=batch)
+        assert _relative_error(run(images), to_numpy(backbone(images))) < 1e-4

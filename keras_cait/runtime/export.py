@@ -188,6 +188,13 @@ class Export:
             shape = (batch,) + tuple(image.shape[1:])
             input_signature = [keras.InputSpec(shape=shape, dtype=image.dtype, name="images")]
         spec = _single_spec(input_signature)
+        if backend == "jax" and spec is not None and None in tuple(spec.shape)[1:]:
+            raise CaiTConfigError(
+                "Exporting with a dynamic image height or width needs the "
+                "TensorFlow or PyTorch backend (jax2tf cannot prove the patch "
+                "grid's sizes); on JAX pass a fixed `input_signature`, e.g. "
+                "[keras.InputSpec(shape=(None, 224, 224, 3))]."
+            )
         with staged_path(filepath) as staged:
             self._export_staged(
                 staged, format, backend, spec, verbose, input_signature, kwargs
