@@ -95,6 +95,26 @@ def _check_source_files(directory):
         )
 
 
+def _check_architecture(directory, preset, presets_dir):
+    """Refuses a preset name whose files are another variant's (timm's
+    `config.json` names its `architecture`)."""
+    if preset.startswith("hf://"):
+        return
+    expected = json.loads(
+        (pathlib.Path(presets_dir) / f"{preset}.json").read_text(encoding="utf-8")
+    ).get("architecture")
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # _check_source_files reports it
+    found = config.get("architecture") if isinstance(config, dict) else None
+    if expected and found and found != expected:
+        raise CacheWeightsError(
+            f"{directory / 'config.json'} is for {found!r}, not {expected!r}: "
+            "name the preset the files belong to, or download that preset's repo."
+        )
+
+
 def _commit_of(directory, revision):
     """The commit the files came from: the revision when it is a commit id,
     else the one `hf download --local-dir` records, else a digest of the
@@ -206,6 +226,7 @@ def cache_weights(source, preset=None, cache_dir=None, presets_dir=None):
                 f"e.g. `keras-cait cache-weights cait_xxs24_224 --from {source}`."
             )
         repo_id, revision = repo_of(preset, presets_dir)
+        _check_architecture(source, preset, presets_dir)
         info = cache_files(source, repo_id, revision, cache_dir)
         return (
             f"cached hf://{repo_id} ({', '.join(info['files'])}) in {cache_dir}; "

@@ -666,7 +666,7 @@ def _run_convert(args, argv):
 
 
 def _run_export_timm(args, argv):
-    checks.check_new_folder(args.directory, "DIR")
+    checks.check_new_folder(args.directory, "the output folder")
     status = _start_backend(args, argv)
     if status is not None:
         return status

@@ -12,6 +12,7 @@ import sys
 import keras
 
 from keras_cait import load_image
+from keras_cait.inference import artifact_cache
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
@@ -22,7 +23,7 @@ from keras_cait.inference.batch_prediction import (
 from keras_cait.inference.engines import check_engine
 from keras_cait.inference.ray_prediction import write_predictions_on_ray
 from keras_cait.io.image_paths import expand_image_paths
-from keras_cait.io.records import check_output, read_records
+from keras_cait.io.records import RecordWriter, check_output
 
 
 def _unique_stems(paths):
@@ -87,7 +88,16 @@ def predict(args):
         file=sys.stderr,
     )
     check_engine(args.engine, args.precision)  # before the model loads
-    if args.resume and not args.ray and _complete(args.output, args.inputs):
+    if args.engine != "keras":
+        print(
+            f"keras-cait: {args.engine} artefacts are kept in "
+            f"{artifact_cache.default_cache_dir(args.cache_dir)} (a new one is "
+            "exported first, once: a minute or more)",
+            file=sys.stderr,
+        )
+    if args.resume and not args.ray and _complete(
+        args.output, args.inputs, args.top, args.embeddings
+    ):
         return None, {"output": args.output, "images": 0, "kept": 0,
                       "written": 0, "failed": 0, "complete": True}
     if args.ray:
@@ -122,13 +132,16 @@ def predict(args):
     return [record for _, _, records in batches for record in records], None
 
 
-def _complete(output, inputs):
+def _complete(output, inputs, top, embeddings):
     """Whether `output` already holds a complete record for every input
-    (then `--resume` has nothing to do and the model is not loaded)."""
+    (then `--resume` has nothing to do and the model is not loaded).
+    Records written with another `--top` or `--embeddings` are refused, as
+    a resumed run refuses them."""
     if not os.path.exists(output):
         return False
-    paths = expand_image_paths(inputs)
-    return [r["image"] for r in read_records(output)] == list(paths)
+    paths = list(expand_image_paths(inputs))
+    writer = RecordWriter(output, top, embeddings, resume=True, expected_images=paths)
+    return writer.kept == len(paths)
 
 
 def format_table(records):

@@ -87,7 +87,7 @@ def test_bad_inputs_in_a_folder_are_error_records(
     # An existing output is never overwritten without --resume.
     status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,
                            "--output", table, "--backend", backend)
-    assert status == 1 and "already exists: pass --resume" in err
+    assert status == 1 and "already exists: add --resume" in err
     assert keras_cait.read_records(table) == records
 
 
@@ -193,7 +193,7 @@ def test_resume_after_a_half_written_line_keeps_the_complete_records(
     status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,
                            "--output", output, "--resume", "--top", "3",
                            "--batch-size", "4", "--backend", backend)
-    assert status == 0 and "wrote 0 records after 11 kept" in err
+    assert status == 0 and "is complete (every input has a record); nothing to do" in err
     assert output.read_bytes() == marked + b"".join(lines[1:])
     # Resuming with other options or other inputs is refused.
     status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,

@@ -198,6 +198,9 @@ def test_cache_weights_refuses_bad_sources(tmp_path):
         cache_weights.cache_weights(folder, None, tmp_path / "hub")
     with pytest.raises(cache_weights.CacheWeightsError, match="unknown preset 'cait_xxs42'"):
         cache_weights.cache_weights(folder, "cait_xxs42", tmp_path / "hub", cli.presets_dir())
+    (folder / "config.json").write_text('{"architecture": "cait_xxs24_224"}')
+    with pytest.raises(cache_weights.CacheWeightsError, match="is for 'cait_xxs24_224', not 'cait_s24_384'"):
+        cache_weights.cache_weights(folder, "cait_s24_384", tmp_path / "hub", cli.presets_dir())
     assert not (tmp_path / "hub").exists()  # nothing written on an error
     json.loads((folder / "config.json").read_text())
 
@@ -223,8 +226,12 @@ def test_resume_of_a_complete_file_loads_no_model(tmp_path, capfd, monkeypatch):
 
     monkeypatch.setattr(predict, "load_classifier", no_model)
     status, _, err = _main(capfd, "predict", photo, "--output", str(output), "--resume",
-                           "--backend", keras.config.backend())
+                           "--top", "1", "--backend", keras.config.backend())
     assert status == 0 and "is complete (every input has a record); nothing to do" in err
+    # Complete, but written with another --top: refused, as a resumed run refuses it.
+    status, _, err = _main(capfd, "predict", photo, "--output", str(output), "--resume",
+                           "--backend", keras.config.backend())
+    assert status == 1 and "Use the same --top and --embeddings" in err
 
 
 def test_one_record_interrupts_and_evaluate_top_k(tmp_path, capfd, monkeypatch):

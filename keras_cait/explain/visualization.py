@@ -37,7 +37,7 @@ def require_matplotlib(purpose="Drawing attention maps"):
     except ImportError:
         raise CaiTConfigError(
             f"{purpose} needs matplotlib, which is not installed: "
-            'pip install "keras-cait[viz]" (or pip install matplotlib).'
+            'pip install matplotlib (from a clone of keras-cait: pip install -e ".[viz]").'
         ) from None
     return Figure
 

@@ -42,7 +42,7 @@ def _engine_version(engine):
     except importlib.metadata.PackageNotFoundError:
         raise CaiTConfigError(
             f"engine={engine!r} needs the `{_PACKAGES[engine]}` package: "
-            'pip install "keras-cait[export]".'
+            f'pip install {_PACKAGES[engine]} (from a clone of keras-cait: pip install -e ".[export]").'
         ) from None
 
 

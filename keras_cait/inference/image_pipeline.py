@@ -95,7 +95,7 @@ def image_batches(paths, converter, batch_size, start=0):
     except ImportError:
         raise CaiTConfigError(
             "Reading image collections uses tf.data, which needs TensorFlow: "
-            'pip install "keras-cait[tensorflow]" (or tensorflow-cpu).'
+            'pip install tensorflow-cpu (from a clone of keras-cait: pip install -e ".[tensorflow]").'
         ) from None
     paths = list(paths)
 

@@ -36,8 +36,8 @@ def _import_ray():
         import ray.data  # optional dependency: keras-cait[ray]
     except ImportError:
         raise CaiTConfigError(
-            'Predictions on Ray need Ray Data: pip install "keras-cait[ray]" '
-            '(or "ray[data]").'
+            'Predictions on Ray need Ray Data: pip install "ray[data]" '
+            '(from a clone of keras-cait: pip install -e ".[ray]").'
         ) from None
     return ray
 

@@ -411,14 +411,16 @@ def load_preset(cls, preset, load_weights=True, **kwargs):
                     f"Preset {preset!r} holds a {backbone_cls.__name__}, not a "
                     f"{cls.__name__}."
                 )
-            check_preset_arguments(backbone_cls, kwargs)
+            check_preset_arguments(backbone_cls, kwargs, ("load_weights",))
             return loader.load_backbone(backbone_cls, load_weights, **kwargs)
         if not issubclass(cls, (Task, Preprocessor, ImageConverter)):
             raise CaiTConfigError(f"{cls.__name__} cannot be loaded from a preset.")
         if cls.backbone_cls is not backbone_cls:
             cls = find_subclass(preset, cls, backbone_cls)
         if issubclass(cls, Task):
-            check_preset_arguments(cls, kwargs, (*BACKBONE_LOAD_ARGUMENTS, "image_shape"))
+            check_preset_arguments(
+                cls, kwargs, (*BACKBONE_LOAD_ARGUMENTS, "image_shape", "load_weights")
+            )
         else:
             check_preset_arguments(cls, kwargs, ("image_size",))
         if issubclass(cls, Task):

@@ -273,10 +273,10 @@ class Export:
             except ImportError as error:
                 raise CaiTConfigError(
                     "format='litert' on the PyTorch backend needs the "
-                    "`litert-torch` package: pip install "
-                    "'keras-cait[litert-torch]' (in its own environment: "
-                    "it pins typing-extensions<4.13), or export from the "
-                    "TensorFlow backend."
+                    "`litert-torch` package: pip install litert-torch (from a "
+                    "clone of keras-cait: pip install -e '.[litert-torch]'; in "
+                    "its own environment: it pins typing-extensions<4.13), or "
+                    "export from the TensorFlow backend."
                 ) from error
         super().export(staged, format=format, **quiet)
 
