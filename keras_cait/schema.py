@@ -39,9 +39,10 @@ BACKBONE_DEFAULTS = dict(
     drop_path_rate=0.0,
     layer_norm_epsilon=1e-6,
     data_format=None,
+    position_embedding_shape=None,
 )
 # `None` defaults that are not "required": `None` means a documented default.
-_OPTIONAL_NONE = {"data_format"}
+_OPTIONAL_NONE = {"data_format", "position_embedding_shape"}
 DATA_FORMATS = ("channels_last", "channels_first")
 CLASSIFIER_ARGUMENTS = ("backbone", "num_classes", "preprocessor", "pooling",
                         "activation", "dropout", "head_dtype", "compile")
@@ -199,17 +200,23 @@ def check_backbone_config(
         )
     highs = (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS)
     axes = ("height", "width", "channels")
+    # `None` height and width: any size at call time (both or neither).
+    dynamic = shape[0] is None and shape[1] is None
     values["image_shape"] = tuple(
-        check.integer(f"image_shape {axis}", value, high=high)
+        None if dynamic and axis != "channels"
+        else check.integer(f"image_shape {axis}", value, high=high)
         for axis, value, high in zip(axes, shape, highs)
     )
     for axis, side in zip(axes, values["image_shape"][:2]):
-        if side % values["patch_size"]:
+        if side is not None and side % values["patch_size"]:
             raise check.fail(
                 f"the image {axis} {side} in {check.label(f'image_shape {axis}')} "
                 f"is not divisible by {check.label('patch_size')} "
                 f"({values['patch_size']})."
             )
+    values["position_embedding_shape"] = _check_position_embedding_shape(
+        check, values
+    )
     if values["hidden_dim"] % values["num_heads"]:
         raise check.fail(
             f"{check.label('hidden_dim')} ({values['hidden_dim']}) must be "
@@ -243,6 +250,46 @@ def check_backbone_config(
                 f"limit of {max_parameters:,} (`max_parameters`)."
             )
     return values
+
+
+def _check_position_embedding_shape(check, values):
+    """`position_embedding_shape` as `None` or a tuple `(height, width)` of
+    sides divisible by `patch_size`; required when `image_shape` has `None`
+    sides."""
+    shape = values["position_embedding_shape"]
+    label = check.label("position_embedding_shape")
+    if shape is None:
+        if values["image_shape"][0] is None:
+            raise check.fail(
+                f"{label} (height, width) is required when "
+                f"{check.label('image_shape')} is (None, None, channels): the "
+                "position embedding is stored for that size and resampled to "
+                "each input's patch grid."
+            )
+        return None
+    if isinstance(shape, (str, bytes)) or not isinstance(
+        shape, collections.abc.Sequence
+    ) or len(shape) != 2:
+        raise check.fail(f"{label} must be None or (height, width), got {shape!r:.80}.")
+    sides = tuple(
+        check.integer(f"position_embedding_shape {axis}", side, high=MAX_IMAGE_SIDE)
+        for axis, side in zip(("height", "width"), shape)
+    )
+    for side in sides:
+        if side % values["patch_size"]:
+            raise check.fail(
+                f"{label} {sides} is not divisible by "
+                f"{check.label('patch_size')} ({values['patch_size']})."
+            )
+    return sides
+
+
+def position_embedding_grid(config):
+    """The patch grid `(rows, columns)` the position embedding is stored
+    for: `position_embedding_shape`, else `image_shape`, over `patch_size`."""
+    k = {**BACKBONE_DEFAULTS, **config}
+    height, width = k["position_embedding_shape"] or k["image_shape"][:2]
+    return height // k["patch_size"], width // k["patch_size"]
 
 
 def check_classifier_config(config, source="CaiTImageClassifier", limits=True,
@@ -365,7 +412,8 @@ def checkpoint_layout(config, num_classes=0):
         linear(f"{key}.mlp.fc2", f"{path}/mlp/fc2", hidden, d)
 
     add("cls_token", (1, 1, d), "class_token/class_token")
-    add("pos_embed", (1, (height // p) * (width // p), d),
+    rows, columns = position_embedding_grid(k)
+    add("pos_embed", (1, rows * columns, d),
         "patch_embedding/position_embedding")
     add("patch_embed.proj.weight", (d, channels, p, p),
         "patch_embedding/projection/kernel", _CONV)

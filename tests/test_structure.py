@@ -54,6 +54,7 @@ LAYERS = {
         "keras_cait.layers.embedding",
         "keras_cait.layers.layer_scale",
         "keras_cait.layers.mlp",
+        "keras_cait.layers.position_embedding_resample",
         "keras_cait.layers.self_attention_block",
         "keras_cait.layers.talking_heads_attention",
         "keras_cait.convert",

@@ -166,6 +166,8 @@ def timm_arguments_from_keras(backbone_kwargs, classifier_kwargs=None):
             f"equivalent; timm's CaiT uses {TIMM_LAYER_NORM_EPSILON}."
         )
     height, width, channels = backbone["image_shape"]
+    # A model of any input size: timm's `img_size` is the stored grid's.
+    height, width = backbone["position_embedding_shape"] or (height, width)
     keywords = {timm: backbone[keras] for timm, keras in BACKBONE_KEYWORDS.items()}
     keywords.update({timm: head[keras] for timm, keras in CLASSIFIER_KEYWORDS.items()})
     keywords.update(

@@ -6,6 +6,7 @@ from keras import ops
 # KerasHub's own `data_format` check (private, keras-hub 0.32).
 from keras_hub.src.utils.keras_utils import standardize_data_format
 
+from keras_cait.layers.position_embedding_resample import resample_to_grid
 from keras_cait.serialization import register
 
 
@@ -16,18 +17,29 @@ class PatchEmbedding(keras.layers.Layer):
     A strided convolution projects each `patch_size x patch_size` patch to
     `hidden_dim`; a learned position embedding of shape
     `(1, num_patches, hidden_dim)` is added to the patch tokens. (CaiT's class
-    token has no position embedding.) Channels-first images are transposed
+    token has no position embedding.) The patch grid follows the input:
+    the position embedding, stored for `position_embedding_size`, is
+    resampled in the graph to `(height // patch_size, width // patch_size)`
+    with timm's `resample_abs_pos_embed` numerics (antialiased bicubic,
+    `keras_cait.layers.position_embedding_resample`); at the stored grid it
+    is added as it is. Rows and columns of pixels beyond a multiple of
+    `patch_size` are dropped by the strided convolution, as timm does
+    without `dynamic_img_pad`. Channels-first images are transposed
     to channels-last first (TensorFlow has no NCHW `Conv2D` on CPU), so the
     weights and outputs are the same in either layout.
 
     Args:
-        image_size: tuple `(height, width)`; both divisible by `patch_size`.
+        image_size: tuple `(height, width)`; both divisible by `patch_size`,
+            or `(None, None)` for any size at call time.
         patch_size: int. Side of the square patches.
         hidden_dim: int. The token dimension.
         dropout_rate: float. Dropout after adding the position embedding
             (timm's `pos_drop`).
         data_format: `"channels_last"` (NHWC images), `"channels_first"`
             (NCHW) or `None` for `keras.config.image_data_format()`.
+        position_embedding_size: `None` (`image_size`) or `(height, width)`
+            in pixels: the size the position embedding is stored for, of
+            `(height // patch_size) * (width // patch_size)` tokens.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
     """
 
@@ -38,6 +50,7 @@ class PatchEmbedding(keras.layers.Layer):
         hidden_dim,
         dropout_rate=0.0,
         data_format=None,
+        position_embedding_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -46,10 +59,12 @@ class PatchEmbedding(keras.layers.Layer):
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
         self.dropout_rate = dropout_rate
-        self.grid_size = (
-            self.image_size[0] // patch_size,
-            self.image_size[1] // patch_size,
+        self.position_embedding_size = (
+            None if position_embedding_size is None else tuple(position_embedding_size)
         )
+        stored = self.position_embedding_size or self.image_size
+        # The grid the position embedding is stored for.
+        self.grid_size = (stored[0] // patch_size, stored[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
     def build(self, input_shape):
@@ -80,12 +95,22 @@ class PatchEmbedding(keras.layers.Layer):
         if self.data_format == "channels_first":
             images = ops.transpose(images, (0, 2, 3, 1))
         patches = self.projection(images)
-        patches = ops.reshape(patches, (-1, self.num_patches, self.hidden_dim))
-        patches = patches + ops.cast(self.position_embedding, patches.dtype)
+        grid = tuple(patches.shape[1:3])
+        if not all(isinstance(side, int) for side in grid):
+            # Sizes known at call time only, counted as vectors of ones.
+            grid = (ops.ones_like(patches[0, :, 0, 0]), ops.ones_like(patches[0, 0, :, 0]))
+        patches = ops.reshape(patches, (ops.shape(patches)[0], -1, self.hidden_dim))
+        position = resample_to_grid(self.position_embedding, self.grid_size, grid)
+        patches = patches + ops.cast(position, patches.dtype)
         return self.dropout(patches, training=training)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_patches, self.hidden_dim)
+        channels_last = self.data_format == "channels_last"
+        height, width = input_shape[1:3] if channels_last else input_shape[2:4]
+        if height is None or width is None:
+            return (input_shape[0], None, self.hidden_dim)
+        tokens = (height // self.patch_size) * (width // self.patch_size)
+        return (input_shape[0], tokens, self.hidden_dim)
 
     def compute_output_spec(self, images, training=None):
         # Keras's default finds no shape on NumPy inputs, which
@@ -103,6 +128,7 @@ class PatchEmbedding(keras.layers.Layer):
                 "hidden_dim": self.hidden_dim,
                 "dropout_rate": self.dropout_rate,
                 "data_format": self.data_format,
+                "position_embedding_size": self.position_embedding_size,
             }
         )
         return config
@@ -144,4 +170,54 @@ class ClassToken(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"hidden_dim": self.hidden_dim})
+        return config
+
+
+@register
+class TokenGrid(keras.layers.Layer):
+    """Patch tokens as the images' patch grid.
+
+    Args:
+        patch_size: int. Side of the square patches.
+        data_format: `"channels_last"`, `"channels_first"` or `None`: the
+            layout of the images passed alongside the tokens.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Call arguments:
+        tokens: tensor `(batch, rows * columns, dim)` in row-major order.
+        images: the images the tokens come from, `(batch, height, width,
+            channels)` (or channels-first); only their size is used.
+
+    Returns:
+        A tensor `(batch, height // patch_size, width // patch_size, dim)`.
+    """
+
+    def __init__(self, patch_size, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.data_format = standardize_data_format(data_format)
+
+    def _grid(self, image_shape):
+        axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        return tuple(
+            None if image_shape[axis] is None else image_shape[axis] // self.patch_size
+            for axis in axes
+        )
+
+    def call(self, tokens, images):
+        rows, columns = self._grid(tuple(images.shape))
+        shape = ops.shape(images)
+        axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        if rows is None:
+            rows = shape[axes[0]] // self.patch_size
+        if columns is None:
+            columns = shape[axes[1]] // self.patch_size
+        return ops.reshape(tokens, (ops.shape(tokens)[0], rows, columns, tokens.shape[-1]))
+
+    def compute_output_shape(self, tokens_shape, images_shape):
+        return (tokens_shape[0], *self._grid(images_shape), tokens_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"patch_size": self.patch_size, "data_format": self.data_format})
         return config

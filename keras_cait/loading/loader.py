@@ -35,13 +35,14 @@ from keras_hub.src.utils.preset_utils import (  # isort: skip
 )
 
 # Backbone arguments `from_preset` passes to the backbone besides KerasHub's
-# `dtype` and `image_shape`: regularisation chosen at load time (fine-tuning)
-# and the images' layout.
+# `dtype` and `image_shape`: regularisation chosen at load time (fine-tuning),
+# the images' layout and the position embedding's stored size.
 BACKBONE_LOAD_ARGUMENTS = (
     "drop_path_rate",
     "dropout_rate",
     "attention_dropout",
     "data_format",
+    "position_embedding_shape",
 )
 
 
@@ -53,6 +54,28 @@ def split_backbone_kwargs(backbone_kwargs, kwargs):
         if name in kwargs:
             backbone_kwargs[name] = kwargs.pop(name)
     return backbone_kwargs, kwargs
+
+
+def stored_size(backbone_kwargs, stored_shape):
+    """`backbone_kwargs` with `position_embedding_shape` set, unless given:
+    to the stored `(height, width)` when `image_shape` asks for any size
+    (`None` sides; the model keeps the checkpoint's position embedding), to
+    `None` when it asks for a fixed size (resampled once, at load)."""
+    shape = backbone_kwargs.get("image_shape")
+    if shape is None or backbone_kwargs.get("position_embedding_shape"):
+        return backbone_kwargs
+    backbone_kwargs = dict(backbone_kwargs)
+    backbone_kwargs["position_embedding_shape"] = (
+        tuple(stored_shape[:2]) if shape[0] is None else None
+    )
+    return backbone_kwargs
+
+
+def converter_size(backbone, default):
+    """The image converter's size for `backbone`: its input size, or
+    `default` (the checkpoint's) for a model of any input size."""
+    size = tuple(backbone.image_shape[:2])
+    return tuple(default) if size[0] is None else size
 
 
 def converter_follows_backbone(task):
@@ -171,6 +194,10 @@ class CaiTTimmPresetLoader(PresetLoader):
         arguments.update({k: v for k, v in kwargs.items() if v is not None})
         if "image_shape" in arguments:
             arguments["image_shape"] = tuple(arguments["image_shape"])
+        stored = self.checkpoint.backbone_kwargs
+        arguments = stored_size(
+            arguments, stored.get("position_embedding_shape") or stored["image_shape"]
+        )
         return cls(**arguments)
 
     def _load_weights(self, model, load_backbone=True, load_head=True):
@@ -208,7 +235,10 @@ class CaiTTimmPresetLoader(PresetLoader):
         task_kwargs.update(kwargs)
         if "preprocessor" not in task_kwargs and cls.preprocessor_cls is not None:
             task_kwargs["preprocessor"] = self.load_preprocessor(
-                cls.preprocessor_cls, image_size=tuple(backbone.image_shape[:2])
+                cls.preprocessor_cls,
+                image_size=converter_size(
+                    backbone, self.checkpoint.preprocessing["image_size"]
+                ),
             )
         task = cls(backbone=backbone, **task_kwargs)
         if load_weights:
@@ -298,6 +328,11 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
                 "resize the float model and quantize it after."
             )
 
+    def _stored_size(self, kwargs):
+        saved = self.config.get("config", {})
+        stored = saved.get("position_embedding_shape") or saved.get("image_shape")
+        return kwargs if stored is None else stored_size(kwargs, stored)
+
     def _resized(self, kwargs):
         shape = kwargs.get("image_shape")
         saved = self.config.get("config", {}).get("image_shape")
@@ -309,6 +344,7 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
 
     @_deserializes("config.json")
     def load_backbone(self, cls, load_weights, **kwargs):
+        kwargs = self._stored_size(kwargs)
         if not (load_weights and self._resized(kwargs)):
             return super().load_backbone(cls, load_weights, **kwargs)
         self._check_resizable()
@@ -321,13 +357,18 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
 
     @_deserializes("task.json")
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        kwargs = self._stored_size(kwargs)
         if not (load_weights and self._resized(kwargs)):
             return converter_follows_backbone(
                 super().load_task(cls, load_weights, load_task_weights, **kwargs)
             )
         self._check_resizable()
         image_shape = tuple(kwargs["image_shape"])
-        others = {k: v for k, v in kwargs.items() if k != "image_shape"}
+        others = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in ("image_shape", "position_embedding_shape")
+        }
         saved = super().load_task(cls, True, load_task_weights, **others)
         task = super().load_task(cls, False, load_task_weights, **kwargs)
         load_timm_weights(
@@ -338,7 +379,7 @@ class KerasCaiTPresetLoader(KerasPresetLoader):
             source_grid=saved.backbone.grid_size,
         )
         converter = getattr(task.preprocessor, "image_converter", None)
-        if converter is not None:
+        if converter is not None and image_shape[0] is not None:
             converter.image_size = image_shape[:2]
         return converter_follows_backbone(task)
 

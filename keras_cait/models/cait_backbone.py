@@ -11,7 +11,7 @@ from keras_hub.src.utils.keras_utils import standardize_data_format
 
 from keras_cait.errors import CaiTConfigError
 from keras_cait.layers.class_attention_block import ClassAttentionBlock
-from keras_cait.layers.embedding import ClassToken, PatchEmbedding
+from keras_cait.layers.embedding import ClassToken, PatchEmbedding, TokenGrid
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
 from keras_cait.loading.loader import load_preset
 from keras_cait.runtime import RuntimeMixin
@@ -164,6 +164,12 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
         image_shape: tuple `(height, width, channels)`; height and width must
             be divisible by `patch_size`. Always in this order, whatever
             `data_format` (the model's geometry, as presets store it).
+            `(None, None, channels)` takes any height and width at call
+            time: the patch grid follows the input and the position
+            embedding is resampled to it in the graph, as timm's
+            `resample_abs_pos_embed` does (antialiased bicubic); pixels
+            beyond a multiple of `patch_size` are dropped, as timm does
+            without `dynamic_img_pad`.
         patch_size: int. Side of the square patches.
         hidden_dim: int. Token dimension (timm's `embed_dim`).
         num_layers: int. Number of self-attention blocks (timm's `depth`).
@@ -189,6 +195,12 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
             (NCHW images: the input is `(batch, channels, height, width)`)
             or `None` for `keras.config.image_data_format()`. The weights and
             outputs are the same either way.
+        position_embedding_shape: `None` (the `image_shape`'s height and
+            width) or `(height, width)` in pixels, divisible by `patch_size`:
+            the size the position embedding is stored for (timm's
+            `img_size`). Required when `image_shape` is `(None, None, c)`;
+            `from_preset(..., image_shape=(None, None, 3))` sets it to the
+            checkpoint's size.
         dtype: `None`, string or `keras.DTypePolicy`. The dtype policy.
         **kwargs: other keyword arguments passed to `keras.Model`.
 
@@ -224,6 +236,7 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
         data_format=None,
+        position_embedding_shape=None,
         dtype=None,
         **kwargs,
     ):
@@ -241,6 +254,7 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
             hidden_dim=hidden_dim,
             dropout_rate=dropout_rate,
             data_format=data_format,
+            position_embedding_size=arguments["position_embedding_shape"],
             dtype=dtype,
             name="patch_embedding",
         )
@@ -334,13 +348,16 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
 
     @property
     def grid_size(self):
-        """The patch grid `(rows, columns)`."""
-        rows, columns = self.image_shape[:2]
+        """The patch grid `(rows, columns)` the position embedding is
+        stored for: the input's for a fixed `image_shape`. A model of
+        `image_shape=(None, None, c)` called at `(height, width)` works on
+        `(height // patch_size, width // patch_size)`."""
+        rows, columns = self.position_embedding_shape or self.image_shape[:2]
         return rows // self.patch_size, columns // self.patch_size
 
     @property
     def num_patches(self):
-        """The number of patch tokens."""
+        """The number of patch tokens of `grid_size`."""
         rows, columns = self.grid_size
         return rows * columns
 
@@ -399,7 +416,8 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
                 `n` blocks) or a list of block indices (negative count from
                 the end).
             output_format: `"tokens"` for `(batch, num_patches, hidden_dim)`
-                or `"grid"` for `(batch, rows, columns, hidden_dim)`.
+                or `"grid"` for `(batch, rows, columns, hidden_dim)`, the
+                input's patch grid.
             norm: bool. Pass each output through the final LayerNorm
                 (timm's `norm=True`).
 
@@ -427,18 +445,19 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
     def _build_intermediate_model(self, indices, output_format, norm):
         outputs = {}
         final_norm = self.get_layer("final_layernorm")
-        rows, columns = self.grid_size
+        images = self.input
         for index in indices:
             name = f"self_attention_block_{index}"
             tokens = self._block_outputs[name]
             if norm:
                 tokens = final_norm(tokens)
             if output_format == "grid":
-                tokens = keras.layers.Reshape(
-                    (rows, columns, self.hidden_dim),
+                tokens = TokenGrid(
+                    self.patch_size,
+                    data_format=self.data_format,
                     dtype=self.dtype_policy,
                     name=f"{name}_grid",
-                )(tokens)
+                )(tokens, images)
             outputs[name] = tokens
         return keras.Model(self.input, outputs, name=f"{self.name}_intermediates")
 

@@ -81,21 +81,33 @@ def _single_spec(input_signature):
 
 
 def _torch_exported_program(model, spec):
-    """`torch.export` of `model` for inputs like `spec`; a `None` batch axis
-    becomes a dynamic dimension."""
+    """`torch.export` of `model` for inputs like `spec`; a `None` batch,
+    height or width becomes a dynamic dimension."""
     import torch  # optional dependency: only on the PyTorch backend
 
     shape = tuple(spec.shape)
-    dynamic = shape[0] is None
+    dims = {}
+    if shape[0] is None:
+        dims[0] = torch.export.Dim("batch", min=1, max=65536)
+    # A model of any image size: height and width are multiples of the
+    # patch size (the rest is dropped), traced at twice the stored grid.
+    backbone = getattr(model, "backbone", model)
+    patch, stored = backbone.patch_size, backbone.grid_size
+    axes = (2, 3) if backbone.data_format == "channels_first" else (1, 2)
+    sample_shape = list(shape)
+    for axis, name, grid in zip(axes, ("rows", "columns"), stored):
+        if shape[axis] is None:
+            dims[axis] = patch * torch.export.Dim(name, min=1, max=1024)
+            sample_shape[axis] = 2 * grid * patch
     # torch.export specialises a size-1 dimension: trace a batch of 2.
+    if shape[0] is None:
+        sample_shape[0] = 2
     sample = torch.zeros(
-        ((2,) if dynamic else shape[:1]) + shape[1:],
+        tuple(sample_shape),
         dtype=getattr(torch, keras.backend.standardize_dtype(spec.dtype)),
     )
-    dynamic_shapes = None
-    if dynamic:
-        # A Keras model's `forward(*args)`: one entry for the args tuple.
-        dynamic_shapes = (({0: torch.export.Dim("batch", min=1, max=65536)},),)
+    # A Keras model's `forward(*args)`: one entry for the args tuple.
+    dynamic_shapes = ((dims,),) if dims else None
     model.eval()
     return torch.export.export(
         model, (sample,), dynamic_shapes=dynamic_shapes, strict=False
@@ -176,6 +188,13 @@ class Export:
             shape = (batch,) + tuple(image.shape[1:])
             input_signature = [keras.InputSpec(shape=shape, dtype=image.dtype, name="images")]
         spec = _single_spec(input_signature)
+        if backend == "jax" and spec is not None and None in tuple(spec.shape)[1:]:
+            raise CaiTConfigError(
+                "Exporting with a dynamic image height or width needs the "
+                "TensorFlow or PyTorch backend (jax2tf cannot prove the patch "
+                "grid's sizes); on JAX pass a fixed `input_signature`, e.g. "
+                "[keras.InputSpec(shape=(None, 224, 224, 3))]."
+            )
         with staged_path(filepath) as staged:
             self._export_staged(
                 staged, format, backend, spec, verbose, input_signature, kwargs

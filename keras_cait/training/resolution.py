@@ -25,7 +25,9 @@ def with_image_shape(model, image_shape):
         model: a `CaiTBackbone` or `CaiTImageClassifier` (e.g. loaded with
             `keras.saving.load_model`).
         image_shape: `(height, width, channels)`; height and width divisible
-            by the patch size, channels as in `model`.
+            by the patch size, channels as in `model`; `(None, None,
+            channels)` for any size at call time (the position embedding
+            stays stored at the model's size and is resampled per call).
 
     Returns:
         A new model of the same class. A classifier's preprocessor is copied
@@ -60,6 +62,13 @@ def with_image_shape(model, image_shape):
         )
     config = backbone.get_config()
     config["image_shape"] = image_shape
+    # Any size: the embedding stays at its stored grid; a fixed size:
+    # resampled once, below.
+    config["position_embedding_shape"] = (
+        tuple(backbone.grid_size[i] * backbone.patch_size for i in (0, 1))
+        if image_shape[0] is None
+        else None
+    )
     new_backbone = type(backbone).from_config(config)
     if model is backbone:
         new_model = new_backbone
@@ -70,7 +79,7 @@ def with_image_shape(model, image_shape):
                 model.preprocessor.get_config()
             )
             converter = getattr(preprocessor, "image_converter", None)
-            if converter is not None and hasattr(converter, "image_size"):
+            if image_shape[0] is not None and hasattr(converter, "image_size"):
                 converter.image_size = image_shape[:2]
         config = model.get_config()
         config.update(backbone=new_backbone, preprocessor=preprocessor)
