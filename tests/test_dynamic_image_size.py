@@ -196,7 +196,10 @@ def test_fit_at_one_size_then_predict_at_another(tmp_path):
     classifier = keras_cait.CaiTImageClassifier(
         _tiny_dynamic_backbone(), num_classes=3, preprocessor=None
     )
-    classifier.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    classifier.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     # A copy: TensorFlow's NumPy view of a variable follows its updates.
     before = np.array(
         to_numpy(classifier.backbone.get_layer("patch_embedding").position_embedding)

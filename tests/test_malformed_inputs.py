@@ -278,18 +278,18 @@ def test_revision_not_in_the_cache(offline_hub):
         from_preset("hf://timm/absent_repo")
 
 
-def tiny_named_preset(sha256):
-    checkpoint = timm_repo.TimmCheckpoint.from_config(
+def tiny_checkpoint():
+    return timm_repo.TimmCheckpoint.from_config(
         json.loads((TINY / "config.json").read_text()), "tiny config.json"
     )
-    backbone = dict(checkpoint.backbone_kwargs)
-    backbone["image_shape"] = list(backbone["image_shape"])
+
+
+def tiny_named_preset(sha256):
+    checkpoint = tiny_checkpoint()
     return {
         "name": "cait_tiny_test",
         "architecture": checkpoint.architecture,
         "weights": {"format": "timm", "source": f"hf://{REPO}", "sha256": sha256},
-        "backbone": backbone,
-        "classifier": {"num_classes": 10, "pooling": "token"},
         "preprocessing": checkpoint.preprocessing,
     }
 
@@ -297,18 +297,26 @@ def tiny_named_preset(sha256):
 @pytest.fixture
 def named_tiny(offline_hub, monkeypatch):
     """A preset name `cait_tiny_test` whose JSON carries the sha256 of the
-    tiny repo's weights; returns the cached weights file."""
+    tiny repo's weights, and the tiny model's hyper-parameters (a preset's
+    come from its timm architecture); returns the cached weights file."""
     weights = offline_hub / "model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     preset = tiny_named_preset(digest)
+    checkpoint = tiny_checkpoint()
+    tiny_arguments = (checkpoint.backbone_kwargs, checkpoint.classifier_kwargs)
     monkeypatch.setattr(
         registry, "get_preset",
         lambda name: preset if name == "cait_tiny_test" else registry_get(name),
+    )
+    monkeypatch.setattr(
+        registry, "model_arguments",
+        lambda name: tiny_arguments if name == "cait_tiny_test" else arguments_get(name),
     )
     return weights
 
 
 registry_get = registry.get_preset
+arguments_get = registry.model_arguments
 
 
 def test_sha256_in_preset_json_accepts_the_right_file(named_tiny):

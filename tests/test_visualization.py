@@ -139,7 +139,7 @@ def test_bad_arguments_are_named(call, message):
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(keras_cait.CaiTConfigError, match=r"keras-cait\[viz\]"):
+    with pytest.raises(keras_cait.CaiTConfigError, match=r"pip install matplotlib .*\.\[viz\]"):
         visualization.plot_attention_heads(_attention(), GRID)
 
 

@@ -2,7 +2,7 @@
 drawn with matplotlib and saved as PNG.
 
 matplotlib is imported inside the functions that draw (it is an optional
-dependency: `pip install "keras-cait[viz]"`), so `import keras_cait` never
+dependency: `pip install -e ".[viz]"` from a clone), so `import keras_cait` never
 imports it. Figures are plain `matplotlib.figure.Figure` objects rendered
 with the Agg canvas: no pyplot, no window, no global state.
 """

@@ -8,9 +8,6 @@ import os
 import keras
 from keras import ops
 
-if keras.backend.backend() == "torch":
-    import torch  # optional: the active backend only (Keras imported it)
-
 _ENV_VAR = "KERAS_CAIT_FAST_PATHS"
 _VALUES = {**dict.fromkeys(("1", "true", "on", "yes", ""), True),
            **dict.fromkeys(("0", "false", "off", "no"), False)}
@@ -65,9 +62,13 @@ def query_row_blocks(batch_size, num_heads, num_tokens):
 
 
 def computes_on_cpu(x):
-    """Whether `x` is on a CPU (JAX, TensorFlow: their default device)."""
-    if keras.backend.backend() == "torch":
+    """Whether `x` is on a CPU (JAX, TensorFlow: their default device); false
+    on OpenVINO, which compiles the whole graph (no blocks there)."""
+    backend = keras.backend.backend()
+    if backend == "torch":
         return x.device.type == "cpu"
+    if backend not in ("jax", "tensorflow"):
+        return False
     return keras.distribution.list_devices()[0].startswith("cpu")
 
 
@@ -76,6 +77,8 @@ def eager_torch(x, layer):
     computes in float32 (no autocast: `call()` computes what `__call__` would)."""
     if keras.backend.backend() != "torch" or layer.dtype_policy.name != "float32":
         return False
+    import torch  # the active backend: Keras has imported it
+
     return isinstance(x, torch.Tensor) and not torch.compiler.is_compiling()
 
 
@@ -85,6 +88,8 @@ def _plain(dense):  # not quantized (policy "int8_from_float32"...), no LoRA
 
 def _dense(dense, x):
     """`dense(x)`; if `_plain(dense)`, one `torch.nn.functional.linear`."""
+    import torch
+
     if not _plain(dense):
         return dense(x)
     bias = dense.bias.value if dense.use_bias else None
@@ -94,6 +99,8 @@ def _dense(dense, x):
 def _mix_heads(dense, attn):
     """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`; if
     `_plain(dense)`, one `(heads, heads)` product per image, bias included."""
+    import torch
+
     if not _plain(dense):
         return dense(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     kernel = dense.kernel.value.T.expand(attn.shape[0], -1, -1)
@@ -120,6 +127,8 @@ def talking_heads_attention(layer, x, return_attention, training):
         x = ops.reshape(ops.swapaxes(x, 1, 2), (-1, tokens, layer.hidden_dim))
         x = layer.projection_dropout_layer(layer.proj(x), training=training)
         return (x, attn) if return_attention else x
+    import torch
+
     qkv = _dense(layer.qkv, x).reshape(batch, tokens, 3, layer.num_heads, -1)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     q, k = q * layer.scale, k.transpose(-2, -1)
@@ -134,6 +143,8 @@ def talking_heads_attention(layer, x, return_attention, training):
 
 
 def _mlp(mlp, x, training):
+    import torch
+
     x = torch.nn.functional.gelu(_dense(mlp.fc1, x))
     x = _dense(mlp.fc2, mlp.dropout.call(x, training=training))
     return mlp.dropout.call(x, training=training)

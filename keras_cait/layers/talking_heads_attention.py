@@ -113,12 +113,18 @@ class TalkingHeadsAttention(keras.layers.Layer):
 
     def _mix(self, dense, attn):
         """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`, in
-        float32: a plain 16-bit `dense` is applied with float32 weights."""
-        attn = ops.transpose(attn, (0, 2, 3, 1))
-        if dense.compute_dtype == "float32" or dense.quantization_mode or dense.lora_enabled:
-            return ops.cast(ops.transpose(dense(attn), (0, 3, 1, 2)), "float32")
-        attn = attn @ ops.cast(dense.kernel, "float32") + ops.cast(dense.bias, "float32")
-        return ops.transpose(attn, (0, 3, 1, 2))
+        float32: `dense` across the heads axis. A plain `dense` is one
+        `(heads, heads)` product on the flattened maps, with its weights in
+        float32 (the transposed form miscompiles in OpenVINO 2026.4's CPU
+        plugin); a quantized or LoRA `dense` is called as timm writes it."""
+        if dense.quantization_mode or dense.lora_enabled:
+            attn = dense(ops.transpose(attn, (0, 2, 3, 1)))
+            return ops.cast(ops.transpose(attn, (0, 3, 1, 2)), "float32")
+        shape = ops.shape(attn)
+        kernel = ops.transpose(ops.cast(dense.kernel, "float32"))
+        flat = ops.reshape(attn, (shape[0], shape[1], shape[2] * shape[3]))
+        mixed = ops.matmul(kernel, flat) + ops.cast(dense.bias, "float32")[:, None]
+        return ops.reshape(mixed, shape)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)
