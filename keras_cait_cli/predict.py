@@ -114,12 +114,13 @@ def predict(args):
         from keras_cait.explain import visualization  # optional dependency: matplotlib
 
         visualization.require_matplotlib()  # fail now, not after the model
-    classifier = load_classifier(args.preset)
     if args.attention:
-        predictor = _AttentionPredictor(classifier, args.top, args.attention, paths)
-    else:
+        predictor = _AttentionPredictor(
+            load_classifier(args.preset), args.top, args.attention, paths
+        )
+    else:  # with an engine, from the cache without the model when it can
         predictor = make_predictor(
-            classifier, args.top, args.embeddings, args.engine, args.precision,
+            args.preset, args.top, args.embeddings, args.engine, args.precision,
             args.cache_dir,
         )
     progress = len(paths) > args.batch_size

@@ -5,6 +5,7 @@ the errors."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 
 import keras_cait
 from keras_cait.errors import CaiTConfigError
-from keras_cait.inference import artifact_cache, engines
+from keras_cait.inference import artifact_cache, batch_prediction, engines
 from keras_cait.inference.batch_prediction import BatchPredictor, make_predictor
 from keras_cait.inference.image_pipeline import image_batches
 from keras_cait.inference.pillow_pipeline import transform
@@ -251,6 +252,46 @@ def test_a_corrupted_engine_artefact_is_exported_again(
                                atol=1e-5)
 
 
+def test_a_cached_preset_runs_without_loading_the_model(
+    tiny_preset, photos, tmp_path, monkeypatch, backend
+):
+    if backend != "jax":
+        pytest.skip("one backend suffices: the cache does not depend on it")
+    preset = tmp_path / "preset"
+    shutil.copytree(tiny_preset, preset)
+    cache = str(tmp_path / "cache")
+    options = dict(top=3, batch_size=4, embeddings=True, engine="onnxruntime",
+                   cache_dir=cache)
+    first = list(keras_cait.predict_files(photos, str(preset), **options))
+
+    def no_model(model):
+        raise AssertionError(f"the model was loaded: {model}")
+
+    monkeypatch.setattr(batch_prediction, "load_classifier", no_model)
+    # From the preset's files to the artefact: no Keras model is built.
+    assert list(keras_cait.predict_files(photos, str(preset), **options)) == first
+    for index, path in enumerate(photos[:4]):
+        target = tmp_path / "folder" / str(index % 2) / os.path.basename(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    summary = keras_cait.evaluate_folder(tmp_path / "folder", str(preset),
+                                         engine="onnxruntime", cache_dir=cache)
+    assert summary["evaluated"] == 4 and summary["num_classes"] == 10
+    # Another file, or a broken artefact: the model is loaded again.
+    folder = engines.artifact_of_preset(str(preset), "onnxruntime", cache)
+    model = os.path.join(folder, "model.onnx")
+    os.truncate(model, os.path.getsize(model) // 2)
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        keras_cait.predict_files(photos, str(preset), **options)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="model.onnx.*Exporting it again"):
+        again = list(keras_cait.predict_files(photos, str(preset), **options))
+    assert again == first
+    config = preset / "config.json"
+    config.write_text(config.read_text() + "\n")
+    assert engines.artifact_of_preset(str(preset), "onnxruntime", cache) is None
+
+
 def test_two_processes_export_one_artefact(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys, time, types
@@ -301,7 +342,9 @@ def test_ray_actors_run_one_artefact(
         ray.shutdown()
     assert (summary["written"], summary["failed"]) == (len(photos), 1)
     assert len(count_exports) == 1  # on the driver; actors only open it
-    assert len([n for n in os.listdir(ray_cache) if not n.endswith(".lock")]) == 1
+    artefacts = [n for n in os.listdir(ray_cache)
+                 if not n.endswith(".lock") and n != artifact_cache.SOURCES]
+    assert len(artefacts) == 1
     want = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=2,
                                          embeddings=True, engine="onnxruntime",
                                          cache_dir=ray_cache))

@@ -34,16 +34,10 @@ def flops_per_image(config, num_classes):
     n = (height // p) * (width // p)
     mlp = int(d * config.get("mlp_ratio", 4.0))
     mlp_ca = int(d * config.get("class_attention_mlp_ratio", 4.0))
-    self_block = (2 * n * d * 3 * d  # qkv
-                  + 2 * 2 * n * n * d  # q k^T and attention @ v, all heads
-                  + 2 * 2 * h * h * n * n  # the two talking-heads mixes
-                  + 2 * n * d * d  # projection
-                  + 2 * 2 * n * d * mlp)  # MLP
-    class_block = (2 * d * d  # q of the class token
-                   + 2 * 2 * (n + 1) * d * d  # k, v of class token + patches
-                   + 2 * 2 * (n + 1) * d  # q k^T and attention @ v
-                   + 2 * d * d  # projection
-                   + 2 * 2 * d * mlp_ca)  # MLP of the class token
+    # qkv; q k^T and attention @ v; the two talking-heads mixes; projection; MLP
+    self_block = (6 * n * d * d + 4 * n * n * d + 4 * h * h * n * n + 2 * n * d * d + 4 * n * d * mlp)
+    # class token's q; k, v of class token + patches; q k^T, attention @ v; projection; MLP
+    class_block = (2 * d * d + 4 * (n + 1) * d * d + 4 * (n + 1) * d + 2 * d * d + 4 * d * mlp_ca)
     return (2 * n * d * p * p * channels + config["num_layers"] * self_block
             + config["num_class_attention_layers"] * class_block + 2 * d * num_classes)
 
@@ -119,8 +113,7 @@ def _timed(call, images, repeats):
         start = time.perf_counter()
         output = call()
         times.append(time.perf_counter() - start)
-    return {"first_call_s": times[0], "times_s": times[1:],
-            "images_per_s": images / statistics.median(times[1:])}, output
+    return {"first_call_s": times[0], "times_s": times[1:], "images_per_s": images / statistics.median(times[1:])}, output
 
 
 def _measure(call, spec):
@@ -156,6 +149,7 @@ def worker_prepare(spec):
     from safetensors.numpy import save_file
 
     from keras_cait.convert.timm_config import timm_arguments_from_keras
+    from keras_cait.inference.batch_prediction import make_predictor
     from keras_cait.schema import checkpoint_layout
     from keras_cait.testing import seeded_state_dict
 
@@ -165,46 +159,48 @@ def worker_prepare(spec):
         os.makedirs(spec["images"], exist_ok=True)
         rng = np.random.default_rng(0)
         for index in range(spec["folder_images"]):  # mixed sizes, smooth + noise
-            height, width = (int(v) for v in rng.integers(64, 641, 2))
-            ramp = np.add.outer(np.linspace(0, 1, height), np.linspace(0, 1, width))[..., None]
-            pixels = ramp * rng.uniform(0, 127, 3) + rng.normal(0, 20, (height, width, 3))
+            ramp = np.add.outer(*(np.linspace(0, 1, int(v)) for v in rng.integers(64, 641, 2)))[..., None]
+            pixels = ramp * rng.uniform(0, 127, 3) + rng.normal(0, 20, ramp.shape[:2] + (3,))
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
                 os.path.join(spec["images"], f"image_{index:04d}.jpg"), quality=90)
-    model = _classifier(spec)
     for path, format in spec["exports"]:
-        model.export(path, format=format, verbose=False)
-    return {"timm_kwargs": timm_arguments_from_keras(spec["config"],
-                                                     {"num_classes": spec["num_classes"]})}
+        _classifier(spec).export(path, format=format, verbose=False)
+    if spec["folder_engines"]:  # the folder rows' preset; each engine's artefact cached
+        _classifier(spec, preprocessor=True).save_to_preset(spec["preset"])
+        for engine in set(spec["folder_engines"]) - {"keras"}:
+            make_predictor(spec["preset"], engine=engine, cache_dir=spec["cache"])
+    return {"timm_kwargs": timm_arguments_from_keras(spec["config"], {"num_classes": spec["num_classes"]})}
+
+
+def worker_folder(spec):
+    """`write_predictions` on the JPEG folder, from the saved preset, on an engine."""
+    import keras_cait
+
+    paths = sorted(str(p) for p in pathlib.Path(spec["images"]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    options = dict(batch_size=32, progress=False, engine=spec["engine"], cache_dir=spec["cache"],
+                   precision={"bf16": "bfloat16"}.get(spec["precision"], "float32"))
+    with tempfile.TemporaryDirectory() as folder:
+        def write(inputs):
+            start = time.perf_counter()
+            keras_cait.write_predictions(inputs, os.path.join(folder, f"{start}.jsonl"), spec["preset"], **options)
+            return time.perf_counter() - start
+        first, pairs = write(paths), [(write(paths), write(paths * 3)) for _ in range(spec["repeats"]["32"])]
+    extra = statistics.median(thrice - once for once, thrice in pairs)  # fixed costs cancel out
+    return {"batches": {"32": {"first_call_s": first, "times_s": pairs,
+                               "images_per_s": 2 * len(paths) / extra if extra > 0 else None}}}
 
 
 def worker_keras(spec):
-    """keras-cait on `KERAS_BACKEND`: predict, int8, folder or train."""
+    """keras-cait on `KERAS_BACKEND`: predict, int8 or train."""
     import keras
     import numpy as np
 
-    import keras_cait
-
     start = time.perf_counter()
-    model = _classifier(spec, preprocessor=spec["mode"] == "folder")
+    model = _classifier(spec)
     if spec["mode"] == "int8":
         model.quantize("int8")
     load_s = time.perf_counter() - start
-    if spec["mode"] == "folder":
-        paths = sorted(str(p) for p in pathlib.Path(spec["images"]).iterdir()
-                       if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        with tempfile.TemporaryDirectory() as folder:
-            def write(inputs):
-                start = time.perf_counter()
-                keras_cait.write_predictions(inputs, os.path.join(folder, f"{start}.jsonl"),
-                                             model, batch_size=32, progress=False)
-                return time.perf_counter() - start
-            first = write(paths)
-            pairs = [(write(paths), write(paths * 3)) for _ in range(spec["repeats"]["32"])]
-        # A run's fixed costs (pipeline, compiling) cancel out: img/s of copies 2 and 3.
-        extra = statistics.median(thrice - once for once, thrice in pairs)
-        result = {"batches": {"32": {"first_call_s": first, "times_s": pairs,
-                                     "images_per_s": 2 * len(paths) / extra if extra > 0 else None}}}
-    elif spec["mode"] == "train":
+    if spec["mode"] == "train":
         model.compile(optimizer=keras.optimizers.AdamW(1e-4),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         x = np.random.default_rng(32).standard_normal((32, *spec["config"]["image_shape"]), "float32")
@@ -280,14 +276,16 @@ def plan(args, work):
     """The rows: `(name, worker kind, backend, spec additions)`."""
     wanted = args.rows.split(",")
     rows = [("timm", "timm", "torch", {})] * ("timm" in wanted)
-    for mode in ("keras", "int8", "folder", "train"):  # the folder: on the first backend
-        backends = args.backends[:1] if mode == "folder" else args.backends
-        rows += [(f"{mode} {b}", "keras", b, {"mode": mode}) for b in backends * (mode in wanted)]
+    for mode in ("keras", "int8", "train"):
+        rows += [(f"{mode} {b}", "keras", b, {"mode": mode}) for b in args.backends * (mode in wanted)]
     engines = [("onnxruntime", "onnxruntime", None, "model.onnx")] * ("onnxruntime" in wanted)
-    engines += [(f"openvino {p}", "openvino", p, "model.xml") for p in ("f32", "bf16")
-                if "openvino" in wanted]
-    return rows + [(name, "engine", args.backends[0], {"engine": engine, "precision": precision,
-                    "artefact": str(work / file)}) for name, engine, precision, file in engines]
+    engines += [(f"openvino {p}", "openvino", p, "model.xml") for p in ("f32", "bf16") if "openvino" in wanted]
+    rows += [(name, "engine", args.backends[0], {"engine": engine, "precision": precision,
+              "artefact": str(work / file)}) for name, engine, precision, file in engines]
+    # The folder path (`predict DIR --output`) per engine: Keras on the first backend.
+    folder = [(f"keras {args.backends[0]}", "keras", None)] + [e[:3] for e in engines]
+    return rows + [(f"folder {name}", "folder", args.backends[0], {"engine": engine, "precision": precision})
+                   for name, engine, precision in folder * ("folder" in wanted)]
 
 
 def main(argv=None):
@@ -358,10 +356,12 @@ def run(args):
         spec = dict(config=config, num_classes=num_classes, weights=str(work / "model.safetensors"),
                     images=args.images or str(work / "images"), make_images=not args.images,
                     folder_images=4 if args.quick else 32, timm_import=args.timm_import,
-                    repeats={"1": args.repeats[0], "32": args.repeats[1]})
+                    repeats={"1": args.repeats[0], "32": args.repeats[1]},
+                    preset=str(work / "preset"), cache=str(work / "cache"))
         exports = ([(str(work / "model.onnx"), "onnx")] * ("onnxruntime" in wanted)
                    + [(str(work / "model.xml"), "openvino")] * ("openvino" in wanted))
-        prepared = run_worker("prepare", {**spec, "exports": exports}, args.export_backend)
+        folder_engines = ["keras", *(e for e in ("onnxruntime", "openvino") if e in wanted)] * ("folder" in wanted)
+        prepared = run_worker("prepare", {**spec, "exports": exports, "folder_engines": folder_engines}, args.export_backend)
         if "error" in prepared:
             raise SystemExit(f"preparing the weights, images and exports: {prepared['error']}")
         spec["timm_kwargs"], report["rounds"] = prepared["timm_kwargs"], []

@@ -25,6 +25,8 @@ from keras_cait.io.files import sha256_file
 
 MANIFEST = "manifest.json"
 CACHE_ENV = "KERAS_CAIT_CACHE"
+# `<cache>/sources/<key>.json`: the artefact made from a preset's files.
+SOURCES = "sources"
 
 
 class CorruptArtifactError(CaiTConfigError):
@@ -157,7 +159,7 @@ def _checked(folder, key):
         return None
 
 
-def ensure_artifact(cache_dir, fields, export):
+def ensure_artifact(cache_dir, fields, export, source_fields=None):
     """The folder of the artefact for `fields`, exported by `export` when
     the cache has no valid one.
 
@@ -168,6 +170,9 @@ def ensure_artifact(cache_dir, fields, export):
         export: callable `export(folder) -> metadata`: writes the artefact's
             files into the (empty, temporary) `folder` and returns a
             JSON-serialisable dict kept in the manifest as `"metadata"`.
+        source_fields: `None`, or a dict describing the files the model
+            was loaded from: recorded (`remember_source`) so that a later
+            run finds the artefact without loading the model.
 
     Returns:
         `(folder, manifest)`: the artefact's folder and its verified
@@ -177,7 +182,13 @@ def ensure_artifact(cache_dir, fields, export):
         Whatever `export` raises (nothing is left in the cache then).
     """
     os.makedirs(cache_dir, exist_ok=True)
-    key = artifact_key(fields)
+    folder, manifest = _ensure(cache_dir, artifact_key(fields), fields, export)
+    if source_fields is not None:
+        remember_source(cache_dir, source_fields, manifest["key"])
+    return folder, manifest
+
+
+def _ensure(cache_dir, key, fields, export):
     folder = os.path.join(cache_dir, key)
     manifest = _checked(folder, key)
     if manifest is not None:
@@ -211,3 +222,39 @@ def ensure_artifact(cache_dir, fields, export):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder, verify_artifact(folder, key)
+
+def _source_path(cache_dir, source_fields):
+    return os.path.join(cache_dir, SOURCES, f"{artifact_key(source_fields)}.json")
+
+
+def remember_source(cache_dir, source_fields, key):
+    """Records (atomically) that the artefact `key` was made from the
+    model that `source_fields` describe (a preset's files, see
+    `keras_cait.inference.engines.preset_source_fields`)."""
+    path = _source_path(cache_dir, source_fields)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            json.dump({"source": source_fields, "key": key}, f, sort_keys=True)
+        os.replace(staging, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(staging)
+        raise
+
+
+def artifact_of_source(cache_dir, source_fields):
+    """`(folder, manifest)` of the valid artefact recorded for
+    `source_fields` by `remember_source`, or `None` (nothing recorded, an
+    unreadable record, or an artefact that no longer matches its manifest:
+    the caller then loads the model and makes it again, with a warning)."""
+    try:
+        with open(_source_path(cache_dir, source_fields), encoding="utf-8") as f:
+            record = json.load(f)
+        if record["source"] != source_fields:
+            return None
+        folder = os.path.join(cache_dir, record["key"])
+        return folder, verify_artifact(folder, record["key"])
+    except (OSError, ValueError, KeyError, TypeError, CorruptArtifactError):
+        return None

@@ -97,6 +97,7 @@ class BatchPredictor:
             raise CaiTConfigError("`embeddings` and `attention_maps` cannot be combined.")
         self.classifier = classifier
         self.converter = classifier.preprocessor.image_converter
+        self.num_classes = classifier.num_classes
         self.top = min(top, classifier.num_classes)
         self.embeddings = embeddings
         if attention_maps:
@@ -153,21 +154,35 @@ class BatchPredictor:
         )
 
 
-def make_predictor(classifier, top=5, embeddings=False, engine="keras",
+def make_predictor(model, top=5, embeddings=False, engine="keras",
                    precision="float32", cache_dir=None):
     """The predictor of a collection run on `engine`: a `BatchPredictor`
-    for `"keras"`, else an `engines.EnginePredictor` on the classifier's
-    cached artefact (exported on first use, `engines.make_artifact`).
+    for `"keras"`, else an `engines.EnginePredictor` on the model's cached
+    artefact (exported on first use, `engines.make_artifact`).
+
+    Args:
+        model: a `CaiTImageClassifier`, or a preset (see `load_classifier`).
+            With an engine, a preset whose artefact is cached is not loaded:
+            no Keras model is built (`engines.artifact_of_preset`).
+        top, embeddings: as `BatchPredictor`.
+        engine, precision: see `engines.check_engine`.
+        cache_dir: the artefact cache (`artifact_cache.default_cache_dir`).
 
     Raises:
-        CaiTConfigError: see `engines.check_engine` and
+        CaiTConfigError: see `load_classifier`, `engines.check_engine` and
             `engines.make_artifact`.
     """
     engines.check_engine(engine, precision)
+    preset = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if engine != "keras":
+        BatchPredictor.check_top(top)
+        folder = preset and engines.artifact_of_preset(preset, engine, cache_dir)
+        if folder:
+            return engines.EnginePredictor(folder, engine, top, embeddings, precision)
+    classifier = load_classifier(model)
     if engine == "keras":
         return BatchPredictor(classifier, top, embeddings)
-    BatchPredictor.check_top(top)
-    folder = engines.make_artifact(classifier, engine, cache_dir)
+    folder = engines.make_artifact(classifier, engine, cache_dir, preset=preset)
     return engines.EnginePredictor(
         folder, engine, top, embeddings, precision,
         converter=classifier.preprocessor.image_converter,
@@ -277,7 +292,7 @@ def predict_files(
     engines.check_engine(engine, precision)
     paths = expand_image_paths(_as_list(inputs))
     predictor = make_predictor(
-        load_classifier(model), top, embeddings, engine, precision, cache_dir
+        model, top, embeddings, engine, precision, cache_dir
     )
 
     def records():
@@ -340,7 +355,7 @@ def write_predictions(
     paths = expand_image_paths(_as_list(inputs))
     check_output(output, resume)  # before the model loads
     predictor = make_predictor(
-        load_classifier(model), top, embeddings, engine, precision, cache_dir
+        model, top, embeddings, engine, precision, cache_dir
     )
     return write_records(predictor, paths, output, batch_size, resume, progress)
 

@@ -21,6 +21,8 @@ from keras_cait.inference import artifact_cache
 from keras_cait.inference.image_pipeline import image_batches
 from keras_cait.inference.pillow_pipeline import pillow_image_batches, pillow_supports
 from keras_cait.inference.predictions import batch_records
+from keras_cait.io.files import sha256_file
+from keras_cait.loading import handles, registry
 from keras_cait.version import __version__
 
 ENGINES = ("keras", "onnxruntime", "openvino")
@@ -141,6 +143,65 @@ def artifact_fields(classifier, engine):
     }
 
 
+def _preset_files(preset):
+    """`{name: local path}` of the files `from_preset(preset)` reads, or
+    `None` where they are not all on this machine already (an `hf://`
+    handle, or a named preset whose weights are not in the Hugging Face
+    cache)."""
+    handle = handles.parse_handle(preset)
+    if handle.kind == "local":
+        files = {}
+        for root, _, names in os.walk(handle.path):
+            for name in names:
+                path = os.path.join(root, name)
+                files[os.path.relpath(path, handle.path).replace(os.sep, "/")] = path
+        return files
+    if handle.kind != "name":
+        return None
+    import huggingface_hub
+
+    source = handles.parse_hf_handle(registry.get_preset(handle.name)["weights"]["source"])
+    path = huggingface_hub.try_to_load_from_cache(
+        source.repo_id, "model.safetensors", revision=source.revision
+    )
+    return {"model.safetensors": path} if isinstance(path, str) else None
+
+
+def preset_source_fields(preset, engine):
+    """What names the artefact of a preset for `engine` without loading
+    the model: the SHA-256 of each file the preset loads from (and a named
+    preset's JSON), and the keras-cait and engine versions. `None` where
+    the files are not all local (`ensure_artifact` then keys on the loaded
+    model only)."""
+    files = _preset_files(preset)
+    if files is None:
+        return None
+    handle = handles.parse_handle(preset)
+    return {
+        "preset": registry.get_preset(handle.name) if handle.kind == "name" else None,
+        "files": {name: sha256_file(path) for name, path in sorted(files.items())},
+        "keras_cait": __version__,
+        "engine": engine,
+        "engine_version": _engine_version(engine),
+    }
+
+
+def artifact_of_preset(preset, engine, cache_dir=None):
+    """The folder of the cached artefact made from `preset`'s files for
+    `engine` (see `preset_source_fields`), if there is a valid one whose
+    images the Pillow pipeline can prepare; else `None` (load the model).
+    """
+    source = preset_source_fields(preset, engine)
+    if source is None:
+        return None
+    found = artifact_cache.artifact_of_source(
+        artifact_cache.default_cache_dir(cache_dir), source
+    )
+    if found is None or not pillow_supports(found[1]["metadata"]["converter"]):
+        return None
+    return found[0]
+
+
 def _backend_version(backend):
     package = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow",
                "openvino": "openvino"}[backend]
@@ -174,7 +235,9 @@ def _export_graph(classifier):
     # The class that gives the classifier its `export` (CaiT's fixes to
     # Keras's exporter), on a functional model with both outputs.
     exporter = next(k for k in type(classifier).__mro__ if "export" in vars(k))
-    graph_class = type("CaiTEngineGraph", (exporter, keras.Model), {})
+    # `backbone`: what the exporter reads for a model of any image size.
+    backbone = property(lambda self: classifier.backbone)
+    graph_class = type("CaiTEngineGraph", (exporter, keras.Model), {"backbone": backbone})
     return graph_class(
         inputs=classifier.input,
         outputs=[classifier.output, classifier.output_dropout.input],
@@ -204,7 +267,7 @@ def _output_order(engine_outputs, expected):
     return order
 
 
-def make_artifact(classifier, engine, cache_dir=None):
+def make_artifact(classifier, engine, cache_dir=None, preset=None):
     """The cached artefact of `classifier` for `engine`, exported with the
     classifier's `model.export` (on the current Keras backend) if the cache
     has no valid one.
@@ -217,6 +280,9 @@ def make_artifact(classifier, engine, cache_dir=None):
         engine: `"onnxruntime"` or `"openvino"`.
         cache_dir: `None` (see `artifact_cache.default_cache_dir`) or a
             folder.
+        preset: `None`, or the preset `classifier` was loaded from: the
+            artefact is then also found from the preset's files
+            (`artifact_of_preset`), without loading the model.
 
     Returns:
         The artefact's folder (str).
@@ -247,8 +313,9 @@ def make_artifact(classifier, engine, cache_dir=None):
             ),
         }
 
+    source = None if preset is None else preset_source_fields(preset, engine)
     folder, _ = artifact_cache.ensure_artifact(
-        artifact_cache.default_cache_dir(cache_dir), fields, export
+        artifact_cache.default_cache_dir(cache_dir), fields, export, source
     )
     return folder
 
@@ -315,11 +382,13 @@ class EnginePredictor:
         self.engine = engine
         self.precision = precision
         self.activation = metadata["activation"]
+        self.num_classes = metadata["num_classes"]
         self.top = min(top, metadata["num_classes"])
         self.embeddings = embeddings
         self.converter_config = metadata["converter"]
         self.converter = converter
         self.order = metadata["outputs"]
+        self.artifact = artifact
         self.run = _open(engine, os.path.join(artifact, metadata["file"]), precision)
 
     def image_batches(self, paths, batch_size, start=0):

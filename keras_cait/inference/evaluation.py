@@ -21,7 +21,6 @@ from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
 from keras_cait.explain import visualization
 from keras_cait.inference import engines
 from keras_cait.inference.batch_prediction import (
-    load_classifier,
     make_predictor,
     predict_batches,
 )
@@ -213,8 +212,10 @@ def evaluate_folder(
     folders = _class_folders(directory)
     if label_map is not None and not isinstance(label_map, dict):
         label_map = read_label_map(label_map)  # before the model loads
-    classifier = load_classifier(model)
-    num_classes = classifier.num_classes
+    predictor = make_predictor(
+        model, TOP_K, engine=engine, precision=precision, cache_dir=cache_dir
+    )
+    num_classes = predictor.num_classes
     indices = class_indices(folders, num_classes, label_map)
     folders = sorted(folders, key=lambda folder: (indices[folder], folder))
     paths, targets = [], []
@@ -225,9 +226,6 @@ def evaluate_folder(
     if not paths:
         raise CaiTConfigError(f"The class folders of '{directory}' hold no image files.")
 
-    predictor = make_predictor(
-        classifier, TOP_K, engine=engine, precision=precision, cache_dir=cache_dir
-    )
     stats = {
         index: {"images": 0, "failed": 0, "top1_correct": 0, "top5_correct": 0}
         for index in indices.values()
@@ -259,7 +257,7 @@ def evaluate_folder(
         "directory": directory,
         "model": (
             os.fspath(model) if isinstance(model, (str, os.PathLike))
-            else classifier.name
+            else model.name
         ),
         "backend": keras.config.backend(),
         "engine": engine,

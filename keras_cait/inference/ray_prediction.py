@@ -19,6 +19,7 @@ from keras_cait.inference import engines
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
+    make_predictor,
     predict_batches,
     write_record_stream,
 )
@@ -167,15 +168,17 @@ def write_predictions_on_ray(
     # The configuration only (no weights), to check the preset and size
     # the records before any actor starts; with an engine, the whole model,
     # to make the artefact once, here.
-    described = load_classifier(
-        CaiTImageClassifier.from_preset(model, load_weights=engine != "keras")
-    )
-    top = min(top, described.num_classes) if isinstance(top, int) else top
-    BatchPredictor(described, top, embeddings)  # checks `top` and `embeddings`
     artifact = None
-    if engine != "keras":
-        artifact = engines.make_artifact(described, engine, cache_dir)
-    del described
+    if engine != "keras":  # the artefact, made once here
+        artifact = make_predictor(model, top, embeddings, engine, precision, cache_dir)
+        top = artifact.top
+        artifact = artifact.artifact
+    else:  # the configuration only, to check the preset and `top`
+        described = load_classifier(
+            CaiTImageClassifier.from_preset(model, load_weights=False)
+        )
+        top = BatchPredictor(described, top, embeddings).top
+        del described
 
     started = not ray.is_initialized()
     if started:
