@@ -40,6 +40,34 @@ class KerasHubHarnessTest(KerasHubTestCase):
             run_data_format_check=False,
         )
 
+    def test_vision_backbone_any_image_size(self):
+        # `image_shape=(None, None, 3)`: called at 48x24, a 6x3 grid.
+        self.run_vision_backbone_test(
+            cls=keras_cait.CaiTBackbone,
+            init_kwargs=dict(
+                self.backbone_kwargs, image_shape=(None, None, 3),
+                position_embedding_shape=(32, 32),
+            ),
+            input_data=np.random.default_rng(2).standard_normal(
+                (2, 48, 24, 3)
+            ).astype("float32"),
+            expected_output_shape=(2, 19, 48),
+            run_data_format_check=False,
+        )
+
+    def test_task_any_image_size(self):
+        backbone = keras_cait.CaiTBackbone(
+            **dict(self.backbone_kwargs, image_shape=(None, None, 3),
+                   position_embedding_shape=(32, 32))
+        )
+        self.run_task_test(
+            cls=keras_cait.CaiTImageClassifier,
+            init_kwargs=dict(backbone=backbone, num_classes=3,
+                             preprocessor=self._preprocessor()),
+            train_data=(RAW_IMAGES, np.array([0, 2])),
+            expected_output_shape=(2, 3),
+        )
+
     def test_task(self):
         self.run_task_test(
             cls=keras_cait.CaiTImageClassifier,
