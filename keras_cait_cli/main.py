@@ -2,6 +2,7 @@
 
     keras-cait predict INPUT... [--preset NAME|DIR|hf://...] [--top K]
                                 [--output FILE [--resume]] [--embeddings]
+                                [--keep-aspect]
                                 [--ray [--ray-address ADDR] [--ray-actors N]]
                                 [--attention DIR] [--backend BACKEND] [--json]
     keras-cait evaluate DIR --output OUTDIR [--preset ...] [--label-map FILE]
@@ -242,6 +243,12 @@ def build_parser():
     predict.add_argument(
         "--embeddings", action="store_true",
         help="add each image's pooled features to its record (--output or --json)",
+    )
+    predict.add_argument(
+        "--keep-aspect", action="store_true",
+        help="classify each photo at its own aspect ratio: the shorter side "
+        "resized as the preset's, no crop (a model of any image size; one "
+        "size per batch, records in input order; --engine keras)",
     )
     predict.add_argument(
         "--attention",
@@ -500,6 +507,8 @@ def _check_predict_arguments(args):
         return "--ray-gpus-per-actor must be >= 0"
     if args.attention and args.engine != "keras":
         return "--attention needs --engine keras"
+    if args.keep_aspect and (args.engine != "keras" or args.attention or args.ray):
+        return "--keep-aspect needs --engine keras, without --attention or --ray"
     return _check_engine_arguments(args)
 
 

@@ -121,7 +121,7 @@ def predict(args):
     else:  # with an engine, from the cache without the model when it can
         predictor = make_predictor(
             args.preset, args.top, args.embeddings, args.engine, args.precision,
-            args.cache_dir,
+            args.cache_dir, keep_aspect_ratio=args.keep_aspect,
         )
     progress = len(paths) > args.batch_size
     if args.output:

@@ -126,7 +126,8 @@ def test_quick_run_measures_every_row(tmp_path):
     assert process.returncode == 0, process.stderr[-3000:]
     report = json.loads((tmp_path / "b.json").read_text())
     rows = {(r["row"], r["batch"]): r for r in report["table"]}
-    folders = {"folder keras jax", "folder onnxruntime", "folder openvino f32"}
+    folders = {"folder keras jax", "folder keras jax keep-aspect", "folder onnxruntime",
+               "folder openvino f32"}
     expected = {"keras jax", "int8 jax", "onnxruntime", "openvino f32", "openvino bf16", *folders}
     assert expected <= {name for name, _ in rows}, report["rounds"][0]
     assert report["gemm_peak_gflops"] > 1 and report["machine"]["cpu"]

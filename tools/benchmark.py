@@ -55,8 +55,7 @@ def summarize(rounds, reference, flops, peak_gflops):
         return result.get("batches", {}).get(batch, {}).get("images_per_s")
 
     def _median(values):
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else None
+        return statistics.median([v for v in values if v is not None] or [None])
 
     table, reference_logits = [], rounds[0].get(reference, {}).get("logits")
     for name in [name for name in rounds[0] if "error" not in rounds[0][name]]:
@@ -123,8 +122,7 @@ def _measure(call, spec):
     shape, result = tuple(spec["config"]["image_shape"]), {"batches": {}}
     for batch in (1, 32):
         images = np.random.default_rng(batch).standard_normal((batch,) + shape, dtype=np.float32)
-        result["batches"][str(batch)], output = _timed(lambda x=images: call(x), batch,
-                                                       spec["repeats"][str(batch)])
+        result["batches"][str(batch)], output = _timed(lambda x=images: call(x), batch, spec["repeats"][str(batch)])
     result["logits"] = np.asarray(output[:2], dtype=np.float64).tolist()
     return result
 
@@ -178,7 +176,8 @@ def worker_folder(spec):
 
     paths = sorted(str(p) for p in pathlib.Path(spec["images"]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     options = dict(batch_size=32, progress=False, engine=spec["engine"], cache_dir=spec["cache"],
-                   precision={"bf16": "bfloat16"}.get(spec["precision"], "float32"))
+                   precision={"bf16": "bfloat16"}.get(spec["precision"], "float32"),
+                   keep_aspect_ratio=spec.get("keep_aspect", False))
     with tempfile.TemporaryDirectory() as folder:
         def write(inputs):
             start = time.perf_counter()
@@ -282,10 +281,12 @@ def plan(args, work):
     engines += [(f"openvino {p}", "openvino", p, "model.xml") for p in ("f32", "bf16") if "openvino" in wanted]
     rows += [(name, "engine", args.backends[0], {"engine": engine, "precision": precision,
               "artefact": str(work / file)}) for name, engine, precision, file in engines]
-    # The folder path (`predict DIR --output`) per engine: Keras on the first backend.
-    folder = [(f"keras {args.backends[0]}", "keras", None)] + [e[:3] for e in engines]
-    return rows + [(f"folder {name}", "folder", args.backends[0], {"engine": engine, "precision": precision})
-                   for name, engine, precision in folder * ("folder" in wanted)]
+    # The folder path (`predict DIR --output`) per engine, Keras on the first backend (also
+    # at each photo's aspect ratio, `--keep-aspect`).
+    folder = [(f"keras {args.backends[0]}", "keras", None, False), (f"keras {args.backends[0]} keep-aspect",
+              "keras", None, True)] + [(*e[:3], False) for e in engines]
+    return rows + [(f"folder {name}", "folder", args.backends[0], {"engine": engine, "precision": precision,
+                    "keep_aspect": keep}) for name, engine, precision, keep in folder * ("folder" in wanted)]
 
 
 def main(argv=None):
@@ -324,9 +325,8 @@ def _check(args):
     for option, path in (("--images", args.images), ("--timm-import", args.timm_import)):
         if path and not os.path.isdir(path):
             raise SystemExit(f"{option}: {path} is not a folder.")
-    for option in ("json_out", "markdown_out"):
-        if not pathlib.Path(getattr(args, option)).resolve().parent.is_dir():
-            raise SystemExit(f"--{option.replace('_', '-')}: its folder does not exist.")
+    for option in [o for o in ("json_out", "markdown_out") if not pathlib.Path(getattr(args, o)).resolve().parent.is_dir()]:
+        raise SystemExit(f"--{option.replace('_', '-')}: its folder does not exist.")
     if args.quick:
         args.rounds, args.repeats = 1, (2, 1)
         return "quick", dict(QUICK_CONFIG), 10

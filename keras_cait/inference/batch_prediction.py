@@ -154,8 +154,60 @@ class BatchPredictor:
         )
 
 
+class SizeGroupingPredictor(BatchPredictor):
+    """`BatchPredictor` for photos kept at their aspect ratio (a converter
+    with `keep_aspect_ratio`, a model of any image size): the pipeline
+    yields windows of `WINDOW_BATCHES` batches, whose images run one size
+    per batch of `batch_size`; records stay in input order.
+
+    Args:
+        classifier: a `CaiTImageClassifier` with `image_shape=(None, None,
+            3)` (see `load_classifier`).
+        top, embeddings: as `BatchPredictor`.
+    """
+
+    WINDOW_BATCHES = 8
+
+    def __init__(self, classifier, top=5, embeddings=False):
+        if tuple(classifier.backbone.image_shape[:2]) != (None, None):
+            raise CaiTConfigError(
+                "Keeping the aspect ratio needs a model of any image size: "
+                "load it with `image_shape=(None, None, 3)`; "
+                f"'{classifier.name}' takes {classifier.backbone.image_shape}."
+            )
+        super().__init__(classifier, top, embeddings)
+        config = dict(self.converter.get_config(), keep_aspect_ratio=True,
+                      size_multiple=classifier.backbone.patch_size)
+        self.converter = type(self.converter).from_config(config)
+        self.batch_size = None
+
+    def image_batches(self, paths, batch_size, start=0):
+        self.batch_size = batch_size
+        window = batch_size * self.WINDOW_BATCHES
+        return image_batches(paths, self.converter, window, start, one_size=False)
+
+    def outputs(self, images, batch_size=None):
+        """`BatchPredictor.outputs` on a list of images of several sizes:
+        batches of one size (padded to the run's batch size), the outputs
+        in the images' order."""
+        size = self.batch_size or len(images)
+        groups = {}
+        for index, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(index)
+        outputs = {}
+        for indices in groups.values():
+            for first in range(0, len(indices), size):
+                chunk = indices[first : first + size]
+                batch = np.stack([images[i] for i in chunk])
+                for name, value in super().outputs(batch, size).items():
+                    if name not in outputs:
+                        outputs[name] = np.empty((len(images), *value.shape[1:]), value.dtype)
+                    outputs[name][chunk] = value
+        return outputs
+
+
 def make_predictor(model, top=5, embeddings=False, engine="keras",
-                   precision="float32", cache_dir=None):
+                   precision="float32", cache_dir=None, keep_aspect_ratio=False):
     """The predictor of a collection run on `engine`: a `BatchPredictor`
     for `"keras"`, else an `engines.EnginePredictor` on the model's cached
     artefact (exported on first use, `engines.make_artifact`).
@@ -167,6 +219,9 @@ def make_predictor(model, top=5, embeddings=False, engine="keras",
         top, embeddings: as `BatchPredictor`.
         engine, precision: see `engines.check_engine`.
         cache_dir: the artefact cache (`artifact_cache.default_cache_dir`).
+        keep_aspect_ratio: bool. Classify each photo at its own aspect
+            ratio (`SizeGroupingPredictor`; the Keras engine only): a preset
+            is loaded with `image_shape=(None, None, 3)`.
 
     Raises:
         CaiTConfigError: see `load_classifier`, `engines.check_engine` and
@@ -174,6 +229,14 @@ def make_predictor(model, top=5, embeddings=False, engine="keras",
     """
     engines.check_engine(engine, precision)
     preset = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if keep_aspect_ratio:
+        if engine != "keras":
+            raise CaiTConfigError(
+                f"keep_aspect_ratio=True needs engine='keras', got {engine!r}."
+            )
+        if preset is not None:
+            model = CaiTImageClassifier.from_preset(preset, image_shape=(None, None, 3))
+        return SizeGroupingPredictor(load_classifier(model), top, embeddings)
     if engine != "keras":
         BatchPredictor.check_top(top)
         folder = preset and engines.artifact_of_preset(preset, engine, cache_dir)
@@ -237,6 +300,7 @@ def _as_list(inputs):
 def predict_files(
     inputs, model, top=5, batch_size=DEFAULT_BATCH_SIZE, embeddings=False,
     progress=False, engine="keras", precision="float32", cache_dir=None,
+    keep_aspect_ratio=False,
 ):
     """Classifies a collection of image files; an iterator of records.
 
@@ -266,6 +330,11 @@ def predict_files(
         cache_dir: `None` (`$KERAS_CAIT_CACHE`, else
             `$XDG_CACHE_HOME/keras-cait/engines`, else
             `~/.cache/keras-cait/engines`) or the artefact cache folder.
+        keep_aspect_ratio: bool. Classify each photo at its own aspect
+            ratio: the shorter side resized as the preset's converter does,
+            the other in proportion (rounded to the patch size), no crop;
+            batches of one size, records in input order. A preset is loaded
+            with `image_shape=(None, None, 3)`; the Keras engine only.
 
     Returns:
         An iterator of records, one per image, in input order:
@@ -292,7 +361,7 @@ def predict_files(
     engines.check_engine(engine, precision)
     paths = expand_image_paths(_as_list(inputs))
     predictor = make_predictor(
-        model, top, embeddings, engine, precision, cache_dir
+        model, top, embeddings, engine, precision, cache_dir, keep_aspect_ratio
     )
 
     def records():
@@ -307,7 +376,7 @@ def predict_files(
 def write_predictions(
     inputs, output, model, top=5, batch_size=DEFAULT_BATCH_SIZE,
     embeddings=False, resume=False, progress=True, engine="keras",
-    precision="float32", cache_dir=None,
+    precision="float32", cache_dir=None, keep_aspect_ratio=False,
 ):
     """Classifies a collection of image files into a records file, written
     as the run goes.
@@ -332,7 +401,8 @@ def write_predictions(
             those of the first inputs, written with the same `top` and
             `embeddings`.
         progress: bool. Show a progress bar on stderr.
-        engine, precision, cache_dir: as in `predict_files`.
+        engine, precision, cache_dir, keep_aspect_ratio: as in
+            `predict_files`.
 
     Returns:
         A dict: `output`, `images` (inputs), `kept` (records kept from an
@@ -355,7 +425,7 @@ def write_predictions(
     paths = expand_image_paths(_as_list(inputs))
     check_output(output, resume)  # before the model loads
     predictor = make_predictor(
-        model, top, embeddings, engine, precision, cache_dir
+        model, top, embeddings, engine, precision, cache_dir, keep_aspect_ratio
     )
     return write_records(predictor, paths, output, batch_size, resume, progress)
 

@@ -33,7 +33,8 @@ class ImageBatch:
         paths: list of str, the batch's image paths.
         images: float NumPy array `(len(paths), height, width, 3)`: the
             converter's outputs (the model inputs); a black placeholder for
-            a file that failed.
+            a file that failed. A list of arrays, one per image, for a
+            converter whose outputs differ in size (`keep_aspect_ratio`).
         errors: list, per image `None` or the reason it could not be read
             (a one-line message naming the file).
     """
@@ -63,7 +64,7 @@ def read_image(path):
         return _PLACEHOLDER, f"Cannot read image '{path}': {reason}"
 
 
-def image_batches(paths, converter, batch_size, start=0):
+def image_batches(paths, converter, batch_size, start=0, one_size=True):
     """Yields the `ImageBatch`es of `paths[start:]`, in order.
 
     Files are read (Pillow, `load_image`: EXIF orientation, any mode to RGB)
@@ -82,6 +83,9 @@ def image_batches(paths, converter, batch_size, start=0):
             `keras_cait.schema.check_batch_size`). Images per batch (the
             last one may be smaller).
         start: int. Index of the first path to read (to resume a run).
+        one_size: bool. `False` for a converter whose outputs differ in
+            size (`keep_aspect_ratio`): each `ImageBatch.images` is then a
+            list of arrays, one per image.
 
     Yields:
         `ImageBatch`es covering `paths[start:]`; every path appears once,
@@ -115,15 +119,17 @@ def image_batches(paths, converter, batch_size, start=0):
     # the end of the run no longer stalls (docs/performance.md).
     options = tf.data.Options()
     options.autotune.enabled = False
-    dataset = (
-        tf.data.Dataset.range(start, len(paths))
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(batch_size)
-        .prefetch(PREFETCH_BATCHES)
-        .with_options(options)
+    dataset = tf.data.Dataset.range(start, len(paths)).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
+    if one_size:
+        dataset = dataset.batch(batch_size).prefetch(PREFETCH_BATCHES)
+        batches = dataset.with_options(options).as_numpy_iterator()
+    else:
+        dataset = dataset.prefetch(PREFETCH_BATCHES * batch_size)
+        batches = _lists_of(dataset.with_options(options).as_numpy_iterator(), batch_size)
     position = start
-    for images, errors in dataset.as_numpy_iterator():
+    for images, errors in batches:
         count = len(errors)
         yield ImageBatch(
             position,
@@ -132,3 +138,16 @@ def image_batches(paths, converter, batch_size, start=0):
             [error.decode(**_ENCODING) or None for error in errors],
         )
         position += count
+
+
+def _lists_of(elements, size):
+    """`(images, errors)` lists of up to `size` `(image, error)` elements."""
+    images, errors = [], []
+    for image, error in elements:
+        images.append(image)
+        errors.append(error)
+        if len(images) == size:
+            yield images, errors
+            images, errors = [], []
+    if images:
+        yield images, errors

@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 from keras_hub.models import ImageClassifier, Task
 
-from keras_cait.errors import CaiTConfigError
+from keras_cait.errors import CaiTConfigError, CaiTImageError
 from keras_cait.loading.loader import load_preset
 from keras_cait.models.cait_backbone import (
     CaiTBackbone,
@@ -20,6 +20,7 @@ from keras_cait.models.cait_image_converter import (
     check_one_size,
     is_image_list,
     preprocess_image_list,
+    run_by_size,
 )
 from keras_cait.models.shuffled_batches import (
     is_array_input,
@@ -169,6 +170,14 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
                 )
             if is_image_list(images):  # photos of any sizes, one at a time
                 images = preprocess_image_list(self.preprocessor, images)
+                if isinstance(images, list):  # `keep_aspect_ratio`
+                    raise CaiTImageError(
+                        f"{self.name}.get_attention_maps: the photos "
+                        "preprocess to different sizes "
+                        f"{sorted({x.shape for x in images})} "
+                        "(keep_aspect_ratio); pass the photos of one size "
+                        "at a time."
+                    )
             else:
                 images = self.preprocessor(images)
         elif is_image_list(images):
@@ -186,12 +195,17 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
         too)."""
         if is_image_list(x) and self.preprocessor is not None:
             images = preprocess_image_list(self.preprocessor, x)
+
             # Already preprocessed: Keras's own loop, without the
             # preprocessor that KerasHub's `predict` would apply again.
-            return keras.Model.predict(
-                self, images, batch_size=batch_size, verbose=verbose,
-                steps=steps, callbacks=callbacks, **kwargs,
-            )
+            def run(batch):
+                return keras.Model.predict(
+                    self, batch, batch_size=batch_size, verbose=verbose,
+                    steps=steps, callbacks=callbacks, **kwargs,
+                )
+
+            # Sizes that differ (`keep_aspect_ratio`): one batch per size.
+            return run_by_size(run, images) if isinstance(images, list) else run(images)
         return super().predict(
             x, batch_size=batch_size, verbose=verbose, steps=steps,
             callbacks=callbacks, **kwargs,

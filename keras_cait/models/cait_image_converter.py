@@ -95,6 +95,13 @@ def resized_shape(height, width, image_size, crop_pct, backend=None):
     return new_height, new_width
 
 
+def round_to_multiple(size, multiple, backend=None):
+    """`size` rounded to the nearest multiple of `multiple` (ties up), at
+    least `multiple`; for ints or integer tensors."""
+    rounded = (size + multiple // 2) // multiple * multiple
+    return _select(rounded < multiple, multiple, rounded, backend)
+
+
 def center_crop_offset(size, crop, backend=None):
     """`int(round((size - crop) / 2))` with Python's ties-to-even `round`
     (torchvision's `center_crop`), for ints or integer tensors."""
@@ -185,12 +192,32 @@ def stack_images(images):
 def preprocess_image_list(preprocessor, images):
     """A list of photos of any sizes through `preprocessor` (a KerasHub
     preprocessor or image converter), each photo on its own, as one
-    batch `(len(images), height, width, 3)` (a NumPy array)."""
+    batch `(len(images), height, width, 3)` (a NumPy array); a list of
+    NumPy arrays, one per photo, where the preprocessed sizes differ (a
+    converter with `keep_aspect_ratio`)."""
     outputs = preprocessor(list(images))
     outputs, _, _ = keras.utils.unpack_x_y_sample_weight(outputs)
     if isinstance(outputs, tuple) and len(outputs) == 1:
         outputs = outputs[0]
-    return np.asarray(keras.ops.convert_to_numpy(stack_images(outputs)))
+    if isinstance(outputs, (list, tuple)):
+        arrays = [np.asarray(keras.ops.convert_to_numpy(x)) for x in outputs]
+        return arrays if len({a.shape for a in arrays}) > 1 else np.stack(arrays)
+    return np.asarray(keras.ops.convert_to_numpy(outputs))
+
+
+def run_by_size(run, images):
+    """`run` (a batch in, an array out) on images of several sizes: one
+    batch per size, the outputs stacked back in the images' order."""
+    groups = {}
+    for index, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(index)
+    outputs = None
+    for indices in groups.values():
+        result = np.asarray(run(np.stack([images[i] for i in indices])))
+        if outputs is None:
+            outputs = np.empty((len(images), *result.shape[1:]), result.dtype)
+        outputs[indices] = result
+    return outputs
 
 
 def check_one_size(images, what):
@@ -242,6 +269,16 @@ class CaiTImageConverter(ImageConverter):
             `[0, 1]` pixels. Defaults to ImageNet's.
         antialias: bool. Whether to low-pass filter when downsampling, as
             PIL does. Defaults to `True`.
+        keep_aspect_ratio: bool. `False` (default): resize and center-crop
+            to `image_size`, as timm. `True`: the same resize (the shorter
+            side to `floor(min(image_size) / crop_pct)`), each side then
+            rounded to a multiple of `size_multiple`, and no crop: the
+            output size follows each image's aspect ratio. For a model of
+            any image size (`image_shape=(None, None, 3)`).
+        size_multiple: int. With `keep_aspect_ratio`, the multiple each
+            side is rounded to: the model's patch size, so that no pixel is
+            dropped and images of similar shapes share a size. Defaults to
+            1.
         data_format: `"channels_last"`, `"channels_first"` or `None` for
             `keras.config.image_data_format()`: the layout of the inputs
             and outputs.
@@ -268,9 +305,21 @@ class CaiTImageConverter(ImageConverter):
         std=IMAGENET_STD,
         antialias=True,
         data_format=None,
+        keep_aspect_ratio=False,
+        size_multiple=1,
         **kwargs,
     ):
         data_format = standardize_data_format(data_format)
+        if not isinstance(keep_aspect_ratio, bool):
+            raise CaiTConfigError(
+                "CaiTImageConverter: `keep_aspect_ratio` must be a bool. "
+                f"Received: {keep_aspect_ratio!r}"
+            )
+        if not _is_int(size_multiple) or size_multiple < 1:
+            raise CaiTConfigError(
+                "CaiTImageConverter: `size_multiple` must be a positive int "
+                f"(the model's patch size). Received: {size_multiple!r}"
+            )
         image_size = _standardize_image_size(image_size)
         if isinstance(crop_pct, bool) or not isinstance(
             crop_pct, (int, float, np.floating, np.integer)
@@ -301,6 +350,8 @@ class CaiTImageConverter(ImageConverter):
         # resizes itself); built, so that `Model.quantize` can walk it.
         self.resizing.build((None, None, None, 3))
         self.crop_pct = crop_pct
+        self.keep_aspect_ratio = keep_aspect_ratio
+        self.size_multiple = int(size_multiple)
         self.mean = mean
         self.std = std
 
@@ -388,6 +439,11 @@ class CaiTImageConverter(ImageConverter):
         new_height, new_width = resized_shape(
             height, width, self.image_size, self.crop_pct, ops
         )
+        if self.keep_aspect_ratio:  # each side a multiple, no crop
+            new_height, new_width = (
+                round_to_multiple(v, self.size_multiple, ops)
+                for v in (new_height, new_width)
+            )
         static = all(
             isinstance(v, (int, np.integer))
             for v in (height, width, new_height, new_width)
@@ -400,6 +456,11 @@ class CaiTImageConverter(ImageConverter):
                 antialias=self.antialias,
                 data_format="channels_last",
             )
+        if not self.keep_aspect_ratio:
+            images = self._center_crop(images, new_height, new_width, static, ops)
+        return self._normalize(images, ops, channels_first, unbatched)
+
+    def _center_crop(self, images, new_height, new_width, static, ops):
         crop_height, crop_width = self.image_size
         top = center_crop_offset(new_height, crop_height)
         left = center_crop_offset(new_width, crop_width)
@@ -410,7 +471,9 @@ class CaiTImageConverter(ImageConverter):
             images = ops.numpy.reshape(
                 images, (-1, crop_height, crop_width, 3)
             )
+        return images
 
+    def _normalize(self, images, ops, channels_first, unbatched):
         images = ops.numpy.clip(images, 0.0, 255.0)
         mean = ops.convert_to_tensor(np.array(self.mean, "float32"))
         std = ops.convert_to_tensor(np.array(self.std, "float32"))
@@ -424,6 +487,10 @@ class CaiTImageConverter(ImageConverter):
 
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
+        if self.keep_aspect_ratio:
+            if self.data_format == "channels_first":
+                return input_shape[:-3] + (3, None, None)
+            return input_shape[:-3] + (None, None, 3)
         if self.data_format == "channels_first":
             return input_shape[:-3] + (3,) + tuple(self.image_size)
         return input_shape[:-3] + tuple(self.image_size) + (3,)
@@ -444,6 +511,8 @@ class CaiTImageConverter(ImageConverter):
             {
                 "image_size": tuple(self.image_size),
                 "crop_pct": self.crop_pct,
+                "keep_aspect_ratio": self.keep_aspect_ratio,
+                "size_multiple": self.size_multiple,
                 "interpolation": self.interpolation,
                 "mean": tuple(self.mean),
                 "std": tuple(self.std),
