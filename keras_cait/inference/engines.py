@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 
+import huggingface_hub
 import keras
 import numpy as np
 
@@ -158,8 +159,6 @@ def _preset_files(preset):
         return files
     if handle.kind != "name":
         return None
-    import huggingface_hub
-
     source = handles.parse_hf_handle(registry.get_preset(handle.name)["weights"]["source"])
     path = huggingface_hub.try_to_load_from_cache(
         source.repo_id, "model.safetensors", revision=source.revision

@@ -77,7 +77,7 @@ def eager_torch(x, layer):
     computes in float32 (no autocast: `call()` computes what `__call__` would)."""
     if keras.backend.backend() != "torch" or layer.dtype_policy.name != "float32":
         return False
-    import torch  # the active backend: Keras has imported it
+    import torch  # optional: the active backend only (Keras has imported it)
 
     return isinstance(x, torch.Tensor) and not torch.compiler.is_compiling()
 
@@ -88,7 +88,7 @@ def _plain(dense):  # not quantized (policy "int8_from_float32"...), no LoRA
 
 def _dense(dense, x):
     """`dense(x)`; if `_plain(dense)`, one `torch.nn.functional.linear`."""
-    import torch
+    import torch  # optional: the active backend only (Keras has imported it)
 
     if not _plain(dense):
         return dense(x)
@@ -99,7 +99,7 @@ def _dense(dense, x):
 def _mix_heads(dense, attn):
     """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`; if
     `_plain(dense)`, one `(heads, heads)` product per image, bias included."""
-    import torch
+    import torch  # optional: the active backend only (Keras has imported it)
 
     if not _plain(dense):
         return dense(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -127,7 +127,7 @@ def talking_heads_attention(layer, x, return_attention, training):
         x = ops.reshape(ops.swapaxes(x, 1, 2), (-1, tokens, layer.hidden_dim))
         x = layer.projection_dropout_layer(layer.proj(x), training=training)
         return (x, attn) if return_attention else x
-    import torch
+    import torch  # optional: the active backend only (Keras has imported it)
 
     qkv = _dense(layer.qkv, x).reshape(batch, tokens, 3, layer.num_heads, -1)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
@@ -143,7 +143,7 @@ def talking_heads_attention(layer, x, return_attention, training):
 
 
 def _mlp(mlp, x, training):
-    import torch
+    import torch  # optional: the active backend only (Keras has imported it)
 
     x = torch.nn.functional.gelu(_dense(mlp.fc1, x))
     x = _dense(mlp.fc2, mlp.dropout.call(x, training=training))
