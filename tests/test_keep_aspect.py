@@ -99,11 +99,12 @@ def test_predict_on_a_list_runs_each_size_and_keeps_the_order(dynamic):
 def test_collection_runs_one_size_per_batch_in_input_order(
     dynamic, photos, monkeypatch
 ):
-    shapes = []
+    shapes, paddings = [], []
     outputs = BatchPredictor.outputs
 
     def recorded(self, images, batch_size=None):
         shapes.append(np.shape(images))
+        paddings.append(batch_size)
         return outputs(self, images, batch_size)
 
     monkeypatch.setattr(BatchPredictor, "outputs", recorded)
@@ -117,6 +118,8 @@ def test_collection_runs_one_size_per_batch_in_input_order(
     assert all(len(shape) == 4 and shape[0] <= 4 for shape in shapes)
     assert sum(shape[0] for shape in shapes) == len(photos)
     assert len(shapes) < len(photos)
+    # A short batch is padded to the next power of two, not to the batch size.
+    assert paddings == [{1: 1, 2: 2, 3: 4, 4: 4}[shape[0]] for shape in shapes]
     converter = keras_cait.CaiTImageConverter.from_config(dict(
         dynamic.preprocessor.image_converter.get_config(),
         keep_aspect_ratio=True, size_multiple=8,

@@ -53,7 +53,6 @@ def summarize(rounds, reference, flops, peak_gflops):
     over rounds; `ratio`: of the img/s ratios to `reference` within each round."""
     def speed(result, batch):
         return result.get("batches", {}).get(batch, {}).get("images_per_s")
-
     def _median(values):
         return statistics.median([v for v in values if v is not None] or [None])
 
@@ -78,17 +77,16 @@ def summarize(rounds, reference, flops, peak_gflops):
 
 def markdown_table(table, reference):
     """The rows of `summarize` as a markdown table."""
-    def cell(value, digits):
-        return "–" if value is None else f"{value:,.{digits}f}"
+    cell = lambda value, digits: "–" if value is None else f"{value:,.{digits}f}"  # noqa: E731
     lines = [f"| row | batch | img/s | × {reference} | % of peak | first call (s) "
              f"| peak RSS (MiB) | max \\|logit − {reference}\\| |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in table:
-        difference = "–" if r["logit_difference"] is None else f"{r['logit_difference']:.1e}"
         lines.append(
             f"| {r['row']} | {r['batch']} | {cell(r['images_per_s'], 1)} "
             f"| {cell(r['ratio'], 2)} | {cell(r['percent_of_peak'], 1)} "
-            f"| {cell(r['first_call_s'], 2)} | {cell(r['peak_rss_mb'], 0)} | {difference} |")
+            f"| {cell(r['first_call_s'], 2)} | {cell(r['peak_rss_mb'], 0)} "
+            f"| {'–' if r['logit_difference'] is None else format(r['logit_difference'], '.1e')} |")
     return "\n".join(lines)
 
 
@@ -156,8 +154,9 @@ def worker_prepare(spec):
     if spec["make_images"]:
         os.makedirs(spec["images"], exist_ok=True)
         rng = np.random.default_rng(0)
+        shapes = [(480, 640), (640, 480), (427, 640), (360, 640), (512, 512)]  # camera aspect ratios
         for index in range(spec["folder_images"]):  # mixed sizes, smooth + noise
-            ramp = np.add.outer(*(np.linspace(0, 1, int(v)) for v in rng.integers(64, 641, 2)))[..., None]
+            ramp = np.add.outer(*(np.linspace(0, 1, v * (1 + index % 2) // 2) for v in shapes[index % 5]))[..., None]
             pixels = ramp * rng.uniform(0, 127, 3) + rng.normal(0, 20, ramp.shape[:2] + (3,))
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
                 os.path.join(spec["images"], f"image_{index:04d}.jpg"), quality=90)
@@ -178,10 +177,13 @@ def worker_folder(spec):
     options = dict(batch_size=32, progress=False, engine=spec["engine"], cache_dir=spec["cache"],
                    precision={"bf16": "bfloat16"}.get(spec["precision"], "float32"),
                    keep_aspect_ratio=spec.get("keep_aspect", False))
+    # Keras: loaded once, its compiled functions reused; engines load from the cache.
+    model = keras_cait.CaiTImageClassifier.from_preset(spec["preset"], **(
+        {"image_shape": (None, None, 3)} if options["keep_aspect_ratio"] else {})) if spec["engine"] == "keras" else spec["preset"]
     with tempfile.TemporaryDirectory() as folder:
         def write(inputs):
             start = time.perf_counter()
-            keras_cait.write_predictions(inputs, os.path.join(folder, f"{start}.jsonl"), spec["preset"], **options)
+            keras_cait.write_predictions(inputs, os.path.join(folder, f"{start}.jsonl"), model, **options)
             return time.perf_counter() - start
         first, pairs = write(paths), [(write(paths), write(paths * 3)) for _ in range(spec["repeats"]["32"])]
     extra = statistics.median(thrice - once for once, thrice in pairs)  # fixed costs cancel out
@@ -261,8 +263,8 @@ def run_worker(kind, spec, backend, timeout=TIMEOUT_S):
         spec_path, out = os.path.join(directory, "spec.json"), os.path.join(directory, "out.json")
         pathlib.Path(spec_path).write_text(json.dumps(spec))
         try:
-            process = subprocess.run([sys.executable, __file__, "--worker", kind, spec_path, out], env=env, capture_output=True, text=True,
-                                     timeout=timeout, cwd=REPO)
+            process = subprocess.run([sys.executable, __file__, "--worker", kind, spec_path, out],
+                                     env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
         except subprocess.TimeoutExpired:
             return {"error": f"{kind} worker timed out after {timeout} s"}
         if process.returncode or not os.path.exists(out):
@@ -306,12 +308,10 @@ def main(argv=None):
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        kind, spec_path, out = args.worker
-        result = globals()[f"worker_{kind}"](json.loads(pathlib.Path(spec_path).read_text()))
-        with open("/proc/self/status") as f:  # VmHWM: this process's peak, from its exec
-            status = dict(line.split(":", 1) for line in f)
-        result.update(peak_rss_mb=int(status["VmHWM"].split()[0]) / 1024, threads=int(status["Threads"]))
-        pathlib.Path(out).write_text(json.dumps(result))
+        result = globals()[f"worker_{args.worker[0]}"](json.loads(pathlib.Path(args.worker[1]).read_text()))
+        status = dict(x.split(":", 1) for x in pathlib.Path("/proc/self/status").read_text().splitlines())
+        result.update(peak_rss_mb=int(status["VmHWM"].split()[0]) / 1024, threads=int(status["Threads"]))  # VmHWM: peak
+        pathlib.Path(args.worker[2]).write_text(json.dumps(result))
         return 0
     return run(args)
 

@@ -188,8 +188,9 @@ class SizeGroupingPredictor(BatchPredictor):
 
     def outputs(self, images, batch_size=None):
         """`BatchPredictor.outputs` on a list of images of several sizes:
-        batches of one size (padded to the run's batch size), the outputs
-        in the images' order."""
+        batches of one size, the outputs in the images' order. A short
+        batch is padded to the next power of two (at most the run's batch
+        size): few shapes to compile, at most twice the work."""
         size = self.batch_size or len(images)
         groups = {}
         for index, image in enumerate(images):
@@ -199,7 +200,8 @@ class SizeGroupingPredictor(BatchPredictor):
             for first in range(0, len(indices), size):
                 chunk = indices[first : first + size]
                 batch = np.stack([images[i] for i in chunk])
-                for name, value in super().outputs(batch, size).items():
+                padded = min(size, 1 << (len(chunk) - 1).bit_length())
+                for name, value in super().outputs(batch, padded).items():
                     if name not in outputs:
                         outputs[name] = np.empty((len(images), *value.shape[1:]), value.dtype)
                     outputs[name][chunk] = value
