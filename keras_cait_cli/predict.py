@@ -91,8 +91,8 @@ def predict(args):
     if args.engine != "keras":
         print(
             f"keras-cait: {args.engine} artefacts are kept in "
-            f"{artifact_cache.default_cache_dir(args.cache_dir)} (a new one is "
-            "exported first, once: a minute or more)",
+            f"{artifact_cache.default_cache_dir(args.cache_dir)} (a model's first "
+            "run exports one: a minute or more; later runs reuse it)",
             file=sys.stderr,
         )
     if args.resume and not args.ray and _complete(

@@ -21,7 +21,7 @@ run_backend() {
   local backend=$1
   local start
   start=$(date +%s)
-  KERAS_BACKEND=$backend "$PYTHON" -m pytest -p no:cacheprovider \
+  KERAS_BACKEND=$backend "$PYTHON" -m pytest -p no:cacheprovider --durations=15 \
     --junitxml="$reports/$backend.xml" "${@:2}" >"$reports/$backend.log" 2>&1
   local rc=$?
   # pytest's 5: no test collected (a selection with no `openvino` test).
