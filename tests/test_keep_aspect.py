@@ -96,6 +96,27 @@ def test_predict_on_a_list_runs_each_size_and_keeps_the_order(dynamic):
         classifier.get_attention_maps(photos)
 
 
+def test_a_list_of_photos_is_preprocessed_one_array_at_a_time(dynamic, monkeypatch):
+    # A Python list reaching KerasHub's preprocessing goes through
+    # `tf.ragged.constant`, pixel by pixel: seconds per megapixel.
+    converter = _converter()
+    classifier = keras_cait.CaiTImageClassifier(
+        dynamic.backbone, num_classes=10,
+        preprocessor=keras_cait.CaiTImageClassifierPreprocessor(converter),
+    )
+    seen = []
+    call = type(converter).__call__
+
+    def recorded(self, inputs, *args, **kwargs):
+        seen.append(type(inputs))
+        return call(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(type(converter), "__call__", recorded)
+    classifier.predict([_photo(60, 90, 1), _photo(40, 40, 2)], verbose=0)
+    # One array per photo: never one ragged batch of the list.
+    assert len(seen) == 2 and not any("Ragged" in kind.__name__ for kind in seen), seen
+
+
 def test_collection_runs_one_size_per_batch_in_input_order(
     dynamic, photos, monkeypatch
 ):
@@ -161,6 +182,12 @@ def test_cli_keep_aspect(photos, tmp_path, capfd):
 
 def test_a_fixed_size_model_is_refused(photos):
     fixed = keras_cait.CaiTImageClassifier.from_preset(TINY)
+    keeping = keras_cait.CaiTImageClassifier(
+        fixed.backbone, num_classes=fixed.num_classes,
+        preprocessor=keras_cait.CaiTImageClassifierPreprocessor(_converter()),
+    )
+    with pytest.raises(CaiTConfigError, match=r"keeps the aspect ratio.*\(None, None, 3\)"):
+        keeping.predict([_photo(60, 90), _photo(40, 40)], verbose=0)
     with pytest.raises(CaiTConfigError, match=r"image_shape=\(None, None, 3\)"):
         SizeGroupingPredictor(fixed)
     with pytest.raises(CaiTConfigError, match="engine='keras'"):

@@ -226,8 +226,7 @@ def worker_engine(spec):
 
         compiled = openvino.Core().compile_model(
             spec["artefact"], "CPU", {"INFERENCE_PRECISION_HINT": spec["precision"]})
-        result = {"version": openvino.__version__, "precision": str(
-            compiled.get_property("INFERENCE_PRECISION_HINT"))}
+        result = {"version": openvino.__version__, "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
         call = lambda images: compiled(images)[compiled.output(0)]  # noqa: E731
     return {**result, "load_s": time.perf_counter() - start, **_measure(call, spec)}
 
@@ -319,9 +318,10 @@ def main(argv=None):
 def _check(args):
     """Names a bad argument; `(label, backbone config, num_classes)`."""
     args.backends = [b for b in args.backends.split(",") if b]
-    unknown = [x for x in args.backends if x not in BACKENDS] + list(set(args.rows.split(",")) - set(ROWS))
-    if unknown or not args.backends:
-        raise SystemExit(f"--backends/--rows: unknown {unknown}; expected among {BACKENDS}, {ROWS}.")
+    unknown = [x for x in args.backends + [args.export_backend] if x not in BACKENDS] + list(set(args.rows.split(",")) - set(ROWS))
+    if unknown or not args.backends or args.rounds < 1:
+        raise SystemExit(f"--backends/--rows/--export-backend/--rounds: unknown {unknown or 'or none'}, or rounds < 1; "
+                         f"expected among {BACKENDS}, {ROWS}.")
     for option, path in (("--images", args.images), ("--timm-import", args.timm_import)):
         if path and not os.path.isdir(path):
             raise SystemExit(f"{option}: {path} is not a folder.")

@@ -205,7 +205,17 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
                 )
 
             # Sizes that differ (`keep_aspect_ratio`): one batch per size.
-            return run_by_size(run, images) if isinstance(images, list) else run(images)
+            if not isinstance(images, list):
+                return run(images)
+            if None not in tuple(self.backbone.image_shape[:2]):
+                raise CaiTConfigError(
+                    f"{self.name}.predict: the photos preprocess to different "
+                    f"sizes {sorted({x.shape for x in images})} (the converter "
+                    "keeps the aspect ratio), but the model takes "
+                    f"{tuple(self.backbone.image_shape)}: load it with "
+                    "`image_shape=(None, None, 3)`."
+                )
+            return run_by_size(run, images)
         return super().predict(
             x, batch_size=batch_size, verbose=verbose, steps=steps,
             callbacks=callbacks, **kwargs,

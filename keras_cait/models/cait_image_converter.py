@@ -195,14 +195,14 @@ def preprocess_image_list(preprocessor, images):
     batch `(len(images), height, width, 3)` (a NumPy array); a list of
     NumPy arrays, one per photo, where the preprocessed sizes differ (a
     converter with `keep_aspect_ratio`)."""
-    outputs = preprocessor(list(images))
-    outputs, _, _ = keras.utils.unpack_x_y_sample_weight(outputs)
-    if isinstance(outputs, tuple) and len(outputs) == 1:
-        outputs = outputs[0]
-    if isinstance(outputs, (list, tuple)):
-        arrays = [np.asarray(keras.ops.convert_to_numpy(x)) for x in outputs]
-        return arrays if len({a.shape for a in arrays}) > 1 else np.stack(arrays)
-    return np.asarray(keras.ops.convert_to_numpy(outputs))
+    arrays = []
+    for image in images:  # a batch of one each: KerasHub reads a list through tf.ragged
+        outputs = preprocessor(keras.ops.convert_to_numpy(image)[None])
+        outputs, _, _ = keras.utils.unpack_x_y_sample_weight(outputs)
+        if isinstance(outputs, tuple) and len(outputs) == 1:
+            outputs = outputs[0]
+        arrays.append(np.asarray(keras.ops.convert_to_numpy(outputs))[0])
+    return arrays if len({a.shape for a in arrays}) > 1 else np.stack(arrays)
 
 
 def run_by_size(run, images):
