@@ -105,10 +105,10 @@ def test_summary_takes_ratios_within_each_round_and_medians_over_rounds():
 
 def test_bad_arguments_are_named(tmp_path):
     for arguments, expected in (
-        (["--backends", "cntk"], "--backends/--rows/--export-backend/--rounds: unknown ['cntk']"),
+        (["--backends", "cntk"], "--backends/--rows/--export-backend: unknown ['cntk']"),
         (["--export-backend", "cntk"], "unknown ['cntk']"),
-        (["--backends", ""], "unknown or none"),
-        (["--rounds", "0"], "rounds < 1"),
+        (["--backends", ""], "--backends: none given"),
+        (["--rounds", "0"], "--rounds: expected at least 1, got 0"),
         (["--rows", "keras,pooling"], "unknown ['pooling']"),
         (["--images", str(tmp_path / "missing")], "--images:"),
         (["--json-out", str(tmp_path / "no" / "b.json")], "--json-out: its folder"),

@@ -176,7 +176,6 @@ def worker_folder(spec):
     options = dict(batch_size=32, progress=False, engine=spec["engine"], cache_dir=spec["cache"],
                    precision={"bf16": "bfloat16"}.get(spec["precision"], "float32"),
                    keep_aspect_ratio=spec.get("keep_aspect", False))
-    # Keras: loaded once, its compiled functions reused; engines load from the cache.
     model = keras_cait.CaiTImageClassifier.from_preset(spec["preset"], **(
         {"image_shape": (None, None, 3)} if options["keep_aspect_ratio"] else {})) if spec["engine"] == "keras" else spec["preset"]
     with tempfile.TemporaryDirectory() as folder:
@@ -319,9 +318,10 @@ def _check(args):
     """Names a bad argument; `(label, backbone config, num_classes)`."""
     args.backends = [b for b in args.backends.split(",") if b]
     unknown = [x for x in args.backends + [args.export_backend] if x not in BACKENDS] + list(set(args.rows.split(",")) - set(ROWS))
-    if unknown or not args.backends or args.rounds < 1:
-        raise SystemExit(f"--backends/--rows/--export-backend/--rounds: unknown {unknown or 'or none'}, or rounds < 1; "
-                         f"expected among {BACKENDS}, {ROWS}.")
+    for bad, message in ((unknown, f"--backends/--rows/--export-backend: unknown {unknown}; expected among {BACKENDS}, {ROWS}."),
+                         (not args.backends, "--backends: none given."), (args.rounds < 1, f"--rounds: expected at least 1, got {args.rounds}.")):
+        if bad:
+            raise SystemExit(message)
     for option, path in (("--images", args.images), ("--timm-import", args.timm_import)):
         if path and not os.path.isdir(path):
             raise SystemExit(f"{option}: {path} is not a folder.")
