@@ -8,15 +8,6 @@ the package registers its classes with Keras and its presets with KerasHub.
 from keras_cait.convert.resample import resample_position_embedding
 from keras_cait.convert.timm_export import export_to_timm
 from keras_cait.convert.timm_weights import load_timm_state_dict
-from keras_cait.errors import (
-    CaiTConfigError,
-    CaiTError,
-    CaiTFileNotFoundError,
-    CaiTImageError,
-    CaiTIntegrityError,
-    CaiTUnsafeModelError,
-    CaiTWeightsError,
-)
 from keras_cait.explain.saliency import (
     class_attention_grid,
     head_maps,
@@ -27,9 +18,6 @@ from keras_cait.inference.batch_prediction import predict_files, write_predictio
 from keras_cait.inference.evaluation import evaluate_folder
 from keras_cait.inference.predictions import decode_predictions
 from keras_cait.inference.ray_prediction import write_predictions_on_ray
-from keras_cait.io.images import load_image
-from keras_cait.io.records import read_records
-from keras_cait.io.safetensors_io import read_safetensors
 from keras_cait.layers import (
     CaiTMLP,
     ClassAttention,
@@ -42,7 +30,6 @@ from keras_cait.layers import (
     TalkingHeadsAttention,
 )
 from keras_cait.layers._fast_paths import set_fast_paths, use_fast_paths
-from keras_cait.loading.registry import get_preset, list_presets
 from keras_cait.loading.safe_loading import load_model
 from keras_cait.models import CaiTBackbone
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
@@ -57,7 +44,20 @@ from keras_cait.training.finetuning import (
     load_for_finetuning,
 )
 from keras_cait.training.resolution import with_image_shape
-from keras_cait.version import __version__
+from keras_cait_base.errors import (
+    CaiTConfigError,
+    CaiTError,
+    CaiTFileNotFoundError,
+    CaiTImageError,
+    CaiTIntegrityError,
+    CaiTUnsafeModelError,
+    CaiTWeightsError,
+)
+from keras_cait_base.io.images import load_image
+from keras_cait_base.io.records import read_records
+from keras_cait_base.io.safetensors_io import read_safetensors
+from keras_cait_base.registry import get_preset, list_presets
+from keras_cait_base.version import __version__
 
 __all__ = [
     "set_fast_paths",

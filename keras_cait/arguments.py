@@ -10,7 +10,7 @@ mean 'num_classes'?".
 import difflib
 import inspect
 
-from keras_cait.errors import CaiTConfigError
+from keras_cait_base.errors import CaiTConfigError
 
 # Keyword arguments every Keras layer and model takes through `**kwargs`.
 KERAS_BASE_ARGUMENTS = ("name", "dtype", "trainable", "autocast")

@@ -8,10 +8,10 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_cait.errors import CaiTConfigError, CaiTWeightsError
-from keras_cait.io.files import read_json, staged_path
 from keras_cait.loading import loader as loader_lib
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+from keras_cait_base.errors import CaiTConfigError, CaiTWeightsError
+from keras_cait_base.io.files import read_json, staged_path
 
 
 def _images(model, count, seed=0):

@@ -6,10 +6,10 @@ import json
 import os
 
 from keras_cait.convert.timm_export import CONFIG_FILE, export_to_timm
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
-from keras_cait.io.files import read_json
 from keras_cait.loading.safe_loading import load_model
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+from keras_cait_base.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait_base.io.files import read_json
 from keras_cait_cli.convert import check_upload_uri, upload_directory
 
 

@@ -554,14 +554,23 @@ def _run_predict(args, argv):
     if problem:
         args.parser.error(problem)  # exit status 2, one line
     _check_predict_paths(args)
-    status = _start_backend(args, argv)
-    if status is not None:
-        return status
-    with stdout_to_stderr():
-        with quiet_import(args.verbose):
-            from keras_cait_cli import predict  # start-up: imports Keras and a backend
+    from keras_cait_cli import cached_predict  # start-up: Pillow, NumPy, no Keras
 
-        records, summary = predict.predict(args)
+    result = None
+    if cached_predict.runs_without_keras(args):
+        with stdout_to_stderr():
+            result = cached_predict.predict_from_cache(args)
+    if result is None:
+        status = _start_backend(args, argv)
+        if status is not None:
+            return status
+        with stdout_to_stderr():
+            with quiet_import(args.verbose):
+                # start-up: imports Keras and a backend
+                from keras_cait_cli import predict
+
+            result = predict.predict(args)
+    records, summary = result
     if summary is not None and summary.get("complete"):
         print(f"keras-cait: {summary['output']} is complete (every input has a "
               "record); nothing to do", file=sys.stderr, flush=True)
@@ -574,7 +583,7 @@ def _run_predict(args, argv):
     if args.json:
         print(json.dumps(records, indent=2), flush=True)
     else:
-        print(predict.format_table(records), flush=True)
+        print(cached_predict.format_table(records), flush=True)
     return _failed_inputs(sum("error" in r for r in records), len(records))
 
 
@@ -720,7 +729,7 @@ def main(argv=None):
     except Exception as error:  # one line, never a traceback
         if os.environ.get("KERAS_CAIT_DEBUG"):
             raise
-        errors = sys.modules.get("keras_cait.errors")  # loaded if it can raise
+        errors = sys.modules.get("keras_cait_base.errors")  # loaded if it can raise
         if errors is not None and isinstance(error, errors.CaiTError):
             return fail(error)
         if isinstance(error, OSError):

@@ -12,7 +12,6 @@ import sys
 import keras
 
 from keras_cait import load_image
-from keras_cait.inference import artifact_cache
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
@@ -20,10 +19,12 @@ from keras_cait.inference.batch_prediction import (
     predict_batches,
     write_records,
 )
-from keras_cait.inference.engines import check_engine
 from keras_cait.inference.ray_prediction import write_predictions_on_ray
-from keras_cait.io.image_paths import expand_image_paths
-from keras_cait.io.records import RecordWriter, check_output
+from keras_cait_base import artifact_cache
+from keras_cait_base.engines import check_engine
+from keras_cait_base.io.image_paths import expand_image_paths
+from keras_cait_base.io.records import check_output
+from keras_cait_cli.cached_predict import complete
 
 
 def _unique_stems(paths):
@@ -79,7 +80,7 @@ def predict(args):
     Returns:
         `(records, summary)`: without `--output`, the list of records and
         `None`; with it, `None` and the summary of
-        `keras_cait.inference.batch_prediction.write_records` (the records are in the
+        `keras_cait_base.collection_runs.write_records` (the records are in the
         file). Records with an `error` are inputs that failed.
     """
     print(
@@ -95,7 +96,7 @@ def predict(args):
             "run exports one: a minute or more; later runs reuse it)",
             file=sys.stderr,
         )
-    if args.resume and not args.ray and _complete(
+    if args.resume and not args.ray and complete(
         args.output, args.inputs, args.top, args.embeddings
     ):
         return None, {"output": args.output, "images": 0, "kept": 0,
@@ -131,33 +132,3 @@ def predict(args):
         return None, summary
     batches = predict_batches(predictor, paths, args.batch_size, progress=progress)
     return [record for _, _, records in batches for record in records], None
-
-
-def _complete(output, inputs, top, embeddings):
-    """Whether `output` already holds a complete record for every input
-    (then `--resume` has nothing to do and the model is not loaded).
-    Records written with another `--top` or `--embeddings` are refused, as
-    a resumed run refuses them."""
-    if not os.path.exists(output):
-        return False
-    paths = list(expand_image_paths(inputs))
-    writer = RecordWriter(output, top, embeddings, resume=True, expected_images=paths)
-    return writer.kept == len(paths)
-
-
-def format_table(records):
-    """The records as the text table `keras-cait predict` prints."""
-    lines = []
-    for record in records:
-        lines.append(record["image"])
-        if "error" in record:
-            lines.append(f"  error: {record['error']}")
-            continue
-        for rank, prediction in enumerate(record["predictions"], 1):
-            label = prediction["label"]
-            name = label if label is not None else f"class {prediction['class_id']}"
-            lines.append(
-                f"  {rank}. {name:<30} {prediction['probability'] * 100:6.2f}%"
-                f"  (class {prediction['class_id']})"
-            )
-    return "\n".join(lines)

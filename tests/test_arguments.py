@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.errors import CaiTConfigError, CaiTImageError
 from keras_cait.models.cait_image_converter import stack_images
+from keras_cait_base.errors import CaiTConfigError, CaiTImageError
 from tests.hf_cache import TIMM
 
 

@@ -207,7 +207,7 @@ def test_resume_after_a_half_written_line_keeps_the_complete_records(
 
 
 def test_any_reading_failure_is_a_reason_naming_the_file(monkeypatch, tmp_path):
-    from keras_cait.inference import image_pipeline
+    from keras_cait_base import collection_runs as image_pipeline
 
     def exploding(path):
         raise MemoryError("no room\nat all")
@@ -245,7 +245,7 @@ def test_records_follow_the_model_as_keras_runs_it(tiny_classifier, tiny_preset,
 def test_the_records_loop_checks_order_and_count(tmp_path):
     """The loop shared by the single-process and Ray runs refuses records
     of the wrong image or too few records, and resumes after kept ones."""
-    from keras_cait.inference.batch_prediction import write_record_stream
+    from keras_cait_base.collection_runs import write_record_stream
 
     paths = ["a.png", "b.png", "c.png"]
     record = lambda path: {"image": path, "error": "unreadable"}  # noqa: E731

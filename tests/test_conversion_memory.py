@@ -58,8 +58,8 @@ def _write_checkpoint(folder, backbone_kwargs, num_classes):
     from safetensors.numpy import save_file
 
     from keras_cait.convert.timm_config import timm_arguments_from_keras
-    from keras_cait.schema import checkpoint_layout
     from keras_cait.testing import seeded_state_dict
+    from keras_cait_base.schema import checkpoint_layout
 
     layout = checkpoint_layout(backbone_kwargs, num_classes)
     state_dict = seeded_state_dict({t.key: t.shape for t in layout}, seed=0)

@@ -10,7 +10,7 @@ import keras
 import pytest
 
 import keras_cait
-from keras_cait.errors import CaiTConfigError
+from keras_cait_base.errors import CaiTConfigError
 from tests.support import run_python
 
 pytestmark = pytest.mark.skipif(

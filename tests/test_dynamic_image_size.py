@@ -17,8 +17,8 @@ from safetensors.numpy import load_file
 
 import keras_cait
 from keras_cait.convert.resample import resample_position_embedding
-from keras_cait.errors import CaiTConfigError
 from keras_cait.layers.position_embedding_resample import resample_to_grid
+from keras_cait_base.errors import CaiTConfigError
 from tests.support import REPO, TIMM, TINY_BACKBONE, to_numpy
 
 TINY_TIMM = TIMM / "tiny_token_head"  # 32x32 images, patch 8: a 4x4 grid

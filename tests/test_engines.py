@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.errors import CaiTConfigError
-from keras_cait.inference import artifact_cache, batch_prediction, engines
+from keras_cait.inference import artifact_export, batch_prediction
 from keras_cait.inference.batch_prediction import BatchPredictor, make_predictor
 from keras_cait.inference.image_pipeline import image_batches
-from keras_cait.inference.pillow_pipeline import transform
+from keras_cait_base import artifact_cache, engines
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.pillow_pipeline import transform
 from keras_cait_cli import main as cli
 from tests.support import IMAGES, REPO, TIMM, make_photos
 
@@ -49,13 +50,13 @@ def photos(tmp_path_factory):
 def count_exports(monkeypatch):
     """Counts the artefacts exported in this process."""
     calls = []
-    export_graph = engines._export_graph
+    export_graph = artifact_export._export_graph
 
     def counted(classifier):
         calls.append(classifier.name)
         return export_graph(classifier)
 
-    monkeypatch.setattr(engines, "_export_graph", counted)
+    monkeypatch.setattr(artifact_export, "_export_graph", counted)
     return calls
 
 
@@ -141,6 +142,36 @@ def test_cli_and_evaluation_run_the_engine(tiny_preset, photos, cache, tmp_path,
         assert summary[key] == keras_summary[key]
 
 
+def test_a_cached_cli_run_imports_no_keras(tiny_preset, photos, tmp_path, capfd, backend):
+    """Once the artefact is cached, `keras-cait predict --engine` finds it
+    from the preset's files and runs without Keras, KerasHub or a backend:
+    the same records, and `--resume` too."""
+    if backend != "jax":
+        pytest.skip("one backend suffices: the cached run imports none")
+    cache = str(tmp_path / "cache")
+    arguments = ["predict", *photos, "--preset", tiny_preset, "--top", "3",
+                 "--batch-size", "4", "--engine", "onnxruntime", "--cache-dir", cache,
+                 "--embeddings", "--output"]
+    first = tmp_path / "first.jsonl"
+    assert cli.main([*arguments, str(first)]) == cli.FAILED_INPUTS
+    capfd.readouterr()
+    second = tmp_path / "second.jsonl"
+    with open(second, "w") as f:  # an interrupted run: its first 5 records
+        f.writelines(open(first).readlines()[:5])
+    script = textwrap.dedent(f"""
+        import sys
+        from keras_cait_cli import main
+        status = main.main({[*arguments, str(second), "--resume"]!r})
+        heavy = ("keras", "keras_hub", "tensorflow", "jax", "torch", "keras_cait")
+        print(status, sorted(set(heavy) & set(sys.modules)))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    assert run.stdout.split("\n")[-2] == f"{cli.FAILED_INPUTS} []", run.stderr
+    assert "Keras is not loaded" in run.stderr
+    assert keras_cait.read_records(second) == keras_cait.read_records(first)
+
+
 def test_openvino_bfloat16(tiny_classifier, photos, cache):
     if not engines.bfloat16_supported():
         pytest.skip("this CPU has no bfloat16 in OpenVINO (no AVX-512 BF16 or AMX)")
@@ -172,20 +203,20 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_key_changes_with_versions_weights_and_shape(tiny_classifier, monkeypatch):
-    fields = engines.artifact_fields(tiny_classifier, "onnxruntime")
+    fields = artifact_export.artifact_fields(tiny_classifier, "onnxruntime")
     key = artifact_cache.artifact_key(fields)
     assert artifact_cache.artifact_key(
-        engines.artifact_fields(tiny_classifier, "onnxruntime")) == key  # stable
+        artifact_export.artifact_fields(tiny_classifier, "onnxruntime")) == key  # stable
     assert fields["export_backend"] == keras.config.backend()
     assert artifact_cache.artifact_key(
-        engines.artifact_fields(tiny_classifier, "openvino")) != key
-    monkeypatch.setattr(engines, "__version__", "9.9.9")
+        artifact_export.artifact_fields(tiny_classifier, "openvino")) != key
+    monkeypatch.setattr(artifact_export, "__version__", "9.9.9")
     assert artifact_cache.artifact_key(
-        engines.artifact_fields(tiny_classifier, "onnxruntime")) != key
+        artifact_export.artifact_fields(tiny_classifier, "onnxruntime")) != key
     monkeypatch.undo()
-    monkeypatch.setattr(engines, "_engine_version", lambda engine: "0.0.1")
+    monkeypatch.setattr(engines, "engine_version", lambda engine: "0.0.1")
     assert artifact_cache.artifact_key(
-        engines.artifact_fields(tiny_classifier, "onnxruntime")) != key
+        artifact_export.artifact_fields(tiny_classifier, "onnxruntime")) != key
     monkeypatch.undo()
     for name in ("weights", "image_shape", "config", "export_backend"):
         changed = dict(fields, **{name: "other"})
@@ -242,7 +273,7 @@ def test_a_corrupted_engine_artefact_is_exported_again(
     before = make_predictor(tiny_classifier, 3, engine="onnxruntime", cache_dir=cache)
     batch = next(before.image_batches(photos, 4))
     expected = before.outputs(batch.images)["predictions"]
-    folder = engines.make_artifact(tiny_classifier, "onnxruntime", cache)
+    folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
     model = os.path.join(folder, "model.onnx")
     os.truncate(model, os.path.getsize(model) // 2)
     with pytest.warns(UserWarning, match="model.onnx.*Exporting it again"):
@@ -294,12 +325,8 @@ def test_a_cached_preset_runs_without_loading_the_model(
 
 def test_two_processes_export_one_artefact(tmp_path):
     script = textwrap.dedent(f"""
-        import os, sys, time, types
-        # The cache module alone, without the package's __init__ (Keras).
-        package = types.ModuleType("keras_cait")
-        package.__path__ = [{str(REPO / "keras_cait")!r}]
-        sys.modules["keras_cait"] = package
-        from keras_cait.inference import artifact_cache
+        import os, time
+        from keras_cait_base import artifact_cache  # no Keras
         def export(folder):
             with open({str(tmp_path / "exports.log")!r}, "a") as log:
                 log.write(str(os.getpid()) + "\\n")
@@ -359,7 +386,7 @@ def test_ray_actors_run_one_artefact(
 def test_pillow_transform_matches_timm_reference(key, size, crop_pct):
     reference = np.load(TIMM / "preprocess.npz")
     converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
-    config = engines._converter_config(converter)
+    config = artifact_export._converter_config(converter)
     for name, file in (("astronaut", "astronaut.png"), ("camera", "camera.png"),
                        ("chelsea", "chelsea.png"), ("coffee", "coffee.png"),
                        ("rocket", "rocket.jpg")):
@@ -404,7 +431,7 @@ def test_cli_engine_options_are_checked(arguments, message, capfd):
 
 
 def test_manifest_is_json_with_sizes_and_digests(tiny_classifier, cache):
-    folder = engines.make_artifact(tiny_classifier, "onnxruntime", cache)
+    folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
     manifest = json.load(open(os.path.join(folder, artifact_cache.MANIFEST)))
     assert set(manifest["files"]) == {"model.onnx"}
     assert manifest["metadata"]["outputs"].keys() == {"predictions", "embedding"}
@@ -414,7 +441,7 @@ def test_manifest_is_json_with_sizes_and_digests(tiny_classifier, cache):
 def test_pillow_pixels_are_the_converters(photos):
     for size, crop_pct in ((32, 1.0), (224, 0.875)):
         converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
-        config = engines._converter_config(converter)
+        config = artifact_export._converter_config(converter)
         for path in photos[:4]:
             image = keras_cait.load_image(path)
             np.testing.assert_allclose(

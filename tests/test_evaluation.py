@@ -14,9 +14,9 @@ from matplotlib import colormaps
 from PIL import Image
 
 import keras_cait
-from keras_cait.errors import CaiTConfigError
 from keras_cait.explain.visualization import CONFUSION_COLORMAP
 from keras_cait.inference.evaluation import class_indices, read_label_map
+from keras_cait_base.errors import CaiTConfigError
 from keras_cait_cli import main as cli
 from tests.support import eager_predictions, make_photos
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.errors import CaiTConfigError
 from keras_cait.runtime.export import (
     FORMATS,
     KERAS_LIMITS,
     OPENVINO_F32,
     SUPPORTED_BACKENDS,
 )
+from keras_cait_base.errors import CaiTConfigError
 from tests.support import TIMM, expected
 
 BACKEND = keras.backend.backend()

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.errors import CaiTConfigError
 from keras_cait.training.finetuning import (
     LayerDecayAdamW,
     finetuning_optimizer,
@@ -17,6 +16,7 @@ from keras_cait.training.finetuning import (
     load_for_finetuning,
     uses_weight_decay,
 )
+from keras_cait_base.errors import CaiTConfigError
 from tests.support import TIMM, TINY_BACKBONE, reference_classifier, to_numpy
 
 TINY_TIMM = str(TIMM / "tiny_token_head")

@@ -22,16 +22,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
-from keras_cait.errors import (
+from keras_cait.loading import timm_repo
+from keras_cait.loading.safe_loading import check_model_config
+from keras_cait_base.errors import (
     CaiTConfigError,
     CaiTFileNotFoundError,
     CaiTIntegrityError,
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.io.safetensors_io import read_safetensors
-from keras_cait.loading import timm_repo
-from keras_cait.loading.safe_loading import check_model_config
+from keras_cait_base.io.safetensors_io import read_safetensors
 from tests.support import TIMM
 
 pytestmark = pytest.mark.skipif(

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.errors import CaiTWeightsError
 from keras_cait.models.shuffled_batches import shuffled_batches
 from keras_cait.training.finetuning import finetuning_optimizer, load_for_finetuning
+from keras_cait_base.errors import CaiTWeightsError
 from tests.support import TINY_BACKBONE, to_numpy
 
 JIT = False  # faster than compiling each tiny model

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.errors import CaiTConfigError
 from keras_cait.models.cait_backbone import block_indices
+from keras_cait_base.errors import CaiTConfigError
 from tests.support import TINY_BACKBONE, to_numpy
 
 SHAPE = dict(TINY_BACKBONE, image_shape=(32, 48, 3), num_layers=3)

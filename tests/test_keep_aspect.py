@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.errors import CaiTConfigError, CaiTImageError
 from keras_cait.inference import batch_prediction
 from keras_cait.inference.batch_prediction import BatchPredictor, SizeGroupingPredictor
+from keras_cait_base.errors import CaiTConfigError, CaiTImageError
 from keras_cait_cli import main as cli
 from tests.support import TIMM, make_photos, to_numpy
 

@@ -21,7 +21,10 @@ from huggingface_hub import constants as hf_constants
 from safetensors.numpy import load_file, save_file
 
 import keras_cait
-from keras_cait.errors import (
+from keras_cait.loading import loader, timm_repo
+from keras_cait.loading.safe_loading import load_model
+from keras_cait_base import registry
+from keras_cait_base.errors import (
     CaiTConfigError,
     CaiTError,
     CaiTFileNotFoundError,
@@ -29,8 +32,6 @@ from keras_cait.errors import (
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.loading import registry, timm_repo
-from keras_cait.loading.safe_loading import load_model
 from tests import hf_cache
 from tests.support import TIMM, TINY_BACKBONE, to_numpy
 
@@ -264,7 +265,7 @@ def test_malformed_input(tmp_path, timm_dir, setup, error, message):
     with pytest.raises(CaiTError) as info:
         action()
     assert isinstance(info.value, error), repr(info.value)
-    assert info.value.__class__.__module__ == "keras_cait.errors"
+    assert info.value.__class__.__module__ == "keras_cait_base.errors"
     assert re.search(message, str(info.value)), f"{message!r} not in {info.value}"
 
 
@@ -309,14 +310,14 @@ def named_tiny(offline_hub, monkeypatch):
         lambda name: preset if name == "cait_tiny_test" else registry_get(name),
     )
     monkeypatch.setattr(
-        registry, "model_arguments",
+        loader, "model_arguments",
         lambda name: tiny_arguments if name == "cait_tiny_test" else arguments_get(name),
     )
     return weights
 
 
 registry_get = registry.get_preset
-arguments_get = registry.model_arguments
+arguments_get = loader.model_arguments
 
 
 def test_sha256_in_preset_json_accepts_the_right_file(named_tiny):
@@ -438,7 +439,7 @@ def test_preset_weights_truncated(preset_dir):
 
 def test_non_finite_weights_load_when_the_caller_opts_in(timm_dir):
     save_tensors(timm_dir / "model.safetensors", _nan)
-    from keras_cait.io.safetensors_io import read_safetensors
+    from keras_cait_base.io.safetensors_io import read_safetensors
 
     state = read_safetensors(timm_dir / "model.safetensors", allow_non_finite=True)
     model = keras_cait.CaiTImageClassifier.from_preset(str(TINY), load_weights=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait import schema
+from keras_cait_base import schema
 from tests.support import TINY_BACKBONE, to_numpy
 
 IMAGES = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")

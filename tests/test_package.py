@@ -29,7 +29,8 @@ def _import_time_imports(node):
 
 
 def test_no_keras_cait_module_imports_a_backend_at_import_time():
-    paths = [*(REPO / "keras_cait").rglob("*.py"), *(REPO / "keras_cait_cli").rglob("*.py")]
+    paths = [path for package in ("keras_cait", "keras_cait_base", "keras_cait_cli")
+             for path in (REPO / package).rglob("*.py")]
     for path in paths:
         for name in _import_time_imports(ast.parse(path.read_text())):
             assert name.split(".")[0] not in BACKEND_MODULES, (path, name)
@@ -119,3 +120,20 @@ def test_console_script_and_module_run_the_command_line():
     assert "cait_xxs24_224" in result.stdout
     # The only `python -m` entry point (the package's would import Keras).
     assert not (REPO / "keras_cait" / "__main__.py").exists()
+
+
+def test_keras_cait_base_imports_no_deep_learning_framework():
+    """Every module of `keras_cait_base` imports without Keras, KerasHub or
+    a backend (a cached engine run uses it alone)."""
+    modules = sorted(
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for path in (REPO / "keras_cait_base").rglob("*.py")
+    )
+    script = (
+        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted({'keras', 'keras_hub', 'keras_cait', 'tensorflow', 'jax', "
+        "'torch'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert len(modules) > 10 and result.stdout.strip() == "[]", result.stderr

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import keras_cait
-from keras_cait.models.cait_image_converter import (
+from keras_cait_base.image_geometry import (
     center_crop_offset,
     resized_shape,
 )

@@ -19,14 +19,19 @@ from keras_cait.convert.timm_config import (
     classifier_kwargs_from_timm,
     resolve_timm_arguments,
 )
-from keras_cait.errors import (
+from keras_cait.loading import loader
+from keras_cait_base import registry
+from keras_cait_base.errors import (
     CaiTConfigError,
     CaiTFileNotFoundError,
     CaiTWeightsError,
 )
-from keras_cait.io.files import SHA256_PATTERN
-from keras_cait.loading import registry
-from keras_cait.schema import BACKBONE_DEFAULTS, INTERPOLATIONS, check_backbone_config
+from keras_cait_base.io.files import SHA256_PATTERN
+from keras_cait_base.schema import (
+    BACKBONE_DEFAULTS,
+    INTERPOLATIONS,
+    check_backbone_config,
+)
 from tests.support import TIMM, TINY_BACKBONE, expected, to_numpy, variants
 
 TINY = TIMM / "tiny_token_head"
@@ -78,7 +83,7 @@ def test_every_preset_file_matches_the_schema_and_timm():
         assert preset["weights"]["format"] == "timm"
         sha256 = preset["weights"]["sha256"]
         assert sha256 is None or SHA256_PATTERN.fullmatch(sha256)
-        backbone, head = registry.model_arguments(name)
+        backbone, head = loader.model_arguments(name)
         # Every backbone argument; the input layout is the user's choice
         # (None: keras.config.image_data_format() decides).
         assert sorted(backbone) == sorted(BACKBONE_DEFAULTS), name
@@ -140,8 +145,8 @@ def test_architecture_from_preset_without_network(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the Hub was contacted")
 
-    monkeypatch.setattr("keras_cait.io.hub.download_file", no_network)
-    monkeypatch.setattr("keras_cait.io.hub.download_repo", no_network)
+    monkeypatch.setattr("keras_cait_base.io.hub.download_file", no_network)
+    monkeypatch.setattr("keras_cait_base.io.hub.download_repo", no_network)
     model = keras_cait.CaiTImageClassifier.from_preset("cait_xxs24_224", load_weights=False)
     assert model.count_params() == registry.get_preset("cait_xxs24_224")["num_params"]
     assert model.backbone.num_layers == 24 and model.num_classes == 1000
@@ -155,7 +160,7 @@ def test_preprocessing_from_preset_without_network(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the Hub was contacted")
 
-    monkeypatch.setattr("keras_cait.io.hub.download_file", no_network)
+    monkeypatch.setattr("keras_cait_base.io.hub.download_file", no_network)
     converter = keras_cait.CaiTImageConverter.from_preset("cait_xs24_384")
     assert tuple(converter.image_size) == (384, 384)
     preprocessor = keras_cait.CaiTImageClassifierPreprocessor.from_preset("cait_m48_448")

@@ -23,7 +23,7 @@ import json, time
 import numpy as np
 import keras_cait, keras_hub
 T0 = time.time()
-from keras_cait.errors import CaiTFileNotFoundError
+from keras_cait_base.errors import CaiTFileNotFoundError
 from tests.support import expected, to_numpy
 
 info = json.loads(INFO_JSON)
@@ -31,7 +31,7 @@ out = {}
 
 # 1. The quickstart: a preset name, timm's logits; only the weights file is
 #    downloaded (the architecture is keras-cait's, not the repo's config.json).
-from keras_cait.io import hub
+from keras_cait_base.io import hub
 ref = expected("cait_xxs24_224")
 downloads, download_file = [], hub.download_file
 def counting(repo_id, filename, *args, **kwargs):

@@ -27,7 +27,8 @@ def test_wheel_ships_and_registers_the_presets(tmp_path):
     # Build from a copy of the sources so no build/ folder is left (or
     # reused) in the repository.
     source = tmp_path / "source"
-    for name in ("pyproject.toml", "README.md", "presets", "keras_cait", "keras_cait_cli"):
+    for name in ("pyproject.toml", "README.md", "presets", "keras_cait", "keras_cait_base",
+                 "keras_cait_cli"):
         if (REPO / name).is_dir():
             shutil.copytree(
                 REPO / name,
@@ -51,6 +52,7 @@ def test_wheel_ships_and_registers_the_presets(tmp_path):
             n for n in archive.namelist() if n.startswith("keras_cait/presets/")
         )
         assert "keras_cait_cli/main.py" in archive.namelist()
+        assert "keras_cait_base/engines.py" in archive.namelist()
     assert len(shipped) == 10 and all(n.endswith(".json") for n in shipped)
 
     # A fresh venv; the wheel is unpacked into its site-packages (a pure

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
-from keras_cait.io.image_paths import expand_image_paths
-from keras_cait.io.records import RecordWriter, read_records
+from keras_cait_base.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait_base.io.image_paths import expand_image_paths
+from keras_cait_base.io.records import RecordWriter, read_records
 
 
 def _touch(path, data=b"x"):

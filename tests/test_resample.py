@@ -7,7 +7,7 @@ from safetensors.numpy import load_file
 
 import keras_cait
 from keras_cait.convert.resample import resample_position_embedding, resize_weights
-from keras_cait.errors import CaiTConfigError, CaiTWeightsError
+from keras_cait_base.errors import CaiTConfigError, CaiTWeightsError
 from tests.support import (
     TIMM,
     build_from_timm_config,

@@ -1,4 +1,4 @@
-"""`keras_cait.io.safetensors_io`: the thin wrapper over `safetensors.safe_open`.
+"""`keras_cait_base.io.safetensors_io`: the thin wrapper over `safetensors.safe_open`.
 
 Valid files read exactly; every malformed file the library refuses becomes a
 keras-cait error naming the file (and the tensor when the library names
@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from keras_cait.errors import (
+from keras_cait_base.errors import (
     CaiTConfigError,
     CaiTFileNotFoundError,
     CaiTIntegrityError,
     CaiTWeightsError,
 )
-from keras_cait.io import safetensors_io
-from keras_cait.io.safetensors_io import (
+from keras_cait_base.io import safetensors_io
+from keras_cait_base.io.safetensors_io import (
     SafetensorsFile,
     read_safetensors,
     sha256_file,

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.errors import (
+from keras_cait.loading.safe_loading import check_model_config, load_model
+from keras_cait_base.errors import (
     CaiTConfigError,
     CaiTFileNotFoundError,
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.loading.safe_loading import check_model_config, load_model
 from tests.support import TINY_BACKBONE, to_numpy
 
 IMAGES = np.random.default_rng(3).standard_normal((1, 32, 32, 3)).astype("float32")

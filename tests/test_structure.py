@@ -26,24 +26,35 @@ import pytest
 
 from tests.support import REPO
 
-# The layer table: each module of `keras_cait` and `keras_cait_cli`, once.
+# The layer table: each module of `keras_cait`, `keras_cait_base` and
+# `keras_cait_cli`, once.
 LAYERS = {
     0: [  # foundations: no keras_cait imports
-        "keras_cait.errors",
+        "keras_cait_base.errors",
+        "keras_cait_base.version",
+        "keras_cait_base.image_geometry",
+        "keras_cait_base.predictions",
         "keras_cait.arguments",
-        "keras_cait.version",
         "keras_cait.serialization",
         "keras_cait.testing",
     ],
-    1: [  # file and network I/O; the configuration schema
-        "keras_cait.io",
-        "keras_cait.io.files",
-        "keras_cait.io.hub",
-        "keras_cait.io.image_paths",
-        "keras_cait.io.images",
-        "keras_cait.io.records",
-        "keras_cait.io.safetensors_io",
-        "keras_cait.schema",
+    1: [  # no deep-learning framework: I/O, the schema, the presets' JSON,
+        # collection runs, the artefact cache and the engines
+        "keras_cait_base",
+        "keras_cait_base.artifact_cache",
+        "keras_cait_base.collection_runs",
+        "keras_cait_base.engines",
+        "keras_cait_base.handles",
+        "keras_cait_base.io",
+        "keras_cait_base.io.files",
+        "keras_cait_base.io.hub",
+        "keras_cait_base.io.image_paths",
+        "keras_cait_base.io.images",
+        "keras_cait_base.io.records",
+        "keras_cait_base.io.safetensors_io",
+        "keras_cait_base.pillow_pipeline",
+        "keras_cait_base.registry",
+        "keras_cait_base.schema",
     ],
     2: [  # keras.ops layers; timm conversion (NumPy)
         "keras_cait.layers",
@@ -63,12 +74,10 @@ LAYERS = {
         "keras_cait.convert.timm_export",
         "keras_cait.convert.timm_weights",
     ],
-    3: [  # loading: presets, handles, timm repos, from_preset, safety checks
+    3: [  # loading: from_preset, timm repos, safety checks
         "keras_cait.loading",
-        "keras_cait.loading.handles",
         "keras_cait.loading.keras_hub_dispatch",
         "keras_cait.loading.loader",
-        "keras_cait.loading.registry",
         "keras_cait.loading.safe_loading",
         "keras_cait.loading.timm_repo",
         "keras_cait.runtime",  # predict/export overrides attached to the models
@@ -89,12 +98,10 @@ LAYERS = {
         "keras_cait.explain.saliency",
         "keras_cait.explain.visualization",
         "keras_cait.inference",
-        "keras_cait.inference.artifact_cache",
+        "keras_cait.inference.artifact_export",
         "keras_cait.inference.batch_prediction",
-        "keras_cait.inference.engines",
         "keras_cait.inference.evaluation",
         "keras_cait.inference.image_pipeline",
-        "keras_cait.inference.pillow_pipeline",
         "keras_cait.inference.predictions",
         "keras_cait.inference.ray_prediction",
         "keras_cait.training",
@@ -107,6 +114,7 @@ LAYERS = {
         "keras_cait_cli",
         "keras_cait_cli.__main__",
         "keras_cait_cli.cache_weights",
+        "keras_cait_cli.cached_predict",
         "keras_cait_cli.checks",
         "keras_cait_cli.convert",
         "keras_cait_cli.export_timm",
@@ -115,7 +123,7 @@ LAYERS = {
     ],
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
-ROOTS = ("keras_cait", "keras_cait_cli")
+ROOTS = ("keras_cait", "keras_cait_base", "keras_cait_cli")
 LOCAL_IMPORT_REASON = re.compile(r"#.*\b(start-up|optional)\b")
 
 
@@ -247,9 +255,9 @@ def test_no_import_cycle():
 
 
 def test_the_checks_see_local_imports_and_cycles():
-    tree = ast.parse("import os\ndef f():\n    from keras_cait.io import files\n")
+    tree = ast.parse("import os\ndef f():\n    from keras_cait_base.io import files\n")
     found = [(names, local) for _, names, local in _imports(tree)]
-    assert found == [(["os"], False), (["keras_cait.io", "keras_cait.io.files"], True)]
+    assert found == [(["os"], False), (["keras_cait_base.io", "keras_cait_base.io.files"], True)]
     assert _targets(["keras_cait.loading", "keras_cait.loading.loader"]) == {
         "keras_cait.loading",
         "keras_cait.loading.loader",

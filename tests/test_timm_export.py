@@ -18,8 +18,8 @@ from safetensors.numpy import load_file, save_file
 
 import keras_cait
 from keras_cait.convert import timm_export
-from keras_cait.errors import CaiTConfigError
 from keras_cait.testing import seeded_state_dict
+from keras_cait_base.errors import CaiTConfigError
 from tests.support import TIMM, TINY_BACKBONE, to_numpy, variants
 from tests.timm_support import import_timm, timm_logits
 

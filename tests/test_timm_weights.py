@@ -18,7 +18,7 @@ from keras_cait.convert.timm_config import (
     timm_arguments_from_keras,
 )
 from keras_cait.convert.timm_weights import model_weight_map
-from keras_cait.schema import checkpoint_layout, keras_shape
+from keras_cait_base.schema import checkpoint_layout, keras_shape
 from tests.support import (
     TINY_BACKBONE,
     build_from_timm_config,

@@ -145,8 +145,8 @@ def worker_prepare(spec):
 
     from keras_cait.convert.timm_config import timm_arguments_from_keras
     from keras_cait.inference.batch_prediction import make_predictor
-    from keras_cait.schema import checkpoint_layout
     from keras_cait.testing import seeded_state_dict
+    from keras_cait_base.schema import checkpoint_layout
 
     layout = {t.key: t.shape for t in checkpoint_layout(spec["config"], spec["num_classes"])}
     save_file(seeded_state_dict(layout, seed=0), spec["weights"])

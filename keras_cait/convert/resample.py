@@ -10,7 +10,7 @@ shrinking, each row normalised to sum to one.
 
 import numpy as np
 
-from keras_cait.errors import CaiTConfigError, CaiTWeightsError
+from keras_cait_base.errors import CaiTConfigError, CaiTWeightsError
 
 # Keys' cubic convolution coefficient. PyTorch's antialiased bicubic path (like
 # Pillow's) uses -0.5; its plain (non-antialiased) bicubic uses -0.75.

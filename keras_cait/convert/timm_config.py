@@ -1,11 +1,11 @@
 """timm's CaiT keywords <-> keras-cait's arguments, both directions: a timm
 `config.json` read as `timm.create_model(architecture, **model_args)` reads
-it, checked by `keras_cait.schema` under timm's names, and back."""
+it, checked by `keras_cait_base.schema` under timm's names, and back."""
 
 import math
 
-from keras_cait.errors import CaiTConfigError
-from keras_cait.schema import check_backbone_config, check_classifier_config
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.schema import check_backbone_config, check_classifier_config
 
 # The arguments timm's `cait.py` gives each registered architecture
 # (`img_size` comes from the architecture's pretrained config).
@@ -124,7 +124,7 @@ def resolve_timm_arguments(architecture, model_args=None, source="config.json"):
 
 def backbone_kwargs_from_timm(arguments, source="config.json"):
     """`CaiTBackbone` arguments of resolved timm `Cait` keywords, checked by
-    `keras_cait.schema.check_backbone_config` (with its size limits; errors
+    `keras_cait_base.schema.check_backbone_config` (with its size limits; errors
     name timm's keywords, e.g. `model_args.depth`).
 
     Raises:

@@ -21,9 +21,9 @@ from keras_cait.convert.timm_config import (
     timm_arguments_from_keras,
 )
 from keras_cait.convert.timm_weights import ModelTensors, lora_layers
-from keras_cait.errors import CaiTConfigError
-from keras_cait.io.files import staged_path
-from keras_cait.schema import BACKBONE_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.io.files import staged_path
+from keras_cait_base.schema import BACKBONE_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

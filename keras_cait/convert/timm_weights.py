@@ -1,6 +1,6 @@
 """keras-cait variables <-> timm CaiT tensors: the one mapping, both ways.
 
-`keras_cait.schema.checkpoint_layout` is the table (timm key, timm shape,
+`keras_cait_base.schema.checkpoint_layout` is the table (timm key, timm shape,
 transpose, Keras variable path); `model_weight_map` pairs it with a model's
 variables. Reading: KerasHub's `port_weight` pattern, `load_timm_weights`
 reads each variable's timm key from a source of timm-layout tensors
@@ -17,9 +17,9 @@ import keras
 import numpy as np
 
 from keras_cait.convert.resample import resample_position_embedding
-from keras_cait.errors import CaiTWeightsError
-from keras_cait.io.safetensors_io import FLOAT_DTYPES, checked_array
-from keras_cait.schema import BACKBONE_DEFAULTS, checkpoint_layout, keras_shape
+from keras_cait_base.errors import CaiTWeightsError
+from keras_cait_base.io.safetensors_io import FLOAT_DTYPES, checked_array
+from keras_cait_base.schema import BACKBONE_DEFAULTS, checkpoint_layout, keras_shape
 
 
 def model_weight_map(model, load_backbone=True, load_head=True, ignore=()):

@@ -5,7 +5,7 @@
 import numpy as np
 from PIL import Image
 
-from keras_cait.errors import CaiTConfigError
+from keras_cait_base.errors import CaiTConfigError
 
 RESAMPLING = ("nearest", "bilinear", "bicubic")
 

@@ -12,14 +12,14 @@ import os
 
 import numpy as np
 
-from keras_cait.errors import CaiTConfigError
 from keras_cait.explain.saliency import (
     class_attention_grid,
     normalize_maps,
     saliency_map,
     upsample_maps,
 )
-from keras_cait.io.files import staged_path
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.io.files import staged_path
 
 
 def require_matplotlib(purpose="Drawing attention maps"):

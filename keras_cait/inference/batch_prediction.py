@@ -1,5 +1,5 @@
 """Predictions on image collections: files, folders, globs and lists in,
-one record per image out, in order, streamed (see `keras_cait.io.records`
+one record per image out, in order, streamed (see `keras_cait_base.io.records`
 for the record formats and `keras_cait.inference.image_pipeline` for the input
 pipeline).
 
@@ -7,22 +7,22 @@ pipeline).
 Data `map_batches` worker or a benchmark can use it on batches of their own.
 """
 
-import contextlib
 import os
-import sys
 
 import keras
 import numpy as np
-from huggingface_hub.utils import tqdm
 
-from keras_cait.errors import CaiTConfigError
-from keras_cait.inference import engines
+from keras_cait.inference import artifact_export
 from keras_cait.inference.image_pipeline import image_batches
-from keras_cait.inference.predictions import batch_records
-from keras_cait.io.image_paths import expand_image_paths
-from keras_cait.io.records import RecordWriter, check_output
+from keras_cait.inference.predictions import imagenet_labels
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
-from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
+from keras_cait_base import engines
+from keras_cait_base.collection_runs import predict_batches, write_records
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.io.image_paths import expand_image_paths
+from keras_cait_base.io.records import check_output
+from keras_cait_base.predictions import batch_records
+from keras_cait_base.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 
 def load_classifier(model):
@@ -100,6 +100,7 @@ class BatchPredictor:
         self.num_classes = classifier.num_classes
         self.top = min(top, classifier.num_classes)
         self.embeddings = embeddings
+        self.labels = imagenet_labels(classifier.num_classes)
         if attention_maps:
             self.model = classifier.attention_model()
         else:
@@ -150,7 +151,8 @@ class BatchPredictor:
         """One record per image of `batch` (an `ImageBatch`), in order: its
         path and top predictions (and embedding), or its error."""
         return batch_records(
-            batch, outputs, self.classifier.activation, self.top, self.embeddings
+            batch, outputs, self.classifier.activation, self.top,
+            self.embeddings, self.labels,
         )
 
 
@@ -212,7 +214,7 @@ def make_predictor(model, top=5, embeddings=False, engine="keras",
                    precision="float32", cache_dir=None, keep_aspect_ratio=False):
     """The predictor of a collection run on `engine`: a `BatchPredictor`
     for `"keras"`, else an `engines.EnginePredictor` on the model's cached
-    artefact (exported on first use, `engines.make_artifact`).
+    artefact (exported on first use, `artifact_export.make_artifact`).
 
     Args:
         model: a `CaiTImageClassifier`, or a preset (see `load_classifier`).
@@ -227,7 +229,7 @@ def make_predictor(model, top=5, embeddings=False, engine="keras",
 
     Raises:
         CaiTConfigError: see `load_classifier`, `engines.check_engine` and
-            `engines.make_artifact`.
+            `artifact_export.make_artifact`.
     """
     engines.check_engine(engine, precision)
     preset = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
@@ -247,52 +249,12 @@ def make_predictor(model, top=5, embeddings=False, engine="keras",
     classifier = load_classifier(model)
     if engine == "keras":
         return BatchPredictor(classifier, top, embeddings)
-    folder = engines.make_artifact(classifier, engine, cache_dir, preset=preset)
+    folder = artifact_export.make_artifact(classifier, engine, cache_dir, preset=preset)
+    converter = classifier.preprocessor.image_converter
     return engines.EnginePredictor(
         folder, engine, top, embeddings, precision,
-        converter=classifier.preprocessor.image_converter,
+        image_batches=lambda paths, size, start: image_batches(paths, converter, size, start),
     )
-
-
-@contextlib.contextmanager
-def progress_bar(total, initial=0, enabled=True, description="classifying"):
-    """A tqdm bar on stderr counting images, with images/s and the ETA."""
-    with tqdm(
-        total=total,
-        initial=initial,
-        desc=description,
-        unit=" images",
-        file=sys.stderr,
-        disable=not enabled,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-        "[{elapsed}<{remaining}, {rate_noinv_fmt}]",
-    ) as bar:
-        yield bar
-
-
-def predict_batches(predictor, paths, batch_size, start=0, progress=False,
-                    fixed_shape=False):
-    """Runs `predictor` over `paths[start:]` through the streamed pipeline:
-    the forward loop of every collection run (one process, Ray actors,
-    evaluation, the command line).
-
-    Args:
-        fixed_shape: bool. Pad every batch to `batch_size`, even in a run of
-            fewer paths (a Ray actor's calls then all have one shape).
-
-    Yields:
-        `(batch, outputs, records)` per batch, in order: the `ImageBatch`,
-        the model's outputs (dict of NumPy arrays) and its records.
-    """
-    # One forward shape for the whole run (resumed or not): the last batch
-    # is padded, a run shorter than `batch_size` is one batch.
-    if not fixed_shape:
-        batch_size = min(batch_size, len(paths))
-    with progress_bar(len(paths), start, progress) as bar:
-        for batch in predictor.image_batches(paths, batch_size, start):
-            outputs = predictor.outputs(batch.images, batch_size)
-            yield batch, outputs, predictor.records(batch, outputs)
-            bar.update(len(batch.paths))
 
 
 def _as_list(inputs):
@@ -313,7 +275,7 @@ def predict_files(
     Args:
         inputs: str, path-like or a list of them: image files, directories
             (recursive), glob patterns and `@list.txt` files, expanded by
-            `keras_cait.io.image_paths.expand_image_paths` (a file named
+            `keras_cait_base.io.image_paths.expand_image_paths` (a file named
             twice is read once).
         model: a `CaiTImageClassifier` or a preset (name, directory,
             `hf://` handle).
@@ -383,7 +345,7 @@ def write_predictions(
     """Classifies a collection of image files into a records file, written
     as the run goes.
 
-    `output` (`.jsonl` or `.csv`, see `keras_cait.io.records`) gets one
+    `output` (`.jsonl` or `.csv`, see `keras_cait_base.io.records`) gets one
     record per image, in input order, flushed batch by batch. A run that
     stops (a crash, Ctrl-C, a killed job) leaves its complete records; with
     `resume=True` a second run keeps them, drops an incomplete last line and
@@ -430,74 +392,3 @@ def write_predictions(
         model, top, embeddings, engine, precision, cache_dir, keep_aspect_ratio
     )
     return write_records(predictor, paths, output, batch_size, resume, progress)
-
-
-def write_records(predictor, paths, output, batch_size, resume=False, progress=True):
-    """`write_predictions` with a `BatchPredictor` and expanded paths.
-
-    Args:
-        predictor: a `BatchPredictor`.
-        paths: list of str image paths (see `expand_image_paths`).
-        output, batch_size, resume, progress: as in `write_predictions`.
-
-    Returns:
-        The summary dict of `write_predictions`.
-    """
-
-    def produce(kept):
-        # Restart at the batch the kept records end in: the batches are
-        # those of an uninterrupted run.
-        start = len(paths) if kept == len(paths) else kept - kept % batch_size
-        for batch, _, records in predict_batches(predictor, paths, batch_size, start):
-            yield records[max(0, kept - batch.start):]
-
-    return write_record_stream(
-        output, paths, predictor.top, predictor.embeddings, resume, progress, produce
-    )
-
-
-def write_record_stream(output, paths, top, embeddings, resume, progress, produce):
-    """The records loop of every run that writes a records file, in one
-    process (`write_records`) or on Ray (`write_predictions_on_ray`).
-
-    Args:
-        output, resume, progress: as in `write_predictions`.
-        paths: list of str, the run's image paths.
-        top, embeddings: the records' options (a resumed file must have
-            the same).
-        produce: a function of `kept` (the records kept from an earlier
-            run) returning an iterator of lists of records: those of
-            `paths[kept:]`, in order.
-
-    Returns:
-        The summary dict of `write_predictions`.
-
-    Raises:
-        CaiTConfigError: a record is not the next path's, or records are
-            missing; or as `RecordWriter`.
-    """
-    summary = {"output": output, "images": len(paths), "kept": 0, "written": 0}
-    with RecordWriter(output, top, embeddings, resume, expected_images=paths) as writer:
-        summary["kept"] = writer.kept
-        failed = writer.kept_failures
-        remaining = paths[writer.kept:]
-        with progress_bar(len(paths), writer.kept, progress) as bar:
-            for records in produce(writer.kept):
-                written = summary["written"]
-                images = [record["image"] for record in records]
-                expected = remaining[written : written + len(records)]
-                if images != expected:
-                    raise CaiTConfigError(
-                        f"Got the records of {images[:2]!r:.200} where those of "
-                        f"{expected[:2]!r:.200} were expected (records out of order)."
-                    )
-                writer.write(records)
-                summary["written"] += len(records)
-                failed += sum("error" in record for record in records)
-                bar.update(len(records))
-    if summary["written"] != len(remaining):
-        raise CaiTConfigError(
-            f"Got {summary['written']} records for {len(remaining)} images."
-        )
-    summary["failed"] = failed
-    return summary

@@ -17,16 +17,14 @@ import numpy as np
 # in pyproject.toml.
 from keras_hub.src.utils.imagenet.imagenet_utils import IMAGENET_NAMES
 
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
 from keras_cait.explain import visualization
-from keras_cait.inference import engines
-from keras_cait.inference.batch_prediction import (
-    make_predictor,
-    predict_batches,
-)
-from keras_cait.io.files import read_json, staged_path
-from keras_cait.io.image_paths import image_files_under
-from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
+from keras_cait.inference.batch_prediction import make_predictor
+from keras_cait_base import engines
+from keras_cait_base.collection_runs import predict_batches
+from keras_cait_base.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait_base.io.files import read_json, staged_path
+from keras_cait_base.io.image_paths import image_files_under
+from keras_cait_base.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 TOP_K = 5
 # A confusion-matrix picture is drawn for at most this many classes.

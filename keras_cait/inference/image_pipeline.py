@@ -8,61 +8,12 @@ on Linux and macOS). The converter runs inside the `tf.data` graph with
 TensorFlow ops, as in a KerasHub preprocessor's `predict()` pipeline.
 """
 
-import dataclasses
 
-import numpy as np
 
-from keras_cait.errors import CaiTConfigError, CaiTError
-from keras_cait.io.images import load_image
+from keras_cait_base.collection_runs import PREFETCH_BATCHES, ImageBatch, read_image
+from keras_cait_base.errors import CaiTConfigError
 
-# The model input of an unreadable file (its outputs are discarded): a
-# single black pixel, which the converter resizes to the model's size.
-_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 _ENCODING = dict(encoding="utf-8", errors="surrogateescape")
-# Batches decoded ahead of the model: enough to overlap decoding with the
-# forward pass, bounded so that memory stays flat on any collection.
-PREFETCH_BATCHES = 2
-
-
-@dataclasses.dataclass
-class ImageBatch:
-    """A batch of a collection run.
-
-    Attributes:
-        start: int. The index of the batch's first image in the run's paths.
-        paths: list of str, the batch's image paths.
-        images: float NumPy array `(len(paths), height, width, 3)`: the
-            converter's outputs (the model inputs); a black placeholder for
-            a file that failed. A list of arrays, one per image, for a
-            converter whose outputs differ in size (`keep_aspect_ratio`).
-        errors: list, per image `None` or the reason it could not be read
-            (a one-line message naming the file).
-    """
-
-    start: int
-    paths: list
-    images: np.ndarray
-    errors: list
-
-
-def read_image(path):
-    """Reads one image of a collection, never raising.
-
-    Returns:
-        `(image, None)`, image a uint8 `(height, width, 3)` array (as
-        `load_image`), or, when the file cannot be read, `(placeholder,
-        reason)`: any exception becomes a one-line reason (naming the file
-        for `load_image`'s errors), so a run never stops on one file. A Ray
-        `map_batches` worker or a benchmark reads files with it too.
-    """
-    try:
-        return load_image(path), None
-    except CaiTError as error:  # the file's problem, named by load_image
-        return _PLACEHOLDER, " ".join(str(error).split())
-    except Exception as error:  # anything else, too: one record, not a stop
-        reason = " ".join(f"{type(error).__name__}: {error}".split())
-        return _PLACEHOLDER, f"Cannot read image '{path}': {reason}"
-
 
 def image_batches(paths, converter, batch_size, start=0, one_size=True):
     """Yields the `ImageBatch`es of `paths[start:]`, in order.
@@ -80,7 +31,7 @@ def image_batches(paths, converter, batch_size, start=0, one_size=True):
             uint8 `(height, width, 3)` image into a `(size, size, 3)` model
             input, inside a `tf.data` graph.
         batch_size: int `>= 1` (checked by the callers, see
-            `keras_cait.schema.check_batch_size`). Images per batch (the
+            `keras_cait_base.schema.check_batch_size`). Images per batch (the
             last one may be smaller).
         start: int. Index of the first path to read (to resume a run).
         one_size: bool. `False` for a converter whose outputs differ in

@@ -14,21 +14,21 @@ import os
 import keras
 import numpy as np
 
-from keras_cait.errors import CaiTConfigError
-from keras_cait.inference import engines
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
     make_predictor,
-    predict_batches,
-    write_record_stream,
 )
-from keras_cait.inference.pillow_pipeline import pillow_supports
-from keras_cait.io.image_paths import expand_image_paths
-from keras_cait.io.records import check_output
+from keras_cait.inference.image_pipeline import image_batches
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
 from keras_cait.models.cait_image_converter import CaiTImageConverter
-from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
+from keras_cait_base import engines
+from keras_cait_base.collection_runs import predict_batches, write_record_stream
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.io.image_paths import expand_image_paths
+from keras_cait_base.io.records import check_output
+from keras_cait_base.pillow_pipeline import pillow_supports
+from keras_cait_base.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 
 def _import_ray():
@@ -62,7 +62,7 @@ class RayBatchPredictor:
         precision: as in `keras_cait.predict_files`.
         artifact: `None`, or (with an engine other than `"keras"`) the
             folder of the artefact the driver made
-            (`engines.make_artifact`): the actor runs it without loading
+            (`artifact_export.make_artifact`): the actor runs it without loading
             the Keras model.
 
     Input batches are dicts with an `"image"` column of str paths; output
@@ -81,7 +81,10 @@ class RayBatchPredictor:
                 artifact, engine, top, embeddings, precision
             )
             if not pillow_supports(self.predictor.converter_config):
-                self.predictor.converter = CaiTImageConverter.from_preset(model)
+                converter = CaiTImageConverter.from_preset(model)
+                self.predictor.fallback_batches = (
+                    lambda paths, size, start: image_batches(paths, converter, size, start)
+                )
         self.batch_size = batch_size
 
     def __call__(self, batch):

@@ -18,13 +18,23 @@ from keras_hub.layers import ImageConverter
 from keras_hub.models import Backbone, Preprocessor, Task
 
 from keras_cait.arguments import check_preset_arguments
+from keras_cait.convert.timm_config import (
+    backbone_kwargs_from_timm,
+    classifier_kwargs_from_timm,
+    resolve_timm_arguments,
+)
 from keras_cait.convert.timm_weights import ModelTensors, load_timm_weights
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError, CaiTWeightsError
-from keras_cait.io import hub
-from keras_cait.io.files import read_json
-from keras_cait.io.safetensors_io import SafetensorsFile, verify_sha256
-from keras_cait.loading import handles, registry, safe_loading, timm_repo
+from keras_cait.loading import safe_loading, timm_repo
 from keras_cait.serialization import registered_class
+from keras_cait_base import handles, registry
+from keras_cait_base.errors import (
+    CaiTConfigError,
+    CaiTFileNotFoundError,
+    CaiTWeightsError,
+)
+from keras_cait_base.io import hub
+from keras_cait_base.io.files import read_json
+from keras_cait_base.io.safetensors_io import SafetensorsFile, verify_sha256
 
 # Private KerasHub APIs, checked against keras-hub 0.32.0 (pinned in
 # pyproject.toml): the preset-loader base classes and the subclass lookup.
@@ -114,13 +124,40 @@ def _local_weights_fetcher(directory):
     return fetch
 
 
+def model_arguments(name):
+    """The model a preset builds: `(backbone_kwargs, classifier_kwargs)`
+    of its timm `architecture`, as timm's `cait.py` registers it
+    (`keras_cait.convert.timm_config.TIMM_ARCHITECTURES`, the one place the
+    variants' hyper-parameters are written; the JSON names the architecture).
+
+    Args:
+        name: a name from `list_presets()`.
+
+    Returns:
+        Two dicts: every `CaiTBackbone` argument, checked by
+        `keras_cait_base.schema.check_backbone_config`, and the head's
+        `num_classes`, `pooling` and `dropout`.
+
+    Raises:
+        CaiTConfigError: `name` is not a preset.
+    """
+    source = f"preset {name!r}"
+    arguments = resolve_timm_arguments(
+        registry.get_preset(name)["architecture"], source=source
+    )
+    return (
+        backbone_kwargs_from_timm(arguments, source),
+        classifier_kwargs_from_timm(arguments, source),
+    )
+
+
 def _named_preset(name):
     """The `TimmCheckpoint` of a shipped preset: the model of its
-    architecture (`registry.model_arguments`), the JSON's preprocessing;
+    architecture (`model_arguments`), the JSON's preprocessing;
     only the repo's `model.safetensors` is downloaded."""
     data = registry.get_preset(name)
     source = handles.parse_hf_handle(data["weights"]["source"])
-    backbone_kwargs, classifier_kwargs = registry.model_arguments(name)
+    backbone_kwargs, classifier_kwargs = model_arguments(name)
     return timm_repo.TimmCheckpoint(
         f"preset {name!r} ({source.text})",
         data["architecture"],

@@ -24,20 +24,20 @@ import numpy as np
 from keras.src.saving import saving_lib  # isort: skip
 from keras.src.saving.serialization_lib import SafeModeScope  # isort: skip
 
-from keras_cait.errors import (
+from keras_cait.serialization import registered_class
+from keras_cait_base.errors import (
     CaiTConfigError,
     CaiTError,
     CaiTFileNotFoundError,
     CaiTUnsafeModelError,
     CaiTWeightsError,
 )
-from keras_cait.io.files import parse_json_object, read_json
-from keras_cait.schema import (
+from keras_cait_base.io.files import parse_json_object, read_json
+from keras_cait_base.schema import (
     DEFAULT_MAX_PARAMETERS,
     check_backbone_config,
     check_classifier_config,
 )
-from keras_cait.serialization import registered_class
 
 CONFIG_MEMBER = "config.json"
 METADATA_MEMBER = "metadata.json"

@@ -12,8 +12,8 @@ from keras_cait.convert.timm_config import (
     resolve_timm_arguments,
     timm_arguments_from_keras,
 )
-from keras_cait.errors import CaiTConfigError
-from keras_cait.schema import IMAGENET_MEAN, IMAGENET_STD
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.schema import IMAGENET_MEAN, IMAGENET_STD
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

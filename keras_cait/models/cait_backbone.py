@@ -9,14 +9,18 @@ from keras_hub.models import FeaturePyramidBackbone
 # KerasHub's own `data_format` check (private, keras-hub 0.32).
 from keras_hub.src.utils.keras_utils import standardize_data_format
 
-from keras_cait.errors import CaiTConfigError
 from keras_cait.layers.class_attention_block import ClassAttentionBlock
 from keras_cait.layers.embedding import ClassToken, PatchEmbedding, TokenGrid
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
 from keras_cait.loading.loader import load_preset
 from keras_cait.runtime import RuntimeMixin
-from keras_cait.schema import BACKBONE_DEFAULTS, check_backbone_config, check_batch_size
 from keras_cait.serialization import register
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.schema import (
+    BACKBONE_DEFAULTS,
+    check_backbone_config,
+    check_batch_size,
+)
 
 INTERMEDIATE_FORMATS = ("tokens", "grid")
 # Blocks in `pyramid_outputs`: timm's `features_only` default for CaiT.
@@ -207,7 +211,7 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
     Raises:
         CaiTConfigError: (a `ValueError`) an argument is of the wrong type or
             out of range, or the sizes do not divide (see
-            `keras_cait.schema.check_backbone_config`).
+            `keras_cait_base.schema.check_backbone_config`).
 
     Example:
     ```python

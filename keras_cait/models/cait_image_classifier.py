@@ -5,7 +5,6 @@ import numpy as np
 from keras import ops
 from keras_hub.models import ImageClassifier, Task
 
-from keras_cait.errors import CaiTConfigError, CaiTImageError
 from keras_cait.loading.loader import load_preset
 from keras_cait.models.cait_backbone import (
     CaiTBackbone,
@@ -28,8 +27,9 @@ from keras_cait.models.shuffled_batches import (
     split_validation,
 )
 from keras_cait.runtime import RuntimeMixin
-from keras_cait.schema import check_classifier_config
 from keras_cait.serialization import register
+from keras_cait_base.errors import CaiTConfigError, CaiTImageError
+from keras_cait_base.schema import check_classifier_config
 
 
 @register
@@ -62,7 +62,7 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
 
     Raises:
         CaiTConfigError: (a `ValueError`) `num_classes`, `pooling` or
-            `dropout` is invalid (see `keras_cait.schema`).
+            `dropout` is invalid (see `keras_cait_base.schema`).
 
     Example:
     ```python

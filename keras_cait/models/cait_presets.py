@@ -1,11 +1,11 @@
 """CaiT presets in KerasHub's registry format.
 
 The presets themselves are the JSON files in `keras_cait/presets/` (read by
-`keras_cait.loading.registry`); this lists them the way KerasHub's
+`keras_cait_base.registry`); this lists them the way KerasHub's
 `register_presets` expects, as `vit_presets.py` does for ViT.
 """
 
-from keras_cait.loading import registry
+from keras_cait_base import registry
 
 
 def _entry(data):

@@ -13,8 +13,8 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_cait.errors import CaiTConfigError
-from keras_cait.io.files import staged_path
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.io.files import staged_path
 
 FORMATS = ("tf_saved_model", "onnx", "openvino", "litert", "torch")
 

@@ -7,10 +7,10 @@ compiled model. Gains: docs/performance.md, "Predict and export overrides".
 import keras
 import numpy as np
 
-from keras_cait.errors import CaiTConfigError
 from keras_cait.layers._fast_paths import use_fast_paths
 from keras_cait.runtime.export import OPENVINO_F32
-from keras_cait.schema import DEFAULT_BATCH_SIZE, check_batch_size
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.schema import DEFAULT_BATCH_SIZE, check_batch_size
 
 
 def _is_array(x):

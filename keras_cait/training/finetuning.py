@@ -11,10 +11,10 @@ from keras_cait.arguments import (
     check_keyword_arguments,
     parameter_names,
 )
-from keras_cait.errors import CaiTConfigError
 from keras_cait.models.cait_backbone import CaiTBackbone, cait_backbone_of
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
 from keras_cait.serialization import register
+from keras_cait_base.errors import CaiTConfigError
 
 # Variable names (Keras `variable.name`) that get no weight decay: biases,
 # LayerNorm `gamma`/`beta`, LayerScale `gamma`, the position embedding and the

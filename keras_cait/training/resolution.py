@@ -7,9 +7,9 @@ file), resampling the position embedding as timm's
 """
 
 from keras_cait.convert.timm_weights import ModelTensors, load_timm_weights
-from keras_cait.errors import CaiTConfigError
 from keras_cait.models.cait_backbone import CaiTBackbone
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
+from keras_cait_base.errors import CaiTConfigError
 
 
 def with_image_shape(model, image_shape):

@@ -21,7 +21,7 @@ import io
 import json
 import os
 
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait_base.errors import CaiTConfigError, CaiTFileNotFoundError
 
 RECORD_FORMATS = (".jsonl", ".csv")
 _ENCODING = dict(encoding="utf-8", errors="surrogateescape")

@@ -8,7 +8,7 @@ import re
 import shutil
 import tempfile
 
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait_base.errors import CaiTConfigError, CaiTFileNotFoundError
 
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 

@@ -20,8 +20,8 @@ import shutil
 import tempfile
 import warnings
 
-from keras_cait.errors import CaiTConfigError
-from keras_cait.io.files import sha256_file
+from keras_cait_base.errors import CaiTConfigError
+from keras_cait_base.io.files import sha256_file
 
 MANIFEST = "manifest.json"
 CACHE_ENV = "KERAS_CAIT_CACHE"
@@ -230,7 +230,7 @@ def _source_path(cache_dir, source_fields):
 def remember_source(cache_dir, source_fields, key):
     """Records (atomically) that the artefact `key` was made from the
     model that `source_fields` describe (a preset's files, see
-    `keras_cait.inference.engines.preset_source_fields`)."""
+    `keras_cait_base.engines.preset_source_fields`)."""
     path = _source_path(cache_dir, source_fields)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))

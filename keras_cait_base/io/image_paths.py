@@ -6,7 +6,7 @@ import os
 
 from PIL import Image
 
-from keras_cait.errors import CaiTFileNotFoundError
+from keras_cait_base.errors import CaiTFileNotFoundError
 
 _GLOB_CHARACTERS = frozenset("*?[")
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from keras_cait.errors import CaiTFileNotFoundError, CaiTImageError
+from keras_cait_base.errors import CaiTFileNotFoundError, CaiTImageError
 
 # Modes holding 16-bit (or 32-bit integer) samples, scaled down to 8 bits.
 _WIDE_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")

@@ -9,7 +9,7 @@ import collections
 import math
 import numbers
 
-from keras_cait.errors import CaiTConfigError, CaiTUnsafeModelError
+from keras_cait_base.errors import CaiTConfigError, CaiTUnsafeModelError
 
 # timm's evaluation transform for CaiT: ImageNet mean and standard deviation
 # of [0, 1] pixels, and the resize filters a preset may name.

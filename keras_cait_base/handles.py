@@ -4,8 +4,8 @@
 import dataclasses
 import os
 
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
-from keras_cait.loading import registry
+from keras_cait_base import registry
+from keras_cait_base.errors import CaiTConfigError, CaiTFileNotFoundError
 
 HF_PREFIX = "hf://"
 

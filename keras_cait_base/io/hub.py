@@ -13,7 +13,7 @@ import re
 import huggingface_hub
 from huggingface_hub import errors as hub_errors
 
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait_base.errors import CaiTConfigError, CaiTFileNotFoundError
 
 
 def _offline_advice(repo_id, revision, filenames):

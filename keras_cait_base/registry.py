@@ -1,21 +1,21 @@
 """The shipped preset files: one JSON file per pretrained variant in
 `keras_cait/presets/` (a link to the top-level `presets/` in a checkout),
 documented in docs/presets.md and checked by tests/test_presets.py, not at
-import."""
+import. Found without importing `keras_cait` (which imports Keras)."""
 
 import difflib
 import functools
+import importlib.util
 import pathlib
 
-from keras_cait.convert.timm_config import (
-    backbone_kwargs_from_timm,
-    classifier_kwargs_from_timm,
-    resolve_timm_arguments,
-)
-from keras_cait.errors import CaiTConfigError, CaiTFileNotFoundError
-from keras_cait.io.files import read_json
+from keras_cait_base.errors import CaiTConfigError, CaiTFileNotFoundError
+from keras_cait_base.io.files import read_json
 
-PRESETS_DIR = pathlib.Path(__file__).resolve().parents[1] / "presets"
+# `find_spec` locates the package without running its `__init__`.
+PRESETS_DIR = (
+    pathlib.Path(importlib.util.find_spec("keras_cait").submodule_search_locations[0])
+    / "presets"
+)
 
 
 @functools.cache
@@ -51,32 +51,6 @@ def get_preset(name):
     if name in presets:
         return presets[name]
     raise CaiTConfigError(unknown_preset_message(name))
-
-
-def model_arguments(name):
-    """The model a preset builds: `(backbone_kwargs, classifier_kwargs)`
-    of its timm `architecture`, as timm's `cait.py` registers it
-    (`keras_cait.convert.timm_config.TIMM_ARCHITECTURES`, the one place the
-    variants' hyper-parameters are written; the JSON names the architecture).
-
-    Args:
-        name: a name from `list_presets()`.
-
-    Returns:
-        Two dicts: every `CaiTBackbone` argument, checked by
-        `keras_cait.schema.check_backbone_config`, and the head's
-        `num_classes`, `pooling` and `dropout`.
-
-    Raises:
-        CaiTConfigError: `name` is not a preset.
-    """
-    data = get_preset(name)
-    source = f"preset {name!r}"
-    arguments = resolve_timm_arguments(data["architecture"], source=source)
-    return (
-        backbone_kwargs_from_timm(arguments, source),
-        classifier_kwargs_from_timm(arguments, source),
-    )
 
 
 def unknown_preset_message(name):

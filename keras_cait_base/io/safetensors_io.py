@@ -17,13 +17,13 @@ import ml_dtypes  # noqa: F401  safe_open(framework="np") reads BF16 once it is 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from keras_cait.errors import (
+from keras_cait_base.errors import (
     CaiTConfigError,
     CaiTFileNotFoundError,
     CaiTIntegrityError,
     CaiTWeightsError,
 )
-from keras_cait.io.files import SHA256_PATTERN, sha256_file
+from keras_cait_base.io.files import SHA256_PATTERN, sha256_file
 
 # The safetensors dtypes read into NumPy, by NumPy name.
 DTYPE_NAMES = dict(

@@ -17,9 +17,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from keras_cait.inference.image_pipeline import PREFETCH_BATCHES, ImageBatch, read_image
-from keras_cait.models.cait_image_converter import center_crop_offset, resized_shape
-from keras_cait.schema import check_batch_size
+from keras_cait_base.collection_runs import PREFETCH_BATCHES, ImageBatch, read_image
+from keras_cait_base.image_geometry import center_crop_offset, resized_shape
+from keras_cait_base.schema import check_batch_size
 
 _FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
