@@ -134,6 +134,10 @@ def test_quick_run_measures_every_row(tmp_path):
     expected = {"keras jax", "int8 jax", "onnxruntime", "openvino f32", "openvino bf16", *folders}
     assert expected <= {name for name, _ in rows}, report["rounds"][0]
     assert report["gemm_peak_gflops"] > 1 and report["machine"]["cpu"]
+    markdown = (tmp_path / "b.md").read_text()
+    assert "| command | img/s | × folder keras jax | whole command img/s |" in markdown
+    for name in folders:  # the command line's own table, every folder row
+        assert f"| {name} | " in markdown.split("| command |")[1], name
     for key, row in rows.items():
         assert row["peak_rss_mb"] > 50 and row["first_call_s"] > 0, key
         if not key[0].startswith("folder "):  # 4 tiny images: the time of their copies is noise

@@ -19,7 +19,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax", "torch")
-ROWS = ("timm", "keras", "onnxruntime", "openvino", "int8", "folder", "train")  # train: opt-in
+ROWS = ("timm", "keras", "onnxruntime", "openvino", "int8", "folder", "keep-aspect", "train")  # train: opt-in
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 TIMEOUT_S = 1800  # per process
 QUICK_CONFIG = dict(image_shape=[32, 32, 3], patch_size=8, hidden_dim=48, num_layers=2,
@@ -86,6 +86,26 @@ def markdown_table(table, reference):
             f"| {cell(r['ratio'], 2)} | {cell(r['percent_of_peak'], 1)} "
             f"| {cell(r['first_call_s'], 2)} | {cell(r['peak_rss_mb'], 0)} "
             f"| {'–' if r['logit_difference'] is None else format(r['logit_difference'], '.1e')} |")
+    return "\n".join(lines)
+
+
+def folder_table(rounds, reference):
+    """The `folder` rows against the Keras one (`reference`): per row, the medians over
+    rounds of the steady img/s, the whole command's img/s and their ratios within a round."""
+    lines = [f"| command | img/s | × {reference} | whole command img/s | × {reference} | peak RSS (MiB) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    cell = lambda value, digits: "–" if value is None else f"{value:,.{digits}f}"  # noqa: E731
+    _median = lambda values: statistics.median([v for v in values if v] or [None])  # noqa: E731
+    get = lambda result, key: result.get("batches", {}).get("32", {}).get(key)  # noqa: E731
+    for name in [n for n in rounds[0] if n.startswith("folder ")]:
+        values = []
+        for key in ("images_per_s", "command_images_per_s"):
+            values.append(_median([get(r.get(name, {}), key) for r in rounds]))
+            values.append(_median([get(r.get(name, {}), key) / get(r[reference], key) for r in rounds
+                                   if get(r.get(name, {}), key) and get(r.get(reference, {}), key)]))
+        rss = _median([r.get(name, {}).get("peak_rss_mb") for r in rounds])
+        lines.append(f"| {name} | {cell(values[0], 1)} | {cell(values[1], 2)} | {cell(values[2], 1)} "
+                     f"| {cell(values[3], 2)} | {cell(rss, 0)} |")
     return "\n".join(lines)
 
 
@@ -169,25 +189,35 @@ def worker_prepare(spec):
 
 
 def worker_folder(spec):
-    """`write_predictions` on the JPEG folder (and 3 copies), from the saved preset, on an engine."""
-    import keras_cait
+    """`keras-cait predict DIR --output` on the JPEG folder, then on it and a renamed copy,
+    each command a fresh process (from the saved preset, the engine's artefact cached)."""
+    import resource
 
     paths = sorted(str(p) for p in pathlib.Path(spec["images"]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    options = dict(batch_size=32, progress=False, engine=spec["engine"], cache_dir=spec["cache"],
-                   precision={"bf16": "bfloat16"}.get(spec["precision"], "float32"),
-                   keep_aspect_ratio=spec.get("keep_aspect", False))
-    model = keras_cait.CaiTImageClassifier.from_preset(spec["preset"], **(
-        {"image_shape": (None, None, 3)} if options["keep_aspect_ratio"] else {})) if spec["engine"] == "keras" else spec["preset"]
+    command = [sys.executable, "-m", "keras_cait_cli", "predict", "--preset", spec["preset"], "--batch-size", "32",
+               "--engine", spec["engine"], *(["--keep-aspect"] if spec.get("keep_aspect") else []),
+               *([] if spec["engine"] == "keras" else ["--cache-dir", spec["cache"], "--precision",
+                                                        {"bf16": "bfloat16"}.get(spec["precision"], "float32")])]
     with tempfile.TemporaryDirectory() as folder:
-        def write(inputs):
+        once, twice = os.path.join(folder, "once"), os.path.join(folder, "twice")
+        for path in paths:  # other names: a file named twice is read once
+            for target in (once, twice, twice + "/copy"):
+                os.makedirs(target, exist_ok=True)
+                shutil.copy(path, target)
+
+        def predict(inputs):
             start = time.perf_counter()
-            keras_cait.write_predictions(inputs, os.path.join(folder, f"{start}.jsonl"), model, **options)
+            done = subprocess.run([*command, inputs, "--output", os.path.join(folder, f"{start}.jsonl")],
+                                  capture_output=True, text=True, cwd=REPO)
+            if done.returncode:
+                raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}): {done.stderr[-1500:]}")
             return time.perf_counter() - start
-        thrice = [shutil.copy(p, os.path.join(folder, f"{i}_{os.path.basename(p)}")) for i in range(3) for p in paths]  # other names: a file named twice is read once
-        first, pairs = write(paths), [(write(paths), write(thrice)) for _ in range(spec["repeats"]["32"])]
-    extra = statistics.median(thrice - once for once, thrice in pairs)  # fixed costs cancel out
+        first, pairs = predict(once), [(predict(once), predict(twice)) for _ in range(spec["repeats"]["32"])]
+    extra = statistics.median(twice - once for once, twice in pairs)  # start-up and compile cancel out
     return {"batches": {"32": {"first_call_s": first, "times_s": pairs,
-                               "images_per_s": 2 * len(paths) / extra if extra > 0 else None}}}
+                               "images_per_s": len(paths) / extra if extra > 0 else None,
+                               "command_images_per_s": len(paths) / first}},
+            "images": len(paths), "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def worker_keras(spec):
@@ -212,22 +242,15 @@ def worker_keras(spec):
 
 
 def worker_engine(spec):
-    """The exported artefact on ONNX Runtime or OpenVINO."""
+    """The exported artefact on ONNX Runtime or OpenVINO, opened as collection runs open it."""
+    import importlib.metadata
+
+    from keras_cait_base.engines import open_session
+
     start = time.perf_counter()
-    if spec["engine"] == "onnxruntime":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(spec["artefact"], providers=["CPUExecutionProvider"])
-        name, result = session.get_inputs()[0].name, {"version": onnxruntime.__version__}
-        call = lambda images: session.run(None, {name: images})[0]  # noqa: E731
-    else:
-        import openvino
-
-        compiled = openvino.Core().compile_model(
-            spec["artefact"], "CPU", {"INFERENCE_PRECISION_HINT": spec["precision"]})
-        result = {"version": openvino.__version__, "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
-        call = lambda images: compiled(images)[compiled.output(0)]  # noqa: E731
-    return {**result, "load_s": time.perf_counter() - start, **_measure(call, spec)}
+    run = open_session(spec["engine"], spec["artefact"], {"bf16": "bfloat16"}.get(spec["precision"], "float32"))
+    result = {"version": importlib.metadata.version(spec["engine"]), "precision": spec["precision"] or "f32"}
+    return {**result, "load_s": time.perf_counter() - start, **_measure(lambda images: run(images)[0], spec)}
 
 
 def worker_timm(spec):
@@ -283,8 +306,8 @@ def plan(args, work):
               "artefact": str(work / file)}) for name, engine, precision, file in engines]
     # The folder path (`predict DIR --output`) per engine, Keras on the first backend (also
     # at each photo's aspect ratio, `--keep-aspect`).
-    folder = [(f"keras {args.backends[0]}", "keras", None, False), (f"keras {args.backends[0]} keep-aspect",
-              "keras", None, True)] + [(*e[:3], False) for e in engines]
+    folder = [(f"keras {args.backends[0]}", "keras", None, False)] + [(f"keras {args.backends[0]} keep-aspect",
+              "keras", None, True)] * ("keep-aspect" in wanted) + [(*e[:3], False) for e in engines]
     return rows + [(f"folder {name}", "folder", args.backends[0], {"engine": engine, "precision": precision,
                     "keep_aspect": keep}) for name, engine, precision, keep in folder * ("folder" in wanted)]
 
@@ -298,7 +321,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, nargs=2, default=(5, 2), metavar=("B1", "B32"),
                         help="timed calls at batch 1 and at batch 32")
-    parser.add_argument("--images", help="images for the folder row (default: 100 seeded JPEGs)")
+    parser.add_argument("--images", help="images for the folder rows (default: 300 seeded JPEGs)")
     parser.add_argument("--timm-import", help="a folder making timm import (torchvision stand-in)")
     parser.add_argument("--export-backend", default="torch", help="writes the ONNX/OpenVINO files")
     parser.add_argument("--json-out", default="benchmark.json")
@@ -308,7 +331,8 @@ def main(argv=None):
     if args.worker:
         result = globals()[f"worker_{args.worker[0]}"](json.loads(pathlib.Path(args.worker[1]).read_text()))
         status = dict(x.split(":", 1) for x in pathlib.Path("/proc/self/status").read_text().splitlines())
-        result.update(peak_rss_mb=int(status["VmHWM"].split()[0]) / 1024, threads=int(status["Threads"]))  # VmHWM: peak
+        result.setdefault("peak_rss_mb", int(status["VmHWM"].split()[0]) / 1024)  # VmHWM: peak
+        result.update(threads=int(status["Threads"]))
         pathlib.Path(args.worker[2]).write_text(json.dumps(result))
         return 0
     return run(args)
@@ -355,7 +379,7 @@ def run(args):
         work, wanted = pathlib.Path(directory), args.rows.split(",")
         spec = dict(config=config, num_classes=num_classes, weights=str(work / "model.safetensors"),
                     images=args.images or str(work / "images"), make_images=not args.images,
-                    folder_images=4 if args.quick else 100, timm_import=args.timm_import,
+                    folder_images=4 if args.quick else 300, timm_import=args.timm_import,
                     repeats={"1": args.repeats[0], "32": args.repeats[1]},
                     preset=str(work / "preset"), cache=str(work / "cache"))
         exports = ([(str(work / "model.onnx"), "onnx")] * ("onnxruntime" in wanted)
@@ -376,6 +400,8 @@ def run(args):
                                 if "error" not in first.get(name, {"error": 1})), None)
     report["table"] = summarize(report["rounds"], report["reference"], flops,
                                 report["gemm_peak_gflops"])
+    folder_reference = next((n for n in first if n.startswith("folder keras") and "keep-aspect" not in n
+                             and "error" not in first[n]), None)
     m = report["machine"]
     text = "\n".join([
         f"# keras-cait benchmark: {label}, {flops / 1e9:.3f} GFLOP/img", "",
@@ -386,6 +412,9 @@ def run(args):
         f"- {args.rounds} round(s), rows alternating, each a fresh process; img/s: median of "
         f"{args.repeats[0]} calls at batch 1, {args.repeats[1]} at 32", "",
         markdown_table(report["table"], report["reference"] or "–"), ""]
+        + ([f"`keras-cait predict DIR --output` on {first[folder_reference]['images']} JPEGs: img/s over a second, "
+            "renamed copy of them (start-up cancels out), and over the whole first command", "",
+            folder_table(report["rounds"], folder_reference), ""] if folder_reference else [])
         + [f"- {name}: {result['error'].splitlines()[0][:300]}"
            for name, result in first.items() if "error" in result])
     print(text)
