@@ -5,6 +5,8 @@ Imports no deep-learning framework."""
 
 import contextlib
 import dataclasses
+import json
+import os
 import sys
 
 import numpy as np
@@ -172,3 +174,35 @@ def write_record_stream(output, paths, top, embeddings, resume, progress, produc
         )
     summary["failed"] = failed
     return summary
+
+
+class RecordsActor:
+    """The callable class of a Ray Data `map_batches` worker
+    (`keras_cait.write_predictions_on_ray`): batches of image paths in,
+    their records out. A subclass sets `self.predictor` (a `BatchPredictor`
+    or an `EnginePredictor`) once per actor.
+
+    Args:
+        batch_size: int. Every forward pass is padded to this size (one
+            compiled shape per actor).
+        directory: `None` or the driver's working directory: the actor
+            works there when its node has it, so that relative paths (and
+            error messages naming them) are those of the driver.
+
+    Input batches are dicts with an `"image"` column of str paths; output
+    batches have a `"record"` column: each record as a line of JSON (Ray
+    stores the strings as they are, so floats come back exactly).
+    """
+
+    predictor = None
+
+    def __init__(self, batch_size, directory=None):
+        if directory and os.path.isdir(directory):
+            os.chdir(directory)
+        self.batch_size = batch_size
+
+    def __call__(self, batch):
+        paths = [str(path) for path in batch["image"]]
+        batches = predict_batches(self.predictor, paths, self.batch_size, fixed_shape=True)
+        records = [record for _, _, records in batches for record in records]
+        return {"record": np.array([json.dumps(record) for record in records], object)}

@@ -15,6 +15,7 @@ import huggingface_hub
 import numpy as np
 
 from keras_cait_base import artifact_cache, handles, registry
+from keras_cait_base.collection_runs import RecordsActor
 from keras_cait_base.errors import CaiTConfigError
 from keras_cait_base.io.files import sha256_file
 from keras_cait_base.pillow_pipeline import pillow_image_batches, pillow_supports
@@ -250,3 +251,18 @@ class EnginePredictor:
         return batch_records(batch, outputs, self.activation, self.top,
                              self.embeddings, self.labels)
 
+
+
+class EngineRecordsActor(RecordsActor):
+    """`RecordsActor` on a cached artefact (`EnginePredictor`, Pillow
+    pipeline): a Ray actor that imports no Keras, KerasHub or backend.
+
+    Args:
+        artifact, engine, top, embeddings, precision: as `EnginePredictor`.
+        batch_size, directory: as `RecordsActor`.
+    """
+
+    def __init__(self, artifact, engine, top, embeddings, precision, batch_size,
+                 directory=None):
+        super().__init__(batch_size, directory)
+        self.predictor = EnginePredictor(artifact, engine, top, embeddings, precision)

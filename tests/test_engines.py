@@ -172,6 +172,26 @@ def test_a_cached_cli_run_imports_no_keras(tiny_preset, photos, tmp_path, capfd,
     assert keras_cait.read_records(second) == keras_cait.read_records(first)
 
 
+def test_a_ray_engine_actor_imports_no_keras(tiny_classifier, photos, cache):
+    """The actor of an engine run on Ray (`EngineRecordsActor`) opens the
+    artefact and gives the records of `predict_files`, without Keras."""
+    folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
+    want = list(keras_cait.predict_files(photos, tiny_classifier, top=3, batch_size=4,
+                                         engine="onnxruntime", cache_dir=cache))
+    script = textwrap.dedent(f"""
+        import json, sys
+        from keras_cait_base.engines import EngineRecordsActor
+        actor = EngineRecordsActor({folder!r}, "onnxruntime", 3, False, "float32", 4)
+        records = [json.loads(r) for r in actor({{"image": {photos!r}}})["record"]]
+        heavy = ("keras", "keras_hub", "tensorflow", "jax", "torch", "keras_cait")
+        print(json.dumps([records, sorted(set(heavy) & set(sys.modules))]))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    records, heavy = json.loads(run.stdout.splitlines()[-1])
+    assert heavy == [] and records == want, run.stderr[-2000:]
+
+
 def test_openvino_bfloat16(tiny_classifier, photos, cache):
     if not engines.bfloat16_supported():
         pytest.skip("this CPU has no bfloat16 in OpenVINO (no AVX-512 BF16 or AMX)")

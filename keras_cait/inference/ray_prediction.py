@@ -12,7 +12,6 @@ import json
 import os
 
 import keras
-import numpy as np
 
 from keras_cait.inference.batch_prediction import (
     BatchPredictor,
@@ -23,7 +22,7 @@ from keras_cait.inference.image_pipeline import image_batches
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
 from keras_cait.models.cait_image_converter import CaiTImageConverter
 from keras_cait_base import engines
-from keras_cait_base.collection_runs import predict_batches, write_record_stream
+from keras_cait_base.collection_runs import RecordsActor, write_record_stream
 from keras_cait_base.errors import CaiTConfigError
 from keras_cait_base.io.image_paths import expand_image_paths
 from keras_cait_base.io.records import check_output
@@ -43,9 +42,12 @@ def _import_ray():
     return ray
 
 
-class RayBatchPredictor:
-    """The callable class of a Ray Data `map_batches`: loads a classifier
-    once per actor and turns batches of image paths into records.
+class RayBatchPredictor(RecordsActor):
+    """`RecordsActor` that loads a classifier once per actor: the Keras
+    engine, or an engine whose converter the Pillow pipeline cannot run
+    (the artefact then reads images through the converter's `tf.data`
+    pipeline). An engine run with the Pillow pipeline uses
+    `keras_cait_base.engines.EngineRecordsActor`, which imports no Keras.
 
     Args:
         model: str. A preset (name, directory or `hf://` handle) the actor
@@ -53,45 +55,25 @@ class RayBatchPredictor:
             Hugging Face cache of its node).
         top: int. Predictions per record.
         embeddings: bool. Add each image's pooled features.
-        batch_size: int. Every forward pass is padded to this size (one
-            compiled shape per actor).
-        directory: `None` or the driver's working directory: the actor
-            works there when its node has it, so that relative paths (and
-            error messages naming them) are those of the driver.
+        batch_size, directory: as `RecordsActor`.
         engine: `"keras"`, or the engine running `artifact`.
         precision: as in `keras_cait.predict_files`.
         artifact: `None`, or (with an engine other than `"keras"`) the
             folder of the artefact the driver made
-            (`artifact_export.make_artifact`): the actor runs it without loading
-            the Keras model.
-
-    Input batches are dicts with an `"image"` column of str paths; output
-    batches have a `"record"` column: each record as a line of JSON (Ray
-    stores the strings as they are, so floats come back exactly).
+            (`artifact_export.make_artifact`).
     """
 
     def __init__(self, model, top, embeddings, batch_size, directory=None,
                  engine="keras", precision="float32", artifact=None):
-        if directory and os.path.isdir(directory):
-            os.chdir(directory)
+        super().__init__(batch_size, directory)
         if engine == "keras":
             self.predictor = BatchPredictor(load_classifier(model), top, embeddings)
-        else:
-            self.predictor = engines.EnginePredictor(
-                artifact, engine, top, embeddings, precision
-            )
-            if not pillow_supports(self.predictor.converter_config):
-                converter = CaiTImageConverter.from_preset(model)
-                self.predictor.fallback_batches = (
-                    lambda paths, size, start: image_batches(paths, converter, size, start)
-                )
-        self.batch_size = batch_size
-
-    def __call__(self, batch):
-        paths = [str(path) for path in batch["image"]]
-        batches = predict_batches(self.predictor, paths, self.batch_size, fixed_shape=True)
-        records = [record for _, _, records in batches for record in records]
-        return {"record": np.array([json.dumps(record) for record in records], object)}
+            return
+        converter = CaiTImageConverter.from_preset(model)
+        self.predictor = engines.EnginePredictor(
+            artifact, engine, top, embeddings, precision,
+            image_batches=lambda paths, size, start: image_batches(paths, converter, size, start),
+        )
 
 
 def write_predictions_on_ray(
@@ -171,11 +153,15 @@ def write_predictions_on_ray(
     # The configuration only (no weights), to check the preset and size
     # the records before any actor starts; with an engine, the whole model,
     # to make the artefact once, here.
-    artifact = None
+    actor = RayBatchPredictor, dict(model=model, engine=engine, precision=precision)
     if engine != "keras":  # the artefact, made once here
-        artifact = make_predictor(model, top, embeddings, engine, precision, cache_dir)
-        top = artifact.top
-        artifact = artifact.artifact
+        predictor = make_predictor(model, top, embeddings, engine, precision, cache_dir)
+        top = predictor.top
+        actor[1]["artifact"] = predictor.artifact
+        if pillow_supports(predictor.converter_config):  # actors without Keras
+            actor = engines.EngineRecordsActor, dict(
+                artifact=predictor.artifact, engine=engine, precision=precision)
+        del predictor
     else:  # the configuration only, to check the preset and `top`
         described = load_classifier(
             CaiTImageClassifier.from_preset(model, load_weights=False)
@@ -190,8 +176,8 @@ def write_predictions_on_ray(
         return write_record_stream(
             output, paths, top, embeddings, resume, progress,
             lambda kept: _ray_records(
-                ray, paths[kept:], model, top, embeddings, batch_size, backend,
-                actors, gpus_per_actor, engine, precision, artifact,
+                ray, paths[kept:], actor[0], dict(actor[1], top=top, embeddings=embeddings),
+                batch_size, backend, actors, gpus_per_actor,
             ),
         )
     finally:
@@ -199,9 +185,10 @@ def write_predictions_on_ray(
             ray.shutdown()
 
 
-def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors,
-                 gpus_per_actor, engine="keras", precision="float32", artifact=None):
-    """The records of `paths` from Ray Data actors, in order, one list per
+def _ray_records(ray, paths, actor_class, actor_kwargs, batch_size, backend, actors,
+                 gpus_per_actor):
+    """The records of `paths` from Ray Data actors of `actor_class` (a
+    `RecordsActor`, made with `actor_kwargs`), in order, one list per
     record (as they arrive)."""
     if not paths:
         return
@@ -213,11 +200,9 @@ def _ray_records(ray, paths, model, top, embeddings, batch_size, backend, actors
     context.enable_progress_bars = False
     try:
         dataset = ray.data.from_items([{"image": path} for path in paths]).map_batches(
-            RayBatchPredictor,
+            actor_class,
             fn_constructor_kwargs=dict(
-                model=model, top=top, embeddings=embeddings, batch_size=batch_size,
-                directory=os.getcwd(), engine=engine, precision=precision,
-                artifact=artifact,
+                actor_kwargs, batch_size=batch_size, directory=os.getcwd()
             ),
             batch_size=batch_size,
             concurrency=actors,
