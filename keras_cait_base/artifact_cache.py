@@ -84,9 +84,10 @@ def verify_artifact(folder, key=None):
         "sha256"}}`) and `metadata` (what the exporter returned).
 
     Raises:
-        CorruptArtifactError: the manifest is missing or unreadable, is for
-            another key, or a file is missing, has another size or another
-            SHA-256; the message names the file.
+        CorruptArtifactError: the manifest is missing or unreadable, its
+            fields do not give its key, it is for another key, or a file is
+            missing, has another size or another SHA-256; the message names
+            the file.
     """
     path = os.path.join(folder, MANIFEST)
     try:
@@ -97,6 +98,11 @@ def verify_artifact(folder, key=None):
         raise CorruptArtifactError(
             f"Artefact '{folder}': no readable {MANIFEST} ({error})."
         ) from None
+    if not isinstance(manifest, dict) or manifest.get("key") != artifact_key(manifest.get("fields")):
+        raise CorruptArtifactError(
+            f"Artefact '{folder}': its manifest's fields do not give its key "
+            "(the manifest was edited)."
+        )
     if key is not None and manifest.get("key") != key:
         raise CorruptArtifactError(
             f"Artefact '{folder}': its manifest is for key "
@@ -134,6 +140,20 @@ def _lock(path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _share(path):
+    """Gives `path` (and a folder's files) the modes of a file the user
+    creates (`umask`), not the owner-only modes of `tempfile`'s: a cache
+    shared by several users or Ray nodes stays readable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if os.path.isdir(path):
+        os.chmod(path, 0o777 & ~umask)
+        for name in _file_list(path):
+            os.chmod(os.path.join(path, name), 0o666 & ~umask)
+    else:
+        os.chmod(path, 0o666 & ~umask)
 
 
 def _remove(folder):
@@ -184,7 +204,15 @@ def ensure_artifact(cache_dir, fields, export, source_fields=None):
     os.makedirs(cache_dir, exist_ok=True)
     folder, manifest = _ensure(cache_dir, artifact_key(fields), fields, export)
     if source_fields is not None:
-        remember_source(cache_dir, source_fields, manifest["key"])
+        try:
+            remember_source(cache_dir, source_fields, manifest["key"])
+        except OSError as error:  # a read-only cache still serves its artefacts
+            warnings.warn(
+                f"Artefact cache '{cache_dir}': could not record which preset "
+                f"files made artefact {manifest['key'][:12]} ({error}); the next "
+                "run loads the model again to find it.",
+                stacklevel=2,
+            )
     return folder, manifest
 
 
@@ -211,6 +239,7 @@ def _ensure(cache_dir, key, fields, export):
                         "metadata": metadata}
             with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2, sort_keys=True)
+            _share(staging)
             try:
                 os.rename(staging, folder)
             except OSError:
@@ -237,6 +266,7 @@ def remember_source(cache_dir, source_fields, key):
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             json.dump({"source": source_fields, "key": key}, f, sort_keys=True)
+        _share(staging)
         os.replace(staging, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -32,7 +32,7 @@ PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 OUTPUTS = ("predictions", "embedding")
 # What an artefact's manifest holds; a change makes new keys, so that an
 # artefact of an older layout is never used.
-ARTIFACT_LAYOUT = 2
+ARTIFACT_LAYOUT = 3
 
 
 def engine_version(engine):
@@ -145,7 +145,7 @@ def artifact_of_preset(preset, engine, cache_dir=None):
     found = artifact_cache.artifact_of_source(
         artifact_cache.default_cache_dir(cache_dir), source
     )
-    if found is None or not pillow_supports(found[1]["metadata"]["converter"]):
+    if found is None or not pillow_supports(found[1]["fields"]["converter"]):
         return None
     return found[0]
 
@@ -217,15 +217,15 @@ class EnginePredictor:
         if engine == "keras":
             raise CaiTConfigError("EnginePredictor runs 'onnxruntime' or 'openvino'.")
         manifest = artifact_cache.verify_artifact(artifact)
-        metadata = manifest["metadata"]
+        fields, metadata = manifest["fields"], manifest["metadata"]
         self.engine = engine
         self.precision = precision
-        self.activation = metadata["activation"]
-        self.num_classes = metadata["num_classes"]
-        self.top = min(top, metadata["num_classes"])
+        self.activation = fields["activation"]
+        self.num_classes = fields["num_classes"]
+        self.top = min(top, fields["num_classes"])
         self.embeddings = embeddings
-        self.converter_config = metadata["converter"]
-        self.labels = metadata["labels"]
+        self.converter_config = fields["converter"]
+        self.labels = fields["labels"]
         self.fallback_batches = image_batches
         self.order = metadata["outputs"]
         self.artifact = artifact
@@ -244,7 +244,14 @@ class EnginePredictor:
             images = np.concatenate([images, padding])
         results = self.run(images)
         names = ("predictions", "embedding") if self.embeddings else ("predictions",)
-        return {name: np.asarray(results[self.order[name]])[:count] for name in names}
+        outputs = {name: np.asarray(results[self.order[name]])[:count] for name in names}
+        if outputs["predictions"].shape[1:] != (self.num_classes,):
+            raise artifact_cache.CorruptArtifactError(
+                f"Artefact '{self.artifact}': its predictions have shape "
+                f"{outputs['predictions'].shape[1:]}, not ({self.num_classes},); "
+                "its manifest was edited. Delete the folder to export it again."
+            )
+        return outputs
 
     def records(self, batch, outputs):
         """The records of `batch`, as `BatchPredictor.records`."""

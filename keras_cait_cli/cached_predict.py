@@ -39,15 +39,24 @@ def predict_from_cache(args):
         "(Keras is not loaded)",
         file=sys.stderr,
     )
-    if args.resume and complete(args.output, args.inputs, args.top, args.embeddings):
-        return None, {"output": args.output, "images": 0, "kept": 0,
-                      "written": 0, "failed": 0, "complete": True}
+    done = args.resume and completed_summary(
+        args.output, args.inputs, args.top, args.embeddings
+    )
+    if done:
+        return None, done
     paths = expand_image_paths(args.inputs)
     if args.output:
         check_output(args.output, args.resume)
     predictor = engines.EnginePredictor(
         folder, args.engine, args.top, args.embeddings, args.precision
     )
+    return run_predictor(predictor, paths, args)
+
+
+def run_predictor(predictor, paths, args):
+    """`(records, summary)` of `keras-cait predict` with `predictor` (a
+    `BatchPredictor` or an `EnginePredictor`) on `paths`: the records with
+    no `--output`, else the summary of `write_records`."""
     progress = len(paths) > args.batch_size
     if args.output:
         summary = write_records(
@@ -58,16 +67,20 @@ def predict_from_cache(args):
     return [record for _, _, records in batches for record in records], None
 
 
-def complete(output, inputs, top, embeddings):
-    """Whether `output` already holds a complete record for every input
-    (then `--resume` has nothing to do and the model is not loaded).
+def completed_summary(output, inputs, top, embeddings):
+    """The summary of a `--resume` run with nothing left to do (`complete`,
+    and `failed` counting the kept error records), when `output` already
+    holds a record for every input; else `None` (the model is then needed).
     Records written with another `--top` or `--embeddings` are refused, as
     a resumed run refuses them."""
     if not os.path.exists(output):
-        return False
+        return None
     paths = list(expand_image_paths(inputs))
     writer = RecordWriter(output, top, embeddings, resume=True, expected_images=paths)
-    return writer.kept == len(paths)
+    if writer.kept != len(paths):
+        return None
+    return {"output": output, "images": len(paths), "kept": writer.kept, "written": 0,
+            "failed": writer.kept_failures, "complete": True}
 
 
 def format_table(records):

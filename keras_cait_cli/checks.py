@@ -190,6 +190,20 @@ def check_new_folder(folder, option):
     _check_parent_writable(path, option)
 
 
+def check_cache_folder(folder, option="--cache-dir"):
+    """A cache folder may exist or not, but no part of its path may be a
+    file (the artefact would only fail after the model loads)."""
+    path = pathlib.Path(folder).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ArgumentProblem(
+                    f"{option} {folder}: {part} is a file; give a folder "
+                    "(created if missing)."
+                )
+            return
+
+
 def check_inputs(inputs):
     """`predict`'s inputs: each @list file exists, and at least one input
     exists or matches (a missing image among others is not an error of the

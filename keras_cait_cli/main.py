@@ -525,6 +525,8 @@ def _check_predict_paths(args):
     """What `predict` can check before Keras loads (raises `ArgumentProblem`)."""
     checks.check_inputs(args.inputs)
     checks.check_preset(args.preset, presets_dir())
+    if args.cache_dir:
+        checks.check_cache_folder(args.cache_dir)
     if args.output:
         checks.check_output_file(args.output, args.resume)
     if args.attention:
@@ -574,7 +576,7 @@ def _run_predict(args, argv):
     if summary is not None and summary.get("complete"):
         print(f"keras-cait: {summary['output']} is complete (every input has a "
               "record); nothing to do", file=sys.stderr, flush=True)
-        return 0
+        return _failed_inputs(summary["failed"], summary["images"])
     if summary is not None:
         kept = f" after {summary['kept']} kept" if summary["kept"] else ""
         print(f"keras-cait: wrote {_count(summary['written'], 'record')}{kept} "
@@ -598,6 +600,8 @@ def _run_evaluate(args, argv):
     checks.check_folder(args.directory, "")
     checks.check_preset(args.preset, presets_dir())
     checks.check_new_folder(args.output, "--output")
+    if args.cache_dir:
+        checks.check_cache_folder(args.cache_dir)
     if args.label_map:
         checks.check_file(args.label_map, "--label-map")
     status = _start_backend(args, argv)

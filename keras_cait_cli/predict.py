@@ -16,15 +16,13 @@ from keras_cait.inference.batch_prediction import (
     BatchPredictor,
     load_classifier,
     make_predictor,
-    predict_batches,
-    write_records,
 )
 from keras_cait.inference.ray_prediction import write_predictions_on_ray
 from keras_cait_base import artifact_cache
 from keras_cait_base.engines import check_engine
 from keras_cait_base.io.image_paths import expand_image_paths
 from keras_cait_base.io.records import check_output
-from keras_cait_cli.cached_predict import complete
+from keras_cait_cli.cached_predict import completed_summary, run_predictor
 
 
 def _unique_stems(paths):
@@ -96,11 +94,11 @@ def predict(args):
             "run exports one: a minute or more; later runs reuse it)",
             file=sys.stderr,
         )
-    if args.resume and not args.ray and complete(
+    done = args.resume and not args.ray and completed_summary(
         args.output, args.inputs, args.top, args.embeddings
-    ):
-        return None, {"output": args.output, "images": 0, "kept": 0,
-                      "written": 0, "failed": 0, "complete": True}
+    )
+    if done:
+        return None, done
     if args.ray:
         return None, write_predictions_on_ray(
             args.inputs, args.output, args.preset, args.top, args.batch_size,
@@ -124,11 +122,4 @@ def predict(args):
             args.preset, args.top, args.embeddings, args.engine, args.precision,
             args.cache_dir, keep_aspect_ratio=args.keep_aspect,
         )
-    progress = len(paths) > args.batch_size
-    if args.output:
-        summary = write_records(
-            predictor, paths, args.output, args.batch_size, args.resume, progress
-        )
-        return None, summary
-    batches = predict_batches(predictor, paths, args.batch_size, progress=progress)
-    return [record for _, _, records in batches for record in records], None
+    return run_predictor(predictor, paths, args)

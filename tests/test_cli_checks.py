@@ -232,6 +232,13 @@ def test_resume_of_a_complete_file_loads_no_model(tmp_path, capfd, monkeypatch):
     status, _, err = _main(capfd, "predict", photo, "--output", str(output), "--resume",
                            "--backend", keras.config.backend())
     assert status == 1 and "Use the same --top and --embeddings" in err
+    # Complete with an error record: the exit status of the run that wrote it.
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    output.write_text(json.dumps({"image": str(broken), "error": "cannot read"}) + "\n")
+    status, _, err = _main(capfd, "predict", str(broken), "--output", str(output), "--resume",
+                           "--top", "1", "--backend", keras.config.backend())
+    assert status == cli.FAILED_INPUTS and "nothing to do" in err and "1 of 1 inputs failed" in err
 
 
 def test_one_record_interrupts_and_evaluate_top_k(tmp_path, capfd, monkeypatch):

@@ -241,6 +241,11 @@ def test_key_changes_with_versions_weights_and_shape(tiny_classifier, monkeypatc
     for name in ("weights", "image_shape", "config", "export_backend"):
         changed = dict(fields, **{name: "other"})
         assert artifact_cache.artifact_key(changed) != key
+    # The same weights with other preprocessing: another artefact (its records differ).
+    converter = tiny_classifier.preprocessor.image_converter
+    monkeypatch.setattr(converter, "crop_pct", 0.5)
+    assert artifact_cache.artifact_key(
+        artifact_export.artifact_fields(tiny_classifier, "onnxruntime")) != key
 
 
 def _fake_export(payload):
@@ -448,6 +453,66 @@ def test_cli_engine_options_are_checked(arguments, message, capfd):
         cli.main(["predict", "cat.jpg", *arguments])
     assert exit_info.value.code == 2
     assert message in capfd.readouterr().err
+
+
+def test_an_edited_manifest_never_gives_numbers(tiny_classifier, photos, tmp_path):
+    """The records' preprocessing comes from the keyed fields; a manifest
+    whose fields were edited, or whose outputs were swapped, is refused,
+    and the next run exports the artefact again."""
+    cache = str(tmp_path / "cache")
+    folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
+    path = os.path.join(folder, "manifest.json")
+    original = open(path).read()
+    manifest = json.loads(original)
+    manifest["fields"]["converter"]["mean"] = [0.0, 0.0, 0.0]
+    open(path, "w").write(json.dumps(manifest))
+    with pytest.raises(CaiTConfigError, match="fields do not give its key"):
+        engines.EnginePredictor(folder, "onnxruntime")
+    with pytest.warns(UserWarning, match="fields do not give its key.*Exporting it again"):
+        assert artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache) == folder
+    manifest = json.loads(open(path).read())
+    manifest["metadata"]["outputs"] = {"predictions": manifest["metadata"]["outputs"]["embedding"],
+                                       "embedding": manifest["metadata"]["outputs"]["predictions"]}
+    open(path, "w").write(json.dumps(manifest))
+    predictor = engines.EnginePredictor(folder, "onnxruntime")
+    batch = next(predictor.image_batches(photos[:2], 2))
+    with pytest.raises(CaiTConfigError, match="its manifest was edited"):
+        predictor.outputs(batch.images)
+
+
+def test_a_read_only_cache_still_serves_and_shares(tiny_classifier, monkeypatch, tmp_path):
+    cache = str(tmp_path / "cache")
+    folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
+    assert os.stat(folder).st_mode & 0o777 == 0o777 & ~_umask()  # not tempfile's 0700
+
+    def read_only(*args):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(artifact_cache, "remember_source", read_only)
+    preset = tmp_path / "preset"  # the files the model was loaded from (any, here)
+    preset.mkdir()
+    (preset / "config.json").write_text("{}")
+    with pytest.warns(UserWarning, match="could not record which preset files"):
+        again = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache,
+                                              preset=str(preset))
+    assert again == folder
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_before_the_model(tmp_path, photos, capfd):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for cache_dir in (afile, afile / "sub"):
+        status = cli.main(["predict", photos[0], "--engine", "onnxruntime", "--cache-dir",
+                           str(cache_dir)])
+        err = capfd.readouterr().err
+        assert status == 1 and f"--cache-dir {cache_dir}: {afile} is a file" in err
+        assert "backend" not in err  # refused before Keras and the model
 
 
 def test_manifest_is_json_with_sizes_and_digests(tiny_classifier, cache):

@@ -44,11 +44,15 @@ def weights_digest(model):
 
 
 def artifact_fields(classifier, engine):
-    """Everything that changes the artefact of `classifier` for `engine`:
-    the model's configuration (layer names left out), its weights' digest,
-    its image shape and dtype policy, and the keras-cait, Keras, engine and
-    export backend versions. (OpenVINO's bfloat16 is applied when the
-    float32 artefact is compiled, so both precisions share it.)"""
+    """Everything that changes the artefact of `classifier` for `engine`,
+    or the records made from it: the model's configuration (layer names
+    left out), its weights' digest, its image shape and dtype policy, its
+    image converter's configuration, its head (`num_classes`, `activation`)
+    and class names, and the keras-cait, Keras, engine and export backend
+    versions. (OpenVINO's bfloat16 is applied when the float32 artefact is
+    compiled, so both precisions share it.) `EnginePredictor` reads the
+    converter, head and names from these fields, which the artefact's key
+    covers."""
     backend = keras.backend.backend()
     config = json.loads(
         json.dumps(
@@ -72,6 +76,10 @@ def artifact_fields(classifier, engine):
         "export_backend": backend,
         "backend_version": _backend_version(backend),
         "layout": engines.ARTIFACT_LAYOUT,
+        "converter": _converter_config(classifier.preprocessor.image_converter),
+        "num_classes": classifier.num_classes,
+        "activation": _activation_name(classifier.activation),
+        "labels": imagenet_labels(classifier.num_classes),
     }
 
 
@@ -176,16 +184,7 @@ def make_artifact(classifier, engine, cache_dir=None, preset=None):
         expected = {k: np.asarray(v, "float32") for k, v in expected.items()}
         session = engines.open_session(engine, path, "float32")
         order = _output_order(session(images), expected)
-        return {
-            "file": engines.FILES[engine],
-            "outputs": order,
-            "num_classes": classifier.num_classes,
-            "activation": _activation_name(classifier.activation),
-            "converter": _converter_config(
-                classifier.preprocessor.image_converter
-            ),
-            "labels": imagenet_labels(classifier.num_classes),
-        }
+        return {"file": engines.FILES[engine], "outputs": order}
 
     source = None if preset is None else engines.preset_source_fields(preset, engine)
     folder, _ = artifact_cache.ensure_artifact(
