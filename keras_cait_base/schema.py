@@ -9,6 +9,8 @@ import collections
 import math
 import numbers
 
+import numpy as np
+
 from keras_cait_base.errors import CaiTConfigError, CaiTUnsafeModelError
 
 # timm's evaluation transform for CaiT: ImageNet mean and standard deviation
@@ -356,6 +358,80 @@ Attributes:
     path: the Keras variable's path (`keras.Variable.path`), e.g.
         `"self_attention_block_0/attn/qkv/kernel"`.
 """
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _channel_values(name, values, positive):
+    try:
+        values = tuple(float(v) for v in np.ravel(values))
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise CaiTConfigError(
+            f"CaiTImageConverter: `{name}` must be one finite float or three "
+            f"(one per RGB channel). Received: {values!r}"
+        )
+    if positive and min(values) <= 0:
+        raise CaiTConfigError(
+            f"CaiTImageConverter: `{name}` must be positive. Received: {values!r}"
+        )
+    return values
+
+
+def check_converter_config(
+    image_size, crop_pct, interpolation, mean, std, keep_aspect_ratio, size_multiple
+):
+    """The check of `CaiTImageConverter`'s arguments (timm's evaluation
+    transform; see its docstring).
+
+    Returns:
+        A dict of the arguments, standardised: `image_size` a `(height,
+        width)` pair of ints, `crop_pct` a float, `mean` and `std` three
+        floats each, `size_multiple` an int.
+
+    Raises:
+        CaiTConfigError: (a `ValueError`) an argument of the wrong type or
+            out of range, naming it.
+    """
+    def fail(argument, expected, value):
+        return CaiTConfigError(
+            f"CaiTImageConverter: `{argument}` must be {expected}. Received: {value!r}"
+        )
+
+    if not isinstance(keep_aspect_ratio, bool):
+        raise fail("keep_aspect_ratio", "a bool", keep_aspect_ratio)
+    if not _is_int(size_multiple) or size_multiple < 1:
+        raise fail("size_multiple", "a positive int (the model's patch size)", size_multiple)
+    size = (image_size, image_size) if _is_int(image_size) else image_size
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(_is_int(v) and v >= 1 for v in size)
+    ):
+        raise fail(
+            "image_size", "a positive int or a (height, width) pair of positive ints",
+            image_size,
+        )
+    if (
+        isinstance(crop_pct, bool)
+        or not isinstance(crop_pct, numbers.Real)
+        or not 0.0 < crop_pct <= 1.0
+    ):
+        raise fail("crop_pct", "a float in (0, 1]", crop_pct)
+    if interpolation not in INTERPOLATIONS:
+        raise fail("interpolation", f"one of {INTERPOLATIONS}", interpolation)
+    return dict(
+        image_size=(int(size[0]), int(size[1])),
+        crop_pct=float(crop_pct),
+        mean=_channel_values("mean", mean, positive=False),
+        std=_channel_values("std", std, positive=True),
+        size_multiple=int(size_multiple),
+    )
+
 
 _LINEAR = (1, 0)  # nn.Linear (out, in) -> Dense kernel (in, out)
 _CONV = (2, 3, 1, 0)  # nn.Conv2d (out, in, kh, kw) -> Conv2D kernel (kh, kw, in, out)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.models.shuffled_batches import shuffled_batches
+from keras_cait.model_extensions.shuffled_batches import shuffled_batches
 from keras_cait.training.finetuning import finetuning_optimizer, load_for_finetuning
 from keras_cait_base.errors import CaiTWeightsError
 from tests.support import TINY_BACKBONE, to_numpy
@@ -175,4 +175,4 @@ def test_shuffled_batches_reshuffle_each_pass(pipeline, monkeypatch):
 
 def test_keras_hub_vit_fit_on_arrays_does_not_shuffle():
     if not np.array_equal(_fit_weights(_vit, True), _fit_weights(_vit, False)):
-        pytest.fail(FIXED.format("CaiTImageClassifier.fit, models/shuffled_batches.py"))
+        pytest.fail(FIXED.format("TrainingState.fit, model_extensions/shuffled_batches.py"))

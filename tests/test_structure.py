@@ -83,6 +83,12 @@ LAYERS = {
         "keras_cait.runtime",  # predict/export overrides attached to the models
         "keras_cait.runtime.export",
         "keras_cait.runtime.predict",
+        "keras_cait.model_extensions",  # derived models, photo lists, fit fixes
+        "keras_cait.model_extensions.derived_models",
+        "keras_cait.model_extensions.image_lists",
+        "keras_cait.model_extensions.layout_map",
+        "keras_cait.model_extensions.shuffled_batches",
+        "keras_cait.model_extensions.training_state",
     ],
     4: [  # the model, in one folder (as KerasHub's models/vit/)
         "keras_cait.models",
@@ -91,7 +97,6 @@ LAYERS = {
         "keras_cait.models.cait_image_classifier_preprocessor",
         "keras_cait.models.cait_image_converter",
         "keras_cait.models.cait_presets",
-        "keras_cait.models.shuffled_batches",
     ],
     5: [  # applications on the model, one folder per concern; the public API
         "keras_cait.explain",

@@ -1,7 +1,6 @@
-"""Speed paths behind one switch read at build, as timm's `use_fused_attn()`:
-env `KERAS_CAIT_FAST_PATHS` (`1` on, default; `0` off) or `set_fast_paths`.
-Each computes what the layer's `call()` does (why and gains: docs/performance.md);
-the one module of `layers` that uses a backend (PyTorch) directly."""
+"""Speed paths behind one switch read at build, as timm's `use_fused_attn()`: env
+`KERAS_CAIT_FAST_PATHS` (1 on, default; 0 off) or `set_fast_paths`. Each computes what
+the layer's `call()` does (docs/performance.md); the only PyTorch use in `layers`."""
 
 import os
 
@@ -24,13 +23,12 @@ _enabled = _from_environment()
 
 
 def use_fast_paths():
-    """Whether layers built from now on take keras-cait's speed paths."""
+    """Whether layers built from now on take the speed paths."""
     return _enabled
 
 
 def set_fast_paths(enable):
-    """Turn the speed paths on or off (bool `enable`, else `TypeError`) for
-    layers built and models compiled afterwards."""
+    """Speed paths on or off (a bool, else `TypeError`) for layers built afterwards."""
     global _enabled
     if not isinstance(enable, bool):
         raise TypeError(f"`enable` must be a bool, got {enable!r}.")
@@ -38,8 +36,7 @@ def set_fast_paths(enable):
 
 
 def enabled_for(layer):
-    """`use_fast_paths()` for `layer` at its build; off for a layer made in a
-    `keras.RematScope` (its sublayers must go through `Layer.__call__`)."""
+    """`use_fast_paths()` at `layer`'s build; off in a `keras.RematScope`."""
     # Private (Keras 3.15): `Operation._remat_mode` (tests/test_layers.py).
     return _enabled and getattr(layer, "_remat_mode", None) is None
 
@@ -50,8 +47,7 @@ MAX_ATTENTION_BLOCKS = 16
 
 
 def query_row_blocks(batch_size, num_heads, num_tokens):
-    """`(start, stop)` query-row ranges covering `range(num_tokens)`, each with
-    at most `ATTENTION_BLOCK_BYTES` of logits (one if a size is symbolic)."""
+    """`(start, stop)` query rows with at most `ATTENTION_BLOCK_BYTES` of logits each."""
     if not isinstance(batch_size, int) or not isinstance(num_tokens, int):
         return [(0, num_tokens)]
     backend = keras.backend.backend()
@@ -62,19 +58,16 @@ def query_row_blocks(batch_size, num_heads, num_tokens):
 
 
 def computes_on_cpu(x):
-    """Whether `x` is on a CPU (JAX, TensorFlow: their default device); false
-    on OpenVINO, which compiles the whole graph (no blocks there)."""
-    backend = keras.backend.backend()
-    if backend == "torch":
+    """Whether `x` is on a CPU; false on OpenVINO (it compiles the whole graph)."""
+    if keras.backend.backend() == "torch":
         return x.device.type == "cpu"
-    if backend not in ("jax", "tensorflow"):
+    if keras.backend.backend() not in ("jax", "tensorflow"):
         return False
     return keras.distribution.list_devices()[0].startswith("cpu")
 
 
 def eager_torch(x, layer):
-    """Whether `x` is a PyTorch tensor outside `torch.compile` and `layer`
-    computes in float32 (no autocast: `call()` computes what `__call__` would)."""
+    """Whether `x` is eager PyTorch (not `torch.compile`) and `layer` float32."""
     if keras.backend.backend() != "torch" or layer.dtype_policy.name != "float32":
         return False
     import torch  # optional: the active backend only (Keras has imported it)
@@ -86,8 +79,7 @@ def _plain(dense):  # not quantized (policy "int8_from_float32"...), no LoRA
     return dense.dtype_policy.name == "float32" and not dense.lora_enabled
 
 
-def _dense(dense, x):
-    """`dense(x)`; if `_plain(dense)`, one `torch.nn.functional.linear`."""
+def _dense(dense, x):  # `dense(x)`; one `linear` if `_plain(dense)`
     import torch  # optional: the active backend only (Keras has imported it)
 
     if not _plain(dense):
@@ -97,8 +89,7 @@ def _dense(dense, x):
 
 
 def _mix_heads(dense, attn):
-    """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`; if
-    `_plain(dense)`, one `(heads, heads)` product per image, bias included."""
+    """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`, one `baddbmm`."""
     import torch  # optional: the active backend only (Keras has imported it)
 
     if not _plain(dense):
@@ -113,8 +104,7 @@ def _cat(tensors, concatenate):
 
 
 def talking_heads_attention(layer, x, return_attention, training):
-    """`TalkingHeadsAttention.call`, the query rows in blocks on a CPU (each
-    row attends on its own: the same numbers); eager PyTorch in torch ops."""
+    """`TalkingHeadsAttention.call`, query rows in blocks on a CPU; eager torch ops."""
     eager = eager_torch(x, layer)
     batch, tokens = (x.shape if eager else ops.shape(x))[:2]
     cpu = computes_on_cpu(x)
@@ -142,7 +132,7 @@ def talking_heads_attention(layer, x, return_attention, training):
     return (x, _cat(attention, torch.cat)) if return_attention else x
 
 
-def _mlp(mlp, x, training):
+def _mlp(mlp, x, training):  # `Mlp.call` on eager PyTorch
     import torch  # optional: the active backend only (Keras has imported it)
 
     x = torch.nn.functional.gelu(_dense(mlp.fc1, x))
@@ -151,8 +141,7 @@ def _mlp(mlp, x, training):
 
 
 def self_attention_block(block, x, return_attention, training):
-    """`SelfAttentionBlock.call` on eager PyTorch: the sublayers' `call()`,
-    without `Layer.__call__`'s Python."""
+    """`SelfAttentionBlock.call` on eager PyTorch, without `Layer.__call__`."""
     out = block.attn.call(block.norm1.call(x), return_attention=return_attention, training=training)
     attended, attention = out if return_attention else (out, None)
     x = x + block.drop_path_1.call(block.layer_scale_1.call(attended), training)

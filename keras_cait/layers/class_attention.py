@@ -94,11 +94,6 @@ class ClassAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "use_qkv_bias": self.use_qkv_bias,
-            }
-        )
+        names = ("hidden_dim", "num_heads", "use_qkv_bias")
+        config.update({name: getattr(self, name) for name in names})
         return config

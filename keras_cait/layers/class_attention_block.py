@@ -87,14 +87,9 @@ class ClassAttentionBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "mlp_ratio": self.mlp_ratio,
-                "use_qkv_bias": self.use_qkv_bias,
-                "layer_scale_init_value": self.layer_scale_init_value,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
+        names = (
+            "hidden_dim", "num_heads", "mlp_ratio", "use_qkv_bias",
+            "layer_scale_init_value", "layer_norm_epsilon",
         )
+        config.update({name: getattr(self, name) for name in names})
         return config

@@ -121,16 +121,11 @@ class PatchEmbedding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "image_size": self.image_size,
-                "patch_size": self.patch_size,
-                "hidden_dim": self.hidden_dim,
-                "dropout_rate": self.dropout_rate,
-                "data_format": self.data_format,
-                "position_embedding_size": self.position_embedding_size,
-            }
+        names = (
+            "image_size", "patch_size", "hidden_dim", "dropout_rate", "data_format",
+            "position_embedding_size",
         )
+        config.update({name: getattr(self, name) for name in names})
         return config
 
 
@@ -170,54 +165,4 @@ class ClassToken(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"hidden_dim": self.hidden_dim})
-        return config
-
-
-@register
-class TokenGrid(keras.layers.Layer):
-    """Patch tokens as the images' patch grid.
-
-    Args:
-        patch_size: int. Side of the square patches.
-        data_format: `"channels_last"`, `"channels_first"` or `None`: the
-            layout of the images passed alongside the tokens.
-        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
-
-    Call arguments:
-        tokens: tensor `(batch, rows * columns, dim)` in row-major order.
-        images: the images the tokens come from, `(batch, height, width,
-            channels)` (or channels-first); only their size is used.
-
-    Returns:
-        A tensor `(batch, height // patch_size, width // patch_size, dim)`.
-    """
-
-    def __init__(self, patch_size, data_format=None, **kwargs):
-        super().__init__(**kwargs)
-        self.patch_size = patch_size
-        self.data_format = standardize_data_format(data_format)
-
-    def _grid(self, image_shape):
-        axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
-        return tuple(
-            None if image_shape[axis] is None else image_shape[axis] // self.patch_size
-            for axis in axes
-        )
-
-    def call(self, tokens, images):
-        rows, columns = self._grid(tuple(images.shape))
-        shape = ops.shape(images)
-        axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
-        if rows is None:
-            rows = shape[axes[0]] // self.patch_size
-        if columns is None:
-            columns = shape[axes[1]] // self.patch_size
-        return ops.reshape(tokens, (ops.shape(tokens)[0], rows, columns, tokens.shape[-1]))
-
-    def compute_output_shape(self, tokens_shape, images_shape):
-        return (tokens_shape[0], *self._grid(images_shape), tokens_shape[-1])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"patch_size": self.patch_size, "data_format": self.data_format})
         return config

@@ -47,11 +47,6 @@ class CaiTMLP(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "intermediate_dim": self.intermediate_dim,
-                "dropout_rate": self.dropout_rate,
-            }
-        )
+        names = ("hidden_dim", "intermediate_dim", "dropout_rate")
+        config.update({name: getattr(self, name) for name in names})
         return config

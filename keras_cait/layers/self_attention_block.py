@@ -142,18 +142,10 @@ class SelfAttentionBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "mlp_ratio": self.mlp_ratio,
-                "use_qkv_bias": self.use_qkv_bias,
-                "layer_scale_init_value": self.layer_scale_init_value,
-                "dropout_rate": self.dropout_rate,
-                "attention_dropout": self.attention_dropout,
-                "drop_path_rate": self.drop_path_rate,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                "seed": self.seed,
-            }
+        names = (
+            "hidden_dim", "num_heads", "mlp_ratio", "use_qkv_bias",
+            "layer_scale_init_value", "dropout_rate", "attention_dropout",
+            "drop_path_rate", "layer_norm_epsilon", "seed",
         )
+        config.update({name: getattr(self, name) for name in names})
         return config

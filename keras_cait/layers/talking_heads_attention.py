@@ -145,13 +145,9 @@ class TalkingHeadsAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "use_qkv_bias": self.use_qkv_bias,
-                "attention_dropout": self.attention_dropout,
-                "projection_dropout": self.projection_dropout,
-            }
+        names = (
+            "hidden_dim", "num_heads", "use_qkv_bias", "attention_dropout",
+            "projection_dropout",
         )
+        config.update({name: getattr(self, name) for name in names})
         return config

@@ -1,26 +1,26 @@
 """CaiTBackbone: the CaiT feature extractor as a KerasHub backbone."""
 
-import weakref
-
 import keras
-import numpy as np
 from keras_hub.models import FeaturePyramidBackbone
 
 # KerasHub's own `data_format` check (private, keras-hub 0.32).
 from keras_hub.src.utils.keras_utils import standardize_data_format
 
 from keras_cait.layers.class_attention_block import ClassAttentionBlock
-from keras_cait.layers.embedding import ClassToken, PatchEmbedding, TokenGrid
+from keras_cait.layers.embedding import ClassToken, PatchEmbedding
 from keras_cait.layers.self_attention_block import SelfAttentionBlock
 from keras_cait.loading.loader import load_preset
+from keras_cait.model_extensions.derived_models import (
+    TokenGrid,
+    block_indices,
+    derived_model,
+    run_in_batches,
+)
+from keras_cait.model_extensions.layout_map import cait_layout_map
 from keras_cait.runtime import RuntimeMixin
 from keras_cait.serialization import register
 from keras_cait_base.errors import CaiTConfigError
-from keras_cait_base.schema import (
-    BACKBONE_DEFAULTS,
-    check_backbone_config,
-    check_batch_size,
-)
+from keras_cait_base.schema import BACKBONE_DEFAULTS, check_backbone_config
 
 INTERMEDIATE_FORMATS = ("tokens", "grid")
 # Blocks in `pyramid_outputs`: timm's `features_only` default for CaiT.
@@ -60,20 +60,6 @@ def _connect_layers(images, layers, return_attention):
     return final_norm(tokens), block_outputs, attention_maps
 
 
-# Models derived from a backbone or classifier (attention maps,
-# intermediates), cached per model and request. A weak mapping outside the
-# model: a model attribute would be tracked by Keras and change its weights.
-_DERIVED_MODELS = weakref.WeakKeyDictionary()
-
-
-def derived_model(owner, key, build):
-    """`build()`'s model for `owner` and `key`, built once."""
-    cache = _DERIVED_MODELS.setdefault(owner, {})
-    if key not in cache:
-        cache[key] = build()
-    return cache[key]
-
-
 def cait_backbone_of(model):
     """The `CaiTBackbone` of a backbone or of a model with a `backbone`.
 
@@ -88,66 +74,6 @@ def cait_backbone_of(model):
             f"{type(model).__name__}."
         )
     return backbone
-
-
-def block_indices(num_layers, indices, allow_empty=False):
-    """Self-attention block indices, sorted and unique, as timm's
-    `forward_intermediates(indices=...)` selects them: `None` for every
-    block, an int `n` for the last `n` blocks, a sequence for those blocks
-    (negative ones count from the end).
-
-    Args:
-        num_layers: int. The backbone's self-attention blocks.
-        indices: `None`, an int or a sequence of ints.
-        allow_empty: bool. Whether an empty sequence (no block) is valid.
-
-    Raises:
-        CaiTConfigError: an index out of range, another type, or an empty
-            selection where `allow_empty` is False.
-    """
-    if indices is None:
-        return tuple(range(num_layers))
-    if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
-        if not 1 <= indices <= num_layers:
-            raise CaiTConfigError(
-                f"`indices={indices}` asks for the last {indices} blocks; it "
-                f"must be between 1 and num_layers={num_layers}."
-            )
-        return tuple(range(num_layers - int(indices), num_layers))
-    if isinstance(indices, (str, bool)) or not hasattr(indices, "__iter__"):
-        raise CaiTConfigError(
-            f"`indices` must be None, an int or a list of ints, got {indices!r}."
-        )
-    selected = set()
-    for index in indices:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise CaiTConfigError(f"Block indices must be ints, got {index!r}.")
-        if not -num_layers <= index < num_layers:
-            raise CaiTConfigError(
-                f"Block index {int(index)} is out of range for a backbone with "
-                f"num_layers={num_layers} (0 to {num_layers - 1}, or negative "
-                "from the end)."
-            )
-        selected.add(int(index) % num_layers)
-    if not selected and not allow_empty:
-        raise CaiTConfigError("`indices` must not be empty.")
-    return tuple(sorted(selected))
-
-
-def run_in_batches(model, images, batch_size):
-    """Calls `model` (dict outputs) on `images` batch by batch, eagerly.
-
-    Returns:
-        A dict of NumPy arrays, concatenated over the batches.
-    """
-    check_batch_size(batch_size)
-    images = keras.ops.convert_to_numpy(images)
-    pieces = {}
-    for start in range(0, len(images), batch_size):
-        outputs = model(images[start : start + batch_size], training=False)
-        for name, value in outputs.items():
-            pieces.setdefault(name, []).append(keras.ops.convert_to_numpy(value))
-    return {name: np.concatenate(values) for name, values in pieces.items()}
 
 
 @register
@@ -328,14 +254,11 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
         self._attention_graph = (attention_images, attention_features, attention_maps)
 
     def _build_pyramid_outputs(self):
-        """KerasHub's `FeaturePyramidBackbone.pyramid_outputs`: the patch
-        tokens of the last `PYRAMID_BLOCKS` self-attention blocks (timm's
-        `features_only` default, `out_indices=3`; not normalised, as timm)
-        as grids, `(batch, rows, columns, hidden_dim)`, or `(batch,
-        hidden_dim, rows, columns)` under `channels_first`. A ViT has one
-        stride (`patch_size`), so KerasHub's `P{level}` names cannot tell
-        them apart: each is named by its block, as `intermediate_model`
-        names it (`self_attention_block_{i}`, timm's `blocks.{i}`)."""
+        """KerasHub's `pyramid_outputs`: the last `PYRAMID_BLOCKS` blocks' patch
+        tokens (timm's `features_only`, not normalised) as grids `(batch, rows,
+        columns, hidden_dim)` (`channels_first`: `(batch, hidden_dim, rows,
+        columns)`), named by block (`self_attention_block_{i}`, timm's
+        `blocks.{i}`): a ViT's one stride cannot tell KerasHub's `P{level}`s apart."""
         rows, columns = self.grid_size
         outputs = {}
         for index in block_indices(self.num_layers, min(PYRAMID_BLOCKS, self.num_layers)):
@@ -465,9 +388,7 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
             outputs[name] = tokens
         return keras.Model(self.input, outputs, name=f"{self.name}_intermediates")
 
-    def get_intermediate_outputs(
-        self, images, indices=None, output_format="tokens", norm=False
-    ):
+    def get_intermediate_outputs(self, images, indices=None, output_format="tokens", norm=False):
         """`intermediate_model(...)(images)`: a dict
         `{"self_attention_block_{i}": tensor}` in block order."""
         model = self.intermediate_model(indices, output_format, norm)
@@ -484,7 +405,6 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
             load_weights: bool. `False` builds the architecture alone.
             **kwargs: `CaiTBackbone` arguments overriding the preset's, e.g.
                 `image_shape` (the position embedding is resampled).
-
 
         Example:
         ```python
@@ -511,55 +431,9 @@ class CaiTBackbone(RuntimeMixin, FeaturePyramidBackbone):
         device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"
     ):
         """A `keras.distribution.LayoutMap` sharding CaiT's large kernels,
-        for `keras.distribution.ModelParallel` (as KerasHub's
-        `GemmaBackbone.get_layout_map`): fan-out projections (`qkv`,
-        `q`/`k`/`v`, `fc1`) split along their output features, fan-in ones
-        (`proj`, `fc2`) along their input features, the rest replicated
-        (docs/finetuning.md, "Multi-device training").
-
-        Args:
-            device_mesh: a `keras.distribution.DeviceMesh`.
-            model_parallel_dim_name: str. The mesh axis the kernels are split
-                over for tensor parallelism.
-            data_parallel_dim_name: str. The mesh axis the batch is split over;
-                the kernels' other axis is split over it too (fully sharded
-                weights). Pass `None` to keep the kernels replicated across it.
-
-        Returns:
-            A `keras.distribution.LayoutMap`.
-
-        Raises:
-            CaiTConfigError: a dimension name is not an axis of `device_mesh`.
-
-        Example:
-        ```python
-        mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)
-        keras.distribution.set_distribution(keras.distribution.ModelParallel(
-            layout_map=CaiTBackbone.get_layout_map(mesh), batch_dim_name="batch"
-        ))
-        ```
-        """
-        if not isinstance(device_mesh, keras.distribution.DeviceMesh):
-            raise CaiTConfigError(
-                "`device_mesh` must be a keras.distribution.DeviceMesh, got "
-                f"{type(device_mesh).__name__}."
-            )
-        axis_names = tuple(device_mesh.axis_names)
-        model_dim, data_dim = model_parallel_dim_name, data_parallel_dim_name
-        for argument, name in (("model", model_dim), ("data", data_dim)):
-            if name not in axis_names and (name, argument) != (None, "data"):
-                raise CaiTConfigError(
-                    f"`{argument}_parallel_dim_name={name!r}` is not an axis of "
-                    f"the device mesh; its axes are {axis_names}."
-                )
-
-        layout_map = keras.distribution.LayoutMap(device_mesh)
-        # Fan-out projections: split the output features.
-        layout_map[r".*attn/(qkv|q|k|v)/kernel"] = (data_dim, model_dim)
-        layout_map[r".*attn/(qkv|q|k|v)/bias"] = (model_dim,)
-        layout_map[r".*mlp/fc1/kernel"] = (data_dim, model_dim)
-        layout_map[r".*mlp/fc1/bias"] = (model_dim,)
-        # Fan-in projections: split the input features.
-        layout_map[r".*attn/proj/kernel"] = (model_dim, data_dim)
-        layout_map[r".*mlp/fc2/kernel"] = (model_dim, data_dim)
-        return layout_map
+        for `keras.distribution.ModelParallel`, as KerasHub's
+        `GemmaBackbone.get_layout_map`; see
+        `keras_cait.model_extensions.layout_map.cait_layout_map` for the
+        arguments and the layout (docs/finetuning.md, "Multi-device
+        training")."""
+        return cait_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name)

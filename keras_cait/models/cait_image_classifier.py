@@ -1,39 +1,28 @@
 """CaiTImageClassifier: a CaiT backbone with a pooling and a linear head."""
 
 import keras
-import numpy as np
 from keras import ops
 from keras_hub.models import ImageClassifier, Task
 
 from keras_cait.loading.loader import load_preset
-from keras_cait.models.cait_backbone import (
-    CaiTBackbone,
+from keras_cait.model_extensions import TaskMixin
+from keras_cait.model_extensions.derived_models import (
     block_indices,
     derived_model,
     run_in_batches,
 )
+from keras_cait.model_extensions.image_lists import model_inputs
+from keras_cait.models.cait_backbone import CaiTBackbone
 from keras_cait.models.cait_image_classifier_preprocessor import (
     CaiTImageClassifierPreprocessor,
 )
-from keras_cait.models.cait_image_converter import (
-    check_one_size,
-    is_image_list,
-    preprocess_image_list,
-    run_by_size,
-)
-from keras_cait.models.shuffled_batches import (
-    is_array_input,
-    shuffled_batches,
-    split_validation,
-)
 from keras_cait.runtime import RuntimeMixin
 from keras_cait.serialization import register
-from keras_cait_base.errors import CaiTConfigError, CaiTImageError
 from keras_cait_base.schema import check_classifier_config
 
 
 @register
-class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
+class CaiTImageClassifier(TaskMixin, RuntimeMixin, ImageClassifier):
     """CaiT image classification task.
 
     Pools the backbone's final tokens (`"token"`: the class token, as timm's
@@ -161,65 +150,8 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
         maps["talking_head_attention_23"].shape  # (batch, heads, N, N)
         ```
         """
-        if preprocess is None:
-            preprocess = self.preprocessor is not None
-        if preprocess:
-            if self.preprocessor is None:
-                raise CaiTConfigError(
-                    "`preprocess=True` but the model has no `preprocessor`."
-                )
-            if is_image_list(images):  # photos of any sizes, one at a time
-                images = preprocess_image_list(self.preprocessor, images)
-                if isinstance(images, list):  # `keep_aspect_ratio`
-                    raise CaiTImageError(
-                        f"{self.name}.get_attention_maps: the photos "
-                        "preprocess to different sizes "
-                        f"{sorted({x.shape for x in images})} "
-                        "(keep_aspect_ratio); pass the photos of one size "
-                        "at a time."
-                    )
-            else:
-                images = self.preprocessor(images)
-        elif is_image_list(images):
-            check_one_size(images, f"{self.name}.get_attention_maps")
-            images = np.stack([keras.ops.convert_to_numpy(x) for x in images])
+        images = model_inputs(self, images, preprocess, "get_attention_maps")
         return run_in_batches(self.attention_model(indices), images, batch_size)
-
-    def predict(
-        self, x=None, batch_size=None, verbose="auto", steps=None, callbacks=None,
-        **kwargs,
-    ):
-        """`keras.Model.predict` with this model's preprocessor; `x` may also
-        be a list of photos `(height, width, channels)` of any sizes, each
-        preprocessed on its own (a list of images of one size is a batch
-        too)."""
-        if is_image_list(x) and self.preprocessor is not None:
-            images = preprocess_image_list(self.preprocessor, x)
-
-            # Already preprocessed: Keras's own loop, without the
-            # preprocessor that KerasHub's `predict` would apply again.
-            def run(batch):
-                return keras.Model.predict(
-                    self, batch, batch_size=batch_size, verbose=verbose,
-                    steps=steps, callbacks=callbacks, **kwargs,
-                )
-
-            # Sizes that differ (`keep_aspect_ratio`): one batch per size.
-            if not isinstance(images, list):
-                return run(images)
-            if None not in tuple(self.backbone.image_shape[:2]):
-                raise CaiTConfigError(
-                    f"{self.name}.predict: the photos preprocess to different "
-                    f"sizes {sorted({x.shape for x in images})} (the converter "
-                    "keeps the aspect ratio), but the model takes "
-                    f"{tuple(self.backbone.image_shape)}: load it with "
-                    "`image_shape=(None, None, 3)`."
-                )
-            return run_by_size(run, images)
-        return super().predict(
-            x, batch_size=batch_size, verbose=verbose, steps=steps,
-            callbacks=callbacks, **kwargs,
-        )
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -245,11 +177,8 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
             {
                 "num_classes": self.num_classes,
                 "pooling": self.pooling,
-                "activation": keras.activations.serialize(
-                    keras.activations.get(self.activation)
-                )
-                if self.activation is not None
-                else None,
+                "activation": None if self.activation is None else
+                keras.activations.serialize(keras.activations.get(self.activation)),
                 "dropout": self.dropout,
                 "head_dtype": keras.dtype_policies.serialize(self._head_dtype()),
             }
@@ -266,68 +195,3 @@ class CaiTImageClassifier(RuntimeMixin, ImageClassifier):
         policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=policy)
         policy_map[dense.path] = dense.dtype_policy
         return policy_map
-
-    # === Training state (KerasHub 0.32 workarounds, docs/keras_hub_upstream.md) ===
-
-    def compile_from_config(self, config):
-        """Compiles with a `.keras` file's compile config, so that
-        `keras.saving.load_model` restores the optimizer (class,
-        hyper-parameters, then its variables: iteration, moments).
-
-        Keras skips this for a model whose `compile()` is overridden, as
-        KerasHub's `ImageClassifier.compile()` is; the saved config holds
-        the resolved optimizer, loss and metrics, which it accepts.
-        """
-        if not config:
-            return
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            # Built before Keras loads the saved optimizer variables.
-            self.optimizer.build(self.trainable_variables)
-
-    def fit(
-        self,
-        x=None,
-        y=None,
-        batch_size=None,
-        epochs=1,
-        sample_weight=None,
-        shuffle=True,
-        validation_split=0.0,
-        validation_data=None,
-        steps_per_epoch=None,
-        **kwargs,
-    ):
-        """`keras.Model.fit()`, preprocessing as KerasHub's `Task.fit()`.
-
-        Arrays or tensors are reshuffled each epoch when `shuffle` is true
-        (as Keras does; KerasHub 0.32 batches them unshuffled), after
-        `validation_split` takes the last samples. The order follows
-        NumPy's global seed (`keras.utils.set_random_seed`).
-        """
-        if shuffle and is_array_input(x, y, sample_weight):
-            arrays = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
-            if validation_split and validation_data is None:
-                arrays, validation_data = split_validation(arrays, validation_split)
-            x, steps_per_epoch = shuffled_batches(
-                arrays,
-                batch_size or 32,
-                seed=int(np.random.randint(2**31 - 1)),
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-            )
-            y = sample_weight = batch_size = None
-            validation_split = 0.0
-            shuffle = False  # done; Keras would warn that it ignores it
-        return super().fit(
-            x=x,
-            y=y,
-            batch_size=batch_size,
-            epochs=epochs,
-            sample_weight=sample_weight,
-            shuffle=shuffle,
-            validation_split=validation_split,
-            validation_data=validation_data,
-            steps_per_epoch=steps_per_epoch,
-            **kwargs,
-        )

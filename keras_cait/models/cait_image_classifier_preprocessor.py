@@ -53,5 +53,4 @@ class CaiTImageClassifierPreprocessor(ImageClassifierPreprocessor):
         """Instantiates the preprocessor of a preset (its
         `CaiTImageConverter` carries the preset's timm transform; a preset
         name needs no network); see `CaiTBackbone.from_preset`."""
-
         return load_preset(cls, preset, **kwargs)

@@ -1,7 +1,5 @@
 """CaiTImageConverter: timm's evaluation transform as a KerasHub converter."""
 
-import math
-
 import keras
 import numpy as np
 
@@ -20,52 +18,17 @@ from keras_hub.src.utils.tensor_utils import tf as optional_tensorflow
 from keras_cait.loading.loader import load_preset
 from keras_cait.models.cait_backbone import CaiTBackbone
 from keras_cait.serialization import register
-from keras_cait_base.errors import CaiTConfigError, CaiTImageError
+from keras_cait_base.errors import CaiTImageError
 from keras_cait_base.image_geometry import (
     center_crop_offset,
     resized_shape,
     round_to_multiple,
 )
-from keras_cait_base.schema import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _standardize_image_size(image_size):
-    if _is_int(image_size):
-        image_size = (image_size, image_size)
-    if (
-        not isinstance(image_size, (tuple, list))
-        or len(image_size) != 2
-        or not all(_is_int(v) and v >= 1 for v in image_size)
-    ):
-        raise CaiTConfigError(
-            "CaiTImageConverter: `image_size` must be a positive int or a "
-            f"(height, width) pair of positive ints. Received: {image_size!r}"
-        )
-    return (int(image_size[0]), int(image_size[1]))
-
-
-def _standardize_channel_values(name, values, positive):
-    try:
-        values = tuple(float(v) for v in np.ravel(values))
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise CaiTConfigError(
-            f"CaiTImageConverter: `{name}` must be one finite float or three "
-            f"(one per RGB channel). Received: {values!r}"
-        )
-    if positive and min(values) <= 0:
-        raise CaiTConfigError(
-            f"CaiTImageConverter: `{name}` must be positive. "
-            f"Received: {values!r}"
-        )
-    return values
+from keras_cait_base.schema import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_converter_config,
+)
 
 
 def _is_ragged(inputs):
@@ -85,73 +48,6 @@ def _one_image(image):
     return image
 
 
-def is_image_list(images):
-    """Whether `images` is a non-empty list or tuple of single images
-    `(height, width, channels)` (arrays, tensors or nested lists), of any
-    sizes."""
-    return (
-        isinstance(images, (list, tuple))
-        and len(images) > 0
-        and all(
-            not isinstance(x, (dict, str, bytes)) and np.ndim(x) == 3
-            for x in images
-        )
-    )
-
-
-def stack_images(images):
-    """A converter's output as one batch: a list of preprocessed images
-    (one per photo of a list of different sizes) is stacked; a batch is
-    returned as it is."""
-    if isinstance(images, (list, tuple)):
-        return np.stack([keras.ops.convert_to_numpy(x) for x in images])
-    return images
-
-
-def preprocess_image_list(preprocessor, images):
-    """A list of photos of any sizes through `preprocessor` (a KerasHub
-    preprocessor or image converter), each photo on its own, as one
-    batch `(len(images), height, width, 3)` (a NumPy array); a list of
-    NumPy arrays, one per photo, where the preprocessed sizes differ (a
-    converter with `keep_aspect_ratio`)."""
-    arrays = []
-    for image in images:  # a batch of one each: KerasHub reads a list through tf.ragged
-        outputs = preprocessor(keras.ops.convert_to_numpy(image)[None])
-        outputs, _, _ = keras.utils.unpack_x_y_sample_weight(outputs)
-        if isinstance(outputs, tuple) and len(outputs) == 1:
-            outputs = outputs[0]
-        arrays.append(np.asarray(keras.ops.convert_to_numpy(outputs))[0])
-    return arrays if len({a.shape for a in arrays}) > 1 else np.stack(arrays)
-
-
-def run_by_size(run, images):
-    """`run` (a batch in, an array out) on images of several sizes: one
-    batch per size, the outputs stacked back in the images' order."""
-    groups = {}
-    for index, image in enumerate(images):
-        groups.setdefault(image.shape, []).append(index)
-    outputs = None
-    for indices in groups.values():
-        result = np.asarray(run(np.stack([images[i] for i in indices])))
-        if outputs is None:
-            outputs = np.empty((len(images), *result.shape[1:]), result.dtype)
-        outputs[indices] = result
-    return outputs
-
-
-def check_one_size(images, what):
-    """Raises `CaiTImageError` naming the sizes when a list of images that
-    is not preprocessed here holds images of different sizes."""
-    shapes = sorted({tuple(np.shape(x)) for x in images})
-    if len(shapes) > 1:
-        raise CaiTImageError(
-            f"{what}: the images have different sizes {shapes} and are not "
-            "preprocessed here, so they cannot form one batch; resize them "
-            "to the model's input size, or pass raw photos with "
-            "preprocessing on (each is then preprocessed on its own)."
-        )
-
-
 @register
 class CaiTImageConverter(ImageConverter):
     """timm's evaluation transform for CaiT, as a KerasHub image converter.
@@ -167,7 +63,7 @@ class CaiTImageConverter(ImageConverter):
     with 1 (repeated to RGB), 3 or 4 (alpha dropped) channels. A list of
     images of one size is stacked into a batch first; a list of images of
     different sizes is transformed one image at a time and returned as a
-    list, as KerasHub's converters do (`stack_images` makes it a batch). The
+    list, as KerasHub's converters do. The
     output is `(…, image_size[0], image_size[1], 3)` (or `(…, 3, height,
     width)`) in the layer's compute dtype. It computes with TensorFlow's ops
     whenever TensorFlow is installed, whatever the backend, so that direct
@@ -229,40 +125,15 @@ class CaiTImageConverter(ImageConverter):
         **kwargs,
     ):
         data_format = standardize_data_format(data_format)
-        if not isinstance(keep_aspect_ratio, bool):
-            raise CaiTConfigError(
-                "CaiTImageConverter: `keep_aspect_ratio` must be a bool. "
-                f"Received: {keep_aspect_ratio!r}"
-            )
-        if not _is_int(size_multiple) or size_multiple < 1:
-            raise CaiTConfigError(
-                "CaiTImageConverter: `size_multiple` must be a positive int "
-                f"(the model's patch size). Received: {size_multiple!r}"
-            )
-        image_size = _standardize_image_size(image_size)
-        if isinstance(crop_pct, bool) or not isinstance(
-            crop_pct, (int, float, np.floating, np.integer)
-        ) or not 0.0 < crop_pct <= 1.0:
-            raise CaiTConfigError(
-                "CaiTImageConverter: `crop_pct` must be a float in (0, 1]. "
-                f"Received: {crop_pct!r}"
-            )
-        crop_pct = float(crop_pct)
-        if interpolation not in INTERPOLATIONS:
-            raise CaiTConfigError(
-                "CaiTImageConverter: `interpolation` must be one of "
-                f"{INTERPOLATIONS}. Received: {interpolation!r}"
-            )
-        mean = _standardize_channel_values("mean", mean, positive=False)
-        std = _standardize_channel_values("std", std, positive=True)
+        arguments = check_converter_config(
+            image_size, crop_pct, interpolation, mean, std, keep_aspect_ratio, size_multiple
+        )
+        image_size, crop_pct, mean, std = (
+            arguments[key] for key in ("image_size", "crop_pct", "mean", "std")
+        )
         super().__init__(
-            image_size=image_size,
-            scale=None,
-            offset=None,
-            crop_to_aspect_ratio=False,
-            interpolation=interpolation,
-            antialias=bool(antialias),
-            data_format=data_format,
+            image_size=image_size, scale=None, offset=None, crop_to_aspect_ratio=False,
+            interpolation=interpolation, antialias=bool(antialias), data_format=data_format,
             **kwargs,
         )
         # The inherited `Resizing` sublayer is never called (the transform
@@ -270,7 +141,7 @@ class CaiTImageConverter(ImageConverter):
         self.resizing.build((None, None, None, 3))
         self.crop_pct = crop_pct
         self.keep_aspect_ratio = keep_aspect_ratio
-        self.size_multiple = int(size_multiple)
+        self.size_multiple = arguments["size_multiple"]
         self.mean = mean
         self.std = std
 
@@ -360,13 +231,10 @@ class CaiTImageConverter(ImageConverter):
         )
         if self.keep_aspect_ratio:  # each side a multiple, no crop
             new_height, new_width = (
-                round_to_multiple(v, self.size_multiple, ops)
-                for v in (new_height, new_width)
+                round_to_multiple(v, self.size_multiple, ops) for v in (new_height, new_width)
             )
-        static = all(
-            isinstance(v, (int, np.integer))
-            for v in (height, width, new_height, new_width)
-        )
+        sizes = (height, width, new_height, new_width)
+        static = all(isinstance(v, (int, np.integer)) for v in sizes)
         if not static or (new_height, new_width) != (height, width):
             images = ops.image.resize(
                 images,
@@ -383,13 +251,9 @@ class CaiTImageConverter(ImageConverter):
         crop_height, crop_width = self.image_size
         top = center_crop_offset(new_height, crop_height)
         left = center_crop_offset(new_width, crop_width)
-        images = images[
-            :, top : top + crop_height, left : left + crop_width, :
-        ]
+        images = images[:, top : top + crop_height, left : left + crop_width, :]
         if not static:
-            images = ops.numpy.reshape(
-                images, (-1, crop_height, crop_width, 3)
-            )
+            images = ops.numpy.reshape(images, (-1, crop_height, crop_width, 3))
         return images
 
     def _normalize(self, images, ops, channels_first, unbatched):
@@ -419,7 +283,6 @@ class CaiTImageConverter(ImageConverter):
         """Instantiates the image converter of a preset (a preset name
         needs no network); see `CaiTBackbone.from_preset`. `**kwargs`
         override the preset's arguments."""
-
         return load_preset(cls, preset, **kwargs)
 
     def get_config(self):

@@ -1,6 +1,5 @@
-"""What keras-cait models change in Keras's `predict()` (`predict.py`, behind
-the speed switch `keras_cait.layers._fast_paths`) and `export()`
-(`export.py`), kept out of the model classes and attached to each in one
+"""What keras-cait models change in Keras's `predict()` (`predict.py`, behind the
+speed switch) and `export()` (`export.py`), attached to each model class in one
 line: `class CaiTBackbone(RuntimeMixin, Backbone)`."""
 
 from keras_cait.runtime.export import Export

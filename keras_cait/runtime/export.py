@@ -1,9 +1,7 @@
-"""`export()` for keras-cait models: Keras's `model.export`, made to work
-for CaiT in every format and backend it can (docs/export.md). Each override
-makes a format work that Keras's default fails to write for CaiT, or keeps
-a dynamic batch; the combinations Keras cannot write for any model raise
-`CaiTConfigError` saying so.
-"""
+"""`export()` for keras-cait models: Keras's `model.export` for CaiT in every
+format and backend it can (docs/export.md). Each override writes a format Keras's
+default fails to write for CaiT, or keeps a dynamic batch; what Keras cannot write
+for any model raises `CaiTConfigError` saying so."""
 
 import functools
 import os

@@ -1,8 +1,7 @@
-"""`predict()` for keras-cait models: XLA on TensorFlow by default and no
-per-call data pipeline for in-memory arrays, both behind the speed switch
-(`keras_cait.layers._fast_paths`); on the OpenVINO backend a float32
-compiled model. Gains: docs/performance.md, "Predict and export overrides".
-"""
+"""`predict()` for keras-cait models: XLA on TensorFlow by default and no per-call
+data pipeline for in-memory arrays, behind the speed switch (`layers._fast_paths`);
+float32 on the OpenVINO backend. Gains: docs/performance.md, "Predict and export
+overrides"."""
 
 import keras
 import numpy as np
@@ -20,8 +19,7 @@ def _is_array(x):
 
 
 def _tf_strategy(model):
-    # Private: keras.src `TensorFlowTrainer._distribute_strategy` (Keras
-    # 3.15), the tf.distribute strategy the model was built under, or None.
+    # Private (Keras 3.15): `TensorFlowTrainer._distribute_strategy`, or None.
     return getattr(model, "_distribute_strategy", None)
 
 

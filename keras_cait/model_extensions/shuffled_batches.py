@@ -2,7 +2,7 @@
 
 KerasHub 0.32's `Task.fit()` turns arrays into an unshuffled, batched
 dataset before Keras sees `shuffle`, so `shuffle=True` does nothing
-(docs/keras_hub_upstream.md). `CaiTImageClassifier.fit()` hands it one of
+(docs/keras_hub_upstream.md). `TrainingState.fit()` (training_state.py) hands it one of
 these instead; KerasHub then maps its preprocessing over the batches.
 """
 
