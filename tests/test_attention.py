@@ -18,64 +18,47 @@ def _reference(name):
     return reference_classifier(name), expected(name)
 
 
-def _reference_blocks(reference):
-    return sorted(
-        int(key.rsplit("_", 1)[1])
-        for key in reference
-        if key.startswith("talking_head_attention_")
-    )
+def _images(count, seed):
+    return np.random.default_rng(seed).normal(size=(count, 32, 32, 3)).astype("float32")
 
 
-@pytest.mark.parametrize(
-    "name", ["tiny_token_head", "tiny_avg_headless", "cait_xxs24_224"]
-)
+@pytest.mark.parametrize("name", ["tiny_token_head", "tiny_avg_headless", "cait_xxs24_224"])
 def test_classifier_maps_match_timm(name):
     classifier, reference = _reference(name)
-    blocks = _reference_blocks(reference)
+    prefix = "talking_head_attention_"
+    blocks = sorted(int(key.rsplit("_", 1)[1]) for key in reference if key.startswith(prefix))
     outputs = classifier.get_attention_maps(reference["images"], indices=blocks)
     map_keys = sorted(k for k in reference if "attention" in k)
     assert sorted(k for k in outputs if "attention" in k) == map_keys
     for key in map_keys:
         assert outputs[key].shape == reference[key].shape, key
-        np.testing.assert_allclose(
-            outputs[key], reference[key], atol=MAP_TOLERANCE, rtol=0, err_msg=key
-        )
+        np.testing.assert_allclose(outputs[key], reference[key], atol=MAP_TOLERANCE, rtol=0,
+                                   err_msg=key)
     # The predictions come from the same pass and equal timm's head output.
     head_key = "logits" if classifier.num_classes else "pre_logits"
-    np.testing.assert_allclose(
-        outputs["predictions"], reference[head_key], atol=OUTPUT_TOLERANCE, rtol=0
-    )
+    np.testing.assert_allclose(outputs["predictions"], reference[head_key],
+                               atol=OUTPUT_TOLERANCE, rtol=0)
 
 
 def test_backbone_maps_and_features_match_timm():
     classifier, reference = _reference("tiny_token_head")
     outputs = classifier.backbone.get_attention_maps(reference["images"], indices=None)
-    assert set(outputs) == {
-        "features",
-        "class_attention_0",
-        "class_attention_1",
-        "talking_head_attention_0",
-        "talking_head_attention_1",
-    }
-    np.testing.assert_allclose(
-        outputs["features"], reference["features"], atol=OUTPUT_TOLERANCE, rtol=0
-    )
+    assert set(outputs) == {"features", "class_attention_0", "class_attention_1",
+                            "talking_head_attention_0", "talking_head_attention_1"}
+    np.testing.assert_allclose(outputs["features"], reference["features"],
+                               atol=OUTPUT_TOLERANCE, rtol=0)
     for key in ("class_attention_1", "talking_head_attention_1"):
-        np.testing.assert_allclose(
-            outputs[key], reference[key], atol=MAP_TOLERANCE, rtol=0
-        )
+        np.testing.assert_allclose(outputs[key], reference[key], atol=MAP_TOLERANCE, rtol=0)
 
 
 def test_only_class_attention_by_default_and_rows_sum_to_one():
     backbone = _reference("tiny_token_head")[0].backbone
-    images = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")
+    images = _images(3, seed=0)
     outputs = backbone.get_attention_maps(images)
     assert set(outputs) == {"features", "class_attention_0", "class_attention_1"}
     assert outputs["class_attention_0"].shape == (3, 4, 1, 1 + backbone.num_patches)
     np.testing.assert_allclose(outputs["class_attention_0"].sum(-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(
-        outputs["features"], to_numpy(backbone(images)), atol=1e-5, rtol=0
-    )
+    np.testing.assert_allclose(outputs["features"], to_numpy(backbone(images)), atol=1e-5, rtol=0)
 
 
 def test_one_forward_pass_and_predict_path_untouched():
@@ -83,8 +66,7 @@ def test_one_forward_pass_and_predict_path_untouched():
     backbone = classifier.backbone
     derived = classifier.attention_model(indices=[1])
     operations = derived._operations
-    # The backbone is not called as a whole (which would be a second pass):
-    # its blocks are each called once, inside the derived graph.
+    # No second pass through the whole backbone: each block is called once, in the graph.
     assert backbone not in operations
     for layer in backbone.layers[1:]:
         assert operations.count(layer) == 1, layer.name
@@ -92,21 +74,18 @@ def test_one_forward_pass_and_predict_path_untouched():
     assert {id(w) for w in derived.weights} == {id(w) for w in classifier.weights}
     assert len(keras.tree.flatten(backbone.output)) == 1
     assert len(keras.tree.flatten(classifier.output)) == 1
-
-    images = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
+    images = _images(2, seed=1)
     outputs = classifier.get_attention_maps(images, indices=[1])
-    np.testing.assert_allclose(
-        outputs["predictions"], to_numpy(classifier(images)), atol=1e-5, rtol=0
-    )
+    np.testing.assert_allclose(outputs["predictions"], to_numpy(classifier(images)), atol=1e-5,
+                               rtol=0)
     backbone_outputs = backbone.get_attention_maps(images, [1])
     for key in ("class_attention_0", "class_attention_1", "talking_head_attention_1"):
-        np.testing.assert_allclose(
-            outputs[key], backbone_outputs[key], atol=1e-6, rtol=0
-        )
+        np.testing.assert_allclose(outputs[key], backbone_outputs[key], atol=1e-6, rtol=0)
 
 
-def test_attention_models_are_cached_per_block_set():
+def test_attention_models_are_cached_and_do_not_change_the_saved_weights(tmp_path):
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    before = [w.path for w in backbone.weights]
     first = backbone.attention_model(indices=[1, 0])
     assert backbone.attention_model(indices=(0, -1, 0)) is first
     assert backbone.attention_model(None) is first
@@ -117,49 +96,30 @@ def test_attention_models_are_cached_per_block_set():
     other = backbone.attention_model()
     assert other is not first
     assert set(other.output) == {"features", "class_attention_0", "class_attention_1"}
-
-
-def test_attention_model_does_not_change_the_saved_weights(tmp_path):
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    before = [w.path for w in backbone.weights]
-    backbone.attention_model(indices=None)
     assert [w.path for w in backbone.weights] == before
-    path = tmp_path / "backbone.weights.h5"
-    backbone.save_weights(path)
+    backbone.save_weights(tmp_path / "backbone.weights.h5")
     restored = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    restored.load_weights(path)
-    for original, loaded in zip(backbone.weights, restored.weights):
+    restored.load_weights(tmp_path / "backbone.weights.h5")
+    for original, loaded in zip(backbone.weights, restored.weights, strict=True):
         np.testing.assert_array_equal(to_numpy(original), to_numpy(loaded))
 
 
-@pytest.mark.parametrize(
-    "indices, message",
-    [
-        ([2], "out of range"),
-        ([-3], "out of range"),
-        (["0"], "must be ints"),
-        ([True], "must be ints"),
-        (0, "between 1 and"),
-        (3, "between 1 and"),
-        (True, "None, an int"),
-        (1.5, "None, an int"),
-        ("last", "None, an int"),
-    ],
-)
+@pytest.mark.parametrize("indices, message", [
+    ([2], "out of range"), ([-3], "out of range"), (["0"], "must be ints"), ([True], "must be ints"),
+    (0, "between 1 and"), (3, "between 1 and"),
+    (True, "None, an int"), (1.5, "None, an int"), ("last", "None, an int"),
+])
 def test_bad_block_indices_are_named(indices, message):
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     with pytest.raises(keras_cait.CaiTConfigError, match=message):
-        backbone.attention_model(indices)
+        keras_cait.CaiTBackbone(**TINY_BACKBONE).attention_model(indices)
 
 
 def _ramp_attention(batch=2, heads=3, rows=2, columns=3):
     """Class attention whose patch entries are their row-major index."""
-    num_patches = rows * columns
-    attention = np.zeros((batch, heads, 1, 1 + num_patches), "float32")
+    attention = np.zeros((batch, heads, 1, 1 + rows * columns), "float32")
     attention[..., 0, 0] = 100.0  # the class token's own entry is dropped
-    attention[..., 0, 1:] = np.arange(num_patches)
-    attention *= 1 + np.arange(heads)[None, :, None, None]
-    return attention
+    attention[..., 0, 1:] = np.arange(rows * columns)
+    return attention * (1 + np.arange(heads)[None, :, None, None])
 
 
 def test_class_attention_grid_is_row_major_without_the_class_token():
@@ -167,18 +127,11 @@ def test_class_attention_grid_is_row_major_without_the_class_token():
     assert grid.shape == (2, 3, 2, 3)
     np.testing.assert_array_equal(grid[0, 0], [[0, 1, 2], [3, 4, 5]])
     np.testing.assert_array_equal(grid[1, 2], 3 * np.array([[0, 1, 2], [3, 4, 5]]))
-    # An unbatched map keeps its shape too.
-    assert keras_cait.class_attention_grid(_ramp_attention()[0], (2, 3)).shape == (
-        3,
-        2,
-        3,
-    )
+    assert keras_cait.class_attention_grid(_ramp_attention()[0], (2, 3)).shape == (3, 2, 3)  # unbatched
 
 
 def test_head_maps_upsample_each_patch_to_its_pixels():
-    maps = keras_cait.head_maps(
-        _ramp_attention(), (2, 3), image_size=(4, 9), resample="nearest"
-    )
+    maps = keras_cait.head_maps(_ramp_attention(), (2, 3), image_size=(4, 9), resample="nearest")
     assert maps.shape == (2, 3, 4, 9)
     # Nearest: patch (r, c) covers pixels [2r:2r+2, 3c:3c+3].
     np.testing.assert_array_equal(maps[0, 0, 2:4, 3:6], 4.0)
@@ -189,7 +142,7 @@ def test_head_maps_upsample_each_patch_to_its_pixels():
     assert len(np.unique(smooth[0, 0])) > 6  # bilinear: a gradient, not squares
 
 
-def test_saliency_is_head_averaged_and_normalised():
+def test_saliency_is_head_averaged_and_normalised_and_flat_is_zero():
     attention = _ramp_attention()
     attention[1, 0, 0, 1:] = [0, 0, 0, 0, 9, 0]  # image 1: head 0 peaks at (1, 1)
     saliency = keras_cait.saliency_map(attention, (2, 3))
@@ -202,45 +155,33 @@ def test_saliency_is_head_averaged_and_normalised():
     upsampled = keras_cait.saliency_map(attention, (2, 3), image_size=64, resample="bicubic")
     assert upsampled.shape == (2, 64, 64)
     assert upsampled.min() == 0.0 and upsampled.max() == 1.0
+    flat = keras_cait.saliency_map(np.full((1, 2, 1, 5), 0.2, "float32"), 2)
+    np.testing.assert_array_equal(flat, np.zeros((1, 2, 2)))  # zero, not NaN
 
 
-def test_flat_saliency_is_zero_not_nan():
-    attention = np.full((1, 2, 1, 5), 0.2, "float32")
-    saliency = keras_cait.saliency_map(attention, 2)
-    np.testing.assert_array_equal(saliency, np.zeros((1, 2, 2)))
-
-
-@pytest.mark.parametrize(
-    "call, message",
-    [
-        (lambda: keras_cait.class_attention_grid(np.zeros((4, 1, 10)), (3, 4)), "1, 13"),
-        (lambda: keras_cait.class_attention_grid(np.zeros((4, 2, 10)), 3), "heads, 1, 10"),
-        (lambda: keras_cait.upsample_maps(np.zeros((2, 2)), 4, resample="area"), "resample"),
-        (lambda: keras_cait.upsample_maps(np.zeros((2, 2)), (0, 4)), "image_size"),
-    ],
-)
+@pytest.mark.parametrize("call, message", [
+    (lambda: keras_cait.class_attention_grid(np.zeros((4, 1, 10)), (3, 4)), "1, 13"),
+    (lambda: keras_cait.class_attention_grid(np.zeros((4, 2, 10)), 3), "heads, 1, 10"),
+    (lambda: keras_cait.upsample_maps(np.zeros((2, 2)), 4, resample="area"), "resample"),
+    (lambda: keras_cait.upsample_maps(np.zeros((2, 2)), (0, 4)), "image_size"),
+])
 def test_helper_errors_name_the_argument(call, message):
     with pytest.raises(keras_cait.CaiTConfigError, match=message):
         call()
 
 
 def test_plain_forward_computes_no_attention_maps(monkeypatch):
-    # The backbone's own graph asks no block for its maps (eager PyTorch
-    # would compute them for nothing); the attention model asks every block.
+    """The backbone's own graph asks no block for its maps; the attention model asks every one."""
     classifier = reference_classifier("tiny_token_head")  # fresh: not yet traced
     asked = []
     for cls in (keras_cait.TalkingHeadsAttention, keras_cait.ClassAttention):
-        original = cls.call
-
-        def spy(self, inputs, return_attention=False, _original=original, **kwargs):
+        def spy(self, inputs, return_attention=False, _original=cls.call, **kwargs):
             asked.append(return_attention)
             return _original(self, inputs, return_attention=return_attention, **kwargs)
-
         monkeypatch.setattr(cls, "call", spy)
     images = np.zeros((1,) + tuple(classifier.backbone.image_shape), "float32")
     classifier.predict(images, verbose=0)
-    backbone = classifier.backbone
-    num_blocks = backbone.num_layers + backbone.num_class_attention_layers
+    num_blocks = classifier.backbone.num_layers + classifier.backbone.num_class_attention_layers
     assert asked == [False] * num_blocks
     asked.clear()
     classifier.get_attention_maps(images)

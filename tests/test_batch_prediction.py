@@ -1,9 +1,9 @@
-"""Predictions on image collections: the streamed pipeline, error records,
-the output file written as the run goes, and resuming it (after a SIGKILL,
-and after a half-written last line)."""
+"""Predictions on image collections: streamed records, error records, output files, resuming."""
 
+import functools
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -14,31 +14,29 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait_cli import main as cli
+from keras_cait_base import collection_runs
 from tests.support import IMAGES, REPO, eager_predictions, make_photos
+from tests.test_cli import _main
 
 
-def _main(capfd, *arguments):
-    status = cli.main([str(a) for a in arguments])
-    out, err = capfd.readouterr()
-    return status, out, err
+@pytest.fixture
+def predict(capfd, tiny_preset, backend):
+    """`keras-cait predict --preset <tiny> --backend <backend> ...` in process."""
+    return functools.partial(_main, capfd, "predict", "--preset", tiny_preset,
+                             "--backend", backend)
 
 
 def _check_predictions(records, classifier, top):
-    paths = [record["image"] for record in records]
-    expected, _ = eager_predictions(classifier, paths)
+    expected, _ = eager_predictions(classifier, [record["image"] for record in records])
     for record, scores in zip(records, expected):
         ids = [p["class_id"] for p in record["predictions"]]
         assert ids == list(np.argsort(-scores, kind="stable")[:top])
-        np.testing.assert_allclose(
-            [p["probability"] for p in record["predictions"]], scores[ids], atol=1e-4
-        )
+        probabilities = [p["probability"] for p in record["predictions"]]
+        np.testing.assert_allclose(probabilities, scores[ids], atol=1e-4)
         assert all(p["label"] is None for p in record["predictions"])  # 10 classes
 
 
-def test_bad_inputs_in_a_folder_are_error_records(
-    tiny_classifier, tiny_preset, tmp_path, capfd, backend
-):
+def test_bad_inputs_in_a_folder_are_error_records(tiny_classifier, predict, tmp_path):
     folder = tmp_path / "photos"
     good = make_photos(folder, 6)
     (folder / "sub").mkdir()
@@ -50,23 +48,19 @@ def test_bad_inputs_in_a_folder_are_error_records(
     os.symlink(tmp_path / "gone.jpg", broken)
     missing = tmp_path / "missing.png"
     inputs = [folder, missing, good[0]]  # good[0] again: read once
-    expected_order = sorted([*good, str(text), str(broken)]) + [
-        str(truncated), str(missing)
-    ]
+    order = sorted([*good, str(text), str(broken)]) + [str(truncated), str(missing)]
     failing = {str(truncated): "truncated", str(text): "not an image",
                str(broken): "not found", str(missing): "not found"}
+    run = functools.partial(predict, *inputs, "--top", "3", "--batch-size", "4", "--output")
 
     output = tmp_path / "results.jsonl"
-    status, out, err = _main(
-        capfd, "predict", *inputs, "--preset", tiny_preset, "--output", output,
-        "--top", "3", "--batch-size", "4", "--backend", backend,
-    )
+    status, out, err = run(output)
     assert status == 3 and out == ""
     assert "4 of 10 inputs failed" in err and "Traceback" not in err
     assert f"wrote 10 records to {output}" in err
     assert "classifying" in err and "images/s" in err  # the progress bar
     records = keras_cait.read_records(output)
-    assert [r["image"] for r in records] == expected_order  # each input once, in order
+    assert [r["image"] for r in records] == order  # each input once, in order
     for record in records:
         if record["image"] in failing:
             assert set(record) == {"image", "error"}
@@ -75,18 +69,12 @@ def test_bad_inputs_in_a_folder_are_error_records(
     successes = [r for r in records if "error" not in r]
     assert [set(r) for r in successes] == [{"image", "predictions"}] * 6
     _check_predictions(successes, tiny_classifier, top=3)
-
     # The same run into a CSV file holds the same records.
     table = tmp_path / "results.csv"
-    status, _, _ = _main(
-        capfd, "predict", *inputs, "--preset", tiny_preset, "--output", table,
-        "--top", "3", "--batch-size", "4", "--backend", backend,
-    )
-    assert status == 3
+    assert run(table)[0] == 3
     assert keras_cait.read_records(table) == records
     # An existing output is never overwritten without --resume.
-    status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,
-                           "--output", table, "--backend", backend)
+    status, _, err = predict(folder, "--output", table)
     assert status == 1 and "already exists: add --resume" in err
     assert keras_cait.read_records(table) == records
 
@@ -98,11 +86,10 @@ def test_predict_files_streams_records_with_embeddings(tiny_classifier, tmp_path
     )
     assert not isinstance(records, list)  # an iterator
     records = list(records)
-    assert [r["image"] for r in records] == [p for p in paths if p.endswith(".png")] + [
-        p for p in paths if p.endswith(".jpg")
-    ]
+    images = [r["image"] for r in records]
+    assert images == sorted(paths, key=lambda p: p.endswith(".jpg"))  # the glob first
     _check_predictions(records, tiny_classifier, top=2)
-    _, pooled = eager_predictions(tiny_classifier, [r["image"] for r in records])
+    _, pooled = eager_predictions(tiny_classifier, images)
     np.testing.assert_allclose([r["embedding"] for r in records], pooled, atol=1e-5)
     assert len(records[0]["embedding"]) == tiny_classifier.backbone.hidden_dim
 
@@ -118,22 +105,20 @@ def _wait_for_records(path, count, process, timeout=300):
 
 
 def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_run(
-    tiny_classifier, tiny_preset, tmp_path, capfd, backend
+    tiny_classifier, tiny_preset, predict, tmp_path, backend
 ):
     folder = tmp_path / "photos"
     paths = make_photos(folder, 14)
-    # Image 10 is a named pipe: reading it blocks until the run is killed,
-    # after the first two batches of 4 are written.
-    blocked = paths[10]
-    data = open(blocked, "rb").read()
+    # Image 10 is a named pipe: reading it blocks after two batches of 4 are written.
+    blocked = pathlib.Path(paths[10])
+    data = blocked.read_bytes()
     os.remove(blocked)
     os.mkfifo(blocked)
     output = tmp_path / "results.jsonl"
-    command = [sys.executable, "-m", "keras_cait_cli", "predict", str(folder),
-               "--preset", tiny_preset, "--output", str(output),
-               "--batch-size", "4", "--backend", backend]
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "keras_cait_cli", "predict", str(folder), "--preset",
+         tiny_preset, "--output", str(output), "--batch-size", "4", "--backend", backend],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=dict(os.environ, KERAS_BACKEND=backend),
     )
     try:
@@ -146,84 +131,65 @@ def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_run(
     assert process.returncode == -signal.SIGKILL
     assert output.read_bytes().count(b"\n") == 8
     os.remove(blocked)
-    with open(blocked, "wb") as f:
-        f.write(data)
+    blocked.write_bytes(data)
 
-    status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,
-                           "--output", output, "--resume", "--batch-size", "4",
-                           "--backend", backend)
+    status, _, err = predict(folder, "--output", output, "--resume", "--batch-size", "4")
     assert status == 0, err
     assert f"wrote 6 records after 8 kept to {output}" in err
     uninterrupted = tmp_path / "uninterrupted.jsonl"
-    summary = keras_cait.write_predictions(
-        folder, uninterrupted, tiny_classifier, batch_size=4
-    )
+    summary = keras_cait.write_predictions(folder, uninterrupted, tiny_classifier, batch_size=4)
     assert summary == {"output": str(uninterrupted), "images": 14, "kept": 0,
                        "written": 14, "failed": 0}
     assert output.read_bytes() == uninterrupted.read_bytes()
     assert [r["image"] for r in keras_cait.read_records(output)] == paths
 
 
-def test_resume_after_a_half_written_line_keeps_the_complete_records(
-    tiny_classifier, tiny_preset, tmp_path, capfd, backend
-):
+def test_resume_after_a_half_written_line_keeps_the_complete_records(tiny_classifier, predict, tmp_path):
     folder = tmp_path / "photos"
     make_photos(folder, 11)
     uninterrupted = tmp_path / "uninterrupted.jsonl"
-    keras_cait.write_predictions(
-        folder, uninterrupted, tiny_classifier, top=3, batch_size=4
-    )
+    keras_cait.write_predictions(folder, uninterrupted, tiny_classifier, top=3, batch_size=4)
     lines = uninterrupted.read_bytes().splitlines(keepends=True)
     assert len(lines) == 11
-    # Six complete records and half of the seventh; the first record is
-    # marked, to see that the kept records are kept, not predicted again.
+    # Six records and half of the seventh; the first is marked, to see it kept.
     first = json.loads(lines[0])
     first["predictions"][0]["probability"] = 0.125
     marked = (json.dumps(first) + "\n").encode()
     output = tmp_path / "results.jsonl"
     output.write_bytes(marked + b"".join(lines[1:6]) + lines[6][: len(lines[6]) // 2])
+    resume = functools.partial(predict, folder, "--output", output, "--resume")
 
-    status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,
-                           "--output", output, "--resume", "--top", "3",
-                           "--batch-size", "4", "--backend", backend)
+    status, _, err = resume("--top", "3", "--batch-size", "4")
     assert status == 0, err
     assert "wrote 5 records after 6 kept" in err
     assert output.read_bytes() == marked + b"".join(lines[1:])
     # Resuming a finished run writes nothing.
-    status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,
-                           "--output", output, "--resume", "--top", "3",
-                           "--batch-size", "4", "--backend", backend)
+    status, _, err = resume("--top", "3", "--batch-size", "4")
     assert status == 0 and "is complete (every input has a record); nothing to do" in err
     assert output.read_bytes() == marked + b"".join(lines[1:])
     # Resuming with other options or other inputs is refused.
-    status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,
-                           "--output", output, "--resume", "--backend", backend)
+    status, _, err = resume()
     assert status == 1 and "written with other options" in err
     os.remove(folder / "photo_000.png")
-    status, _, err = _main(capfd, "predict", folder, "--preset", tiny_preset,
-                           "--output", output, "--resume", "--top", "3",
-                           "--backend", backend)
+    status, _, err = resume("--top", "3")
     assert status == 1 and "written for other inputs" in err
 
 
 def test_any_reading_failure_is_a_reason_naming_the_file(monkeypatch, tmp_path):
-    from keras_cait_base import collection_runs as image_pipeline
-
     def exploding(path):
         raise MemoryError("no room\nat all")
 
-    monkeypatch.setattr(image_pipeline, "load_image", exploding)
-    image, reason = image_pipeline.read_image("big.png")
+    monkeypatch.setattr(collection_runs, "load_image", exploding)
+    image, reason = collection_runs.read_image("big.png")
     assert image.shape == (1, 1, 3)
     assert reason == "Cannot read image 'big.png': MemoryError: no room at all"
     monkeypatch.undo()
-    image, reason = image_pipeline.read_image(make_photos(tmp_path, 1)[0])
+    image, reason = collection_runs.read_image(make_photos(tmp_path, 1)[0])
     assert reason is None and image.dtype == np.uint8 and image.ndim == 3
 
 
 def test_records_follow_the_model_as_keras_runs_it(tiny_classifier, tiny_preset, tmp_path):
-    """The forward pass goes through the layers' `__call__` (Keras's
-    `predict_on_batch`): a quantized head gives its own numbers."""
+    """Records go through the layers' `__call__`: a quantized head gives its own numbers."""
     paths = make_photos(tmp_path, 3, size=(48, 40))
     photos = np.stack([keras_cait.load_image(path) for path in paths])
 
@@ -243,46 +209,34 @@ def test_records_follow_the_model_as_keras_runs_it(tiny_classifier, tiny_preset,
 
 
 def test_the_records_loop_checks_order_and_count(tmp_path):
-    """The loop shared by the single-process and Ray runs refuses records
-    of the wrong image or too few records, and resumes after kept ones."""
-    from keras_cait_base.collection_runs import write_record_stream
-
+    """The loop shared with the Ray runs checks records' order and count, and resumes."""
     paths = ["a.png", "b.png", "c.png"]
-    record = lambda path: {"image": path, "error": "unreadable"}  # noqa: E731
     output = str(tmp_path / "r.jsonl")
+
+    def records(kept):
+        return [[{"image": path, "error": "unreadable"}] for path in paths[kept:]]
+
+    def write(produce, resume=False):
+        return collection_runs.write_record_stream(output, paths, 1, False, resume, False, produce)
+
     with pytest.raises(keras_cait.CaiTConfigError, match="out of order"):
-        write_record_stream(output, paths, 1, False, False, False,
-                            lambda kept: iter([[record("b.png")]]))
+        write(lambda kept: iter(records(1)[:1]))
     if os.path.exists(output):
         os.remove(output)
     with pytest.raises(keras_cait.CaiTConfigError, match="Got 1 records for 3"):
-        write_record_stream(output, paths, 1, False, False, False,
-                            lambda kept: iter([[record("a.png")]]))
+        write(lambda kept: iter(records(0)[:1]))
     asked = []
-
-    def produce(kept):
-        asked.append(kept)
-        return iter([[record(path)] for path in paths[kept:]])
-
-    summary = write_record_stream(output, paths, 1, False, True, False, produce)
+    summary = write(lambda kept: asked.append(kept) or iter(records(kept)), resume=True)
     assert asked == [1]
-    assert summary == {"output": output, "images": 3, "kept": 1, "written": 2,
-                       "failed": 3}
+    assert summary == {"output": output, "images": 3, "kept": 1, "written": 2, "failed": 3}
     assert [r["image"] for r in keras_cait.read_records(output)] == paths
 
 
 @pytest.mark.parametrize("batch_size", [0, -1, True, 2.0, None])
-def test_batch_size_is_checked_before_the_model_loads(batch_size, tmp_path):
+@pytest.mark.parametrize("run", ["predict_files", "write_predictions",
+                                 "write_predictions_on_ray", "evaluate_folder"])
+def test_batch_size_is_checked_before_the_model_loads(run, batch_size, tmp_path):
     message = re.escape(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    calls = [
-        lambda: keras_cait.predict_files(tmp_path, "no_such_preset", batch_size=batch_size),
-        lambda: keras_cait.write_predictions(
-            tmp_path, tmp_path / "r.jsonl", "no_such_preset", batch_size=batch_size),
-        lambda: keras_cait.write_predictions_on_ray(
-            tmp_path, tmp_path / "r.jsonl", "no_such_preset", batch_size=batch_size),
-        lambda: keras_cait.evaluate_folder(tmp_path, "no_such_preset",
-                                           batch_size=batch_size),
-    ]
-    for call in calls:
-        with pytest.raises(keras_cait.CaiTConfigError, match=message):
-            call()
+    outputs = [] if run in ("predict_files", "evaluate_folder") else [tmp_path / "r.jsonl"]
+    with pytest.raises(keras_cait.CaiTConfigError, match=message):
+        getattr(keras_cait, run)(tmp_path, *outputs, "no_such_preset", batch_size=batch_size)

@@ -1,9 +1,4 @@
-"""Concurrent `from_preset`: 32 threads load the same timm-format preset at
-once; all succeed with bit-identical weights equal to timm's.
-
-Building a Keras functional subclass is not thread safe (see `_LOAD_LOCK` in
-`keras_cait.loading.loader`), so this fails without the loader's lock.
-"""
+"""Concurrent `from_preset` is safe (building a Keras functional subclass is not: `_LOAD_LOCK`)."""
 
 import shutil
 import threading
@@ -15,13 +10,12 @@ from safetensors.numpy import load_file
 import keras_cait
 from tests.support import TIMM, to_numpy
 
-TINY = TIMM / "tiny_token_head"
 THREADS = 32
 
 
 def test_32_threads_load_one_preset(tmp_path):
     folder = tmp_path / "tiny_timm"
-    shutil.copytree(TINY, folder)
+    shutil.copytree(TIMM / "tiny_token_head", folder)
     barrier = threading.Barrier(THREADS)
 
     def load(_):
@@ -31,7 +25,7 @@ def test_32_threads_load_one_preset(tmp_path):
 
     with ThreadPoolExecutor(THREADS) as pool:
         results = list(pool.map(load, range(THREADS)))
-    reference = load_file(TINY / "model.safetensors")
+    reference = load_file(folder / "model.safetensors")
     np.testing.assert_array_equal(results[0][-1], reference["head.bias"])
     np.testing.assert_array_equal(results[0][-2], reference["head.weight"].T)
     for result in results[1:]:

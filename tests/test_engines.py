@@ -1,7 +1,6 @@
-"""ONNX Runtime and OpenVINO engines for collection runs: the records of the
-Keras engine, the artefact cache (reuse, corruption, keys, two processes at
-once), Ray actors on one artefact, Pillow preprocessing close to timm's, and
-the errors."""
+"""ONNX Runtime and OpenVINO engines for collection runs: records equal to the Keras
+engine's, the artefact cache (reuse, corruption, keys, two processes), Ray actors on one
+artefact, Pillow preprocessing close to timm's, and the errors."""
 
 import json
 import os
@@ -28,7 +27,7 @@ pytest.importorskip("onnxruntime", reason="keras-cait[export] is not installed")
 pytest.importorskip("openvino", reason="keras-cait[export] is not installed")
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 
-ENGINES = ("onnxruntime", "openvino")
+HEAVY = ("keras", "keras_hub", "tensorflow", "jax", "torch", "keras_cait")
 
 
 @pytest.fixture(scope="module")
@@ -40,60 +39,64 @@ def cache(tmp_path_factory):
 def photos(tmp_path_factory):
     """9 photos, then a file that is not an image (last)."""
     folder = tmp_path_factory.mktemp("photos")
-    paths = make_photos(folder, 9)
-    broken = folder / "z_broken.jpg"
-    broken.write_text("not an image")
-    return [*paths, str(broken)]
+    (folder / "z_broken.jpg").write_text("not an image")
+    return [*make_photos(folder, 9), str(folder / "z_broken.jpg")]
 
 
 @pytest.fixture
 def count_exports(monkeypatch):
-    """Counts the artefacts exported in this process."""
-    calls = []
-    export_graph = artifact_export._export_graph
-
-    def counted(classifier):
-        calls.append(classifier.name)
-        return export_graph(classifier)
-
-    monkeypatch.setattr(artifact_export, "_export_graph", counted)
+    """The names of the artefacts exported in this process."""
+    calls, export_graph = [], artifact_export._export_graph
+    monkeypatch.setattr(artifact_export, "_export_graph",
+                        lambda model: calls.append(model.name) or export_graph(model))
     return calls
 
 
+def predict(paths, model, **options):
+    """`predict_files` as a list, top 3 in batches of 4 unless told otherwise."""
+    return list(keras_cait.predict_files(paths, model, **{"top": 3, "batch_size": 4, **options}))
+
+
+def class_folder(folder, paths, classes):
+    """Copies `paths` into `folder/<index % classes>/`, for `evaluate_folder`."""
+    for index, path in enumerate(paths):
+        target = folder / str(index % classes) / os.path.basename(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return folder
+
+
+def run_script(script):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+
+
+def halve(path):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
 def same_records(got, want, atol):
-    """Same paths in order, same errors, same top-k (a swap only between
-    near ties), probabilities and embeddings within `atol`."""
+    """Same paths and errors; top-k probabilities rank by rank (so a class swap only between
+    near ties) and embeddings within `atol`."""
     assert [r["image"] for r in got] == [r["image"] for r in want]
     for a, b in zip(got, want):
         if "error" in b:
             assert a == b
             continue
-        probabilities = {p["class_id"]: p["probability"] for p in b["predictions"]}
         for mine, theirs in zip(a["predictions"], b["predictions"]):
-            if mine["class_id"] != theirs["class_id"]:  # a near tie only
-                assert abs(mine["probability"] - theirs["probability"]) <= atol
-            else:
-                assert abs(mine["probability"] - probabilities[mine["class_id"]]) <= atol
+            assert abs(mine["probability"] - theirs["probability"]) <= atol
         if "embedding" in b:
             np.testing.assert_allclose(a["embedding"], b["embedding"], atol=50 * atol)
 
 
-# --- records equal to the Keras engine's --------------------------------------
-
-
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ("onnxruntime", "openvino"))
 def test_engine_records_equal_the_keras_engines(
     engine, tiny_preset, tiny_classifier, photos, cache, count_exports, tmp_path
 ):
-    want = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=4,
-                                         embeddings=True))
+    want = predict(photos, tiny_preset, embeddings=True)
     assert want[-1]["error"].startswith(f"'{photos[-1]}'")
-    got = list(keras_cait.predict_files(
-        photos, tiny_preset, top=3, batch_size=4, embeddings=True, engine=engine,
-        cache_dir=cache,
-    ))
-    # Pillow's pixels (float resize) are tf.data's within ~1e-6.
-    same_records(got, want, atol=1e-3)
+    got = predict(photos, tiny_preset, embeddings=True, engine=engine, cache_dir=cache)
+    same_records(got, want, atol=1e-3)  # Pillow's pixels are tf.data's within ~1e-6
     # Given the same pixels, within 1e-4.
     keras_predictor = BatchPredictor(tiny_classifier, 3, embeddings=True)
     predictor = make_predictor(tiny_classifier, 3, True, engine, cache_dir=cache)
@@ -106,36 +109,27 @@ def test_engine_records_equal_the_keras_engines(
         )
     # --resume continues a file as the Keras engine does.
     output = tmp_path / "records.jsonl"
-    keras_cait.write_predictions(photos[:6], output, tiny_preset, top=3, batch_size=4,
-                                 engine=engine, cache_dir=cache, progress=False)
-    summary = keras_cait.write_predictions(
-        photos, output, tiny_preset, top=3, batch_size=4, resume=True,
-        engine=engine, cache_dir=cache, progress=False,
-    )
+    options = dict(top=3, batch_size=4, engine=engine, cache_dir=cache, progress=False)
+    keras_cait.write_predictions(photos[:6], output, tiny_preset, **options)
+    summary = keras_cait.write_predictions(photos, output, tiny_preset, resume=True, **options)
     assert (summary["kept"], summary["written"], summary["failed"]) == (6, 4, 1)
-    whole = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=4,
-                                          engine=engine, cache_dir=cache))
+    whole = predict(photos, tiny_preset, engine=engine, cache_dir=cache)
     assert keras_cait.read_records(output) == whole
     assert len(count_exports) == 1
 
 
 def test_cli_and_evaluation_run_the_engine(tiny_preset, photos, cache, tmp_path, capfd):
     output = tmp_path / "cli.jsonl"
-    status = cli.main(["predict", *photos, "--preset", tiny_preset, "--output",
-                       str(output), "--top", "3", "--batch-size", "4", "--engine",
-                       "onnxruntime", "--cache-dir", cache, "--embeddings"])
+    status = cli.main(["predict", *photos, "--preset", tiny_preset, "--output", str(output),
+                       "--top", "3", "--batch-size", "4", "--engine", "onnxruntime",
+                       "--cache-dir", cache, "--embeddings"])
     assert status == cli.FAILED_INPUTS  # the broken file
     assert "engine onnxruntime (float32)" in capfd.readouterr().err
-    want = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=4,
-                                         embeddings=True))
+    want = predict(photos, tiny_preset, embeddings=True)
     same_records(keras_cait.read_records(output), want, atol=1e-3)
-
-    for index, path in enumerate(photos[:6]):
-        target = tmp_path / "folder" / str(index % 3) / os.path.basename(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(open(path, "rb").read())
-    keras_summary = keras_cait.evaluate_folder(tmp_path / "folder", tiny_preset, batch_size=4)
-    summary = keras_cait.evaluate_folder(tmp_path / "folder", tiny_preset, batch_size=4,
+    folder = class_folder(tmp_path / "folder", photos[:6], 3)
+    keras_summary = keras_cait.evaluate_folder(folder, tiny_preset, batch_size=4)
+    summary = keras_cait.evaluate_folder(folder, tiny_preset, batch_size=4,
                                          engine="onnxruntime", cache_dir=cache)
     assert summary["engine"] == "onnxruntime"
     for key in ("images", "failed", "top1_correct", "top5_correct", "confusion_matrix"):
@@ -143,51 +137,40 @@ def test_cli_and_evaluation_run_the_engine(tiny_preset, photos, cache, tmp_path,
 
 
 def test_a_cached_cli_run_imports_no_keras(tiny_preset, photos, tmp_path, capfd, backend):
-    """Once the artefact is cached, `keras-cait predict --engine` finds it
-    from the preset's files and runs without Keras, KerasHub or a backend:
-    the same records, and `--resume` too."""
+    """With the artefact cached, `predict --engine` (and `--resume`) runs from the preset's
+    files without Keras, KerasHub or a backend, giving the same records."""
     if backend != "jax":
         pytest.skip("one backend suffices: the cached run imports none")
-    cache = str(tmp_path / "cache")
-    arguments = ["predict", *photos, "--preset", tiny_preset, "--top", "3",
-                 "--batch-size", "4", "--engine", "onnxruntime", "--cache-dir", cache,
+    arguments = ["predict", *photos, "--preset", tiny_preset, "--top", "3", "--batch-size", "4",
+                 "--engine", "onnxruntime", "--cache-dir", str(tmp_path / "cache"),
                  "--embeddings", "--output"]
-    first = tmp_path / "first.jsonl"
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     assert cli.main([*arguments, str(first)]) == cli.FAILED_INPUTS
     capfd.readouterr()
-    second = tmp_path / "second.jsonl"
-    with open(second, "w") as f:  # an interrupted run: its first 5 records
-        f.writelines(open(first).readlines()[:5])
-    script = textwrap.dedent(f"""
+    second.write_text("".join(open(first).readlines()[:5]))  # an interrupted run
+    run = run_script(f"""
         import sys
         from keras_cait_cli import main
         status = main.main({[*arguments, str(second), "--resume"]!r})
-        heavy = ("keras", "keras_hub", "tensorflow", "jax", "torch", "keras_cait")
-        print(status, sorted(set(heavy) & set(sys.modules)))
+        print(status, sorted(set({HEAVY!r}) & set(sys.modules)))
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                         text=True, timeout=300, cwd=REPO)
     assert run.stdout.split("\n")[-2] == f"{cli.FAILED_INPUTS} []", run.stderr
     assert "Keras is not loaded" in run.stderr
     assert keras_cait.read_records(second) == keras_cait.read_records(first)
 
 
 def test_a_ray_engine_actor_imports_no_keras(tiny_classifier, photos, cache):
-    """The actor of an engine run on Ray (`EngineRecordsActor`) opens the
-    artefact and gives the records of `predict_files`, without Keras."""
+    """`EngineRecordsActor` opens the artefact and gives `predict_files`'s records,
+    without Keras."""
     folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
-    want = list(keras_cait.predict_files(photos, tiny_classifier, top=3, batch_size=4,
-                                         engine="onnxruntime", cache_dir=cache))
-    script = textwrap.dedent(f"""
+    want = predict(photos, tiny_classifier, engine="onnxruntime", cache_dir=cache)
+    run = run_script(f"""
         import json, sys
         from keras_cait_base.engines import EngineRecordsActor
         actor = EngineRecordsActor({folder!r}, "onnxruntime", 3, False, "float32", 4)
         records = [json.loads(r) for r in actor({{"image": {photos!r}}})["record"]]
-        heavy = ("keras", "keras_hub", "tensorflow", "jax", "torch", "keras_cait")
-        print(json.dumps([records, sorted(set(heavy) & set(sys.modules))]))
+        print(json.dumps([records, sorted(set({HEAVY!r}) & set(sys.modules))]))
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                         text=True, timeout=300, cwd=REPO)
     records, heavy = json.loads(run.stdout.splitlines()[-1])
     assert heavy == [] and records == want, run.stderr[-2000:]
 
@@ -200,13 +183,9 @@ def test_openvino_bfloat16(tiny_classifier, photos, cache):
                           cache_dir=cache)
     batch = next(f32.image_batches(photos[:8], 8))
     exact = f32.outputs(batch.images)["predictions"]
-    rough = bf16.outputs(batch.images)["predictions"]
-    difference = float(np.abs(exact - rough).max())
+    difference = float(np.abs(exact - bf16.outputs(batch.images)["predictions"]).max())
     # bfloat16 has 8 bits of mantissa: not float32's numbers, but close.
     assert 1e-6 < difference < 0.1 * max(1.0, float(np.abs(exact).max()))
-
-
-# --- the artefact cache ---------------------------------------------------------
 
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
@@ -215,70 +194,58 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     assert artifact_cache.default_cache_dir() == str(tmp_path / "xdg/keras-cait/engines")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert artifact_cache.default_cache_dir() == str(
-        tmp_path / "home/.cache/keras-cait/engines")
+    assert artifact_cache.default_cache_dir() == str(tmp_path / "home/.cache/keras-cait/engines")
     monkeypatch.setenv("KERAS_CAIT_CACHE", str(tmp_path / "mine"))
     assert artifact_cache.default_cache_dir() == str(tmp_path / "mine")
     assert artifact_cache.default_cache_dir(tmp_path / "given") == str(tmp_path / "given")
 
 
 def test_key_changes_with_versions_weights_and_shape(tiny_classifier, monkeypatch):
+    def key(engine="onnxruntime"):
+        return artifact_cache.artifact_key(artifact_export.artifact_fields(tiny_classifier, engine))
+
     fields = artifact_export.artifact_fields(tiny_classifier, "onnxruntime")
-    key = artifact_cache.artifact_key(fields)
-    assert artifact_cache.artifact_key(
-        artifact_export.artifact_fields(tiny_classifier, "onnxruntime")) == key  # stable
     assert fields["export_backend"] == keras.config.backend()
-    assert artifact_cache.artifact_key(
-        artifact_export.artifact_fields(tiny_classifier, "openvino")) != key
+    original = artifact_cache.artifact_key(fields)
+    assert key() == original and key("openvino") != original  # stable, per engine
     monkeypatch.setattr(artifact_export, "__version__", "9.9.9")
-    assert artifact_cache.artifact_key(
-        artifact_export.artifact_fields(tiny_classifier, "onnxruntime")) != key
+    assert key() != original
     monkeypatch.undo()
     monkeypatch.setattr(engines, "engine_version", lambda engine: "0.0.1")
-    assert artifact_cache.artifact_key(
-        artifact_export.artifact_fields(tiny_classifier, "onnxruntime")) != key
+    assert key() != original
     monkeypatch.undo()
     for name in ("weights", "image_shape", "config", "export_backend"):
-        changed = dict(fields, **{name: "other"})
-        assert artifact_cache.artifact_key(changed) != key
+        assert artifact_cache.artifact_key(dict(fields, **{name: "other"})) != original
     # The same weights with other preprocessing: another artefact (its records differ).
-    converter = tiny_classifier.preprocessor.image_converter
-    monkeypatch.setattr(converter, "crop_pct", 0.5)
-    assert artifact_cache.artifact_key(
-        artifact_export.artifact_fields(tiny_classifier, "onnxruntime")) != key
+    monkeypatch.setattr(tiny_classifier.preprocessor.image_converter, "crop_pct", 0.5)
+    assert key() != original
 
 
-def _fake_export(payload):
-    def export(folder):
-        with open(os.path.join(folder, "model.bin"), "wb") as f:
-            f.write(payload)
-        return {"file": "model.bin"}
-    return export
-
-
-def test_cache_reuses_and_re_exports_a_corrupted_artefact(tmp_path):
-    fields = {"model": "m"}
-    exported = []
+def test_cache_reuses_and_re_exports_a_corrupted_artefact(tmp_path, monkeypatch):
+    fields, exported = {"model": "m"}, []
 
     def export(folder):
         exported.append(folder)
-        return _fake_export(b"x" * 1000)(folder)
+        with open(os.path.join(folder, "model.bin"), "wb") as f:
+            f.write(b"x" * 1000)
+        return {"file": "model.bin"}
 
     folder, manifest = artifact_cache.ensure_artifact(str(tmp_path), fields, export)
     assert manifest["files"]["model.bin"]["size"] == 1000
     assert artifact_cache.ensure_artifact(str(tmp_path), fields, export)[0] == folder
     assert len(exported) == 1  # reused
-    for corrupt in (
-        lambda path: open(path, "r+b").truncate(500),  # truncated
-        lambda path: open(path, "r+b").write(b"y"),  # same size, other bytes
-        os.remove,  # missing
-    ):
+    hashed = []  # a process hashes an unchanged artefact once
+    monkeypatch.setattr(artifact_cache, "sha256_file", lambda path: hashed.append(path))
+    assert artifact_cache.verify_artifact(folder) == manifest and hashed == []
+    monkeypatch.undo()
+    # Truncated, the same size with other bytes, missing:
+    for corrupt in (lambda path: open(path, "r+b").truncate(500),
+                    lambda path: open(path, "r+b").write(b"y"), os.remove):
         corrupt(os.path.join(folder, "model.bin"))
         with pytest.raises(artifact_cache.CorruptArtifactError, match="model.bin"):
             artifact_cache.verify_artifact(folder)
         with pytest.warns(UserWarning, match="Exporting it again"):
-            again, _ = artifact_cache.ensure_artifact(str(tmp_path), fields, export)
-        assert again == folder
+            assert artifact_cache.ensure_artifact(str(tmp_path), fields, export)[0] == folder
         assert open(os.path.join(folder, "model.bin"), "rb").read() == b"x" * 1000
     assert len(exported) == 4
     # A failed export leaves nothing behind.
@@ -298,14 +265,12 @@ def test_a_corrupted_engine_artefact_is_exported_again(
     before = make_predictor(tiny_classifier, 3, engine="onnxruntime", cache_dir=cache)
     batch = next(before.image_batches(photos, 4))
     expected = before.outputs(batch.images)["predictions"]
-    folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
-    model = os.path.join(folder, "model.onnx")
-    os.truncate(model, os.path.getsize(model) // 2)
+    halve(os.path.join(artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache),
+                       "model.onnx"))
     with pytest.warns(UserWarning, match="model.onnx.*Exporting it again"):
         after = make_predictor(tiny_classifier, 3, engine="onnxruntime", cache_dir=cache)
     assert len(count_exports) == 1
-    np.testing.assert_allclose(after.outputs(batch.images)["predictions"], expected,
-                               atol=1e-5)
+    np.testing.assert_allclose(after.outputs(batch.images)["predictions"], expected, atol=1e-5)
 
 
 def test_a_cached_preset_runs_without_loading_the_model(
@@ -313,39 +278,30 @@ def test_a_cached_preset_runs_without_loading_the_model(
 ):
     if backend != "jax":
         pytest.skip("one backend suffices: the cache does not depend on it")
-    preset = tmp_path / "preset"
-    shutil.copytree(tiny_preset, preset)
+    preset = str(shutil.copytree(tiny_preset, tmp_path / "preset"))
     cache = str(tmp_path / "cache")
-    options = dict(top=3, batch_size=4, embeddings=True, engine="onnxruntime",
-                   cache_dir=cache)
-    first = list(keras_cait.predict_files(photos, str(preset), **options))
+    options = dict(embeddings=True, engine="onnxruntime", cache_dir=cache)
+    first = predict(photos, preset, **options)
 
     def no_model(model):
         raise AssertionError(f"the model was loaded: {model}")
 
     monkeypatch.setattr(batch_prediction, "load_classifier", no_model)
     # From the preset's files to the artefact: no Keras model is built.
-    assert list(keras_cait.predict_files(photos, str(preset), **options)) == first
-    for index, path in enumerate(photos[:4]):
-        target = tmp_path / "folder" / str(index % 2) / os.path.basename(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    summary = keras_cait.evaluate_folder(tmp_path / "folder", str(preset),
-                                         engine="onnxruntime", cache_dir=cache)
+    assert predict(photos, preset, **options) == first
+    summary = keras_cait.evaluate_folder(class_folder(tmp_path / "folder", photos[:4], 2),
+                                         preset, engine="onnxruntime", cache_dir=cache)
     assert summary["evaluated"] == 4 and summary["num_classes"] == 10
     # Another file, or a broken artefact: the model is loaded again.
-    folder = engines.artifact_of_preset(str(preset), "onnxruntime", cache)
-    model = os.path.join(folder, "model.onnx")
-    os.truncate(model, os.path.getsize(model) // 2)
+    halve(os.path.join(engines.artifact_of_preset(preset, "onnxruntime", cache), "model.onnx"))
     with pytest.raises(AssertionError, match="the model was loaded"):
-        keras_cait.predict_files(photos, str(preset), **options)
+        keras_cait.predict_files(photos, preset, top=3, batch_size=4, **options)
     monkeypatch.undo()
     with pytest.warns(UserWarning, match="model.onnx.*Exporting it again"):
-        again = list(keras_cait.predict_files(photos, str(preset), **options))
-    assert again == first
-    config = preset / "config.json"
+        assert predict(photos, preset, **options) == first
+    config = tmp_path / "preset" / "config.json"
     config.write_text(config.read_text() + "\n")
-    assert engines.artifact_of_preset(str(preset), "onnxruntime", cache) is None
+    assert engines.artifact_of_preset(preset, "onnxruntime", cache) is None
 
 
 def test_two_processes_export_one_artefact(tmp_path):
@@ -357,8 +313,7 @@ def test_two_processes_export_one_artefact(tmp_path):
                 log.write(str(os.getpid()) + "\\n")
             time.sleep(1.0)
             with open(os.path.join(folder, "model.bin"), "wb") as f:
-                for _ in range(64):
-                    f.write(os.urandom(1 << 16))
+                f.write(os.urandom(64 << 16))
             return {{"file": "model.bin"}}
         folder, manifest = artifact_cache.ensure_artifact(
             {str(tmp_path / "cache")!r}, {{"model": "shared"}}, export)
@@ -373,12 +328,8 @@ def test_two_processes_export_one_artefact(tmp_path):
     artifact_cache.verify_artifact(outputs[0][0])
 
 
-# --- Ray: the driver makes the artefact, each actor runs it ---------------------
-
-
-def test_ray_actors_run_one_artefact(
-    tiny_preset, photos, count_exports, tmp_path, backend
-):
+def test_ray_actors_run_one_artefact(tiny_preset, photos, count_exports, tmp_path, backend):
+    """Ray: the driver makes the artefact, each actor runs it."""
     ray = pytest.importorskip("ray", reason="keras-cait[ray] is not installed")
     if backend != "jax":
         pytest.skip("one backend suffices: the actors run the engine, not Keras")
@@ -386,10 +337,8 @@ def test_ray_actors_run_one_artefact(
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = keras_cait.write_predictions_on_ray(
-            photos, tmp_path / "ray.jsonl", tiny_preset, top=3, batch_size=2,
-            embeddings=True, actors=2, engine="onnxruntime", cache_dir=ray_cache,
-            progress=False,
-        )
+            photos, tmp_path / "ray.jsonl", tiny_preset, top=3, batch_size=2, embeddings=True,
+            actors=2, engine="onnxruntime", cache_dir=ray_cache, progress=False)
     finally:
         ray.shutdown()
     assert (summary["written"], summary["failed"]) == (len(photos), 1)
@@ -397,13 +346,9 @@ def test_ray_actors_run_one_artefact(
     artefacts = [n for n in os.listdir(ray_cache)
                  if not n.endswith(".lock") and n != artifact_cache.SOURCES]
     assert len(artefacts) == 1
-    want = list(keras_cait.predict_files(photos, tiny_preset, top=3, batch_size=2,
-                                         embeddings=True, engine="onnxruntime",
-                                         cache_dir=ray_cache))
+    want = predict(photos, tiny_preset, batch_size=2, embeddings=True, engine="onnxruntime",
+                   cache_dir=ray_cache)
     same_records(keras_cait.read_records(tmp_path / "ray.jsonl"), want, atol=1e-6)
-
-
-# --- Pillow preprocessing is timm's --------------------------------------------
 
 
 @pytest.mark.parametrize("key, size, crop_pct",
@@ -412,15 +357,20 @@ def test_pillow_transform_matches_timm_reference(key, size, crop_pct):
     reference = np.load(TIMM / "preprocess.npz")
     converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
     config = artifact_export._converter_config(converter)
-    for name, file in (("astronaut", "astronaut.png"), ("camera", "camera.png"),
-                       ("chelsea", "chelsea.png"), ("coffee", "coffee.png"),
-                       ("rocket", "rocket.jpg")):
-        out = transform(keras_cait.load_image(IMAGES / file), config)
+    for name in ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg"):
+        out = transform(keras_cait.load_image(IMAGES / name), config)
         assert out.shape == (size, size, 3) and out.dtype == np.float32
-        assert float(np.abs(out - reference[f"{name}_{key}"]).mean()) < 0.01
+        assert float(np.abs(out - reference[f"{name[:-4]}_{key}"]).mean()) < 0.01
 
 
-# --- errors -----------------------------------------------------------------------
+def test_pillow_pixels_are_the_converters(photos):
+    for size, crop_pct in ((32, 1.0), (224, 0.875)):
+        converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
+        config = artifact_export._converter_config(converter)
+        for path in photos[:4]:
+            image = keras_cait.load_image(path)
+            np.testing.assert_allclose(transform(image, config), np.asarray(converter(image)),
+                                       atol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -456,24 +406,25 @@ def test_cli_engine_options_are_checked(arguments, message, capfd):
 
 
 def test_an_edited_manifest_never_gives_numbers(tiny_classifier, photos, tmp_path):
-    """The records' preprocessing comes from the keyed fields; a manifest
-    whose fields were edited, or whose outputs were swapped, is refused,
-    and the next run exports the artefact again."""
+    """The manifest is JSON with the files, outputs and fields; one with edited fields or
+    swapped outputs is refused, and the next run exports the artefact again."""
     cache = str(tmp_path / "cache")
     folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
-    path = os.path.join(folder, "manifest.json")
-    original = open(path).read()
-    manifest = json.loads(original)
+    path = os.path.join(folder, artifact_cache.MANIFEST)
+    manifest = json.load(open(path))
+    assert set(manifest["files"]) == {"model.onnx"}
+    assert manifest["metadata"]["outputs"].keys() == {"predictions", "embedding"}
+    assert manifest["fields"]["engine"] == "onnxruntime"
     manifest["fields"]["converter"]["mean"] = [0.0, 0.0, 0.0]
-    open(path, "w").write(json.dumps(manifest))
+    json.dump(manifest, open(path, "w"))
     with pytest.raises(CaiTConfigError, match="fields do not give its key"):
         engines.EnginePredictor(folder, "onnxruntime")
     with pytest.warns(UserWarning, match="fields do not give its key.*Exporting it again"):
         assert artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache) == folder
-    manifest = json.loads(open(path).read())
-    manifest["metadata"]["outputs"] = {"predictions": manifest["metadata"]["outputs"]["embedding"],
-                                       "embedding": manifest["metadata"]["outputs"]["predictions"]}
-    open(path, "w").write(json.dumps(manifest))
+    manifest = json.load(open(path))
+    outputs = manifest["metadata"]["outputs"]
+    outputs["predictions"], outputs["embedding"] = outputs["embedding"], outputs["predictions"]
+    json.dump(manifest, open(path, "w"))
     predictor = engines.EnginePredictor(folder, "onnxruntime")
     batch = next(predictor.image_batches(photos[:2], 2))
     with pytest.raises(CaiTConfigError, match="its manifest was edited"):
@@ -483,7 +434,9 @@ def test_an_edited_manifest_never_gives_numbers(tiny_classifier, photos, tmp_pat
 def test_a_read_only_cache_still_serves_and_shares(tiny_classifier, monkeypatch, tmp_path):
     cache = str(tmp_path / "cache")
     folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
-    assert os.stat(folder).st_mode & 0o777 == 0o777 & ~_umask()  # not tempfile's 0700
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(folder).st_mode & 0o777 == 0o777 & ~umask  # not tempfile's 0700
 
     def read_only(*args):
         raise PermissionError(13, "Read-only file system")
@@ -498,12 +451,6 @@ def test_a_read_only_cache_still_serves_and_shares(tiny_classifier, monkeypatch,
     assert again == folder
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def test_a_cache_dir_that_is_a_file_is_refused_before_the_model(tmp_path, photos, capfd):
     afile = tmp_path / "afile"
     afile.write_text("")
@@ -513,21 +460,3 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_the_model(tmp_path, photos
         err = capfd.readouterr().err
         assert status == 1 and f"--cache-dir {cache_dir}: {afile} is a file" in err
         assert "backend" not in err  # refused before Keras and the model
-
-
-def test_manifest_is_json_with_sizes_and_digests(tiny_classifier, cache):
-    folder = artifact_export.make_artifact(tiny_classifier, "onnxruntime", cache)
-    manifest = json.load(open(os.path.join(folder, artifact_cache.MANIFEST)))
-    assert set(manifest["files"]) == {"model.onnx"}
-    assert manifest["metadata"]["outputs"].keys() == {"predictions", "embedding"}
-    assert manifest["fields"]["engine"] == "onnxruntime"
-
-
-def test_pillow_pixels_are_the_converters(photos):
-    for size, crop_pct in ((32, 1.0), (224, 0.875)):
-        converter = keras_cait.CaiTImageConverter(image_size=size, crop_pct=crop_pct)
-        config = artifact_export._converter_config(converter)
-        for path in photos[:4]:
-            image = keras_cait.load_image(path)
-            np.testing.assert_allclose(
-                transform(image, config), np.asarray(converter(image)), atol=1e-4)

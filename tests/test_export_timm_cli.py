@@ -1,8 +1,7 @@
-"""`keras-cait export-timm`: everything up to the upload call, whose
-`huggingface_hub` functions are replaced here (Hugging Face cannot be
-reached from the test machines)."""
+"""`keras-cait export-timm`, up to the upload (its `huggingface_hub` calls replaced)."""
 
 import json
+import types
 
 import huggingface_hub
 import numpy as np
@@ -18,34 +17,21 @@ def _summary(capsys):
 
 
 def test_export_with_label_names_and_upload(tmp_path, monkeypatch, capsys):
-    calls = []
-
-    class Repo:
-        repo_id = "someone/cait-tiny"
-
-    monkeypatch.setattr(
-        huggingface_hub, "create_repo",
-        lambda repo_id, exist_ok: calls.append(("create_repo", repo_id, exist_ok)) or Repo(),
-    )
-    monkeypatch.setattr(
-        huggingface_hub, "upload_folder",
-        lambda repo_id, folder_path: calls.append(("upload_folder", repo_id, folder_path)),
-    )
+    calls, repo = [], types.SimpleNamespace(repo_id="someone/cait-tiny")
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, exist_ok: calls.append(
+        ("create_repo", repo_id, exist_ok)) or repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda repo_id, folder_path: calls.append(
+        ("upload_folder", repo_id, folder_path)))
     labels = tmp_path / "classes.txt"
     labels.write_text("".join(f"kind {i}\n" for i in range(10)))
     out = tmp_path / "out" / "cait-tiny"
-    status = cli.main([
-        "export-timm", str(TIMM / "tiny_token_head"), str(out),
-        "--label-names", str(labels), "--upload", "hf://someone/cait-tiny",
-    ])
-    assert status == 0
+    assert cli.main(["export-timm", str(TIMM / "tiny_token_head"), str(out), "--label-names",
+                     str(labels), "--upload", "hf://someone/cait-tiny"]) == 0
     summary = _summary(capsys)
     assert summary["num_classes"] == 10 and summary["label_names"] == 10
     assert summary["uploaded_to"] == "hf://someone/cait-tiny"
-    assert calls == [
-        ("create_repo", "someone/cait-tiny", True),
-        ("upload_folder", "someone/cait-tiny", str(out)),
-    ]
+    assert calls == [("create_repo", "someone/cait-tiny", True),
+                     ("upload_folder", "someone/cait-tiny", str(out))]
     config = json.loads((out / "config.json").read_text())
     assert config["label_names"] == [f"kind {i}" for i in range(10)]
     card = (out / "README.md").read_text()
@@ -67,16 +53,13 @@ def test_export_a_keras_file(tmp_path, capsys):
 
 
 def test_errors_are_one_line_and_write_nothing(tmp_path, capsys):
-    source = str(TIMM / "tiny_token_head")
-    out = str(tmp_path / "out")
+    source, out = str(TIMM / "tiny_token_head"), str(tmp_path / "out")
     assert cli.main(["export-timm", source, out, "--upload", "kaggle://a/b"]) == 1
     assert "hf://" in capsys.readouterr().err
-    gap = tmp_path / "gap.txt"
-    gap.write_text("a\n\nc\n")
-    assert cli.main(["export-timm", source, out, "--label-names", str(gap)]) == 1
+    (tmp_path / "gap.txt").write_text("a\n\nc\n")
+    assert cli.main(["export-timm", source, out, "--label-names", str(tmp_path / "gap.txt")]) == 1
     assert "gap.txt, line 2: empty class name" in capsys.readouterr().err
-    short = tmp_path / "short.json"
-    short.write_text(json.dumps(["a", "b"]))
-    assert cli.main(["export-timm", source, out, "--label-names", str(short)]) == 1
+    (tmp_path / "short.json").write_text(json.dumps(["a", "b"]))
+    assert cli.main(["export-timm", source, out, "--label-names", str(tmp_path / "short.json")]) == 1
     assert "has 2 names; the model has num_classes=10" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gap.txt", "short.json"]

@@ -1,7 +1,4 @@
-"""The runtime's `predict()` (keras_cait/runtime/predict.py): same outputs
-as the model, batching and fallbacks as in Keras, XLA by default on
-TensorFlow, all behind the speed switch; and the private Keras API it uses,
-pinned."""
+"""The runtime's `predict()`: the model's outputs, Keras's batching and fallbacks, XLA on TF."""
 
 import inspect
 
@@ -11,14 +8,19 @@ import pytest
 
 import keras_cait
 from keras_cait.layers import _fast_paths
+from keras_cait.model_extensions.image_lists import ImageListPredict
 from keras_cait.runtime import RuntimeMixin
 from tests.support import TINY_BACKBONE, to_numpy
 
 
+def _classifier(**kwargs):
+    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    return keras_cait.CaiTImageClassifier(backbone, num_classes=5, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def classifier():
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    return keras_cait.CaiTImageClassifier(backbone, num_classes=5)
+    return _classifier()
 
 
 @pytest.fixture(scope="module")
@@ -27,36 +29,21 @@ def images():
 
 
 @pytest.mark.openvino
-def test_predict_matches_the_model_over_uneven_batches(classifier, images):
+def test_predict_matches_the_model_and_callbacks_use_keras_predict(classifier, images):
     expected = to_numpy(classifier(images, training=False))
     outputs = classifier.predict(images, batch_size=2, verbose=0)  # 2 + 2 + 1
     assert isinstance(outputs, np.ndarray) and outputs.shape == (5, 5)
     np.testing.assert_allclose(outputs, expected, atol=1e-5)
-    single = classifier.predict(images[:1], verbose=0)
-    np.testing.assert_allclose(single, expected[:1], atol=1e-5)
-
-
-@pytest.mark.openvino
-def test_backbone_predict_takes_backend_tensors(classifier, images):
+    np.testing.assert_allclose(classifier.predict(images[:1], verbose=0), expected[:1], atol=1e-5)
+    # The backbone takes backend tensors.
     backbone = classifier.backbone
     tokens = backbone.predict(keras.ops.convert_to_tensor(images), verbose=0)
     assert isinstance(tokens, np.ndarray)
-    np.testing.assert_allclose(
-        tokens, to_numpy(backbone(images, training=False)), atol=1e-5
-    )
-
-
-@pytest.mark.openvino
-def test_other_inputs_use_keras_predict(classifier, images):
-    expected = classifier.predict(images, verbose=0)
-    seen = []
-
-    class Count(keras.callbacks.Callback):
-        def on_predict_batch_end(self, batch, logs=None):
-            seen.append(batch)
-
+    np.testing.assert_allclose(tokens, to_numpy(backbone(images, training=False)), atol=1e-5)
     # Callbacks (and steps, datasets, generators) go to Keras's loop.
-    outputs = classifier.predict(images, batch_size=2, callbacks=[Count()], verbose=0)
+    seen = []
+    count = keras.callbacks.LambdaCallback(on_predict_batch_end=lambda b, logs: seen.append(b))
+    outputs = classifier.predict(images, batch_size=2, callbacks=[count], verbose=0)
     assert seen == [0, 1, 2]
     np.testing.assert_allclose(outputs, expected, atol=1e-5)
 
@@ -68,24 +55,19 @@ def test_bad_batch_size_and_empty_input_are_named(classifier, images):
         classifier.predict(images[:0], verbose=0)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="XLA default is TensorFlow's"
-)
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="XLA default is TensorFlow's")
 def test_xla_is_the_default_on_tensorflow(classifier):
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    assert backbone.jit_compile is True
+    assert keras_cait.CaiTBackbone(**TINY_BACKBONE).jit_compile is True
     assert classifier.jit_compile is True
-    model = keras_cait.CaiTImageClassifier(backbone, num_classes=5, compile=False)
+    model = _classifier(compile=False)
     model.compile(jit_compile=False)
     assert model.jit_compile is False
 
 
 def test_switch_off_gives_keras_predict(images, monkeypatch):
     monkeypatch.setattr(_fast_paths, "_enabled", False)
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    model = keras_cait.CaiTImageClassifier(backbone, num_classes=5)
-    if keras.backend.backend() == "tensorflow":
-        # Keras's own "auto": no XLA on a machine without a GPU.
+    model = _classifier()
+    if keras.backend.backend() == "tensorflow":  # Keras's own "auto": no XLA without a GPU
         assert model.jit_compile is keras.Model._resolve_auto_jit_compile(model)
     expected = to_numpy(model(images, training=False))
 
@@ -104,8 +86,7 @@ def test_switch_off_gives_keras_predict(images, monkeypatch):
 
 
 def test_pinned_private_keras_api():
-    # Keras 3.15: compile(jit_compile="auto") asks `_resolve_auto_jit_compile`
-    # (runtime/predict.py overrides it), which reads `_flatten_layers`.
+    """Keras 3.15: compile() asks `_resolve_auto_jit_compile`, which reads `_flatten_layers`."""
     calls = []
 
     class Model(keras.Model):
@@ -116,14 +97,12 @@ def test_pinned_private_keras_api():
     inputs = keras.Input((2,))
     Model(inputs, keras.layers.Dense(1)(inputs)).compile()
     assert calls and calls[0] >= 2
-    if keras.backend.backend() == "tensorflow":
-        # TensorFlowTrainer's strategy attribute, None outside tf.distribute.
+    if keras.backend.backend() == "tensorflow":  # None outside tf.distribute
         assert keras.Model(inputs, inputs)._distribute_strategy is None
 
 
 def test_pinned_private_openvino_trainer_api():
-    # Keras 3.15's OpenVINO trainer: the compiled model runtime/predict.py
-    # compiles again in float32, and the parameter runtime/export.py uses.
+    """Keras 3.15's OpenVINO trainer: what runtime/predict.py and runtime/export.py use."""
     pytest.importorskip("openvino")
     from keras.src.backend.openvino import trainer
 
@@ -131,19 +110,19 @@ def test_pinned_private_openvino_trainer_api():
     for name in ("struct_params", "struct_outputs", "_output_mask_indices", "ov_device"):
         assert f"self.{name} =" in source, name
     for method in ("_get_compiled_model", "_parameterize_data"):
-        assert list(inspect.signature(getattr(trainer.OpenVINOTrainer, method)).parameters) == [
-            "self", "data"
-        ]
+        parameters = inspect.signature(getattr(trainer.OpenVINOTrainer, method)).parameters
+        assert list(parameters) == ["self", "data"]
 
 
 def test_runtime_is_attached_in_one_place():
     for cls in (keras_cait.CaiTBackbone, keras_cait.CaiTImageClassifier):
-        assert cls.__mro__[1] is RuntimeMixin
+        assert RuntimeMixin in cls.__bases__
+        for name in ("predict", "export", "_resolve_auto_jit_compile", "fit"):
+            assert name not in vars(cls), (cls, name)  # no override in models/
         for name in ("predict", "export", "_resolve_auto_jit_compile"):
             owners = [c for c in cls.__mro__ if name in vars(c)]
             if cls is keras_cait.CaiTImageClassifier and name == "predict":
-                # The classifier's own `predict` only preprocesses lists of
-                # photos of any size; everything else goes to the runtime's.
-                assert owners[0] is cls
+                # TaskMixin's `predict` only preprocesses lists of photos.
+                assert owners[0] is ImageListPredict
                 owners = owners[1:]
             assert owners[0].__module__.startswith("keras_cait.runtime"), (cls, name)

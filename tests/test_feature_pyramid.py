@@ -54,15 +54,12 @@ class FeaturePyramidTest(KerasHubTestCase):
             grid = to_numpy(pyramid[key])
             np.testing.assert_array_equal(grid, to_numpy(intermediates[key]))
             np.testing.assert_allclose(grid, nchw.numpy().transpose(0, 2, 3, 1), atol=2e-5)
-
-        # channels_first: the same grids, channels first, as KerasHub's
-        # vision backbones give their feature maps.
+        # channels_first: the same grids, channels first (as KerasHub's feature maps).
         first = keras_cait.CaiTBackbone(**BACKBONE, data_format="channels_first")
         first.set_weights(backbone.get_weights())
         nchw = keras.Model(first.inputs, first.pyramid_outputs)(IMAGES.transpose(0, 3, 1, 2))
-        np.testing.assert_allclose(
-            to_numpy(nchw[KEYS[-1]]), to_numpy(pyramid[KEYS[-1]]).transpose(0, 3, 1, 2), atol=1e-5
-        )
+        expected = to_numpy(pyramid[KEYS[-1]]).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(to_numpy(nchw[KEYS[-1]]), expected, atol=1e-5)
 
     def test_segmentation_head_trains(self):
         backbone = keras_cait.CaiTBackbone(**BACKBONE)
@@ -80,6 +77,7 @@ class FeaturePyramidTest(KerasHubTestCase):
         history = model.fit(IMAGES, targets, epochs=1, batch_size=2, verbose=0)
         assert model.output_shape == (None, 32, 48, 5)
         assert np.isfinite(history.history["loss"][0])
-        changed = [not np.array_equal(a, to_numpy(w)) for a, w in zip(before, model.trainable_weights)]
+        after = [to_numpy(w) for w in model.trainable_weights]
+        changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
         assert all(changed[-2:]), "the head did not train"
         assert sum(changed) > len(changed) // 2, "the backbone did not train"

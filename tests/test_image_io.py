@@ -9,8 +9,12 @@ from PIL import Image
 import keras_cait
 from tests.support import IMAGES
 
+RGBA = np.array(
+    [[[200, 10, 10, 0], [0, 0, 0, 128]], [[5, 6, 7, 255], [90, 90, 90, 255]]], np.uint8
+)
 
-def quadrants(height=20, width=40):
+
+def quadrants(height, width):
     """An RGB image with four distinct flat quadrants (orientation visible)."""
     image = np.zeros((height, width, 3), np.uint8)
     image[: height // 2, : width // 2] = (255, 0, 0)
@@ -20,142 +24,96 @@ def quadrants(height=20, width=40):
     return image
 
 
-def with_orientation(array, path, orientation, format):
-    image = Image.fromarray(array)
-    exif = image.getexif()
-    exif[0x0112] = orientation  # Orientation tag
-    image.save(path, format=format, exif=exif.tobytes(), **(
-        {"quality": 95} if format == "JPEG" else {}
-    ))
-
-
-@pytest.mark.parametrize("name", ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"])
+@pytest.mark.parametrize(
+    "name", ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
+)
 def test_shipped_photos(name):
-    image = keras_cait.load_image(IMAGES / name)
+    image = keras_cait.load_image(str(IMAGES / name))  # a str path as well as Path
     with Image.open(IMAGES / name) as pil:
         expected = np.asarray(pil.convert("RGB"))
         width, height = pil.size
     assert image.dtype == np.uint8 and image.shape == (height, width, 3)
     assert image.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(image, expected)
+    if name == "camera.png":  # greyscale: three equal channels of a photo, not a flat image
+        np.testing.assert_array_equal(image[..., 0], image[..., 1])
+        np.testing.assert_array_equal(image[..., 0], image[..., 2])
+        assert image.shape == (512, 512, 3) and image.std() > 10
 
 
-def test_greyscale_photo_becomes_three_equal_channels():
-    image = keras_cait.load_image(str(IMAGES / "camera.png"))
-    assert image.shape == (512, 512, 3)
-    np.testing.assert_array_equal(image[..., 0], image[..., 1])
-    np.testing.assert_array_equal(image[..., 0], image[..., 2])
-    assert image.std() > 10  # a photo, not a flat image
-
-
-@pytest.mark.parametrize(
-    "orientation, turn",
-    [
-        (1, lambda a: a),
-        (3, lambda a: np.rot90(a, 2)),
-        (6, lambda a: np.rot90(a, -1)),  # displayed rotated 90° clockwise
-        (8, lambda a: np.rot90(a, 1)),
-        (2, lambda a: a[:, ::-1]),
-    ],
-)
-def test_exif_orientation_is_applied(tmp_path, orientation, turn):
-    original = quadrants()
-    path = tmp_path / "rotated.png"
-    with_orientation(original, path, orientation, "PNG")
+@pytest.mark.parametrize("orientation, turn, format", [
+    (1, lambda a: a, "PNG"),
+    (3, lambda a: np.rot90(a, 2), "PNG"),
+    (6, lambda a: np.rot90(a, -1), "PNG"),  # displayed rotated 90° clockwise
+    (8, lambda a: np.rot90(a, 1), "PNG"),
+    (2, lambda a: a[:, ::-1], "PNG"),
+    (6, lambda a: np.rot90(a, -1), "JPEG"),  # a phone photo
+])
+def test_exif_orientation_is_applied(tmp_path, orientation, turn, format):
+    original, path = quadrants(32, 64), tmp_path / f"rotated.{format.lower()}"
+    pil = Image.fromarray(original)
+    exif = pil.getexif()
+    exif[0x0112] = orientation  # Orientation tag
+    pil.save(path, format=format, exif=exif.tobytes(), quality=95)
     with Image.open(path) as pil:  # stored unrotated, with the tag
-        assert pil.size == (40, 20) and pil.getexif()[0x0112] == orientation
-    np.testing.assert_array_equal(keras_cait.load_image(path), turn(original))
+        assert pil.size == (64, 32) and pil.getexif()[0x0112] == orientation
+    image, expected = keras_cait.load_image(path), turn(original)
+    if format == "PNG":
+        np.testing.assert_array_equal(image, expected)
+    else:
+        assert image.shape == expected.shape
+        assert np.abs(image.astype(int) - expected.astype(int)).mean() < 4
 
 
-def test_exif_orientation_jpeg(tmp_path):
-    path = tmp_path / "phone.jpg"
-    original = quadrants(32, 64)
-    with_orientation(original, path, 6, "JPEG")
-    image = keras_cait.load_image(path)
-    assert image.shape == (64, 32, 3)
-    expected = np.rot90(original, -1).astype(int)
-    assert np.abs(image.astype(int) - expected).mean() < 4
+def _halves(top, bottom, width=16):
+    """A (2 * 8, width) image: `top` in the upper half, `bottom` in the lower."""
+    return np.concatenate([np.full((8, width, len(top)), top, np.uint8),
+                           np.full((8, width, len(bottom)), bottom, np.uint8)])
 
 
-def test_cmyk_jpeg(tmp_path):
-    cmyk = np.zeros((16, 16, 4), np.uint8)
-    cmyk[:8, :, 0] = 255  # cyan
-    cmyk[8:, :, 1] = 255  # magenta
-    path = tmp_path / "cmyk.jpg"
-    Image.fromarray(cmyk, mode="CMYK").save(path, quality=100)
-    with Image.open(path) as pil:
-        assert pil.mode == "CMYK"
-    image = keras_cait.load_image(path).astype(int)
-    assert image.shape == (16, 16, 3)
-    assert np.abs(image[:8] - (0, 255, 255)).max() <= 6
-    assert np.abs(image[8:] - (255, 0, 255)).max() <= 6
+@pytest.mark.parametrize("name, array, mode, stored, expected, tolerance", [
+    ("cmyk.jpg", _halves((255, 0, 0, 0), (0, 255, 0, 0)), "CMYK", "CMYK",  # cyan, magenta
+     _halves((0, 255, 255), (255, 0, 255)), 6),
+    ("palette.png", np.array([[0, 1], [2, 1]], np.uint8), "P", "P",
+     [[[10, 20, 30], [200, 100, 0]], [[0, 0, 255], [200, 100, 0]]], 0),
+    ("rgba.png", RGBA, "RGBA", "RGBA", RGBA[..., :3], 0),  # alpha dropped, colours kept
+    ("la.png", np.stack([np.full((3, 3), 77), np.zeros((3, 3))], -1).astype(np.uint8), "LA",
+     "LA", np.full((3, 3, 3), 77), 0),
+    ("deep.png", np.array([[0, 257 * 128], [65535, 257 * 3]], np.uint16), None, "I",
+     np.repeat([[[0], [128]], [[255], [3]]], 3, axis=-1), 0),
+])
+def test_other_modes_become_rgb(tmp_path, name, array, mode, stored, expected, tolerance):
+    pil = Image.fromarray(array, mode=mode)
+    if mode == "P":
+        pil.putpalette([10, 20, 30, 200, 100, 0, 0, 0, 255] + [0] * (256 * 3 - 9))
+    pil.save(tmp_path / name, quality=100)
+    with Image.open(tmp_path / name) as saved:
+        assert saved.mode.startswith(stored)
+    image = keras_cait.load_image(tmp_path / name)
+    assert image.dtype == np.uint8 and image.shape == np.shape(expected)
+    assert np.abs(image.astype(int) - expected).max() <= tolerance
 
 
-def test_palette_png(tmp_path):
-    indices = np.array([[0, 1], [2, 1]], np.uint8)
-    palette = [10, 20, 30, 200, 100, 0, 0, 0, 255] + [0] * (256 * 3 - 9)
-    pil = Image.fromarray(indices, mode="P")
-    pil.putpalette(palette)
-    path = tmp_path / "palette.png"
-    pil.save(path)
-    image = keras_cait.load_image(path)
-    expected = np.array(
-        [[[10, 20, 30], [200, 100, 0]], [[0, 0, 255], [200, 100, 0]]], np.uint8
-    )
-    np.testing.assert_array_equal(image, expected)
-
-
-def test_rgba_png_alpha_dropped_or_composited(tmp_path):
-    rgba = np.array(
-        [[[200, 10, 10, 0], [0, 0, 0, 128]], [[5, 6, 7, 255], [90, 90, 90, 255]]],
-        np.uint8,
-    )
-    path = tmp_path / "rgba.png"
-    Image.fromarray(rgba, mode="RGBA").save(path)
-    # Default: alpha dropped, the stored colours kept (Image.convert("RGB")).
-    np.testing.assert_array_equal(keras_cait.load_image(path), rgba[..., :3])
-    # On white: transparent -> white, half transparent black -> mid grey.
-    on_white = keras_cait.load_image(path, background=(255, 255, 255)).astype(int)
+def test_rgba_png_composited_on_a_background(tmp_path):
+    Image.fromarray(RGBA, mode="RGBA").save(tmp_path / "rgba.png")
+    on_white = keras_cait.load_image(tmp_path / "rgba.png", background=(255, 255, 255))
+    on_white = on_white.astype(int)  # transparent -> white, half transparent black -> mid grey
     np.testing.assert_array_equal(on_white[0, 0], (255, 255, 255))
     assert np.abs(on_white[0, 1] - 127).max() <= 1
-    np.testing.assert_array_equal(on_white[1], rgba[1, :, :3])
+    np.testing.assert_array_equal(on_white[1], RGBA[1, :, :3])
 
 
-def test_greyscale_alpha_and_16_bit(tmp_path):
-    la = np.stack([np.full((3, 3), 77, np.uint8), np.zeros((3, 3), np.uint8)], -1)
-    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
-    np.testing.assert_array_equal(keras_cait.load_image(tmp_path / "la.png"), 77)
-
-    deep = np.array([[0, 257 * 128], [65535, 257 * 3]], np.uint16)
-    Image.fromarray(deep).save(tmp_path / "deep.png")
-    with Image.open(tmp_path / "deep.png") as pil:
-        assert pil.mode.startswith("I")
-    image = keras_cait.load_image(tmp_path / "deep.png")
-    np.testing.assert_array_equal(image[..., 0], [[0, 128], [255, 3]])
-    np.testing.assert_array_equal(image[..., 0], image[..., 2])
-
-
-# --- errors ---------------------------------------------------------------------------
-
-
-def test_missing_file(tmp_path):
-    path = tmp_path / "nope.jpg"
-    with pytest.raises(keras_cait.CaiTFileNotFoundError, match="nope.jpg"):
-        keras_cait.load_image(path)
-    with pytest.raises(FileNotFoundError):  # the standard type still works
-        keras_cait.load_image(path)
-
-
-def test_directory(tmp_path):
-    with pytest.raises(keras_cait.CaiTImageError, match="directory"):
-        keras_cait.load_image(tmp_path)
-
-
-def test_not_an_image(tmp_path):
-    path = tmp_path / "notes.jpg"
-    path.write_text("this is not an image\n")
-    with pytest.raises(keras_cait.CaiTImageError, match="notes.jpg.*not an image"):
-        keras_cait.load_image(path)
+@pytest.mark.parametrize("name, content, error, match", [
+    ("nope.jpg", None, keras_cait.CaiTFileNotFoundError, "nope.jpg"),
+    ("nope.jpg", None, FileNotFoundError, "nope.jpg"),  # the standard type still works
+    ("", None, keras_cait.CaiTImageError, "directory"),
+    ("notes.jpg", "this is not an image\n", keras_cait.CaiTImageError, "notes.jpg.*not an image"),
+])
+def test_unreadable_input_is_named(tmp_path, name, content, error, match):
+    if content:
+        (tmp_path / name).write_text(content)
+    with pytest.raises(error, match=match):
+        keras_cait.load_image(tmp_path / name)
 
 
 @pytest.mark.parametrize("format", ["JPEG", "PNG"])
@@ -163,9 +121,8 @@ def test_truncated_image(tmp_path, format):
     buffer = io.BytesIO()
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
     Image.fromarray(noise).save(buffer, format=format)
-    data = buffer.getvalue()
     path = tmp_path / f"cut.{format.lower()}"
-    path.write_bytes(data[: len(data) // 2])
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(keras_cait.CaiTImageError, match="cut.*truncated") as info:
         keras_cait.load_image(path)
     # Pillow's OSError does not leak, not even as the context.
@@ -174,6 +131,6 @@ def test_truncated_image(tmp_path, format):
 
 
 @pytest.mark.parametrize("background", [(255, 255), "white", (0, 0, 300)])
-def test_bad_background(tmp_path, background):
+def test_bad_background(background):
     with pytest.raises(keras_cait.CaiTImageError, match="background"):
         keras_cait.load_image(IMAGES / "chelsea.png", background=background)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_cait
-from keras_cait.models.cait_backbone import block_indices
+from keras_cait.model_extensions.derived_models import block_indices
 from keras_cait_base.errors import CaiTConfigError
 from tests.support import TINY_BACKBONE, to_numpy
 
@@ -33,25 +33,19 @@ def test_token_and_grid_shapes(backbone, images):
     for value in grids.values():
         assert tuple(value.shape) == (2, 4, 6, 48)
     # The grid is the row-major token sequence, reshaped.
-    np.testing.assert_array_equal(
-        to_numpy(grids["self_attention_block_2"]).reshape(2, 24, 48),
-        to_numpy(tokens["self_attention_block_2"]),
-    )
+    grid, last = (to_numpy(x["self_attention_block_2"]) for x in (grids, tokens))
+    np.testing.assert_array_equal(grid.reshape(2, 24, 48), last)
 
 
 def test_last_block_through_final_norm_equals_backbone_output(backbone, images):
-    final = to_numpy(backbone(images))
+    patches = to_numpy(backbone(images))[:, 1:]
     normed = backbone.get_intermediate_outputs(images, indices=[-1], norm=True)
-    np.testing.assert_allclose(
-        to_numpy(normed["self_attention_block_2"]), final[:, 1:], atol=1e-5
-    )
-    raw = backbone.get_intermediate_outputs(images, indices=[-1])
+    np.testing.assert_allclose(to_numpy(normed["self_attention_block_2"]), patches, atol=1e-5)
+    raw = backbone.get_intermediate_outputs(images, indices=[-1])["self_attention_block_2"]
     norm_layer = backbone.get_layer("final_layernorm")
-    np.testing.assert_allclose(
-        to_numpy(norm_layer(raw["self_attention_block_2"])), final[:, 1:], atol=1e-5
-    )
+    np.testing.assert_allclose(to_numpy(norm_layer(raw)), patches, atol=1e-5)
     # Without the norm the tokens are different (the test above is meaningful).
-    assert not np.allclose(to_numpy(raw["self_attention_block_2"]), final[:, 1:])
+    assert not np.allclose(to_numpy(raw), patches)
 
 
 def test_blocks_differ_and_model_is_cached_and_shares_weights(backbone, images):
@@ -60,27 +54,20 @@ def test_blocks_differ_and_model_is_cached_and_shares_weights(backbone, images):
     assert backbone.intermediate_model(indices=[2, 0, 1]) is model
     outputs = {k: to_numpy(v) for k, v in model(images).items()}
     assert len(outputs) == 3
-    assert not np.allclose(
-        outputs["self_attention_block_0"], outputs["self_attention_block_1"]
-    )
+    assert not np.allclose(outputs["self_attention_block_0"], outputs["self_attention_block_1"])
     assert {id(w) for w in model.weights} <= {id(w) for w in backbone.weights}
 
 
 def test_backbone_still_saves_after_deriving(backbone, images, tmp_path):
     backbone.intermediate_model(indices=1, output_format="grid", norm=True)
-    path = tmp_path / "backbone.keras"
-    backbone.save(path)
-    restored = keras.saving.load_model(path)
-    np.testing.assert_allclose(
-        to_numpy(restored(images)), to_numpy(backbone(images)), atol=1e-6
+    backbone.save(tmp_path / "backbone.keras")
+    restored = keras.saving.load_model(tmp_path / "backbone.keras")
+    np.testing.assert_allclose(to_numpy(restored(images)), to_numpy(backbone(images)), atol=1e-6)
+    got, want = (
+        to_numpy(model.get_intermediate_outputs(images, indices=[1])["self_attention_block_1"])
+        for model in (restored, backbone)
     )
-    got = restored.get_intermediate_outputs(images, indices=[1])
-    want = backbone.get_intermediate_outputs(images, indices=[1])
-    np.testing.assert_allclose(
-        to_numpy(got["self_attention_block_1"]),
-        to_numpy(want["self_attention_block_1"]),
-        atol=1e-6,
-    )
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_block_selection_follows_timm():
@@ -104,12 +91,9 @@ def test_block_selection_follows_timm():
             block_indices(4, bad)
 
 
-def test_bad_output_format(backbone):
+def test_bad_output_format_and_one_spelling_of_the_block_selection(backbone):
     with pytest.raises(CaiTConfigError, match="output_format"):
         backbone.intermediate_model(output_format="NCHW")
-
-
-def test_one_spelling_of_the_block_selection(backbone, images):
     for method in (backbone.attention_model, backbone.intermediate_model):
         for old in ("blocks", "self_attention_blocks"):
             with pytest.raises(TypeError, match=old):

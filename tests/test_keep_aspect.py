@@ -1,7 +1,5 @@
-"""Photos at their own aspect ratio on a model of any image size: the
-converter's `keep_aspect_ratio`, `predict` on a list of photos, and
-collection runs (`keep_aspect_ratio=True`, `keras-cait predict --keep-aspect`)
-with one size per batch and records in input order."""
+"""Photos at their own aspect ratio on a model of any image size: the converter's
+`keep_aspect_ratio`, `predict` on a list, collection runs and `predict --keep-aspect`."""
 
 import numpy as np
 import pytest
@@ -14,13 +12,17 @@ from keras_cait_cli import main as cli
 from tests.support import TIMM, make_photos, to_numpy
 
 TINY = str(TIMM / "tiny_token_head")  # 32x32, patch 8
-DYNAMIC = (None, None, 3)
 
 
 def _converter(**kwargs):
-    return keras_cait.CaiTImageConverter(
-        image_size=32, keep_aspect_ratio=True, size_multiple=8, **kwargs
-    )
+    return keras_cait.CaiTImageConverter(image_size=32, keep_aspect_ratio=True, size_multiple=8,
+                                         **kwargs)
+
+
+def _keeping(backbone, num_classes=10):
+    """A classifier on `backbone` whose converter keeps the aspect ratio."""
+    preprocessor = keras_cait.CaiTImageClassifierPreprocessor(_converter())
+    return keras_cait.CaiTImageClassifier(backbone, num_classes=num_classes, preprocessor=preprocessor)
 
 
 def _photo(height, width, seed=0):
@@ -29,28 +31,22 @@ def _photo(height, width, seed=0):
 
 @pytest.fixture(scope="module")
 def dynamic():
-    return keras_cait.CaiTImageClassifier.from_preset(TINY, image_shape=DYNAMIC)
+    return keras_cait.CaiTImageClassifier.from_preset(TINY, image_shape=(None, None, 3))
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keep_aspect_photos")
     paths = make_photos(folder, 9)
-    broken = folder / "z_broken.jpg"
-    broken.write_text("not an image")
-    return [*paths, str(broken)]
+    (folder / "z_broken.jpg").write_text("not an image")
+    return [*paths, str(folder / "z_broken.jpg")]
 
 
-@pytest.mark.parametrize(
-    "shape, expected",
-    [
-        ((60, 90), (32, 48)),  # shorter side 32, longer 48
-        ((90, 60), (48, 32)),
-        ((61, 91), (32, 48)),  # int(32 * 91 / 61) = 47, rounded to 48
-        ((40, 40), (32, 32)),
-        ((20, 200), (32, 320)),
-    ],
-)
+@pytest.mark.parametrize("shape, expected", [
+    ((60, 90), (32, 48)), ((90, 60), (48, 32)),  # shorter side 32, longer 48
+    ((61, 91), (32, 48)),  # int(32 * 91 / 61) = 47, rounded to 48
+    ((40, 40), (32, 32)), ((20, 200), (32, 320)),
+])
 def test_shorter_side_resized_no_crop_sides_multiples(shape, expected):
     output = to_numpy(_converter()(_photo(*shape)))
     assert output.shape == (*expected, 3)
@@ -61,9 +57,8 @@ def test_shorter_side_resized_no_crop_sides_multiples(shape, expected):
 
 
 def test_crop_pct_sets_the_shorter_side_as_timm():
-    converter = keras_cait.CaiTImageConverter(
-        image_size=224, crop_pct=0.875, keep_aspect_ratio=True, size_multiple=16
-    )
+    converter = keras_cait.CaiTImageConverter(image_size=224, crop_pct=0.875, keep_aspect_ratio=True,
+                                              size_multiple=16)
     # timm resizes the shorter side to floor(224 / 0.875) = 256 before its crop.
     assert to_numpy(converter(_photo(300, 451))).shape == (256, 384, 3)
 
@@ -79,72 +74,44 @@ def test_config_round_trip_and_bad_arguments():
         keras_cait.CaiTImageConverter(size_multiple=0)
 
 
-def test_predict_on_a_list_runs_each_size_and_keeps_the_order(dynamic):
-    classifier = keras_cait.CaiTImageClassifier(
-        dynamic.backbone, num_classes=10,
-        preprocessor=keras_cait.CaiTImageClassifierPreprocessor(_converter()),
-    )
+def test_predict_on_a_list_runs_each_photo_as_one_array_and_keeps_the_order(dynamic, monkeypatch):
+    classifier = _keeping(dynamic.backbone)
     photos = [_photo(60, 90, 1), _photo(90, 60, 2), _photo(61, 91, 3), _photo(40, 40, 4)]
+    seen, call = [], keras_cait.CaiTImageConverter.__call__
+
+    def recorded(self, inputs, *args, **kwargs):
+        seen.append(type(inputs))
+        return call(self, inputs, *args, **kwargs)
+    monkeypatch.setattr(keras_cait.CaiTImageConverter, "__call__", recorded)
     got = classifier.predict(photos, verbose=0)
-    expected = np.concatenate(
-        [to_numpy(classifier(to_numpy(_converter()(p))[None]))
-         for p in photos]
-    )
+    # One array per photo: never one ragged batch of the list (`tf.ragged.constant` is slow).
+    assert len(seen) == 4 and not any("Ragged" in kind.__name__ for kind in seen), seen
+    expected = np.concatenate([to_numpy(classifier(to_numpy(_converter()(p))[None])) for p in photos])
     assert got.shape == (4, 10)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     with pytest.raises(CaiTImageError, match="different sizes"):
         classifier.get_attention_maps(photos)
 
 
-def test_a_list_of_photos_is_preprocessed_one_array_at_a_time(dynamic, monkeypatch):
-    # A Python list reaching KerasHub's preprocessing goes through
-    # `tf.ragged.constant`, pixel by pixel: seconds per megapixel.
-    converter = _converter()
-    classifier = keras_cait.CaiTImageClassifier(
-        dynamic.backbone, num_classes=10,
-        preprocessor=keras_cait.CaiTImageClassifierPreprocessor(converter),
-    )
-    seen = []
-    call = type(converter).__call__
-
-    def recorded(self, inputs, *args, **kwargs):
-        seen.append(type(inputs))
-        return call(self, inputs, *args, **kwargs)
-
-    monkeypatch.setattr(type(converter), "__call__", recorded)
-    classifier.predict([_photo(60, 90, 1), _photo(40, 40, 2)], verbose=0)
-    # One array per photo: never one ragged batch of the list.
-    assert len(seen) == 2 and not any("Ragged" in kind.__name__ for kind in seen), seen
-
-
-def test_collection_runs_one_size_per_batch_in_input_order(
-    dynamic, photos, monkeypatch
-):
-    shapes, paddings = [], []
-    outputs = BatchPredictor.outputs
+def test_collection_runs_one_size_per_batch_in_input_order(dynamic, photos, monkeypatch):
+    shapes, paddings, outputs = [], [], BatchPredictor.outputs
 
     def recorded(self, images, batch_size=None):
         shapes.append(np.shape(images))
         paddings.append(batch_size)
         return outputs(self, images, batch_size)
-
     monkeypatch.setattr(BatchPredictor, "outputs", recorded)
-    records = list(keras_cait.predict_files(
-        photos, TINY, top=3, batch_size=4, keep_aspect_ratio=True
-    ))
+    records = list(keras_cait.predict_files(photos, TINY, top=3, batch_size=4, keep_aspect_ratio=True))
     assert [r["image"] for r in records] == photos
     assert records[-1]["error"].startswith(f"'{photos[-1]}'")
-    # Each forward pass is one stacked size of at most the batch size, every
-    # image in one pass; fewer passes than images: photos of one size share.
+    # Each pass is one stacked size of at most the batch size; photos of one size share.
     assert all(len(shape) == 4 and shape[0] <= 4 for shape in shapes)
     assert sum(shape[0] for shape in shapes) == len(photos)
     assert len(shapes) < len(photos)
     # A short batch is padded to the next power of two, not to the batch size.
     assert paddings == [{1: 1, 2: 2, 3: 4, 4: 4}[shape[0]] for shape in shapes]
     converter = keras_cait.CaiTImageConverter.from_config(dict(
-        dynamic.preprocessor.image_converter.get_config(),
-        keep_aspect_ratio=True, size_multiple=8,
-    ))
+        dynamic.preprocessor.image_converter.get_config(), keep_aspect_ratio=True, size_multiple=8))
     sizes = set()
     for record, path in zip(records[:-1], photos[:-1]):
         image = to_numpy(converter(keras_cait.load_image(path)))[None]
@@ -153,8 +120,7 @@ def test_collection_runs_one_size_per_batch_in_input_order(
         probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         for prediction in record["predictions"]:
             assert prediction["probability"] == pytest.approx(
-                probabilities[prediction["class_id"]], abs=1e-5
-            )
+                probabilities[prediction["class_id"]], abs=1e-5)
     assert len(sizes) > 1  # the photos really come in several sizes
 
 
@@ -163,8 +129,7 @@ def test_cli_keep_aspect(photos, tmp_path, capfd):
     status = cli.main(["predict", *photos, "--preset", TINY, "--output", str(output),
                        "--top", "3", "--batch-size", "4", "--keep-aspect"])
     assert status == cli.FAILED_INPUTS  # the broken file
-    want = list(keras_cait.predict_files(photos, TINY, top=3, batch_size=4,
-                                         keep_aspect_ratio=True))
+    want = list(keras_cait.predict_files(photos, TINY, top=3, batch_size=4, keep_aspect_ratio=True))
     got = keras_cait.read_records(output)
     assert [r["image"] for r in got] == photos
     for a, b in zip(got, want):
@@ -174,18 +139,14 @@ def test_cli_keep_aspect(photos, tmp_path, capfd):
             assert x["probability"] == pytest.approx(y["probability"], abs=1e-6)
     capfd.readouterr()
     with pytest.raises(SystemExit) as exit:
-        cli.main(["predict", *photos[:2], "--preset", TINY, "--keep-aspect",
-                  "--engine", "onnxruntime"])
+        cli.main(["predict", *photos[:2], "--preset", TINY, "--keep-aspect", "--engine", "onnxruntime"])
     assert exit.value.code == 2
     assert "--keep-aspect needs --engine keras" in capfd.readouterr().err
 
 
-def test_a_fixed_size_model_is_refused(photos):
+def test_a_fixed_size_model_is_refused():
     fixed = keras_cait.CaiTImageClassifier.from_preset(TINY)
-    keeping = keras_cait.CaiTImageClassifier(
-        fixed.backbone, num_classes=fixed.num_classes,
-        preprocessor=keras_cait.CaiTImageClassifierPreprocessor(_converter()),
-    )
+    keeping = _keeping(fixed.backbone, num_classes=fixed.num_classes)
     with pytest.raises(CaiTConfigError, match=r"keeps the aspect ratio.*\(None, None, 3\)"):
         keeping.predict([_photo(60, 90), _photo(40, 40)], verbose=0)
     with pytest.raises(CaiTConfigError, match=r"image_shape=\(None, None, 3\)"):

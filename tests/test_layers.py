@@ -1,7 +1,9 @@
 """Each layer: config round trip, output shapes, and its own behaviour."""
 
+import importlib
 import inspect
 import sys
+from math import erf, sqrt
 
 import keras
 import numpy as np
@@ -12,6 +14,7 @@ from keras_cait.layers import _fast_paths
 from tests.support import TINY_BACKBONE, to_numpy
 
 TOKENS = np.random.default_rng(0).standard_normal((2, 5, 16)).astype("float32")
+BACKEND = keras.backend.backend()
 
 LAYERS = {
     "LayerScale": lambda: keras_cait.LayerScale(0.1),
@@ -44,12 +47,10 @@ def test_config_names_every_constructor_argument(name):
 
 
 def test_attention_maps_shapes_and_normalisation():
-    attention = keras_cait.TalkingHeadsAttention(16, 4)
-    _, maps = attention(TOKENS, return_attention=True)
+    _, maps = keras_cait.TalkingHeadsAttention(16, 4)(TOKENS, return_attention=True)
     assert tuple(maps.shape) == (2, 4, 5, 5)
     block = keras_cait.ClassAttentionBlock(16, 4)
-    _, class_maps = block(TOKENS, TOKENS[:, :1], return_attention=True)
-    class_maps = to_numpy(class_maps)
+    class_maps = to_numpy(block(TOKENS, TOKENS[:, :1], return_attention=True)[1])
     assert class_maps.shape == (2, 4, 1, 6)
     np.testing.assert_allclose(class_maps.sum(-1), 1.0, atol=1e-5)
 
@@ -63,8 +64,7 @@ def test_drop_path_is_identity_at_inference_and_rescales_in_training():
     layer = keras_cait.DropPath(0.5, seed=1)
     x = np.ones((256, 3, 4), "float32")
     np.testing.assert_array_equal(to_numpy(layer(x)), x)
-    y = to_numpy(layer(x, training=True))
-    per_sample = y.reshape(256, -1)
+    per_sample = to_numpy(layer(x, training=True)).reshape(256, -1)
     # Whole samples are dropped or kept, the kept ones scaled by 1/keep_prob.
     assert set(np.unique(per_sample)) == {0.0, 2.0}
     assert np.all(per_sample.min(1) == per_sample.max(1))
@@ -73,24 +73,30 @@ def test_drop_path_is_identity_at_inference_and_rescales_in_training():
 
 def test_seeded_drop_path_is_reproducible():
     x = np.ones((64, 2, 2), "float32")
-    first = to_numpy(keras_cait.DropPath(0.3, seed=11)(x, training=True))
-    second = to_numpy(keras_cait.DropPath(0.3, seed=11)(x, training=True))
-    other = to_numpy(keras_cait.DropPath(0.3, seed=12)(x, training=True))
+    first, second, other = (
+        to_numpy(keras_cait.DropPath(0.3, seed=s)(x, training=True)) for s in (11, 11, 12)
+    )
     np.testing.assert_array_equal(first, second)
     assert not np.array_equal(first, other)
 
 
-def test_drop_path_rejects_bad_rate():
-    with pytest.raises(ValueError, match="rate"):
-        keras_cait.DropPath(1.0)
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: keras_cait.DropPath(1.0), "rate"),
+        (lambda: keras_cait.TalkingHeadsAttention(10, 4), "divisible"),
+        (lambda: keras_cait.ClassAttention(10, 4), "divisible"),
+    ],
+)
+def test_bad_layer_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 def test_mlp_uses_exact_gelu():
     mlp = keras_cait.CaiTMLP(16, 32)
     mlp.build(TOKENS.shape)
     hidden = TOKENS @ to_numpy(mlp.fc1.kernel) + to_numpy(mlp.fc1.bias)
-    from math import erf, sqrt
-
     exact = hidden * 0.5 * (1 + np.vectorize(lambda v: erf(v / sqrt(2)))(hidden))
     expected = exact @ to_numpy(mlp.fc2.kernel) + to_numpy(mlp.fc2.bias)
     np.testing.assert_allclose(to_numpy(mlp(TOKENS)), expected, atol=1e-5)
@@ -99,52 +105,41 @@ def test_mlp_uses_exact_gelu():
 def test_class_attention_uses_class_token_query_and_all_keys():
     layer = keras_cait.ClassAttention(16, 2)
     outputs = to_numpy(layer(TOKENS))
-    changed = TOKENS.copy()
-    changed[:, 1:] += 1.0  # patches feed keys and values
-    assert not np.allclose(to_numpy(layer(changed)), outputs)
-    changed = TOKENS.copy()
-    changed[:, 0] += 1.0  # the class token is query, key and value
-    assert not np.allclose(to_numpy(layer(changed)), outputs)
+    # Patches feed keys and values; the class token is query, key and value.
+    for tokens in (slice(1, None), 0):
+        changed = TOKENS.copy()
+        changed[:, tokens] += 1.0
+        assert not np.allclose(to_numpy(layer(changed)), outputs)
 
 
-def test_attention_heads_must_divide_dim():
-    with pytest.raises(ValueError, match="divisible"):
-        keras_cait.TalkingHeadsAttention(10, 4)
-    with pytest.raises(ValueError, match="divisible"):
-        keras_cait.ClassAttention(10, 4)
-
-
-def _talking_heads_reference(layer, tokens):
-    """Talking-heads attention written out in NumPy from the layer's weights
-    (timm's order: scale, logits, proj_l with bias, softmax, proj_w with
-    bias, attention @ values, proj)."""
+def _random_talking_heads(seed, proj_l_bias_scale):
+    """A talking-heads layer with random weights, its tokens, and its outputs
+    and attention in NumPy (timm's order: scale, logits, proj_l with bias,
+    softmax, proj_w with bias, attention @ values, proj)."""
+    layer = keras_cait.TalkingHeadsAttention(24, 4)
+    rng = np.random.default_rng(seed)
+    tokens = rng.standard_normal((2, 7, 24)).astype("float32")
+    layer(tokens)
+    for variable in layer.weights:
+        scale = proj_l_bias_scale if "proj_l/bias" in variable.path else 0.3
+        variable.assign(scale * rng.standard_normal(variable.shape))
     w = {v.path.split("/", 1)[1]: to_numpy(v) for v in layer.weights}
     heads, dim = layer.num_heads, layer.hidden_dim
-    batch, tokens_n, _ = tokens.shape
-    qkv = tokens @ w["qkv/kernel"] + w["qkv/bias"]
-    qkv = qkv.reshape(batch, tokens_n, 3, heads, dim // heads)
+    qkv = (tokens @ w["qkv/kernel"] + w["qkv/bias"]).reshape(2, 7, 3, heads, dim // heads)
     q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-    logits = (q * layer.scale) @ k.transpose(0, 1, 3, 2)
-    logits = np.einsum("bhqk,hg->bgqk", logits, w["proj_l/kernel"])
-    logits = logits + w["proj_l/bias"][None, :, None, None]
+    logits = np.einsum("bhqk,hg->bgqk", (q * layer.scale) @ k.transpose(0, 1, 3, 2),
+                       w["proj_l/kernel"]) + w["proj_l/bias"][None, :, None, None]
     attention = np.exp(logits - logits.max(-1, keepdims=True))
     attention = attention / attention.sum(-1, keepdims=True)
     attention = np.einsum("bhqk,hg->bgqk", attention, w["proj_w/kernel"])
     attention = attention + w["proj_w/bias"][None, :, None, None]
-    outputs = (attention @ v).transpose(0, 2, 1, 3).reshape(batch, tokens_n, dim)
-    return outputs @ w["proj/kernel"] + w["proj/bias"], attention
+    outputs = (attention @ v).transpose(0, 2, 1, 3).reshape(2, 7, dim)
+    return layer, tokens, outputs @ w["proj/kernel"] + w["proj/bias"], attention
 
 
 @pytest.mark.parametrize("training", [False, True])
 def test_talking_heads_matches_numpy_with_large_head_mix_biases(training, fast_paths):
-    layer = keras_cait.TalkingHeadsAttention(24, 4)
-    rng = np.random.default_rng(0)
-    tokens = rng.standard_normal((2, 7, 24)).astype("float32")
-    layer(tokens)
-    for variable in layer.weights:
-        scale = 5.0 if "proj_l/bias" in variable.path else 0.3
-        variable.assign(scale * rng.standard_normal(variable.shape))
-    expected, expected_attention = _talking_heads_reference(layer, tokens)
+    layer, tokens, expected, expected_attention = _random_talking_heads(0, 5.0)
     outputs, attention = layer(tokens, return_attention=True, training=training)
     np.testing.assert_allclose(to_numpy(outputs), expected, atol=2e-5)
     np.testing.assert_allclose(to_numpy(attention), expected_attention, atol=2e-5)
@@ -152,10 +147,8 @@ def test_talking_heads_matches_numpy_with_large_head_mix_biases(training, fast_p
 
 def test_query_row_blocks_cover_the_rows_within_the_byte_budget():
     module = _fast_paths
-    budget = module.ATTENTION_BLOCK_BYTES.get(
-        keras.backend.backend(), module.ATTENTION_BLOCK_BYTES["default"]
-    )
-    assert budget == (2 if keras.backend.backend() == "jax" else 8) * 2**20
+    budget = module.ATTENTION_BLOCK_BYTES.get(BACKEND, module.ATTENTION_BLOCK_BYTES["default"])
+    assert budget == (2 if BACKEND == "jax" else 8) * 2**20
     for batch, heads, tokens in [(1, 4, 197), (32, 4, 197), (7, 3, 50), (64, 8, 577)]:
         blocks = module.query_row_blocks(batch, heads, tokens)
         assert blocks[0][0] == 0 and blocks[-1][1] == tokens
@@ -168,20 +161,19 @@ def test_query_row_blocks_cover_the_rows_within_the_byte_budget():
     # Batch 1 at 224 px is one block; batch 32 (20 MB of logits) is split
     # in 2 MiB blocks on JAX, 8 MiB ones elsewhere.
     assert module.query_row_blocks(1, 4, 197) == [(0, 197)]
-    assert len(module.query_row_blocks(32, 4, 197)) == (
-        10 if keras.backend.backend() == "jax" else 3
-    )
+    assert len(module.query_row_blocks(32, 4, 197)) == (10 if BACKEND == "jax" else 3)
     # Never more blocks than rows, and symbolic sizes are not split.
     assert len(module.query_row_blocks(10**6, 4, 3)) == 3
     assert module.query_row_blocks(None, 4, 197) == [(0, 197)]
     assert module.query_row_blocks(32, 4, None) == [(0, None)]
 
 
-def _spy_attended_rows(monkeypatch):
-    """The number of query rows attended at once, as they happen (`_attend`
-    in `keras.ops`, `proj_l`'s mix on eager PyTorch)."""
+def _spy_attended_rows(monkeypatch, rows_budget):
+    """Sets a budget of `rows_budget` bytes; returns the list of query rows
+    attended at once, as they happen (`_attend`, or eager PyTorch's `proj_l` mix)."""
     from keras_cait.layers.talking_heads_attention import TalkingHeadsAttention
 
+    monkeypatch.setitem(_fast_paths.ATTENTION_BLOCK_BYTES, BACKEND, rows_budget)
     rows = []
     attend, mix_heads = TalkingHeadsAttention._attend, _fast_paths._mix_heads
 
@@ -203,31 +195,21 @@ def _spy_attended_rows(monkeypatch):
 def test_talking_heads_in_row_blocks_matches_numpy(monkeypatch, training):
     # A budget of a few rows' logits splits 7 tokens into uneven blocks; the
     # outputs and the concatenated attention weights are still exact.
-    monkeypatch.setitem(
-        _fast_paths.ATTENTION_BLOCK_BYTES, keras.backend.backend(), 4 * 2 * 4 * 3 * 7
-    )
+    attended_rows = _spy_attended_rows(monkeypatch, 4 * 2 * 4 * 3 * 7)
     assert _fast_paths.query_row_blocks(2, 4, 7) == [(0, 3), (3, 6), (6, 7)]
-    attended_rows = _spy_attended_rows(monkeypatch)
-    layer = keras_cait.TalkingHeadsAttention(24, 4)
-    rng = np.random.default_rng(1)
-    tokens = rng.standard_normal((2, 7, 24)).astype("float32")
-    layer(tokens)
-    for variable in layer.weights:
-        variable.assign(0.3 * rng.standard_normal(variable.shape))
-    expected, expected_attention = _talking_heads_reference(layer, tokens)
+    layer, tokens, expected, expected_attention = _random_talking_heads(1, 0.3)
     attended_rows.clear()
     outputs, attention = layer(tokens, return_attention=True, training=training)
     assert attended_rows == [3, 3, 1]
     np.testing.assert_allclose(to_numpy(outputs), expected, atol=2e-5)
     np.testing.assert_allclose(to_numpy(attention), expected_attention, atol=2e-5)
-    plain = layer(tokens, training=training)
-    np.testing.assert_allclose(to_numpy(plain), expected, atol=2e-5)
+    np.testing.assert_allclose(to_numpy(layer(tokens, training=training)), expected, atol=2e-5)
 
 
 def test_query_row_blocks_only_on_a_cpu(monkeypatch):
     tokens = keras.ops.convert_to_tensor(TOKENS)
     assert _fast_paths.computes_on_cpu(tokens)
-    if keras.backend.backend() == "torch":
+    if BACKEND == "torch":
         class OnGPU:
             class device:
                 type = "cuda"
@@ -236,12 +218,8 @@ def test_query_row_blocks_only_on_a_cpu(monkeypatch):
     else:
         monkeypatch.setattr(keras.distribution, "list_devices", lambda: ["gpu:0"])
         assert not _fast_paths.computes_on_cpu(tokens)
-
     # 2 x 4 x 5 x 5 logits against a one-row budget: 5 blocks on a CPU.
-    monkeypatch.setitem(
-        _fast_paths.ATTENTION_BLOCK_BYTES, keras.backend.backend(), 4 * 2 * 4 * 5
-    )
-    rows = _spy_attended_rows(monkeypatch)
+    rows = _spy_attended_rows(monkeypatch, 4 * 2 * 4 * 5)
     layer = keras_cait.TalkingHeadsAttention(16, 4)
     for on_cpu, expected_rows in ((True, [1] * 5), (False, [5])):
         monkeypatch.setattr(_fast_paths, "computes_on_cpu", lambda x, c=on_cpu: c)
@@ -251,8 +229,7 @@ def test_query_row_blocks_only_on_a_cpu(monkeypatch):
 
 
 def test_sublayers_called_through_keras_when_traced(monkeypatch):
-    """The eager PyTorch path (`layer.call`, no `Layer.__call__`) is for
-    eager execution only: traced, every sublayer goes through `__call__`."""
+    """The eager PyTorch path skips `Layer.__call__`; traced, every sublayer goes through it."""
     block = keras_cait.SelfAttentionBlock(16, 4)
     block(TOKENS)
     calls = []
@@ -265,36 +242,25 @@ def test_sublayers_called_through_keras_when_traced(monkeypatch):
     monkeypatch.setattr(keras.layers.LayerNormalization, "__call__", spy_call)
     tokens = keras.ops.convert_to_tensor(TOKENS)
     eager = block(tokens)
-    backend = keras.backend.backend()
-    assert calls == ([] if backend == "torch" else ["norm1", "norm2"])
+    assert calls == ([] if BACKEND == "torch" else ["norm1", "norm2"])
     calls.clear()
-    if backend == "jax":
-        import jax
-
-        traced = jax.jit(lambda x: block(x))
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        traced = tf.function(lambda x: block(x))
-    else:
-        import torch
-
-        traced = torch.compile(lambda x: block(x), backend="eager")
+    tracers = {
+        "jax": lambda f: importlib.import_module("jax").jit(f),
+        "tensorflow": lambda f: importlib.import_module("tensorflow").function(f),
+        "torch": lambda f: importlib.import_module("torch").compile(f, backend="eager"),
+    }
+    traced = tracers[BACKEND](lambda x: block(x))
     np.testing.assert_allclose(to_numpy(traced(tokens)), to_numpy(eager), atol=1e-6)
     assert calls == ["norm1", "norm2"]
 
 
-TORCH_ONLY = pytest.mark.skipif(
-    keras.backend.backend() != "torch", reason="an eager PyTorch path"
-)
+TORCH_ONLY = pytest.mark.skipif(BACKEND != "torch", reason="an eager PyTorch path")
 
 
 @TORCH_ONLY
 @pytest.mark.parametrize("variant", ["plain", "no_bias", "lora", "int8", "mixed"])
 def test_fast_dense_and_head_mix_equal_calling_the_layer(variant):
-    layer = keras.layers.Dense(
-        4, use_bias=variant != "no_bias", bias_initializer="glorot_uniform"
-    )
+    layer = keras.layers.Dense(4, use_bias=variant != "no_bias", bias_initializer="glorot_uniform")
     layer.build((None, 4))
     if variant == "lora":
         layer.enable_lora(2)
@@ -306,8 +272,7 @@ def test_fast_dense_and_head_mix_equal_calling_the_layer(variant):
     attn = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype("float32")
     attn = keras.ops.convert_to_tensor(attn, layer.compute_dtype)
     expected = to_numpy(layer(attn))
-    # One fused `addmm` (as `torch.nn.Linear`): the bias add may round
-    # differently (1 float32 ulp).
+    # One fused `addmm` (as `torch.nn.Linear`): the bias add may round 1 ulp differently.
     tolerance = dict(rtol=1e-6, atol=1e-7) if variant == "plain" else dict(rtol=0)
     np.testing.assert_allclose(to_numpy(_fast_paths._dense(layer, attn)), expected, **tolerance)
     if variant != "no_bias":  # timm's mix, across the heads axis
@@ -364,8 +329,7 @@ def test_switch_is_read_when_a_layer_is_built(monkeypatch, fast_paths):
     for name in ("talking_heads_attention", "self_attention_block", "eager_torch"):
         original = getattr(_fast_paths, name)
         monkeypatch.setattr(
-            _fast_paths, name,
-            lambda *a, _f=original, _n=name: taken.append(_n) or _f(*a),
+            _fast_paths, name, lambda *a, _f=original, _n=name: taken.append(_n) or _f(*a)
         )
     keras.utils.set_random_seed(0)
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)

@@ -1,6 +1,5 @@
-"""Mixed precision: every layer and both models under bfloat16,
-mixed_bfloat16 and mixed_float16, with the softmax and the talking-heads
-logits in float32, and training steps without NaNs."""
+"""Mixed precision: every layer and both models under bfloat16, mixed_bfloat16 and
+mixed_float16, softmax and talking-heads logits in float32, training without NaNs."""
 
 import keras
 import numpy as np
@@ -11,43 +10,29 @@ from keras_cait.layers import _fast_paths
 from tests.support import TINY_BACKBONE, to_numpy
 
 POLICIES = ("bfloat16", "mixed_bfloat16", "mixed_float16")
-COMPUTE = {"bfloat16": "bfloat16", "mixed_bfloat16": "bfloat16",
-           "mixed_float16": "float16"}
-# Relative tolerance against float32, by compute dtype (8 / 11 mantissa bits
-# through a few layers).
+COMPUTE = {"bfloat16": "bfloat16", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+# Relative tolerance against float32, by compute dtype (8 / 11 mantissa bits, a few layers).
 RTOL = {"bfloat16": 5e-2, "float16": 1e-2}
 SMALL = dict(TINY_BACKBONE, num_layers=1, num_class_attention_layers=1)
+TOKENS = (2, 5, 16)
+LAYERS = {  # name: (constructor, input shapes; input i drawn with seed i)
+    "LayerScale": (lambda: keras_cait.LayerScale(0.5), [TOKENS]),
+    "DropPath": (lambda: keras_cait.DropPath(0.2), [TOKENS]),
+    "CaiTMLP": (lambda: keras_cait.CaiTMLP(16, 32), [TOKENS]),
+    "TalkingHeadsAttention": (lambda: keras_cait.TalkingHeadsAttention(16, 4), [TOKENS]),
+    "ClassAttention": (lambda: keras_cait.ClassAttention(16, 4), [(2, 6, 16)]),
+    "SelfAttentionBlock": (
+        lambda: keras_cait.SelfAttentionBlock(16, 4, layer_scale_init_value=0.5), [TOKENS]),
+    "ClassAttentionBlock": (
+        lambda: keras_cait.ClassAttentionBlock(16, 4, layer_scale_init_value=0.5),
+        [TOKENS, (2, 1, 16)]),
+    "PatchEmbedding": (lambda: keras_cait.PatchEmbedding((16, 16), 8, 16), [(2, 16, 16, 3)]),
+    "ClassToken": (lambda: keras_cait.ClassToken(16), [TOKENS]),
+}
 
 
 def _rng_array(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
-
-
-LAYERS = {
-    "LayerScale": (lambda: keras_cait.LayerScale(0.5), lambda: (_rng_array((2, 5, 16)),)),
-    "DropPath": (lambda: keras_cait.DropPath(0.2), lambda: (_rng_array((2, 5, 16)),)),
-    "CaiTMLP": (lambda: keras_cait.CaiTMLP(16, 32), lambda: (_rng_array((2, 5, 16)),)),
-    "TalkingHeadsAttention": (
-        lambda: keras_cait.TalkingHeadsAttention(16, 4),
-        lambda: (_rng_array((2, 5, 16)),),
-    ),
-    "ClassAttention": (
-        lambda: keras_cait.ClassAttention(16, 4), lambda: (_rng_array((2, 6, 16)),)
-    ),
-    "SelfAttentionBlock": (
-        lambda: keras_cait.SelfAttentionBlock(16, 4, layer_scale_init_value=0.5),
-        lambda: (_rng_array((2, 5, 16)),),
-    ),
-    "ClassAttentionBlock": (
-        lambda: keras_cait.ClassAttentionBlock(16, 4, layer_scale_init_value=0.5),
-        lambda: (_rng_array((2, 5, 16)), _rng_array((2, 1, 16), seed=1)),
-    ),
-    "PatchEmbedding": (
-        lambda: keras_cait.PatchEmbedding((16, 16), 8, 16),
-        lambda: (_rng_array((2, 16, 16, 3)),),
-    ),
-    "ClassToken": (lambda: keras_cait.ClassToken(16), lambda: (_rng_array((2, 5, 16)),)),
-}
 
 
 def _with_policy(policy, make):
@@ -66,11 +51,16 @@ def _close(actual, expected, compute_dtype):
     assert np.abs(actual - expected).max() <= RTOL[compute_dtype] * scale
 
 
+def _small_classifier():
+    backbone = keras_cait.CaiTBackbone(**SMALL, layer_scale_init_value=0.5)
+    return keras_cait.CaiTImageClassifier(backbone, num_classes=3, compile=False)
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_layer_matches_float32(policy, name):
-    make, inputs = LAYERS[name]
-    inputs = inputs()
+    make, shapes = LAYERS[name]
+    inputs = [_rng_array(shape, seed) for seed, shape in enumerate(shapes)]
     reference = make()
     expected = reference(*inputs)
     layer = _with_policy(policy, make)
@@ -97,27 +87,23 @@ def fast_paths(request):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_softmax_and_head_mixing_run_in_float32(policy, monkeypatch):
-    seen = []
-    softmax = keras.ops.softmax
-    monkeypatch.setattr(
-        keras.ops, "softmax",
-        lambda x, **k: seen.append(keras.backend.standardize_dtype(x.dtype)) or softmax(x, **k),
-    )
+    seen, softmax = [], keras.ops.softmax
+    monkeypatch.setattr(keras.ops, "softmax", lambda x, **k: seen.append(
+        keras.backend.standardize_dtype(x.dtype)) or softmax(x, **k))
     talking = _with_policy(policy, lambda: keras_cait.TalkingHeadsAttention(16, 4))
     class_attention = _with_policy(policy, lambda: keras_cait.ClassAttention(16, 4))
-    tokens = _rng_array((2, 5, 16))
+    tokens = _rng_array(TOKENS)
     _, attention = talking(tokens, return_attention=True)
     class_attention(tokens)
     assert seen == ["float32", "float32"]
-    # The mixes keep the layer's policy (KerasHub's harness checks every
-    # sublayer's) and compute in float32 from its weights.
+    # The mixes keep the layer's policy and compute in float32 from its weights.
     assert talking.proj_l.dtype_policy.name == talking.dtype_policy.name
     assert keras.backend.standardize_dtype(attention.dtype) == COMPUTE[policy]
 
 
 def _large_logits(layer):
-    """Exact float16 weights whose logits `q @ k^T * scale` exceed 65504 with
-    q and k entries at most 512 (q = 512, k = 64 or 64.5 by token)."""
+    """Exact float16 weights whose logits `q @ k^T * scale` exceed 65504 with q and k
+    entries at most 512 (q = 512, k = 64 or 64.5 by token)."""
     dim = layer.hidden_dim
     names = ("q", "k", "v") if isinstance(layer, keras_cait.ClassAttention) else ("qkv",)
     kernels = {"q": np.zeros((dim, dim)), "k": 0.5 * np.eye(dim),
@@ -135,33 +121,24 @@ def _large_logits(layer):
 @pytest.mark.parametrize("policy", ["mixed_float16", "float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", ["TalkingHeadsAttention", "ClassAttention"])
 def test_logits_above_float16_range_stay_finite(policy, name, fast_paths):
-    tokens = (np.random.default_rng(3).random((2, 5, 16)) < 0.5).astype("float32")
-    make = {"TalkingHeadsAttention": lambda: keras_cait.TalkingHeadsAttention(16, 2),
-            "ClassAttention": lambda: keras_cait.ClassAttention(16, 2)}[name]
-    reference = make()
+    tokens = (np.random.default_rng(3).random(TOKENS) < 0.5).astype("float32")
+    reference = getattr(keras_cait, name)(16, 2)
     reference(tokens)
     _large_logits(reference)
     expected = reference(tokens)
-    layer = _with_policy(policy, make)
+    layer = _with_policy(policy, lambda: getattr(keras_cait, name)(16, 2))
     layer(tokens)
     layer.set_weights(reference.get_weights())
     _close(layer(tokens), expected, "bfloat16" if "bfloat16" in policy else "float16")
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_models_match_float32(policy):
+def test_models_match_float32_and_train_without_nans(policy):
     keras.utils.set_random_seed(0)
-    backbone = keras_cait.CaiTBackbone(**SMALL, layer_scale_init_value=0.5)
-    reference = keras_cait.CaiTImageClassifier(backbone, num_classes=3, compile=False)
+    reference = _small_classifier()
     images = _rng_array((2, 32, 32, 3))
-    expected = to_numpy(reference(images))
-    expected_features = to_numpy(backbone(images))
-
-    def make():
-        backbone = keras_cait.CaiTBackbone(**SMALL, layer_scale_init_value=0.5)
-        return keras_cait.CaiTImageClassifier(backbone, num_classes=3, compile=False)
-
-    model = _with_policy(policy, make)
+    expected, expected_features = to_numpy(reference(images)), to_numpy(reference.backbone(images))
+    model = _with_policy(policy, _small_classifier)
     model.set_weights(reference.get_weights())
     compute = COMPUTE[policy]
     assert model.backbone.compute_dtype == compute
@@ -169,44 +146,17 @@ def test_models_match_float32(policy):
     logits = model(images)
     assert keras.backend.standardize_dtype(logits.dtype) == compute
     _close(logits, expected, compute)
-
-
-@pytest.mark.parametrize("policy", POLICIES)
-def test_training_steps_are_finite(policy):
-    keras.utils.set_random_seed(0)
-    images = _rng_array((8, 32, 32, 3))
-    labels = np.arange(8) % 3
-
-    def make():
-        backbone = keras_cait.CaiTBackbone(**SMALL, layer_scale_init_value=0.5)
-        model = keras_cait.CaiTImageClassifier(backbone, num_classes=3, compile=False)
-        # Keras's Adam computes in the variables' dtype: with bfloat16
-        # variables, beta_2 = 0.999 rounds to 1 and no step is taken; pure
-        # bfloat16 training needs SGD (or mixed_bfloat16, float32 variables).
-        optimizer = (
-            keras.optimizers.SGD(0.05)
-            if policy == "bfloat16"
-            else keras.optimizers.AdamW(1e-3)
-        )
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            # Eager steps on TF/torch: compiling a train step per policy costs
-            # more than three tiny steps. JAX's eager mode compiles every op,
-            # so there one compiled step is cheaper.
-            run_eagerly=keras.backend.backend() != "jax",
-        )
-        return model
-
-    model = _with_policy(policy, make)
-    if policy == "mixed_float16":
-        # Keras wraps the optimizer for dynamic loss scaling by itself.
+    # Adam in bfloat16 variables rounds beta_2 = 0.999 to 1 and takes no step: SGD there.
+    optimizer = keras.optimizers.SGD(0.05) if policy == "bfloat16" else keras.optimizers.AdamW(1e-3)
+    # Eager steps on TF/torch (compiling costs more than three tiny steps); JAX compiles.
+    _with_policy(policy, lambda: model.compile(
+        optimizer=optimizer, run_eagerly=keras.backend.backend() != "jax",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)))
+    if policy == "mixed_float16":  # Keras wraps the optimizer for dynamic loss scaling.
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    images, labels = _rng_array((8, 32, 32, 3)), np.arange(8) % 3
     before = [to_numpy(w).astype("float32") for w in model.trainable_weights]
-    losses = [
-        float(model.train_on_batch(images, labels, return_dict=True)["loss"])
-        for _ in range(3)
-    ]
+    losses = [float(model.train_on_batch(images, labels, return_dict=True)["loss"]) for _ in range(3)]
     after = [to_numpy(w).astype("float32") for w in model.trainable_weights]
     assert np.all(np.isfinite(losses))
     assert all(np.all(np.isfinite(w)) for w in after)

@@ -14,16 +14,16 @@ from tests.support import TINY_BACKBONE, to_numpy
 IMAGES = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
 
 
-def test_backbone_output_is_class_token_then_patches():
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    tokens = to_numpy(backbone(IMAGES))
-    assert tokens.shape == (2, 1 + 16, 48)
-    assert backbone.num_patches == 16 and backbone.grid_size == (4, 4)
+def _backbone(**overrides):
+    return keras_cait.CaiTBackbone(**{**TINY_BACKBONE, **overrides})
 
 
-def test_non_square_images():
-    backbone = keras_cait.CaiTBackbone(**{**TINY_BACKBONE, "image_shape": (16, 40, 3)})
-    assert to_numpy(backbone(np.zeros((1, 16, 40, 3)))).shape == (1, 1 + 2 * 5, 48)
+@pytest.mark.parametrize("image_shape, grid", [((32, 32, 3), (4, 4)), ((16, 40, 3), (2, 5))])
+def test_backbone_output_is_class_token_then_patches(image_shape, grid):
+    backbone = _backbone(image_shape=image_shape)
+    images = np.random.default_rng(0).standard_normal((2, *image_shape))
+    assert to_numpy(backbone(images)).shape == (2, 1 + grid[0] * grid[1], 48)
+    assert backbone.num_patches == grid[0] * grid[1] and backbone.grid_size == grid
 
 
 @pytest.mark.parametrize(
@@ -42,30 +42,35 @@ def test_non_square_images():
 )
 def test_backbone_rejects_bad_arguments(override, match):
     with pytest.raises(ValueError, match=match):
-        keras_cait.CaiTBackbone(**{**TINY_BACKBONE, **override})
+        _backbone(**override)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match", [(dict(pooling="gap"), "`pooling`"), (dict(num_classes=-1), "`num_classes`")]
+)
+def test_classifier_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keras_cait.CaiTImageClassifier(_backbone(), **{"num_classes": 3, **kwargs})
 
 
 def test_backbone_config_round_trip():
-    backbone = keras_cait.CaiTBackbone(
-        **TINY_BACKBONE, mlp_ratio=3.0, class_attention_mlp_ratio=2.0,
-        use_qkv_bias=False, layer_scale_init_value=0.1, dropout_rate=0.1,
-        attention_dropout=0.1, drop_path_rate=0.1, layer_norm_epsilon=1e-5,
+    backbone = _backbone(
+        mlp_ratio=3.0, class_attention_mlp_ratio=2.0, use_qkv_bias=False,
+        layer_scale_init_value=0.1, dropout_rate=0.1, attention_dropout=0.1,
+        drop_path_rate=0.1, layer_norm_epsilon=1e-5,
     )
     config = backbone.get_config()
     clone = keras_cait.CaiTBackbone.from_config(config)
     assert clone.get_config() == config
     assert clone.count_params() == backbone.count_params()
     clone.set_weights(backbone.get_weights())
-    np.testing.assert_allclose(
-        to_numpy(clone(IMAGES)), to_numpy(backbone(IMAGES)), atol=1e-6
-    )
+    np.testing.assert_allclose(to_numpy(clone(IMAGES)), to_numpy(backbone(IMAGES)), atol=1e-6)
 
 
 @pytest.mark.parametrize("pooling", ["token", "avg"])
 def test_classifier_config_round_trip(pooling):
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     classifier = keras_cait.CaiTImageClassifier(
-        backbone, num_classes=7, pooling=pooling, activation="softmax", dropout=0.2
+        _backbone(), num_classes=7, pooling=pooling, activation="softmax", dropout=0.2
     )
     config = classifier.get_config()
     clone = keras_cait.CaiTImageClassifier.from_config(copy.deepcopy(config))
@@ -78,39 +83,19 @@ def test_classifier_config_round_trip(pooling):
 
 
 def test_pooling_selects_tokens():
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
+    backbone = _backbone()
     tokens = to_numpy(backbone(IMAGES))
-    token = keras_cait.CaiTImageClassifier(backbone, num_classes=0, pooling="token")
-    avg = keras_cait.CaiTImageClassifier(backbone, num_classes=0, pooling="avg")
-    np.testing.assert_allclose(to_numpy(token(IMAGES)), tokens[:, 0], atol=1e-6)
-    np.testing.assert_allclose(
-        to_numpy(avg(IMAGES)), tokens[:, 1:].mean(1), atol=1e-6
-    )
+    for pooling, expected in (("token", tokens[:, 0]), ("avg", tokens[:, 1:].mean(1))):
+        model = keras_cait.CaiTImageClassifier(backbone, num_classes=0, pooling=pooling)
+        np.testing.assert_allclose(to_numpy(model(IMAGES)), expected, atol=1e-6)
 
 
-def test_classifier_rejects_bad_arguments():
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    with pytest.raises(ValueError, match="`pooling`"):
-        keras_cait.CaiTImageClassifier(backbone, num_classes=3, pooling="gap")
-    with pytest.raises(ValueError, match="`num_classes`"):
-        keras_cait.CaiTImageClassifier(backbone, num_classes=-1)
-
-
-@pytest.mark.parametrize(
-    "activation, from_logits", [(None, True), ("softmax", False)]
-)
-def test_default_compile_follows_activation(activation, from_logits):
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    classifier = keras_cait.CaiTImageClassifier(
-        backbone, num_classes=3, activation=activation
-    )
+@pytest.mark.parametrize("activation, from_logits", [(None, True), ("softmax", False)])
+def test_default_compile_follows_activation_and_call_returns_one_tensor(activation, from_logits):
+    classifier = keras_cait.CaiTImageClassifier(_backbone(), num_classes=3, activation=activation)
     assert isinstance(classifier.loss, keras.losses.SparseCategoricalCrossentropy)
     assert classifier.loss.from_logits is from_logits
-
-
-def test_model_call_returns_one_tensor_and_never_preprocesses():
-    backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE)
-    classifier = keras_cait.CaiTImageClassifier(backbone, num_classes=3)
+    # `__call__` never preprocesses and returns one tensor.
     outputs = classifier(IMAGES)
     assert not isinstance(outputs, (list, tuple, dict))
     assert tuple(outputs.shape) == (2, 3)

@@ -12,39 +12,32 @@ import keras_cait
 from tests.support import REPO, run_python
 
 BACKEND_MODULES = {"tensorflow", "jax", "jaxlib", "torch"}
+_HEAVY = ("keras", "keras_cait", "keras_hub", "tensorflow", "jax", "torch", "numpy")
 
 
 def _import_time_imports(node):
-    """Imports that run when a module is imported: everything outside
-    function bodies (a function may import its backend lazily, e.g. export)."""
+    """Imports outside function bodies (a function may import its backend lazily)."""
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            continue
         if isinstance(child, ast.Import):
             yield from (alias.name for alias in child.names)
         elif isinstance(child, ast.ImportFrom):
             yield child.module or ""
-        else:
+        elif not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             yield from _import_time_imports(child)
 
 
 def test_no_keras_cait_module_imports_a_backend_at_import_time():
-    paths = [path for package in ("keras_cait", "keras_cait_base", "keras_cait_cli")
-             for path in (REPO / package).rglob("*.py")]
-    for path in paths:
-        for name in _import_time_imports(ast.parse(path.read_text())):
-            assert name.split(".")[0] not in BACKEND_MODULES, (path, name)
+    for package in ("keras_cait", "keras_cait_base", "keras_cait_cli"):
+        for path in (REPO / package).rglob("*.py"):
+            for name in _import_time_imports(ast.parse(path.read_text())):
+                assert name.split(".")[0] not in BACKEND_MODULES, (path, name)
     # The check sees through classes and conditionals but not functions.
-    tree = ast.parse(
-        "class A:\n    import torch\ndef f():\n    import jax\n"
-    )
+    tree = ast.parse("class A:\n    import torch\ndef f():\n    import jax\n")
     assert list(_import_time_imports(tree)) == ["torch"]
 
 
 def test_import_uses_the_selected_backend(backend):
-    out = run_python(
-        "import keras_cait, keras; print(keras.config.backend())", backend
-    )
+    out = run_python("import keras_cait, keras; print(keras.config.backend())", backend)
     assert out.strip().splitlines()[-1] == backend
     assert keras.config.backend() == backend
 
@@ -58,64 +51,41 @@ def test_every_public_name_resolves():
     assert keras_cait.__version__
 
 
-_HEAVY = ("keras", "keras_cait", "keras_hub", "tensorflow", "jax", "torch", "numpy")
+MAIN = "from keras_cait_cli.main import main"
+RUNPY = ("sys.argv = ['keras_cait_cli', '--help']",
+         "runpy.run_module('keras_cait_cli', run_name='__main__', alter_sys=True)")
 
 
-@pytest.mark.parametrize(
-    "arguments",
-    [["--help"], ["predict", "--help"], ["evaluate", "--help"], ["presets", "--help"],
-     ["convert", "--help"],
-     ["presets"], ["presets", "--json"]],
-)
-def test_the_command_line_starts_without_keras(arguments):
-    """`keras-cait --help`, each sub-command's `--help` and `presets` import
-    neither Keras, nor a backend, nor the `keras_cait` package."""
-    code = (
-        "import sys, json\n"
-        "from keras_cait_cli.main import main\n"
-        "try:\n"
-        f"    status = main({arguments!r})\n"
-        "except SystemExit as exit:\n"
-        "    status = exit.code\n"
-        "sys.stdout.flush()\n"
-        f"print(json.dumps([status, sorted(m for m in sys.modules if m.split('.')[0] in {_HEAVY!r})]))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
-    )
-    status, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+@pytest.mark.parametrize("setup, statement", [
+    *((MAIN, f"main({arguments!r})") for arguments in (
+        ["--help"], ["predict", "--help"], ["evaluate", "--help"], ["presets", "--help"],
+        ["convert", "--help"], ["presets"], ["presets", "--json"])),
+    RUNPY,  # `python -m keras_cait_cli`, as light as the console script
+])
+def test_the_command_line_starts_without_keras(setup, statement):
+    """Each `--help` and `presets` exits 0 importing neither Keras, a backend nor keras_cait."""
+    code = (f"import json, runpy, sys\n{setup}\n"
+            f"try:\n    status = {statement}\nexcept SystemExit as exit:\n    status = exit.code\n"
+            "sys.stdout.flush()\nprint(json.dumps([status, sorted(m for m in sys.modules "
+            f"if m.split('.')[0] in {_HEAVY!r})]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    *printed, last = result.stdout.strip().splitlines()
+    status, heavy = json.loads(last)
     assert status == 0, result.stderr
     assert heavy == []
-    if arguments == ["presets", "--json"]:
-        rows = json.loads("\n".join(result.stdout.strip().splitlines()[:-1]))
-        assert [row["name"] for row in rows] == keras_cait.list_presets()
+    if statement == "main(['presets', '--json'])":
+        assert [row["name"] for row in json.loads("\n".join(printed))] == keras_cait.list_presets()
+    if setup == RUNPY[0]:
+        assert "keras-cait" in result.stdout
 
 
 def test_console_script_and_module_run_the_command_line():
-    """One `python -m` entry point, `keras_cait_cli`, as light as the console
-    script: its `--help` imports neither Keras nor `keras_cait`."""
+    """`keras-cait` is `keras_cait_cli.main:main`; `python -m keras_cait_cli` is the only -m."""
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'keras-cait = "keras_cait_cli.main:main"' in pyproject
-    code = (
-        "import json, runpy, sys\n"
-        "sys.argv = ['keras_cait_cli', '--help']\n"
-        "try:\n"
-        "    runpy.run_module('keras_cait_cli', run_name='__main__', alter_sys=True)\n"
-        "except SystemExit as exit:\n"
-        "    status = exit.code\n"
-        "sys.stdout.flush()\n"
-        f"print(json.dumps([status, sorted(m for m in sys.modules if m.split('.')[0] in {_HEAVY!r})]))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
-    )
-    status, heavy = json.loads(result.stdout.strip().splitlines()[-1])
-    assert status == 0, result.stderr
-    assert "keras-cait" in result.stdout and heavy == []
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_cait_cli", "presets"], capture_output=True,
-        text=True, cwd=REPO, timeout=300,
-    )
+    result = subprocess.run([sys.executable, "-m", "keras_cait_cli", "presets"],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "cait_xxs24_224" in result.stdout
     # The only `python -m` entry point (the package's would import Keras).
@@ -123,17 +93,12 @@ def test_console_script_and_module_run_the_command_line():
 
 
 def test_keras_cait_base_imports_no_deep_learning_framework():
-    """Every module of `keras_cait_base` imports without Keras, KerasHub or
-    a backend (a cached engine run uses it alone)."""
-    modules = sorted(
-        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-        for path in (REPO / "keras_cait_base").rglob("*.py")
-    )
-    script = (
-        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
-        "print(sorted({'keras', 'keras_hub', 'keras_cait', 'tensorflow', 'jax', "
-        "'torch'} & set(sys.modules)))"
-    )
+    """Every `keras_cait_base` module imports without Keras, KerasHub or a backend."""
+    modules = sorted(".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                     for path in (REPO / "keras_cait_base").rglob("*.py"))
+    script = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+              "print(sorted({'keras', 'keras_hub', 'keras_cait', 'tensorflow', 'jax', "
+              "'torch'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True,
                             text=True, cwd=REPO, timeout=120)
     assert len(modules) > 10 and result.stdout.strip() == "[]", result.stderr

@@ -11,10 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import keras_cait
-from keras_cait_base.image_geometry import (
-    center_crop_offset,
-    resized_shape,
-)
+from keras_cait_base.image_geometry import center_crop_offset, resized_shape
 from tests.support import IMAGES, TIMM, TINY_BACKBONE, to_numpy
 
 PHOTOS = {
@@ -42,22 +39,22 @@ def mad(a, b):
     return float(np.abs(np.asarray(a, "float64") - np.asarray(b, "float64")).mean())
 
 
-def pil_eval_transform(image, size, crop_pct):
-    """timm's eval transform written independently with PIL, for the cases
-    the reference file does not cover (non-square sizes)."""
-    height, width = image.shape[:2]
+def timm_resized_shape(height, width, size, crop_pct):
+    """timm/torchvision's float formulas, for comparison."""
     scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
     if scale[0] == scale[1]:  # torchvision Resize(int)
         if width <= height:
-            new = (int(scale[0] * height / width), scale[0])
-        else:
-            new = (scale[0], int(scale[0] * width / height))
-    else:  # timm ResizeKeepRatio(longest=0)
-        ratio = min(height / scale[0], width / scale[1])
-        new = (round(height / ratio), round(width / ratio))
+            return int(scale[0] * height / width), scale[0]
+        return scale[0], int(scale[0] * width / height)
+    ratio = min(height / scale[0], width / scale[1])  # timm ResizeKeepRatio(longest=0)
+    return round(height / ratio), round(width / ratio)
+
+
+def pil_eval_transform(image, size, crop_pct):
+    """timm's eval transform written with PIL, for sizes the reference file lacks."""
+    new = timm_resized_shape(*image.shape[:2], size, crop_pct)
     pil = Image.fromarray(image).resize((new[1], new[0]), Image.BICUBIC)
-    top = int(round((new[0] - size[0]) / 2))
-    left = int(round((new[1] - size[1]) / 2))
+    top, left = (int(round((n - s) / 2)) for n, s in zip(new, size))
     pil = pil.crop((left, top, left + size[1], top + size[0]))
     return (np.asarray(pil, "float32") / 255.0 - MEAN) / STD
 
@@ -82,21 +79,20 @@ def test_matches_timm_reference(photos, reference, key, size, crop_pct):
     assert max(errors.values()) < 0.01, errors
 
 
-def test_crop_pct_is_honoured(photos, reference):
-    # The 0.875 reference differs from the crop_pct=1.0 transform by far
-    # more than the tolerance, so honouring crop_pct is what makes it match.
+def test_crop_pct_is_honoured_and_the_pil_transform_matches_timm(photos, reference):
+    # The 0.875 reference is far from the crop_pct=1.0 transform; the test's
+    # PIL transform (for non-square sizes) reproduces it.
     full = keras_cait.CaiTImageConverter(image_size=224, crop_pct=1.0)
     cropped = keras_cait.CaiTImageConverter(image_size=224, crop_pct=0.875)
-    for name in ("chelsea", "astronaut"):
+    for name in ("chelsea", "astronaut", "rocket"):
         expected = reference[f"{name}_224_crop0875"]
         assert mad(to_numpy(full(photos[name])), expected) > 0.05
         assert mad(to_numpy(cropped(photos[name])), expected) < 0.01
+        assert mad(pil_eval_transform(photos[name], (224, 224), 0.875), expected) < 1e-6
 
 
 def test_greyscale_photo(photos, reference):
-    # camera.png is mode "L": the 1-channel array gives the same as the
-    # RGB-expanded one, and every channel holds the same grey (normalised
-    # per channel).
+    # camera.png is mode "L": 1 channel or RGB-expanded, the same grey in each channel.
     grey = np.asarray(Image.open(IMAGES / "camera.png"))[..., None]
     assert grey.shape == (512, 512, 1)
     converter = keras_cait.CaiTImageConverter(image_size=224)
@@ -105,13 +101,6 @@ def test_greyscale_photo(photos, reference):
     assert mad(out, reference["camera_224"]) < 0.01
     pixels = out * STD + MEAN
     np.testing.assert_allclose(pixels[..., 0], pixels[..., 2], atol=1e-5)
-
-
-def test_pil_reference_implementation_matches_timm_file(photos, reference):
-    # Validates the test-side PIL transform used for non-square sizes.
-    for name in ("chelsea", "rocket"):
-        out = pil_eval_transform(photos[name], (224, 224), 0.875)
-        assert mad(out, reference[f"{name}_224_crop0875"]) < 1e-6
 
 
 @pytest.mark.parametrize("size, crop_pct", [((160, 224), 1.0), ((224, 128), 0.9)])
@@ -124,17 +113,6 @@ def test_non_square_image_size(photos, size, crop_pct):
 
 
 # --- the resize/crop arithmetic ----------------------------------------------
-
-
-def timm_resized_shape(height, width, size, crop_pct):
-    """timm/torchvision's float formulas, for comparison."""
-    scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
-    if scale[0] == scale[1]:
-        if width <= height:
-            return int(scale[0] * height / width), scale[0]
-        return scale[0], int(scale[0] * width / height)
-    ratio = min(height / scale[0], width / scale[1])
-    return round(height / ratio), round(width / ratio)
 
 
 @settings(max_examples=400, deadline=None)
@@ -156,23 +134,12 @@ def test_resized_shape_equals_timm_formulas(height, width, size, crop_pct):
 def test_resized_shape_on_tensors_equals_ints():
     # The path taken when the image size is only known at run time.
     backend = keras_cait.models.cait_image_converter.DynamicBackend()
-    for height, width, size in [
-        (300, 451, (224, 224)),
-        (451, 300, (224, 224)),
-        (300, 451, (160, 224)),
-        (427, 640, (224, 128)),
-        (99, 7, (33, 17)),
-    ]:
-        tensors = resized_shape(
-            keras.ops.convert_to_tensor(height),
-            keras.ops.convert_to_tensor(width),
-            size,
-            0.875,
-            backend,
-        )
-        assert tuple(int(to_numpy(v)) for v in tensors) == resized_shape(
-            height, width, size, 0.875
-        )
+    for height, width, size in [(300, 451, (224, 224)), (451, 300, (224, 224)),
+                                (300, 451, (160, 224)), (427, 640, (224, 128)), (99, 7, (33, 17))]:
+        tensors = resized_shape(keras.ops.convert_to_tensor(height),
+                                keras.ops.convert_to_tensor(width), size, 0.875, backend)
+        expected = resized_shape(height, width, size, 0.875)
+        assert tuple(int(to_numpy(v)) for v in tensors) == expected
 
 
 def test_center_crop_offset_rounds_like_python():
@@ -192,9 +159,7 @@ def test_input_forms():
     assert batch.shape == (2, 24, 32, 3)
     # One image is the batch's first entry; float input is the same as uint8.
     np.testing.assert_allclose(to_numpy(converter(images[0])), batch[0], atol=1e-6)
-    np.testing.assert_allclose(
-        to_numpy(converter(images.astype("float32"))), batch, atol=1e-6
-    )
+    np.testing.assert_allclose(to_numpy(converter(images.astype("float32"))), batch, atol=1e-6)
     # The output follows the layer's dtype policy.
     half = keras_cait.CaiTImageConverter(image_size=(24, 32), dtype="bfloat16")
     assert keras.backend.standardize_dtype(half(images).dtype) == "bfloat16"
@@ -207,9 +172,7 @@ def test_input_forms():
     # Greyscale is repeated to three channels.
     grey = images[..., :1]
     np.testing.assert_allclose(
-        to_numpy(converter(grey)),
-        to_numpy(converter(np.repeat(grey, 3, axis=-1))),
-        atol=1e-6,
+        to_numpy(converter(grey)), to_numpy(converter(np.repeat(grey, 3, axis=-1))), atol=1e-6
     )
     # Images of different sizes (and portrait/landscape) become one batch.
     mixed = [images[0], images[1, :30, :20]]
@@ -219,13 +182,11 @@ def test_input_forms():
 
 
 def test_output_range_and_statistics():
-    # A constant image maps to (value / 255 - mean) / std exactly: resizing
-    # a flat image keeps it flat.
+    # A constant image stays flat: (value / 255 - mean) / std exactly.
     image = np.full((50, 70, 3), 128, np.uint8)
     out = to_numpy(keras_cait.CaiTImageConverter(image_size=16)(image))
     np.testing.assert_allclose(out, np.broadcast_to((128 / 255 - MEAN) / STD, out.shape), atol=1e-5)
-    # Bicubic overshoot (here at a step, upsampled) is clipped to [0, 255]
-    # before normalising, as PIL does.
+    # Bicubic overshoot at an upsampled step is clipped to [0, 255] first, as PIL does.
     edges = np.zeros((10, 10, 3), np.uint8)
     edges[:, 5:] = 255
     out = to_numpy(keras_cait.CaiTImageConverter(image_size=40)(edges))
@@ -263,33 +224,17 @@ def test_bad_image_shapes(shape):
 
 
 def test_config_round_trip():
-    converter = keras_cait.CaiTImageConverter(
-        image_size=(96, 128),
-        crop_pct=0.9,
-        interpolation="bilinear",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.5, 1.0),
-        antialias=False,
-        name="my_converter",
-    )
+    kwargs = dict(image_size=(96, 128), crop_pct=0.9, interpolation="bilinear",
+                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), antialias=False)
+    converter = keras_cait.CaiTImageConverter(**kwargs, name="my_converter")
     config = converter.get_config()
-    for key, value in dict(
-        image_size=(96, 128),
-        crop_pct=0.9,
-        interpolation="bilinear",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.5, 1.0),
-        antialias=False,
-    ).items():
+    for key, value in kwargs.items():
         assert config[key] == value, key
     restored = keras_cait.CaiTImageConverter.from_config(config)
     assert restored.get_config() == config
     image = np.random.default_rng(1).integers(0, 256, (100, 150, 3), np.uint8)
-    np.testing.assert_allclose(
-        to_numpy(restored(image)), to_numpy(converter(image)), atol=1e-6
-    )
-    # Through Keras's registry (as in `.keras` files), wrapped in the
-    # preprocessor.
+    np.testing.assert_allclose(to_numpy(restored(image)), to_numpy(converter(image)), atol=1e-6)
+    # Through Keras's registry (as in `.keras` files), in the preprocessor.
     preprocessor = keras_cait.CaiTImageClassifierPreprocessor(converter)
     clone = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(preprocessor)
@@ -311,16 +256,13 @@ def test_save_to_preset_round_trip(tmp_path):
     preprocessor.save_to_preset(tmp_path)
     assert (tmp_path / "preprocessor.json").exists()
     assert (tmp_path / "image_converter.json").exists()
-
     loaded = keras_cait.CaiTImageClassifierPreprocessor.from_preset(str(tmp_path))
     assert type(loaded) is keras_cait.CaiTImageClassifierPreprocessor
     assert loaded.image_converter.get_config() == converter.get_config()
     loaded_converter = keras_cait.CaiTImageConverter.from_preset(str(tmp_path))
     assert loaded_converter.get_config() == converter.get_config()
     image = np.random.default_rng(2).integers(0, 256, (45, 60, 3), np.uint8)
-    np.testing.assert_allclose(
-        to_numpy(loaded(image)), to_numpy(preprocessor(image)), atol=1e-6
-    )
+    np.testing.assert_allclose(to_numpy(loaded(image)), to_numpy(preprocessor(image)), atol=1e-6)
 
 
 # --- inside pipelines ---------------------------------------------------------------
@@ -334,15 +276,14 @@ def test_tf_data_map():
     converter = keras_cait.CaiTImageConverter(image_size=32, crop_pct=0.875)
     preprocessor = keras_cait.CaiTImageClassifierPreprocessor(converter)
     eager = to_numpy(converter(images))
-
     # Batched, with labels, known image size.
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
     ds = ds.map(preprocessor)
     outputs, out_labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
     np.testing.assert_allclose(np.concatenate(outputs), eager, atol=1e-5)
     np.testing.assert_array_equal(np.concatenate(out_labels), labels)
-
     # Single images whose size is unknown when the graph is traced.
+
     def generate():
         yield from images
 
@@ -351,9 +292,7 @@ def test_tf_data_map():
     ds = ds.map(converter)
     assert ds.element_spec.shape.as_list() == [32, 32, 3]
     np.testing.assert_allclose(np.stack([x.numpy() for x in ds]), eager, atol=1e-5)
-
-    # Unknown channels cannot be handled in a traced graph: a clear error
-    # (TensorFlow's AutoGraph re-raises it under its own type).
+    # Unknown channels in a traced graph: a clear error (re-raised by AutoGraph).
     spec = tf.TensorSpec((None, None, None), tf.uint8)
     ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
     with pytest.raises(Exception, match="(?s)CaiTImageError.*channels=3"):
@@ -366,17 +305,14 @@ def test_classifier_predict_on_raw_images():
     backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE, layer_scale_init_value=1.0)
     converter = keras_cait.CaiTImageConverter(image_size=32)
     classifier = keras_cait.CaiTImageClassifier(
-        backbone,
-        num_classes=5,
-        preprocessor=keras_cait.CaiTImageClassifierPreprocessor(converter),
+        backbone, num_classes=5, preprocessor=keras_cait.CaiTImageClassifierPreprocessor(converter)
     )
     assert keras_cait.CaiTImageClassifier.preprocessor_cls is (
         keras_cait.CaiTImageClassifierPreprocessor
     )
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, (4, 48, 40, 3), dtype=np.uint8)
-    # Two full batches: one compiled shape (a partial batch would compile
-    # the model twice on JAX).
+    # Two full batches: one compiled shape (a partial one compiles again on JAX).
     predicted = classifier.predict(images, batch_size=2, verbose=0)
     direct = to_numpy(classifier(converter(images)))
     assert predicted.shape == (4, 5)

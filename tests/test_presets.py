@@ -12,7 +12,6 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import keras_cait
-from keras_cait.convert.resample import resample_position_embedding
 from keras_cait.convert.timm_config import (
     TIMM_ARCHITECTURES,
     backbone_kwargs_from_timm,
@@ -21,11 +20,7 @@ from keras_cait.convert.timm_config import (
 )
 from keras_cait.loading import loader
 from keras_cait_base import registry
-from keras_cait_base.errors import (
-    CaiTConfigError,
-    CaiTFileNotFoundError,
-    CaiTWeightsError,
-)
+from keras_cait_base.errors import CaiTConfigError, CaiTWeightsError
 from keras_cait_base.io.files import SHA256_PATTERN
 from keras_cait_base.schema import (
     BACKBONE_DEFAULTS,
@@ -36,6 +31,7 @@ from tests.support import TIMM, TINY_BACKBONE, expected, to_numpy, variants
 
 TINY = TIMM / "tiny_token_head"
 HEADLESS = TIMM / "tiny_avg_headless"
+STATE = load_file(TINY / "model.safetensors")
 
 
 @pytest.fixture(autouse=True)
@@ -46,12 +42,18 @@ def _offline(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
-def _copy_repo(src, dst, skip=()):
+def _copy_repo(dst, skip=()):
     os.makedirs(dst)
     for name in ("config.json", "model.safetensors"):
         if name not in skip:
-            shutil.copyfile(src / name, dst / name)
+            shutil.copyfile(TINY / name, dst / name)
     return dst
+
+
+def _assert_same_weights(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(to_numpy(x), to_numpy(y))
 
 
 # --- the preset files -------------------------------------------------------
@@ -66,15 +68,13 @@ PRESET_KEYS = dict(
 
 
 def test_every_preset_file_matches_the_schema_and_timm():
-    """The shipped JSON files are checked here, not at import: the schema
-    (docs/presets.md) and agreement with timm's own configs. The model's
-    hyper-parameters are not in the JSON: they come from the architecture."""
+    """The shipped JSON files (checked here, not at import) against the schema
+    (docs/presets.md) and timm's configs; hyper-parameters come from the architecture."""
     files = sorted(registry.PRESETS_DIR.glob("*.json"))
     assert [f.stem for f in files] == sorted(TIMM_ARCHITECTURES)
     counts = variants()
-    for path in files:
-        preset = registry.get_preset(path.stem)
-        name = path.stem
+    for name in (path.stem for path in files):
+        preset = registry.get_preset(name)
         assert sorted(preset) == PRESET_KEYS["top"], name
         for part in ("weights", "preprocessing"):
             assert sorted(preset[part]) == PRESET_KEYS[part], (name, part)
@@ -84,8 +84,7 @@ def test_every_preset_file_matches_the_schema_and_timm():
         sha256 = preset["weights"]["sha256"]
         assert sha256 is None or SHA256_PATTERN.fullmatch(sha256)
         backbone, head = loader.model_arguments(name)
-        # Every backbone argument; the input layout is the user's choice
-        # (None: keras.config.image_data_format() decides).
+        # Every backbone argument; the input layout is keras.config's (None).
         assert sorted(backbone) == sorted(BACKBONE_DEFAULTS), name
         assert backbone["data_format"] is None
         assert check_backbone_config(backbone, name) == backbone
@@ -95,8 +94,7 @@ def test_every_preset_file_matches_the_schema_and_timm():
         assert backbone == backbone_kwargs_from_timm(arguments), name
         assert head == classifier_kwargs_from_timm(arguments), name
         assert preset["architecture"] == timm["architecture"] == name
-        cfg = timm["pretrained_cfg"]
-        prep = preset["preprocessing"]
+        cfg, prep = timm["pretrained_cfg"], preset["preprocessing"]
         assert prep["image_size"] == cfg["input_size"][1:]
         assert prep["image_size"] == list(backbone["image_shape"][:2])
         assert prep["crop_pct"] == cfg["crop_pct"]
@@ -128,20 +126,8 @@ def test_unknown_preset_lists_and_suggests():
     assert all(name in message for name in TIMM_ARCHITECTURES)
 
 
-def test_bad_handles():
-    with pytest.raises(CaiTFileNotFoundError, match="does not exist"):
-        keras_cait.CaiTBackbone.from_preset("./no/such/dir")
-    with pytest.raises(CaiTConfigError, match="nothing after '@'"):
-        keras_cait.CaiTBackbone.from_preset("hf://timm/x@")
-    with pytest.raises(CaiTConfigError, match="only 'hf://'"):
-        keras_cait.CaiTBackbone.from_preset("kaggle://a/b/c/d")
-
-
-# --- load_weights=False: the shipped JSON alone -----------------------------
-
-
 @pytest.mark.openvino
-def test_architecture_from_preset_without_network(monkeypatch):
+def test_presets_from_the_shipped_json_without_network(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the Hub was contacted")
 
@@ -153,14 +139,6 @@ def test_architecture_from_preset_without_network(monkeypatch):
     converter = model.preprocessor.image_converter
     assert tuple(converter.image_size) == (224, 224)
     assert converter.crop_pct == 1.0 and converter.interpolation == "bicubic"
-
-
-@pytest.mark.openvino
-def test_preprocessing_from_preset_without_network(monkeypatch):
-    def no_network(*args, **kwargs):
-        raise AssertionError("the Hub was contacted")
-
-    monkeypatch.setattr("keras_cait_base.io.hub.download_file", no_network)
     converter = keras_cait.CaiTImageConverter.from_preset("cait_xs24_384")
     assert tuple(converter.image_size) == (384, 384)
     preprocessor = keras_cait.CaiTImageClassifierPreprocessor.from_preset("cait_m48_448")
@@ -177,10 +155,7 @@ def test_local_timm_directory_reproduces_timm():
     np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["logits"], atol=1e-4)
     # The backbone alone gets the same (checked) weights, without the head.
     backbone = keras_cait.CaiTBackbone.from_preset(str(TINY))
-    assert len(backbone.weights) == len(model.backbone.weights)
-    for a, b in zip(backbone.weights, model.backbone.weights):
-        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
-
+    _assert_same_weights(backbone.weights, model.backbone.weights)
     ref = expected("tiny_avg_headless")
     model = keras_cait.CaiTImageClassifier.from_preset(str(HEADLESS))
     assert model.num_classes == 0 and model.pooling == "avg"
@@ -206,20 +181,14 @@ def test_new_head_dtype_and_image_shape_pass_through():
     pretrained = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
     model = keras_cait.CaiTImageClassifier.from_preset(str(TINY), num_classes=3)
     assert model.output_dense.kernel.shape == (48, 3)
-    for a, b in zip(model.backbone.weights, pretrained.backbone.weights):
-        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
-
+    _assert_same_weights(model.backbone.weights, pretrained.backbone.weights)
     # A backbone of the caller's stays untouched; the head is timm's.
     own = keras_cait.CaiTBackbone(**TINY_BACKBONE)
     before = [to_numpy(w).copy() for w in own.weights]
     custom = keras_cait.CaiTImageClassifier.from_preset(str(TINY), backbone=own)
     assert custom.backbone is own
-    for weight, value in zip(own.weights, before):
-        np.testing.assert_array_equal(to_numpy(weight), value)
-    np.testing.assert_array_equal(
-        to_numpy(custom.output_dense.kernel), to_numpy(pretrained.output_dense.kernel)
-    )
-
+    _assert_same_weights(own.weights, before)
+    _assert_same_weights([custom.output_dense.kernel], [pretrained.output_dense.kernel])
     half = keras_cait.CaiTBackbone.from_preset(str(TINY), dtype="bfloat16")
     assert half.dtype_policy.name == "bfloat16"
     np.testing.assert_allclose(
@@ -227,123 +196,65 @@ def test_new_head_dtype_and_image_shape_pass_through():
         to_numpy(pretrained.backbone.weights[0]),
         atol=1e-2,
     )
-
-    # 32x32 -> 48x48: the 4x4 position embedding is resampled to 6x6.
+    # 32x32 -> 48x48 (the resampled weights: test_resample.py), the converter follows.
     wider = keras_cait.CaiTImageClassifier.from_preset(str(TINY), image_shape=(48, 48, 3))
-    embedding = wider.backbone.get_layer("patch_embedding").position_embedding
-    original = pretrained.backbone.get_layer("patch_embedding").position_embedding
-    np.testing.assert_allclose(
-        to_numpy(embedding),
-        resample_position_embedding(to_numpy(original), (4, 4), (6, 6)),
-        atol=1e-6,
-    )
     assert tuple(wider.preprocessor.image_converter.image_size) == (48, 48)
-    np.testing.assert_array_equal(
-        to_numpy(wider.output_dense.kernel), to_numpy(pretrained.output_dense.kernel)
-    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_checkpoints_load_as_load_timm_state_dict(tmp_path, dtype):
-    """float16 and bfloat16 files (read by `safe_open` with `ml_dtypes`)
-    give the weights `load_timm_state_dict` gives."""
+    """float16/bfloat16 files (`safe_open` with `ml_dtypes`) load as `load_timm_state_dict`."""
     cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    state = {k: v.astype(cast) for k, v in load_file(TINY / "model.safetensors").items()}
-    repo = _copy_repo(TINY, tmp_path / dtype, skip=("model.safetensors",))
+    state = {k: v.astype(cast) for k, v in STATE.items()}
+    repo = _copy_repo(tmp_path / dtype, skip=("model.safetensors",))
     save_file(state, str(repo / "model.safetensors"))
     model = keras_cait.CaiTImageClassifier.from_preset(str(repo))
     reference = keras_cait.CaiTImageClassifier.from_preset(str(repo), load_weights=False)
     keras_cait.load_timm_state_dict(reference, state)
-    for a, b in zip(model.weights, reference.weights):
-        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    _assert_same_weights(model.weights, reference.weights)
     head = to_numpy(model.output_dense.bias)
     np.testing.assert_array_equal(head, state["head.bias"].astype("float32"))
 
 
 def test_save_to_preset_round_trip(tmp_path):
     ref = expected("tiny_token_head")
+    saved = str(tmp_path / "saved")
     model = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
-    model.save_to_preset(str(tmp_path / "saved"))
-    loaded = keras_cait.CaiTImageClassifier.from_preset(str(tmp_path / "saved"))
+    model.save_to_preset(saved)
+    loaded = keras_cait.CaiTImageClassifier.from_preset(saved)
     assert isinstance(loaded.preprocessor, keras_cait.CaiTImageClassifierPreprocessor)
     np.testing.assert_allclose(to_numpy(loaded(ref["images"])), ref["logits"], atol=1e-4)
-    backbone = keras_cait.CaiTBackbone.from_preset(str(tmp_path / "saved"))
+    backbone = keras_cait.CaiTBackbone.from_preset(saved)
     np.testing.assert_allclose(to_numpy(backbone(ref["images"])), ref["features"], atol=1e-4)
-    fresh = keras_cait.CaiTImageClassifier.from_preset(str(tmp_path / "saved"), num_classes=2)
+    fresh = keras_cait.CaiTImageClassifier.from_preset(saved, num_classes=2)
     assert fresh.output_dense.kernel.shape == (48, 2)
-
-    # Another image_shape: the position embedding is resampled, the rest
-    # (head included) is the saved model's.
-    wider = keras_cait.CaiTImageClassifier.from_preset(
-        str(tmp_path / "saved"), image_shape=(48, 48, 3)
-    )
-    assert tuple(wider.backbone.get_layer("patch_embedding").position_embedding.shape) == (1, 36, 48)
-    np.testing.assert_array_equal(
-        to_numpy(wider.output_dense.kernel), to_numpy(model.output_dense.kernel)
-    )
+    # Another image_shape (the resampled weights: test_resample.py): the converter follows.
+    wider = keras_cait.CaiTImageClassifier.from_preset(saved, image_shape=(48, 48, 3))
     assert tuple(wider.preprocessor.image_converter.image_size) == (48, 48)
 
 
-# --- errors -----------------------------------------------------------------
+# --- errors (other bad files and handles: test_malformed_inputs.py's table) ---
 
 
-def test_missing_files_are_named(tmp_path):
-    repo = _copy_repo(TINY, tmp_path / "no_weights", skip=("model.safetensors",))
-    with pytest.raises(CaiTFileNotFoundError, match="'model.safetensors' is missing"):
-        keras_cait.CaiTImageClassifier.from_preset(str(repo))
-    # load_weights=False needs no weights file.
+def test_load_weights_false_needs_no_weights_file(tmp_path):
+    repo = _copy_repo(tmp_path / "repo", skip=("model.safetensors",))
     keras_cait.CaiTBackbone.from_preset(str(repo), load_weights=False)
-    repo = _copy_repo(TINY, tmp_path / "no_config", skip=("config.json",))
-    with pytest.raises(CaiTFileNotFoundError, match="'config.json' is missing"):
-        keras_cait.CaiTImageClassifier.from_preset(str(repo))
 
 
-def test_config_errors_quote_the_file(tmp_path):
-    repo = _copy_repo(TINY, tmp_path / "vit")
+def test_a_timm_keyword_keras_cait_cannot_honour_is_refused(tmp_path):
+    repo = _copy_repo(tmp_path / "repo")
     config = json.loads((repo / "config.json").read_text())
-    (repo / "config.json").write_text(json.dumps(dict(config, architecture="vit_base_patch16_224")))
-    with pytest.raises(CaiTConfigError, match="'vit_base_patch16_224' is not a CaiT architecture"):
-        keras_cait.CaiTImageClassifier.from_preset(str(repo))
-
-    config["model_args"]["depth"] = "2"
-    (repo / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CaiTConfigError, match=r"`model_args.depth` must be int"):
-        keras_cait.CaiTImageClassifier.from_preset(str(repo))
-
-    config["model_args"]["depth"] = 2
     config["model_args"]["use_fused_attn"] = True
     (repo / "config.json").write_text(json.dumps(config))
     with pytest.raises(CaiTConfigError, match="`model_args.use_fused_attn` is not"):
         keras_cait.CaiTImageClassifier.from_preset(str(repo))
 
 
-def test_bad_weights_are_reported(tmp_path):
-    state = load_file(TINY / "model.safetensors")
-    cases = {
-        "truncated": None,
-        "corrupt": b"definitely not a safetensors file" * 100,
-        "missing": {k: v for k, v in state.items() if k != "blocks.1.attn.proj_l.weight"},
-        "extra": dict(state, **{"dist_token": np.zeros((1, 1, 48), "float32")}),
-        "shape": dict(state, **{"blocks.0.attn.qkv.weight": state["blocks.0.attn.qkv.weight"].T.copy()}),
-    }
-    messages = {
-        "truncated": "model.safetensors",
-        "corrupt": "model.safetensors",
-        "missing": r"missing tensors \['blocks.1.attn.proj_l.weight'\]",
-        "extra": r"unexpected tensors \['dist_token'\]",
-        "shape": r"'blocks.0.attn.qkv.weight' has shape \(48, 144\); the model expects \(144, 48\)",
-    }
-    for name, tensors in cases.items():
-        repo = _copy_repo(TINY, tmp_path / name)
-        path = repo / "model.safetensors"
-        if tensors is None:
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-        elif isinstance(tensors, bytes):
-            path.write_bytes(tensors)
-        else:
-            save_file(tensors, path)
-        with pytest.raises(CaiTWeightsError, match=messages[name]):
-            keras_cait.CaiTImageClassifier.from_preset(str(repo))
+def test_unexpected_tensors_are_named(tmp_path):
+    repo = _copy_repo(tmp_path / "repo")
+    save_file(dict(STATE, dist_token=np.zeros((1, 1, 48), "float32")), repo / "model.safetensors")
+    with pytest.raises(CaiTWeightsError, match=r"unexpected tensors \['dist_token'\]"):
+        keras_cait.CaiTImageClassifier.from_preset(str(repo))
 
 
 @pytest.mark.openvino

@@ -1,5 +1,4 @@
-"""Collection inputs (files, folders, globs, @lists) and prediction records
-(JSON Lines, CSV, resuming). Plain Python: no model."""
+"""Collection inputs (files, folders, globs, @lists) and prediction records (JSONL, CSV, resume)."""
 
 import json
 import os
@@ -11,11 +10,10 @@ from keras_cait_base.io.image_paths import expand_image_paths
 from keras_cait_base.io.records import RecordWriter, read_records
 
 
-def _touch(path, data=b"x"):
+def _touch(path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
-        f.write(data)
-    return str(path)
+        f.write(b"x")
 
 
 def test_inputs_expand_in_order_each_file_once(tmp_path, monkeypatch):
@@ -29,8 +27,7 @@ def test_inputs_expand_in_order_each_file_once(tmp_path, monkeypatch):
         f.write("list/k.png\n\n  c/*.png  \nb/z.png\n")
 
     paths = expand_image_paths(
-        ["b", "solo.txt", "c/*.png", "missing.jpg", "@more.txt", "./b/z.png", "nomatch*.png"]
-    )
+        ["b", "solo.txt", "c/*.png", "missing.jpg", "@more.txt", "./b/z.png", "nomatch*.png"])
     assert paths == [
         # a folder: image extensions only (any case), recursively, sorted by
         # relative path, folder by folder; broken links count
@@ -46,11 +43,9 @@ def test_inputs_expand_in_order_each_file_once(tmp_path, monkeypatch):
     os.mkdir("empty")
     with pytest.raises(CaiTFileNotFoundError, match="No image files found .*'empty'"):
         expand_image_paths(["empty"])
-
-
-def test_a_folder_link_cycle_is_walked_once(tmp_path):
-    _touch(tmp_path / "d" / "a.png")
-    os.symlink(tmp_path / "d", tmp_path / "d" / "loop")
+    # A folder link cycle is walked once.
+    _touch("d/a.png")
+    os.symlink(tmp_path / "d", "d/loop")
     assert expand_image_paths([tmp_path / "d"]) == [str(tmp_path / "d" / "a.png")]
 
 
@@ -65,6 +60,7 @@ RECORDS = [
                      {"label": "c", "class_id": 7, "probability": 0.0}],
      "embedding": [1.0, 2.0, 3.0]},
 ]
+IMAGES = [record["image"] for record in RECORDS]
 
 
 @pytest.mark.parametrize("extension", [".jsonl", ".csv"])
@@ -78,46 +74,39 @@ def test_records_round_trip_and_resume_cuts_a_partial_line(tmp_path, extension):
     if extension == ".jsonl":
         assert [json.loads(line) for line in data.splitlines()] == RECORDS
     else:
-        assert data.splitlines()[0] == (
-            b"image,error,class_id_1,label_1,probability_1,"
-            b"class_id_2,label_2,probability_2,embedding"
-        )
+        assert data.splitlines()[0] == (b"image,error,class_id_1,label_1,probability_1,"
+                                        b"class_id_2,label_2,probability_2,embedding")
 
     with pytest.raises(CaiTConfigError, match="already exists: pass --resume"):
         RecordWriter(path, top=2, embeddings=True)
     # An interrupted writer: the last line is cut in half.
-    cut = data[: data.rindex(b"\n", 0, len(data) - 1) + 1 + 9]
-    path.write_bytes(cut)
+    path.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 1 + 9])
     assert read_records(path) == RECORDS[:2]
-    images = [record["image"] for record in RECORDS]
-    with RecordWriter(path, 2, True, resume=True, expected_images=images) as writer:
+    with RecordWriter(path, 2, True, resume=True, expected_images=IMAGES) as writer:
         assert (writer.kept, writer.kept_failures) == (2, 1)
         writer.write(RECORDS[2:])
     assert path.read_bytes() == data  # the half line replaced, nothing doubled
 
-    other = ["other.jpg", *images[1:]]
-    with pytest.raises(CaiTConfigError, match="record 1 is for .*expected 'other.jpg'"):
-        RecordWriter(path, 2, True, resume=True, expected_images=other)
-    with pytest.raises(CaiTConfigError, match="expected no more inputs"):
-        RecordWriter(path, 2, True, resume=True, expected_images=images[:2])
-    with pytest.raises(CaiTConfigError, match="other options"):
-        RecordWriter(path, 3, True, resume=True, expected_images=images)
-    with pytest.raises(CaiTConfigError, match="other options"):
-        RecordWriter(path, 2, False, resume=True, expected_images=images)
+    for top, embeddings, images, match in (
+        (2, True, ["other.jpg", *IMAGES[1:]], "record 1 is for .*expected 'other.jpg'"),
+        (2, True, IMAGES[:2], "expected no more inputs"),
+        (3, True, IMAGES, "other options"),
+        (2, False, IMAGES, "other options"),
+    ):
+        with pytest.raises(CaiTConfigError, match=match):
+            RecordWriter(path, top, embeddings, resume=True, expected_images=images)
     assert path.read_bytes() == data  # a refused resume changes nothing
 
 
 def test_bad_records_files_are_clear_errors(tmp_path):
     with pytest.raises(CaiTConfigError, match=r"expected a \.jsonl or \.csv"):
         RecordWriter(tmp_path / "results.json", top=1, embeddings=False)
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"image": "a.jpg", "error": "x"}\nnot json\n')
-    with pytest.raises(CaiTConfigError, match="line 2: not a JSON record"):
-        read_records(broken)
-    table = tmp_path / "table.csv"
-    table.write_text("name,score\na,1\n")
-    with pytest.raises(CaiTConfigError, match="not a records CSV"):
-        read_records(table)
+    for name, text, match in (("broken.jsonl", '{"image": "a.jpg", "error": "x"}\nnot json\n',
+                               "line 2: not a JSON record"),
+                              ("table.csv", "name,score\na,1\n", "not a records CSV")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CaiTConfigError, match=match):
+            read_records(tmp_path / name)
     with pytest.raises(CaiTFileNotFoundError):
         read_records(tmp_path / "absent.jsonl")
     # Resuming a file that holds only a partial CSV header starts it again.

@@ -31,17 +31,14 @@ def reference():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_timm(reference, case):
-    old_grid, new_grid = CASES[case]
-    out = resample_position_embedding(reference[f"{case}_in"], old_grid, new_grid)
+    out = resample_position_embedding(reference[f"{case}_in"], *CASES[case])
     expected = reference[f"{case}_out"]
-    assert out.dtype == np.float32
-    assert out.shape == expected.shape
+    assert out.dtype == np.float32 and out.shape == expected.shape
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
 
 
 def test_plain_bicubic_coefficient_would_not_match(reference):
-    # Guards the kernel choice: with PyTorch's non-antialiased coefficient
-    # (-0.75) the same resampling misses timm by far more than 1e-5.
+    """PyTorch's non-antialiased coefficient (-0.75) misses timm by far more than 1e-5."""
     grid = reference["14_to_24_in"][0].reshape(14, 14, -1)
     for a, close in ((-0.5, True), (-0.75, False)):
         weights = resize_weights(14, 24, a)
@@ -53,41 +50,34 @@ def test_plain_bicubic_coefficient_would_not_match(reference):
 
 def test_weight_rows_are_normalised_and_local():
     for old, new in ((14, 24), (24, 14), (7, 3), (5, 5)):
-        weights = resize_weights(old, new)
-        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-12)
+        np.testing.assert_allclose(resize_weights(old, new).sum(axis=1), 1.0, atol=1e-12)
     # Downsampling by 2 widens the support to 4 input pixels on each side.
     assert np.count_nonzero(resize_weights(24, 12)[6]) == 8
     np.testing.assert_allclose(resize_weights(9, 9), np.eye(9), atol=1e-12)
 
 
-def test_same_grid_is_identity_and_accepts_2d():
-    rng = np.random.default_rng(0)
-    pos = rng.standard_normal((1, 12, 8)).astype(np.float32)
+def test_same_grid_is_identity_constant_stays_constant_and_2d_accepted():
+    pos = np.random.default_rng(0).standard_normal((1, 12, 8)).astype(np.float32)
     np.testing.assert_array_equal(resample_position_embedding(pos, (3, 4), (3, 4)), pos)
-    out = resample_position_embedding(pos[0], (3, 4), (6, 2))
-    assert out.shape == (1, 12, 8)
-
-
-def test_constant_embedding_stays_constant():
-    pos = np.full((1, 20, 3), 0.25, np.float32)
-    out = resample_position_embedding(pos, (4, 5), (7, 3))
+    assert resample_position_embedding(pos[0], (3, 4), (6, 2)).shape == (1, 12, 8)
+    constant = np.full((1, 20, 3), 0.25, np.float32)
+    out = resample_position_embedding(constant, (4, 5), (7, 3))
     np.testing.assert_allclose(out, 0.25, atol=1e-6)
 
 
 def test_bad_inputs():
     pos = np.zeros((1, 16, 4), np.float32)
-    with pytest.raises(CaiTWeightsError, match="16 tokens.*needs 9"):
-        resample_position_embedding(pos, (3, 3), (4, 4))
-    with pytest.raises(CaiTWeightsError, match=r"\(1, num_patches, dim\)"):
-        resample_position_embedding(np.zeros((2, 16, 4)), (4, 4), (2, 2))
-    with pytest.raises(CaiTConfigError, match="new_grid"):
-        resample_position_embedding(pos, (4, 4), (0, 3))
-    with pytest.raises(CaiTConfigError, match="old_grid"):
-        resample_position_embedding(pos, 16, (2, 2))
     bad = pos.copy()
     bad[0, 0, 0] = np.nan
-    with pytest.raises(CaiTWeightsError, match="non-finite"):
-        resample_position_embedding(bad, (4, 4), (2, 2))
+    for arguments, error, match in (
+        ((pos, (3, 3), (4, 4)), CaiTWeightsError, "16 tokens.*needs 9"),
+        ((np.zeros((2, 16, 4)), (4, 4), (2, 2)), CaiTWeightsError, r"\(1, num_patches, dim\)"),
+        ((pos, (4, 4), (0, 3)), CaiTConfigError, "new_grid"),
+        ((pos, 16, (2, 2)), CaiTConfigError, "old_grid"),
+        ((bad, (4, 4), (2, 2)), CaiTWeightsError, "non-finite"),
+    ):
+        with pytest.raises(error, match=match):
+            resample_position_embedding(*arguments)
 
 
 # --- Loading and saving models at another resolution -------------------------
@@ -103,11 +93,9 @@ def _embedding(model):
 def _check_other_weights_equal(model, reference):
     got = {v.path: v for v in model.weights}
     for variable in reference.weights:
-        if variable.path.endswith("position_embedding"):
-            continue
-        np.testing.assert_array_equal(
-            to_numpy(got[variable.path]), to_numpy(variable), err_msg=variable.path
-        )
+        if not variable.path.endswith("position_embedding"):
+            np.testing.assert_array_equal(
+                to_numpy(got[variable.path]), to_numpy(variable), err_msg=variable.path)
 
 
 @pytest.mark.parametrize("image_shape", [(48, 48, 3), (40, 56, 3)])
@@ -115,23 +103,17 @@ def test_from_preset_timm_directory_at_new_resolution(image_shape):
     state_dict = load_file(TINY_TIMM / "model.safetensors")
     grid = (image_shape[0] // 8, image_shape[1] // 8)
     expected = resample_position_embedding(state_dict["pos_embed"], (4, 4), grid)
-    classifier = keras_cait.CaiTImageClassifier.from_preset(
-        str(TINY_TIMM), image_shape=image_shape
-    )
+    classifier = keras_cait.CaiTImageClassifier.from_preset(str(TINY_TIMM), image_shape=image_shape)
     assert classifier.backbone.image_shape == image_shape
     np.testing.assert_allclose(_embedding(classifier), expected, atol=1e-6)
     _check_other_weights_equal(classifier, reference_classifier("tiny_token_head"))
     # Same logits as a model built at that shape from the resampled state dict.
-    manual = build_from_timm_config(
-        dict(timm_config("tiny_token_head"),
-             model_args=dict(timm_config("tiny_token_head")["model_args"],
-                             img_size=list(image_shape[:2])))
-    )
+    config = timm_config("tiny_token_head")
+    config["model_args"] = dict(config["model_args"], img_size=list(image_shape[:2]))
+    manual = build_from_timm_config(config)
     keras_cait.load_timm_state_dict(manual, dict(state_dict, pos_embed=expected))
     images = np.random.default_rng(0).standard_normal((2,) + image_shape)
-    np.testing.assert_allclose(
-        to_numpy(classifier(images)), to_numpy(manual(images)), atol=1e-5
-    )
+    np.testing.assert_allclose(to_numpy(classifier(images)), to_numpy(manual(images)), atol=1e-5)
     backbone = keras_cait.CaiTBackbone.from_preset(str(TINY_TIMM), image_shape=image_shape)
     np.testing.assert_allclose(_embedding(backbone), expected, atol=1e-6)
 
@@ -142,8 +124,7 @@ def test_keras_preset_directory_at_new_resolution_and_round_trip(tmp_path):
     image_shape = (24, 40, 3)
     expected = resample_position_embedding(_embedding(reference), (4, 4), (3, 5))
     classifier = keras_cait.CaiTImageClassifier.from_preset(
-        str(tmp_path / "preset"), image_shape=image_shape
-    )
+        str(tmp_path / "preset"), image_shape=image_shape)
     np.testing.assert_allclose(_embedding(classifier), expected, atol=1e-6)
     _check_other_weights_equal(classifier, reference)
 
@@ -156,16 +137,13 @@ def test_keras_preset_directory_at_new_resolution_and_round_trip(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "resampled.keras")
     np.testing.assert_array_equal(_embedding(loaded), _embedding(classifier))
     images = np.random.default_rng(1).standard_normal((2,) + image_shape)
-    np.testing.assert_allclose(
-        to_numpy(loaded(images)), to_numpy(classifier(images)), atol=1e-6
-    )
+    np.testing.assert_allclose(to_numpy(loaded(images)), to_numpy(classifier(images)), atol=1e-6)
 
 
-def test_with_image_shape_copies_and_resamples(tmp_path):
+def test_with_image_shape_copies_and_resamples():
     reference = reference_classifier("tiny_token_head")
     resized = keras_cait.with_image_shape(reference, (56, 32, 3))
-    assert type(resized) is type(reference)
-    assert resized.backbone.grid_size == (7, 4)
+    assert type(resized) is type(reference) and resized.backbone.grid_size == (7, 4)
     expected = resample_position_embedding(_embedding(reference), (4, 4), (7, 4))
     np.testing.assert_array_equal(_embedding(resized), expected)
     _check_other_weights_equal(resized, reference)

@@ -1,10 +1,6 @@
-"""`keras_cait_base.io.safetensors_io`: the thin wrapper over `safetensors.safe_open`.
-
-Valid files read exactly; every malformed file the library refuses becomes a
-keras-cait error naming the file (and the tensor when the library names
-one); what the wrapper adds (SHA-256, NaN/Inf, float64, bounded memory map)
-works.
-"""
+"""`keras_cait_base.io.safetensors_io`, the wrapper over `safetensors.safe_open`: valid
+files read exactly, malformed ones give a keras-cait error naming the file (and tensor),
+and what it adds (SHA-256, NaN/Inf, float64, bounded memory map) works."""
 
 import hashlib
 import json
@@ -14,29 +10,26 @@ import warnings
 import ml_dtypes
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save, save_file
 
-from keras_cait_base.errors import (
-    CaiTConfigError,
-    CaiTFileNotFoundError,
-    CaiTIntegrityError,
-    CaiTWeightsError,
-)
+from keras_cait_base import errors
 from keras_cait_base.io import safetensors_io
-from keras_cait_base.io.safetensors_io import (
-    SafetensorsFile,
-    read_safetensors,
-    sha256_file,
-    verify_sha256,
-)
+from keras_cait_base.io.safetensors_io import SafetensorsFile, read_safetensors
 from tests.support import TIMM
 
+GOOD_TENSORS = {
+    "a": np.arange(12, dtype="float32").reshape(3, 4),
+    "b": np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16),
+    "c": np.array([0.25], dtype="float16"),
+    "d": np.array([[1, 2]], dtype="int64"),
+}
+GOOD = save(GOOD_TENSORS)
 
-def raw_file(path, header, data=b"", header_bytes=None):
-    """Writes a safetensors file from a header dict and raw data bytes."""
+
+def raw(header, data=b"", header_bytes=None):
+    """The bytes of a safetensors file from a header dict and raw data bytes."""
     encoded = header_bytes if header_bytes is not None else json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
-    return path
+    return struct.pack("<Q", len(encoded)) + encoded + data
 
 
 def entry(dtype, shape, begin, end):
@@ -45,34 +38,23 @@ def entry(dtype, shape, begin, end):
 
 @pytest.fixture
 def good(tmp_path):
-    tensors = {
-        "a": np.arange(12, dtype="float32").reshape(3, 4),
-        "b": np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16),
-        "c": np.array([0.25], dtype="float16"),
-        "d": np.array([[1, 2]], dtype="int64"),
-    }
     path = tmp_path / "good.safetensors"
-    save_file(tensors, str(path))
-    return path, tensors
+    save_file(GOOD_TENSORS, str(path))
+    return path
 
 
 def test_reads_what_safetensors_wrote_bit_exactly(good):
-    path, tensors = good
-    result = read_safetensors(path)
-    assert sorted(result) == sorted(tensors)
-    for name, array in tensors.items():
-        assert result[name].dtype == array.dtype
-        assert result[name].shape == array.shape
+    result = read_safetensors(good)
+    assert sorted(result) == sorted(GOOD_TENSORS)
+    for name, array in GOOD_TENSORS.items():
+        assert result[name].dtype == array.dtype and result[name].shape == array.shape
         np.testing.assert_array_equal(result[name], array)
-    with SafetensorsFile(path) as file:
+    with SafetensorsFile(good) as file:
         assert file.shape("a") == (3, 4) and file.dtype("b") == "bfloat16"
         assert "d" in file and "e" not in file
         with pytest.raises(KeyError):
             file.read("e")
-
-
-def test_reads_the_shipped_timm_fixture_like_safetensors():
-    path = TIMM / "tiny_avg_headless" / "model.safetensors"
+    path = TIMM / "tiny_avg_headless" / "model.safetensors"  # a shipped timm fixture
     ours, theirs = read_safetensors(path), load_file(path)
     assert ours.keys() == theirs.keys()
     for name in theirs:
@@ -81,91 +63,57 @@ def test_reads_the_shipped_timm_fixture_like_safetensors():
 
 
 def test_sha256_accepts_the_right_digest_and_catches_flip_and_truncation(good):
-    path, _ = good
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert sha256_file(path) == digest
-    read_safetensors(path, expected_sha256=digest.upper())  # case-insensitive
-    data = bytearray(path.read_bytes())
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()
+    assert safetensors_io.sha256_file(good) == digest
+    read_safetensors(good, expected_sha256=digest.upper())  # case-insensitive
+    data = bytearray(good.read_bytes())
     data[-1] ^= 0x01  # one bit in the last tensor byte: still a valid file
-    path.write_bytes(bytes(data))
-    with pytest.raises(CaiTIntegrityError, match="SHA-256 mismatch") as info:
-        read_safetensors(path, expected_sha256=digest)
-    assert str(path) in str(info.value)
-    path.write_bytes(bytes(data[:-4]))
-    with pytest.raises(CaiTIntegrityError, match=f"{path}.*preset 'x' expects"):
-        verify_sha256(path, digest, expected_by="preset 'x'")
+    good.write_bytes(bytes(data))
+    with pytest.raises(errors.CaiTIntegrityError, match="SHA-256 mismatch") as info:
+        read_safetensors(good, expected_sha256=digest)
+    assert str(good) in str(info.value)
+    good.write_bytes(bytes(data[:-4]))
+    with pytest.raises(errors.CaiTIntegrityError, match=f"{good}.*preset 'x' expects"):
+        safetensors_io.verify_sha256(good, digest, expected_by="preset 'x'")
 
 
 @pytest.mark.parametrize("digest", ["abc", 123, "g" * 64])
 def test_a_malformed_expected_digest_is_a_config_error(good, digest):
-    with pytest.raises(CaiTConfigError, match="SHA-256"):
-        read_safetensors(good[0], expected_sha256=digest)
+    with pytest.raises(errors.CaiTConfigError, match="SHA-256"):
+        read_safetensors(good, expected_sha256=digest)
 
 
 def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(CaiTFileNotFoundError, match="absent.safetensors"):
+    with pytest.raises(errors.CaiTFileNotFoundError, match="absent.safetensors"):
         read_safetensors(tmp_path / "absent.safetensors")
-    with pytest.raises(CaiTWeightsError, match="not a regular file"):
+    with pytest.raises(errors.CaiTWeightsError, match="not a regular file"):
         read_safetensors(tmp_path)
 
 
-def test_empty_file(tmp_path):
-    path = tmp_path / "empty.safetensors"
-    path.write_bytes(b"")
-    with pytest.raises(CaiTWeightsError, match="empty.safetensors: the file is empty"):
-        read_safetensors(path)
-
-
-@pytest.mark.parametrize("keep", [3, 8, 20, -1])
-def test_truncated_file(good, keep):
-    path, _ = good
-    path.write_bytes(path.read_bytes()[:keep])
-    with pytest.raises(CaiTWeightsError, match="truncated") as info:
-        read_safetensors(path)
-    assert str(path) in str(info.value)
-
-
-def test_random_bytes(tmp_path):
-    path = tmp_path / "random.safetensors"
-    path.write_bytes(np.random.default_rng(0).bytes(4096))
-    with pytest.raises(CaiTWeightsError, match="random.safetensors: not a valid"):
-        read_safetensors(path)
-
-
-@pytest.mark.parametrize(
-    "header, data, message",
-    [
-        # The header lies about sizes: 3x4 float32 is 48 bytes, not 8.
-        ({"a": entry("F32", [3, 4], 0, 8)}, b"\0" * 8, "lies about sizes"),
-        ({"a": entry("F32", [4], 0, 16)}, b"\0" * 8, "truncated"),
-        ({"a": entry("F32", [1], 4, 0)}, b"\0" * 4, "tensor 'a'"),
-        ({"a": entry("F32", [2], 0, 8), "b": entry("F32", [1], 4, 8)},
-         b"\0" * 8, "tensor 'b'"),
-        ({"a": entry("F32", [1], 4, 8)}, b"\0" * 8, "tensor 'a'.* gap"),
-        ({"a": entry("F32", [1], 0, 4)}, b"\0" * 12, "extra bytes"),
-        ({"a": entry("Q7", [1], 0, 4)}, b"\0" * 4, "Q7"),
-        ({"a": entry("F32", [-1], 0, 4)}, b"\0" * 4, "-1"),
-        ({"__metadata__": {"k": 1}}, b"", "not a valid safetensors file"),
-        ({"a": entry("F32", [2**40, 2**40], 0, 4)}, b"\0" * 4, "overflow"),
-        (None, b"", "not a safetensors file"),  # header_bytes below
-    ],
-)
-def test_headers_the_library_refuses_name_the_file(tmp_path, header, data, message):
-    path = tmp_path / "lying.safetensors"
-    if header is None:
-        raw_file(path, None, header_bytes=b'{"a": ')
-    else:
-        raw_file(path, header, data)
-    with pytest.raises(CaiTWeightsError, match=message) as info:
+@pytest.mark.parametrize("data, message", [
+    (b"", r"bad\.safetensors: the file is empty"),
+    *[(GOOD[:keep], "truncated") for keep in (3, 8, 20, -1)],
+    (np.random.default_rng(0).bytes(4096), r"bad\.safetensors: not a valid"),
+    # The header lies about sizes: 3x4 float32 is 48 bytes, not 8.
+    (raw({"a": entry("F32", [3, 4], 0, 8)}, b"\0" * 8), "lies about sizes"),
+    (raw({"a": entry("F32", [4], 0, 16)}, b"\0" * 8), "truncated"),
+    (raw({"a": entry("F32", [1], 4, 0)}, b"\0" * 4), "tensor 'a'"),
+    (raw({"a": entry("F32", [2], 0, 8), "b": entry("F32", [1], 4, 8)}, b"\0" * 8), "tensor 'b'"),
+    (raw({"a": entry("F32", [1], 4, 8)}, b"\0" * 8), "tensor 'a'.* gap"),
+    (raw({"a": entry("F32", [1], 0, 4)}, b"\0" * 12), "extra bytes"),
+    (raw({"a": entry("Q7", [1], 0, 4)}, b"\0" * 4), "Q7"),
+    (raw({"a": entry("F32", [-1], 0, 4)}, b"\0" * 4), "-1"),
+    (raw({"__metadata__": {"k": 1}}), "not a valid safetensors file"),
+    (raw({"a": entry("F32", [2**40, 2**40], 0, 4)}, b"\0" * 4), "overflow"),
+    (raw(None, header_bytes=b'{"a": '), "not a safetensors file"),
+    (raw({"w": entry("F8_E4M3", [4], 0, 4)}, b"\0" * 4), "tensor 'w' has dtype F8_E4M3"),
+])
+def test_malformed_files_are_refused_naming_the_file(tmp_path, data, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(errors.CaiTWeightsError, match=message) as info:
         read_safetensors(path)
     assert str(info.value).startswith(f"{path}: ")
-
-
-def test_a_dtype_numpy_cannot_hold_is_refused_by_name(tmp_path):
-    path = raw_file(tmp_path / "f8.safetensors", {"w": entry("F8_E4M3", [4], 0, 4)},
-                    b"\0" * 4)
-    with pytest.raises(CaiTWeightsError, match="tensor 'w' has dtype F8_E4M3"):
-        read_safetensors(path)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -173,13 +121,13 @@ def test_a_dtype_numpy_cannot_hold_is_refused_by_name(tmp_path):
 def test_non_finite_values_are_refused_unless_allowed(tmp_path, bad, dtype):
     path = tmp_path / "nan.safetensors"
     save_file({"w": np.array([1.0, bad, 2.0], dtype=dtype)}, str(path))
-    with pytest.raises(CaiTWeightsError, match="'w' holds 1 NaN or Inf"):
+    with pytest.raises(errors.CaiTWeightsError, match="'w' holds 1 NaN or Inf"):
         read_safetensors(path)
     allowed = read_safetensors(path, allow_non_finite=True)["w"]
     assert not np.isfinite(allowed.astype("float32")[1])
 
 
-def test_float64_is_converted_to_float32_with_a_warning(tmp_path):
+def test_float64_is_converted_to_float32_with_a_warning_unless_beyond_range(tmp_path):
     path = tmp_path / "f64.safetensors"
     values = np.array([0.1, -3.0, 1e30])
     save_file({"w": values}, str(path))
@@ -187,12 +135,8 @@ def test_float64_is_converted_to_float32_with_a_warning(tmp_path):
         result = read_safetensors(path)["w"]
     assert result.dtype == np.float32
     np.testing.assert_array_equal(result, values.astype("float32"))
-
-
-def test_float64_beyond_float32_range_is_refused(tmp_path):
-    path = tmp_path / "f64.safetensors"
     save_file({"w": np.array([1e300])}, str(path))
-    with pytest.raises(CaiTWeightsError, match="beyond the float32 range"):
+    with pytest.raises(errors.CaiTWeightsError, match="beyond the float32 range"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             read_safetensors(path)
@@ -207,9 +151,7 @@ def _resident_file_mb():
 
 
 def test_reading_a_whole_file_keeps_a_bounded_part_of_it_mapped(tmp_path, monkeypatch):
-    """`safe_open` memory-maps the file and every page read stays resident
-    until the handle closes; `SafetensorsFile` reopens it every
-    `REOPEN_EVERY_BYTES`, so reading 48 MB keeps about 4 MB mapped."""
+    """Reopening every `REOPEN_EVERY_BYTES` keeps ~4 of a 48 MB file's pages mapped."""
     path = tmp_path / "big.safetensors"
     tensors = {f"t{i:02d}": np.full((1 << 18,), i, np.float32) for i in range(48)}
     save_file(tensors, str(path))

@@ -1,6 +1,4 @@
-"""timm <-> keras-cait: the checkpoint layout against the models, the
-keyword mapping both ways, and loading state dicts with precise errors that
-quote timm's keys."""
+"""timm <-> keras-cait: checkpoint layout, keyword mapping, state-dict loading and its errors."""
 
 import math
 import re
@@ -28,28 +26,20 @@ from tests.support import (
     variants,
 )
 
+WeightsError = keras_cait.CaiTWeightsError
 
-@pytest.mark.parametrize(
-    "kwargs, num_classes",
-    [
-        (TINY_BACKBONE, 10),
-        (dict(TINY_BACKBONE, use_qkv_bias=False, mlp_ratio=2.0), 7),
-        (
-            dict(TINY_BACKBONE, image_shape=(32, 48, 1), class_attention_mlp_ratio=3.0,
-                 num_class_attention_layers=1),
-            0,
-        ),
-    ],
-)
+
+@pytest.mark.parametrize("kwargs, num_classes", [
+    (TINY_BACKBONE, 10),
+    (dict(TINY_BACKBONE, use_qkv_bias=False, mlp_ratio=2.0), 7),
+    (dict(TINY_BACKBONE, image_shape=(32, 48, 1), class_attention_mlp_ratio=3.0,
+          num_class_attention_layers=1), 0),
+])
 def test_the_checkpoint_layout_is_the_models(kwargs, num_classes):
-    """Every variable of the model, and nothing else, has a layout entry of
-    its shape (in Keras layout); the timm keys are those of the reference
-    state dict."""
+    """Every variable, and nothing else, has a layout entry of its (Keras) shape."""
     backbone = keras_cait.CaiTBackbone(**kwargs)
-    model = (
-        keras_cait.CaiTImageClassifier(backbone, num_classes=num_classes)
-        if num_classes else backbone
-    )
+    model = (keras_cait.CaiTImageClassifier(backbone, num_classes=num_classes)
+             if num_classes else backbone)
     entries = model_weight_map(model)
     assert len(entries) == len(model.weights)
     for tensor, variable in entries:
@@ -58,20 +48,14 @@ def test_the_checkpoint_layout_is_the_models(kwargs, num_classes):
 
 
 def test_the_layout_gives_timm_keys_and_parameter_counts():
+    config = timm_config("tiny_token_head")
+    arguments = resolve_timm_arguments(config["architecture"], config["model_args"])
+    layout = checkpoint_layout(backbone_kwargs_from_timm(arguments), 10)
     reference = timm_state_dict("tiny_token_head")
-    layout = checkpoint_layout(
-        backbone_kwargs_from_timm(resolve_timm_arguments(
-            timm_config("tiny_token_head")["architecture"],
-            timm_config("tiny_token_head")["model_args"],
-        )),
-        10,
-    )
     assert {t.key: t.shape for t in layout} == {k: v.shape for k, v in reference.items()}
     for name in TIMM_ARCHITECTURES:
         arguments = resolve_timm_arguments(name)
-        layout = checkpoint_layout(
-            backbone_kwargs_from_timm(arguments), arguments["num_classes"]
-        )
+        layout = checkpoint_layout(backbone_kwargs_from_timm(arguments), arguments["num_classes"])
         assert sum(math.prod(t.shape) for t in layout) == variants()[name]["num_params"]
 
 
@@ -104,46 +88,32 @@ def classifier():
     return build_from_timm_config(timm_config("tiny_token_head"))
 
 
-def test_missing_tensor_is_named(classifier, state_dict):
-    broken = dict(state_dict)
-    del broken["blocks.1.attn.proj_l.weight"]
-    with pytest.raises(keras_cait.CaiTWeightsError, match=re.escape("missing tensors ['blocks.1.attn.proj_l.weight']")):
-        keras_cait.load_timm_state_dict(classifier, broken)
-
-
-def test_unexpected_tensor_is_named(classifier, state_dict):
-    broken = {**state_dict, "dist_token": np.zeros((1, 1, 48), "float32")}
-    with pytest.raises(ValueError, match=re.escape("unexpected tensors ['dist_token']")):
-        keras_cait.load_timm_state_dict(classifier, broken)
-
-
-def test_misshaped_tensor_quotes_both_shapes(classifier, state_dict):
-    broken = {**state_dict, "blocks.0.attn.qkv.weight": np.zeros((48, 144), "float32")}
-    with pytest.raises(
-        keras_cait.CaiTWeightsError,
-        match=re.escape("tensor 'blocks.0.attn.qkv.weight' has shape (48, 144); the model expects (144, 48)"),
-    ):
-        keras_cait.load_timm_state_dict(classifier, broken)
-
-
-def test_failed_load_leaves_the_model_untouched(classifier, state_dict):
+@pytest.mark.parametrize("changes, error, message", [
+    ({"blocks.1.attn.proj_l.weight": None}, WeightsError,
+     "missing tensors ['blocks.1.attn.proj_l.weight']"),
+    ({"dist_token": np.zeros((1, 1, 48), "float32")}, ValueError,
+     "unexpected tensors ['dist_token']"),
+    ({"blocks.0.attn.qkv.weight": np.zeros((48, 144), "float32")}, WeightsError,
+     "tensor 'blocks.0.attn.qkv.weight' has shape (48, 144); the model expects (144, 48)"),
+    ({"norm.bias": np.zeros((3,), "float32")}, WeightsError, "'norm.bias'"),
+    ({"head.bias": np.full((10,), np.nan, "float32")}, WeightsError, "'head.bias' holds 10 NaN"),
+    ({"cls_token": np.zeros((1, 1, 48), "int32")}, WeightsError, "'cls_token' has dtype int32"),
+])
+def test_bad_tensor_is_named_and_leaves_the_model_untouched(
+    classifier, state_dict, changes, error, message
+):
+    broken = {k: v for k, v in {**state_dict, **changes}.items() if v is not None}
     before = [to_numpy(w).copy() for w in classifier.weights]
-    broken = {**state_dict, "norm.bias": np.zeros((3,), "float32")}
-    with pytest.raises(keras_cait.CaiTWeightsError):
+    with pytest.raises(error, match=re.escape(message)):
         keras_cait.load_timm_state_dict(classifier, broken)
     for old, new in zip(before, classifier.weights):
         np.testing.assert_array_equal(old, to_numpy(new))
 
 
-def test_non_finite_refused_unless_allowed(classifier, state_dict):
-    broken = dict(state_dict)
-    broken["head.bias"] = np.full((10,), np.nan, "float32")
-    with pytest.raises(keras_cait.CaiTWeightsError, match="'head.bias' holds 10 NaN"):
-        keras_cait.load_timm_state_dict(classifier, broken)
-    keras_cait.load_timm_state_dict(classifier, broken, allow_non_finite=True)
-
-
-def test_float64_is_converted_with_a_warning(classifier, state_dict):
+def test_non_finite_allowed_and_float64_converted_with_a_warning(classifier, state_dict):
+    keras_cait.load_timm_state_dict(
+        classifier, {**state_dict, "head.bias": np.full((10,), np.nan, "float32")},
+        allow_non_finite=True)
     converted = {key: value.astype(np.float64) for key, value in state_dict.items()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -152,17 +122,12 @@ def test_float64_is_converted_with_a_warning(classifier, state_dict):
     assert classifier.weights[0].dtype == "float32"
 
 
-def test_integer_tensor_refused(classifier, state_dict):
-    broken = {**state_dict, "cls_token": np.zeros((1, 1, 48), "int32")}
-    with pytest.raises(keras_cait.CaiTWeightsError, match="'cls_token' has dtype int32"):
-        keras_cait.load_timm_state_dict(classifier, broken)
-
-
 def test_headless_classifier_takes_no_head(state_dict):
     config = timm_config("tiny_token_head")
     config["model_args"]["num_classes"] = 0
     headless = build_from_timm_config(config)
-    with pytest.raises(keras_cait.CaiTWeightsError, match="unexpected tensors \\['head.bias', 'head.weight'\\]"):
+    message = re.escape("unexpected tensors ['head.bias', 'head.weight']")
+    with pytest.raises(WeightsError, match=message):
         keras_cait.load_timm_state_dict(headless, state_dict)
     trimmed = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     keras_cait.load_timm_state_dict(headless, trimmed)

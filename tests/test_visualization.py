@@ -2,6 +2,7 @@
 
 import ast
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,8 +19,7 @@ GRID = (14, 14)
 
 def _attention(heads=4, seed=0):
     """A class-attention map (heads, 1, 1 + 196) with a bright patch per head."""
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(heads, 1, 1 + GRID[0] * GRID[1])).astype("float32")
+    logits = np.random.default_rng(seed).normal(size=(heads, 1, 1 + GRID[0] * GRID[1])).astype("float32")
     for head in range(heads):
         logits[head, 0, 1 + 30 * head + 5] += 8.0
     exp = np.exp(logits - logits.max(-1, keepdims=True))
@@ -34,31 +34,26 @@ def _png(path):
 
 def _assert_nontrivial(pixels, min_colours=500):
     assert pixels.std() > 20.0  # not a blank or single-colour picture
-    colours = np.unique(pixels.reshape(-1, 3).astype(np.uint8), axis=0)
-    assert len(colours) > min_colours
+    assert len(np.unique(pixels.reshape(-1, 3).astype(np.uint8), axis=0)) > min_colours
 
 
 def test_head_figure_has_one_panel_per_head(tmp_path):
-    attention = _attention(heads=6)
-    figure = visualization.plot_attention_heads(
-        attention, GRID, title="class attention 0", columns=3, panel_size=2.0
-    )
+    figure = visualization.plot_attention_heads(_attention(heads=6), GRID, title="class attention 0",
+                                                columns=3, panel_size=2.0)
     drawn = [ax for ax in figure.axes if ax.images]
-    assert len(drawn) == 6
     assert [ax.get_title() for ax in drawn] == [f"head {h}" for h in range(6)]
     # Each panel shows its own head's grid: the bright patch of head h.
     for head, ax in enumerate(drawn):
         shown = np.asarray(ax.images[0].get_array())
         assert shown.shape == GRID
         assert np.unravel_index(shown.argmax(), GRID) == divmod(30 * head + 5, 14)
-    path = visualization.save_figure(figure, tmp_path / "sub" / "heads.png", dpi=50)
-    pixels = _png(path)
+    pixels = _png(visualization.save_figure(figure, tmp_path / "sub" / "heads.png", dpi=50))
     assert pixels.shape[:2] == (2 * 2 * 50 + 20, 3 * 2 * 50)  # rows x columns
     _assert_nontrivial(pixels, min_colours=100)  # colormapped grids, text
 
 
 def test_saliency_overlay_on_the_original_photo(tmp_path):
-    photo = keras_cait.load_image(IMAGES / "chelsea.png")  # 300 x 451
+    photo = keras_cait.load_image(IMAGES / "chelsea.png")
     assert photo.shape == (300, 451, 3)
     figure = visualization.plot_saliency(photo, _attention(), GRID, crop_pct=1.0)
     image_ax, overlay_ax = figure.axes
@@ -69,41 +64,28 @@ def test_saliency_overlay_on_the_original_photo(tmp_path):
     assert overlay.mask[:, :76].all() and overlay.mask[:, 376:].all()
     assert not overlay.mask[:, 76:376].any()
     assert overlay.min() == 0.0 and overlay.max() == 1.0
-    path = visualization.save_figure(figure, tmp_path / "saliency.png", dpi=50)
-    pixels = _png(path)
+    pixels = _png(visualization.save_figure(figure, tmp_path / "saliency.png", dpi=50))
     assert pixels.shape[0] == 200 and pixels.shape[1] > 2 * 200
     _assert_nontrivial(pixels)
 
 
 def test_saved_attention_figures_for_each_block(tmp_path):
-    maps = {
-        "class_attention_0": _attention(seed=1),
-        "class_attention_1": _attention(seed=2),
-        "predictions": np.zeros(10),
-    }
+    maps = {"class_attention_0": _attention(seed=1), "class_attention_1": _attention(seed=2),
+            "predictions": np.zeros(10)}
     picture = np.random.default_rng(3).integers(0, 255, (224, 224, 3), np.uint8)
-    paths = visualization.save_attention_figures(
-        maps, tmp_path, "photo", picture, GRID, title="photo.jpg", dpi=40
-    )
-    assert [p.rsplit("/", 1)[1] for p in paths] == [
-        "photo_class_attention_0.png",
-        "photo_class_attention_1.png",
-        "photo_saliency.png",
-    ]
+    paths = visualization.save_attention_figures(maps, tmp_path, "photo", picture, GRID,
+                                                 title="photo.jpg", dpi=40)
+    names = [p.rsplit("/", 1)[1] for p in paths]
+    assert names == ["photo_class_attention_0.png", "photo_class_attention_1.png", "photo_saliency.png"]
     for path in paths:
         _assert_nontrivial(_png(path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.rsplit("/", 1)[1] for p in paths
-    )  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temporary files left
 
 
 def test_a_failed_save_leaves_nothing(tmp_path, monkeypatch):
     figure = visualization.plot_attention_heads(_attention(), GRID)
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(figure, "savefig", broken)
+    monkeypatch.setattr(figure, "savefig", mock.Mock(side_effect=RuntimeError("disk full")))
     with pytest.raises(RuntimeError, match="disk full"):
         visualization.save_figure(figure, tmp_path / "heads.png")
     assert list(tmp_path.iterdir()) == []
@@ -112,8 +94,7 @@ def test_a_failed_save_leaves_nothing(tmp_path, monkeypatch):
 def test_display_image_undoes_the_converter_normalisation():
     photo = keras_cait.load_image(IMAGES / "coffee.png")
     converter = keras_cait.CaiTImageConverter(image_size=32, interpolation="nearest")
-    model_input = np.asarray(converter(photo))
-    picture = visualization.display_image(model_input, converter.mean, converter.std)
+    picture = visualization.display_image(np.asarray(converter(photo)), converter.mean, converter.std)
     assert picture.shape == (32, 32, 3)
     assert picture.min() >= 0.0 and picture.max() <= 1.0
     # Nearest resizing keeps original pixel values: they come back exactly.
@@ -123,15 +104,12 @@ def test_display_image_undoes_the_converter_normalisation():
     assert grey.shape == (4, 5, 3) and (grey == 1.0).all()
 
 
-@pytest.mark.parametrize(
-    "call, message",
-    [
-        (lambda: visualization.plot_attention_heads(_attention()[None], GRID), "index the batch"),
-        (lambda: visualization.plot_saliency(np.zeros((8, 8, 3)), _attention()), "grid_size"),
-        (lambda: visualization.display_image(np.zeros((8, 8, 2))), "height, width, 3"),
-        (lambda: visualization.save_attention_figures({}, ".", "x", None, GRID), "class_attention"),
-    ],
-)
+@pytest.mark.parametrize("call, message", [
+    (lambda: visualization.plot_attention_heads(_attention()[None], GRID), "index the batch"),
+    (lambda: visualization.plot_saliency(np.zeros((8, 8, 3)), _attention()), "grid_size"),
+    (lambda: visualization.display_image(np.zeros((8, 8, 2))), "height, width, 3"),
+    (lambda: visualization.save_attention_figures({}, ".", "x", None, GRID), "class_attention"),
+])
 def test_bad_arguments_are_named(call, message):
     with pytest.raises(keras_cait.CaiTConfigError, match=message):
         call()
@@ -144,11 +122,9 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch):
 
 
 def test_no_keras_cait_module_imports_matplotlib_at_import_time():
-    # Keras itself may import matplotlib (it does on TensorFlow); keras-cait
-    # only imports it inside the functions that draw.
+    """keras-cait imports matplotlib only inside the functions that draw (Keras may on TF)."""
     for path in (REPO / "keras_cait").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in tree.body:  # module level only
+        for node in ast.parse(path.read_text()).body:  # module level only
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -158,34 +134,18 @@ def test_no_keras_cait_module_imports_matplotlib_at_import_time():
             assert not any(n.split(".")[0] == "matplotlib" for n in names), path
 
 
-def test_example_script_walks_the_tutorial_path(tmp_path, monkeypatch, capsys):
+def test_example_script_walks_the_tutorial_path(tiny_preset, tmp_path, monkeypatch, capsys):
     import runpy
-
-    from tests.support import reference_classifier
-
-    preset = tmp_path / "preset"
-    classifier = reference_classifier("tiny_token_head")
-    classifier.preprocessor = keras_cait.CaiTImageClassifierPreprocessor(
-        keras_cait.CaiTImageConverter(image_size=32)
-    )
-    classifier.save_to_preset(str(preset))
     output = tmp_path / "out"
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        ["attention_maps.py", str(IMAGES / "chelsea.png"), "--preset", str(preset),
-         "--output", str(output)],
-    )
+    monkeypatch.setattr(sys, "argv", ["attention_maps.py", str(IMAGES / "chelsea.png"), "--preset",
+                                      tiny_preset, "--output", str(output)])
     runpy.run_path(str(REPO / "examples" / "attention_maps.py"), run_name="__main__")
     printed = capsys.readouterr().out
     assert "class_attention_0: (1, 4, 1, 17)" in printed
     assert "talking_head_attention_1: (1, 4, 16, 16)" in printed
     assert "Top-5:" in printed and "Most attended patch" in printed
     names = sorted(p.name for p in output.iterdir())
-    assert names == [
-        "chelsea_class_attention_0.png",
-        "chelsea_class_attention_1.png",
-        "chelsea_saliency.png",
-    ]
+    assert names == ["chelsea_class_attention_0.png", "chelsea_class_attention_1.png",
+                     "chelsea_saliency.png"]
     for name in names:
         _assert_nontrivial(_png(output / name), min_colours=100)
