@@ -9,7 +9,8 @@ Two processes making the same artefact take turns on a lock file (`fcntl`
 where it exists); where it does not, the first rename wins and the other
 process uses that artefact. An artefact whose files no longer match their
 manifest (truncated, edited, half deleted) is exported again, with a
-warning.
+warning. A process hashes an artefact's files once: it checks them again only
+when a file's size, modification time or inode has changed.
 """
 
 import contextlib
@@ -31,6 +32,15 @@ SOURCES = "sources"
 
 class CorruptArtifactError(CaiTConfigError):
     """An artefact's files do not match its manifest."""
+
+
+# `{folder: (files' stat signature, manifest)}` of artefacts hashed by this process.
+_HASHED = {}
+
+
+def _signature(folder, names):
+    stats = [os.stat(os.path.join(folder, name)) for name in (MANIFEST, *sorted(names))]
+    return tuple((s.st_size, s.st_mtime_ns, s.st_ino) for s in stats)
 
 
 def default_cache_dir(override=None):
@@ -108,6 +118,12 @@ def verify_artifact(folder, key=None):
             f"Artefact '{folder}': its manifest is for key "
             f"{manifest.get('key')!r}, not {key!r}."
         )
+    try:
+        signature = _signature(folder, files)
+    except OSError:  # a file missing: named below
+        signature = None
+    if signature is not None and _HASHED.get(folder) == (signature, manifest):
+        return manifest
     for name, expected in files.items():
         file = os.path.join(folder, name)
         if not os.path.isfile(file):
@@ -122,6 +138,9 @@ def verify_artifact(folder, key=None):
             raise CorruptArtifactError(
                 f"Artefact file '{file}' does not match its SHA-256 in the manifest."
             )
+    with contextlib.suppress(OSError):
+        if _signature(folder, files) == signature:  # unchanged while hashing
+            _HASHED[folder] = (signature, manifest)
     return manifest
 
 

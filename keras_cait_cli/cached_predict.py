@@ -92,10 +92,8 @@ def format_table(records):
             lines.append(f"  error: {record['error']}")
             continue
         for rank, prediction in enumerate(record["predictions"], 1):
-            label = prediction["label"]
-            name = label if label is not None else f"class {prediction['class_id']}"
-            lines.append(
-                f"  {rank}. {name:<30} {prediction['probability'] * 100:6.2f}%"
-                f"  (class {prediction['class_id']})"
-            )
+            label, class_id = prediction["label"], prediction["class_id"]
+            name = f"class {class_id}" if label is None else label
+            line = f"  {rank}. {name:<30} {prediction['probability'] * 100:6.2f}%"
+            lines.append(line if label is None else f"{line}  (class {class_id})")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""Lists of photos of any sizes for a KerasHub task: `predict()` and
-`get_attention_maps()` preprocess each photo on its own and run one batch
-per preprocessed size (the converter's `keep_aspect_ratio`), returning rows
-in input order. Attached to `CaiTImageClassifier` by its `TaskMixin`."""
+"""Lists of photos of any sizes for a KerasHub task: each photo is preprocessed
+on its own; `predict()` runs one batch per preprocessed size (the converter's
+`keep_aspect_ratio`) and returns rows in input order, `get_attention_maps()`
+takes photos that preprocess to one size. Attached to `CaiTImageClassifier` by
+its `TaskMixin`."""
 
 import keras
 import numpy as np
