@@ -109,6 +109,22 @@ def folder_table(rounds, reference):
     return "\n".join(lines)
 
 
+def baseline_table(rounds, backends):
+    """Per backend and batch, `keras {b}` against `keras {b} baseline`: median img/s
+    over rounds and the median of the ratios within each round."""
+    lines = ["| backend | batch | img/s | baseline img/s | × baseline |", "| --- | ---: | ---: | ---: | ---: |"]
+    speed = lambda result, batch: result.get("batches", {}).get(batch, {}).get("images_per_s")  # noqa: E731
+    _median = lambda values: statistics.median([v for v in values if v] or [None])  # noqa: E731
+    cell = lambda value, digits: "–" if value is None else f"{value:,.{digits}f}"  # noqa: E731
+    for backend, batch in [(b, n) for b in backends for n in ("1", "32")]:
+        now = [speed(r.get(f"keras {backend}", {}), batch) for r in rounds]
+        before = [speed(r.get(f"keras {backend} baseline", {}), batch) for r in rounds]
+        ratio = _median([a / b for a, b in zip(now, before) if a and b])
+        lines.append(f"| {backend} | {batch} | {cell(_median(now), 1)} | {cell(_median(before), 1)} "
+                     f"| {cell(ratio, 3)} |")
+    return "\n".join(lines)
+
+
 def gemm_peak_gflops(size=1024, seconds=2.0):
     """float32 GEMM GFLOP/s of NumPy's BLAS: the best `size`² product in `seconds`."""
     import numpy as np
@@ -278,8 +294,9 @@ def worker_timm(spec):
 
 def run_worker(kind, spec, backend, timeout=TIMEOUT_S):
     """Runs `worker_<kind>` in a fresh process: its result, or `{"error": ...}`."""
+    source = [spec.get("source"), str(REPO), os.environ.get("PYTHONPATH")]  # the first tree wins
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, source))}
     with tempfile.TemporaryDirectory() as directory:
         spec_path, out = os.path.join(directory, "spec.json"), os.path.join(directory, "out.json")
         pathlib.Path(spec_path).write_text(json.dumps(spec))
@@ -300,6 +317,9 @@ def plan(args, work):
     rows = [("timm", "timm", "torch", {})] * ("timm" in wanted)
     for mode in ("keras", "int8", "train"):
         rows += [(f"{mode} {b}", "keras", b, {"mode": mode}) for b in args.backends * (mode in wanted)]
+        if mode == "keras" and args.baseline:  # each backend's baseline row beside its own
+            rows += [(f"keras {b} baseline", "keras", b, {"mode": mode, "source": args.baseline})
+                     for b in args.backends * (mode in wanted)]
     engines = [("onnxruntime", "onnxruntime", None, "model.onnx")] * ("onnxruntime" in wanted)
     engines += [(f"openvino {p}", "openvino", p, "model.xml") for p in ("f32", "bf16") if "openvino" in wanted]
     rows += [(name, "engine", args.backends[0], {"engine": engine, "precision": precision,
@@ -324,6 +344,8 @@ def main(argv=None):
     parser.add_argument("--images", help="images for the folder rows (default: 300 seeded JPEGs)")
     parser.add_argument("--timm-import", help="a folder making timm import (torchvision stand-in)")
     parser.add_argument("--export-backend", default="torch", help="writes the ONNX/OpenVINO files")
+    parser.add_argument("--baseline", metavar="DIR", help="another keras-cait source tree (a git "
+                        "worktree of an earlier commit): its keras rows run beside this tree's")
     parser.add_argument("--json-out", default="benchmark.json")
     parser.add_argument("--markdown-out", default="benchmark.md")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -346,6 +368,8 @@ def _check(args):
                          (not args.backends, "--backends: none given."), (args.rounds < 1, f"--rounds: expected at least 1, got {args.rounds}.")):
         if bad:
             raise SystemExit(message)
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "keras_cait", "__init__.py")):
+        raise SystemExit(f"--baseline: {args.baseline} is not a keras-cait source tree (no keras_cait/).")
     for option, path in (("--images", args.images), ("--timm-import", args.timm_import)):
         if path and not os.path.isdir(path):
             raise SystemExit(f"{option}: {path} is not a folder.")
@@ -415,6 +439,8 @@ def run(args):
         + ([f"`keras-cait predict DIR --output` on {first[folder_reference]['images']} JPEGs: img/s over a second, "
             "renamed copy of them (start-up cancels out), and over the whole first command", "",
             folder_table(report["rounds"], folder_reference), ""] if folder_reference else [])
+        + ([f"This tree's `predict` against the `--baseline` tree's ({args.baseline}), ratios within a round:",
+            "", baseline_table(report["rounds"], args.backends), ""] if args.baseline else [])
         + [f"- {name}: {result['error'].splitlines()[0][:300]}"
            for name, result in first.items() if "error" in result])
     print(text)
