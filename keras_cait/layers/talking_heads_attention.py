@@ -114,14 +114,16 @@ class TalkingHeadsAttention(keras.layers.Layer):
     def _mix(self, dense, attn):
         """timm's `proj(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`, in
         float32: `dense` across the heads axis. A plain `dense` is one
-        `(heads, heads)` product on the flattened maps, with its weights in
-        float32 (the transposed form miscompiles in OpenVINO 2026.4's CPU
-        plugin); a quantized or LoRA `dense` is called as timm writes it."""
+        `(heads, heads)` product per image on the flattened maps, with its
+        weights in float32 (the transposed form miscompiles in OpenVINO
+        2026.4's CPU plugin; a 2-D kernel is slower in XLA); a quantized or
+        LoRA `dense` is called as timm writes it."""
         if dense.quantization_mode or dense.lora_enabled:
             attn = dense(ops.transpose(attn, (0, 2, 3, 1)))
             return ops.cast(ops.transpose(attn, (0, 3, 1, 2)), "float32")
         shape = ops.shape(attn)
         kernel = ops.transpose(ops.cast(dense.kernel, "float32"))
+        kernel = ops.broadcast_to(kernel, (shape[0], shape[1], shape[1]))
         flat = ops.reshape(attn, (shape[0], shape[1], shape[2] * shape[3]))
         mixed = ops.matmul(kernel, flat) + ops.cast(dense.bias, "float32")[:, None]
         return ops.reshape(mixed, shape)
