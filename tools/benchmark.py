@@ -49,12 +49,23 @@ def percent_of_peak(images_per_s, flops, peak_gflops):
         100.0 * images_per_s * flops / (peak_gflops * 1e9))
 
 
+def _speed(result, batch):
+    """A row result's img/s at `batch` (a string), or `None`."""
+    return result.get("batches", {}).get(batch, {}).get("images_per_s")
+
+
+def _median(values):
+    """The median of the values that were taken (not `None`), or `None`."""
+    return statistics.median([v for v in values if v is not None] or [None])
+
+
+def _cell(value, digits):
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
 def summarize(rounds, reference, flops, peak_gflops):
     """A table row per (row, batch) of `rounds` (`[{row name: result}]`): medians
     over rounds; `ratio`: of the img/s ratios to `reference` within each round."""
-    speed = lambda result, batch: result.get("batches", {}).get(batch, {}).get("images_per_s")  # noqa: E731
-    _median = lambda values: statistics.median([v for v in values if v is not None] or [None])  # noqa: E731
-
     table, reference_logits = [], rounds[0].get(reference, {}).get("logits")
     for name in [name for name in rounds[0] if "error" not in rounds[0][name]]:
         runs = [r[name] for r in rounds if "error" not in r.get(name, {"error": 1})]
@@ -62,9 +73,9 @@ def summarize(rounds, reference, flops, peak_gflops):
         difference = None if logits is None or reference_logits is None else max(
             abs(a - b) for x, y in zip(logits, reference_logits) for a, b in zip(x, y))
         for batch in [b for b in ("1", "32") if b in runs[0]["batches"]]:
-            images_per_s = _median([speed(run, batch) for run in runs])
-            ratios = [speed(r.get(name, {}), batch) / speed(r[reference], batch) for r in rounds
-                      if speed(r.get(name, {}), batch) and speed(r.get(reference, {}), batch)]
+            images_per_s = _median([_speed(run, batch) for run in runs])
+            ratios = [_speed(r.get(name, {}), batch) / _speed(r[reference], batch) for r in rounds
+                      if _speed(r.get(name, {}), batch) and _speed(r.get(reference, {}), batch)]
             table.append(dict(
                 row=name, batch=int(batch), images_per_s=images_per_s, ratio=_median(ratios),
                 percent_of_peak=percent_of_peak(images_per_s, flops, peak_gflops),
@@ -76,15 +87,14 @@ def summarize(rounds, reference, flops, peak_gflops):
 
 def markdown_table(table, reference):
     """The rows of `summarize` as a markdown table."""
-    cell = lambda value, digits: "–" if value is None else f"{value:,.{digits}f}"  # noqa: E731
     lines = [f"| row | batch | img/s | × {reference} | % of peak | first call (s) "
              f"| peak RSS (MiB) | max \\|logit − {reference}\\| |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in table:
         lines.append(
-            f"| {r['row']} | {r['batch']} | {cell(r['images_per_s'], 1)} "
-            f"| {cell(r['ratio'], 2)} | {cell(r['percent_of_peak'], 1)} "
-            f"| {cell(r['first_call_s'], 2)} | {cell(r['peak_rss_mb'], 0)} "
+            f"| {r['row']} | {r['batch']} | {_cell(r['images_per_s'], 1)} "
+            f"| {_cell(r['ratio'], 2)} | {_cell(r['percent_of_peak'], 1)} "
+            f"| {_cell(r['first_call_s'], 2)} | {_cell(r['peak_rss_mb'], 0)} "
             f"| {'–' if r['logit_difference'] is None else format(r['logit_difference'], '.1e')} |")
     return "\n".join(lines)
 
@@ -94,8 +104,6 @@ def folder_table(rounds, reference):
     rounds of the steady img/s, the whole command's img/s and their ratios within a round."""
     lines = [f"| command | img/s | × {reference} | whole command img/s | × {reference} | peak RSS (MiB) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    cell = lambda value, digits: "–" if value is None else f"{value:,.{digits}f}"  # noqa: E731
-    _median = lambda values: statistics.median([v for v in values if v] or [None])  # noqa: E731
     get = lambda result, key: result.get("batches", {}).get("32", {}).get(key)  # noqa: E731
     for name in [n for n in rounds[0] if n.startswith("folder ")]:
         values = []
@@ -104,8 +112,8 @@ def folder_table(rounds, reference):
             values.append(_median([get(r.get(name, {}), key) / get(r[reference], key) for r in rounds
                                    if get(r.get(name, {}), key) and get(r.get(reference, {}), key)]))
         rss = _median([r.get(name, {}).get("peak_rss_mb") for r in rounds])
-        lines.append(f"| {name} | {cell(values[0], 1)} | {cell(values[1], 2)} | {cell(values[2], 1)} "
-                     f"| {cell(values[3], 2)} | {cell(rss, 0)} |")
+        lines.append(f"| {name} | {_cell(values[0], 1)} | {_cell(values[1], 2)} | {_cell(values[2], 1)} "
+                     f"| {_cell(values[3], 2)} | {_cell(rss, 0)} |")
     return "\n".join(lines)
 
 
@@ -113,15 +121,12 @@ def baseline_table(rounds, backends):
     """Per backend and batch, `keras {b}` against `keras {b} baseline`: median img/s
     over rounds and the median of the ratios within each round."""
     lines = ["| backend | batch | img/s | baseline img/s | × baseline |", "| --- | ---: | ---: | ---: | ---: |"]
-    speed = lambda result, batch: result.get("batches", {}).get(batch, {}).get("images_per_s")  # noqa: E731
-    _median = lambda values: statistics.median([v for v in values if v] or [None])  # noqa: E731
-    cell = lambda value, digits: "–" if value is None else f"{value:,.{digits}f}"  # noqa: E731
     for backend, batch in [(b, n) for b in backends for n in ("1", "32")]:
-        now = [speed(r.get(f"keras {backend}", {}), batch) for r in rounds]
-        before = [speed(r.get(f"keras {backend} baseline", {}), batch) for r in rounds]
+        now = [_speed(r.get(f"keras {backend}", {}), batch) for r in rounds]
+        before = [_speed(r.get(f"keras {backend} baseline", {}), batch) for r in rounds]
         ratio = _median([a / b for a, b in zip(now, before) if a and b])
-        lines.append(f"| {backend} | {batch} | {cell(_median(now), 1)} | {cell(_median(before), 1)} "
-                     f"| {cell(ratio, 3)} |")
+        lines.append(f"| {backend} | {batch} | {_cell(_median(now), 1)} | {_cell(_median(before), 1)} "
+                     f"| {_cell(ratio, 3)} |")
     return "\n".join(lines)
 
 
