@@ -132,21 +132,24 @@ def check_preset(preset, presets_dir):
     )
 
 
+def _nearest_existing(path):
+    """`path` or the nearest of its ancestors that exists (None if none does)."""
+    return next((part for part in (path, *path.parents) if part.exists()), None)
+
+
 def _check_parent_writable(path, option):
-    parent = path.parent if str(path.parent) else pathlib.Path(".")
-    for ancestor in (parent, *parent.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ArgumentProblem(
-                    f"{option} {path}: {ancestor} is a file, not a folder; "
-                    "choose another path."
-                )
-            if not os.access(ancestor, os.W_OK | os.X_OK) or _read_only_system(ancestor):
-                raise ArgumentProblem(
-                    f"{option} {path}: {ancestor} is not writable; choose a "
-                    "folder you can write to."
-                )
-            return
+    ancestor = _nearest_existing(path.parent if str(path.parent) else pathlib.Path("."))
+    if ancestor is None:
+        return
+    if not ancestor.is_dir():
+        raise ArgumentProblem(
+            f"{option} {path}: {ancestor} is a file, not a folder; choose another path."
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK) or _read_only_system(ancestor):
+        raise ArgumentProblem(
+            f"{option} {path}: {ancestor} is not writable; choose a "
+            "folder you can write to."
+        )
 
 
 def _read_only_system(folder):
@@ -193,15 +196,11 @@ def check_new_folder(folder, option):
 def check_cache_folder(folder, option="--cache-dir"):
     """A cache folder may exist or not, but no part of its path may be a
     file (the artefact would only fail after the model loads)."""
-    path = pathlib.Path(folder).expanduser()
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise ArgumentProblem(
-                    f"{option} {folder}: {part} is a file; give a folder "
-                    "(created if missing)."
-                )
-            return
+    part = _nearest_existing(pathlib.Path(folder).expanduser())
+    if part is not None and not part.is_dir():
+        raise ArgumentProblem(
+            f"{option} {folder}: {part} is a file; give a folder (created if missing)."
+        )
 
 
 def check_inputs(inputs):

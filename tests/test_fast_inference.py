@@ -74,8 +74,8 @@ def test_switch_off_gives_keras_predict(images, monkeypatch):
     def refuse(x):
         raise AssertionError("the fast path ran")
 
-    # Keras's loop does not go through `predict_on_batch`; the fast path does.
-    monkeypatch.setattr(model, "predict_on_batch", refuse)
+    # Keras's loop does not go through `_predict_batch`; the fast path does.
+    monkeypatch.setattr(model, "_predict_batch", refuse)
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
     # The switch is read when the predict function is made, not per call.
     monkeypatch.setattr(_fast_paths, "_enabled", True)
@@ -99,6 +99,71 @@ def test_pinned_private_keras_api():
     assert calls and calls[0] >= 2
     if keras.backend.backend() == "tensorflow":  # None outside tf.distribute
         assert keras.Model(inputs, inputs)._distribute_strategy is None
+
+
+def _keras_predict_on_batch(model, x):
+    """Keras's own `predict_on_batch`: the task's preprocessing, then the trainer's."""
+    return keras.Model.predict_on_batch(model, model.preprocess_samples(x))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's predict step")
+def test_jax_predict_skips_keras_variable_round_trip_with_the_same_numbers(images, monkeypatch):
+    from keras.src.backend.jax.trainer import JAXTrainer  # private (Keras 3.15)
+
+    assert list(inspect.signature(JAXTrainer.predict_step).parameters) == ["self", "state", "data"]
+    model = keras_cait.CaiTImageClassifier(
+        keras_cait.CaiTBackbone(**TINY_BACKBONE, layer_scale_init_value=0.1), num_classes=5
+    )
+    calls = []
+    original = JAXTrainer.predict_on_batch
+    monkeypatch.setattr(
+        JAXTrainer, "predict_on_batch", lambda self, x: calls.append(1) or original(self, x)
+    )
+    fast = model.predict(images, verbose=0)
+    assert calls == []  # Keras's per-call round trip was skipped
+    np.testing.assert_allclose(fast, _keras_predict_on_batch(model, images), atol=1e-6)
+    # A weight assigned between calls is seen: values are read per call.
+    kernel = model.get_layer("predictions").kernel
+    kernel.assign(kernel.value * 2)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), _keras_predict_on_batch(model, images), atol=1e-6
+    )
+    # quantize() resets Keras's predict function, and so the compiled step;
+    # LoRA adds variables, which retraces it.
+    float_logits = model.predict(images, verbose=0)
+    model.quantize("int8")
+    quantized = model.predict(images, verbose=0)
+    assert np.abs(quantized - float_logits).max() > 0
+    np.testing.assert_allclose(quantized, _keras_predict_on_batch(model, images), atol=1e-6)
+    head = model.get_layer("predictions")
+    head.enable_lora(2)
+    head.lora_kernel_b.assign(np.ones(head.lora_kernel_b.shape, "float32"))
+    with_lora = model.predict(images, verbose=0)
+    assert np.abs(with_lora - quantized).max() > 1e-3
+    np.testing.assert_allclose(with_lora, _keras_predict_on_batch(model, images), atol=1e-5)
+    calls.clear()
+    model.compile(jit_compile=False)  # then Keras's own predict_on_batch
+    model.predict(images[:1], verbose=0)
+    assert calls == [1]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's predict step")
+def test_jax_predict_writes_back_the_state_the_step_changes(images):
+    class CountCalls(keras.layers.Layer):
+        def build(self, input_shape):
+            self.count = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+        def call(self, x):
+            self.count.assign(self.count + 1.0)
+            return x
+
+    class Counting(RuntimeMixin, keras.Model):
+        pass
+
+    inputs = keras.Input((32, 32, 3))
+    model = Counting(inputs, CountCalls()(inputs))
+    model.predict(images, batch_size=2, verbose=0)  # 3 batches
+    assert float(model.layers[-1].count.value) == 3.0
 
 
 def test_pinned_private_openvino_trainer_api():

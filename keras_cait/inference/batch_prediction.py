@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from keras_cait.inference import artifact_export
-from keras_cait.inference.image_pipeline import image_batches
+from keras_cait.inference.image_pipeline import converter_image_batches, image_batches
 from keras_cait.inference.predictions import imagenet_labels
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
 from keras_cait_base import engines
@@ -253,7 +253,7 @@ def make_predictor(model, top=5, embeddings=False, engine="keras",
     converter = classifier.preprocessor.image_converter
     return engines.EnginePredictor(
         folder, engine, top, embeddings, precision,
-        image_batches=lambda paths, size, start: image_batches(paths, converter, size, start),
+        image_batches=converter_image_batches(converter),
     )
 
 

@@ -15,6 +15,13 @@ from keras_cait_base.errors import CaiTConfigError
 
 _ENCODING = dict(encoding="utf-8", errors="surrogateescape")
 
+
+def converter_image_batches(converter):
+    """`image_batches` with `converter` bound: a function `(paths, batch_size,
+    start=0)`, as `engines.EnginePredictor(image_batches=...)` takes."""
+    return lambda paths, batch_size, start=0: image_batches(paths, converter, batch_size, start)
+
+
 def image_batches(paths, converter, batch_size, start=0, one_size=True):
     """Yields the `ImageBatch`es of `paths[start:]`, in order.
 

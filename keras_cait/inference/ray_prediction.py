@@ -18,7 +18,7 @@ from keras_cait.inference.batch_prediction import (
     load_classifier,
     make_predictor,
 )
-from keras_cait.inference.image_pipeline import image_batches
+from keras_cait.inference.image_pipeline import converter_image_batches
 from keras_cait.models.cait_image_classifier import CaiTImageClassifier
 from keras_cait.models.cait_image_converter import CaiTImageConverter
 from keras_cait_base import engines
@@ -72,7 +72,7 @@ class RayBatchPredictor(RecordsActor):
         converter = CaiTImageConverter.from_preset(model)
         self.predictor = engines.EnginePredictor(
             artifact, engine, top, embeddings, precision,
-            image_batches=lambda paths, size, start: image_batches(paths, converter, size, start),
+            image_batches=converter_image_batches(converter),
         )
 
 

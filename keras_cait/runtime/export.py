@@ -43,12 +43,8 @@ OPENVINO_F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 @functools.cache
 def _register_tf2onnx_erfc():
-    """Teaches tf2onnx TensorFlow's `Erfc` op as `1 - Erf(x)`, once.
-
-    Reason: TensorFlow writes CaiT's exact GELU with `Erfc`, which tf2onnx
-    (1.17) has no converter for; ONNX has `Erf`. `tf2onnx.handler.tf_op` is
-    tf2onnx's decorator for custom op handlers.
-    """
+    """Teaches tf2onnx (1.17) TensorFlow's `Erfc` op, which TensorFlow writes
+    for CaiT's exact GELU, as `1 - Erf(x)`, once (`tf_op`: its handler API)."""
     from tf2onnx import utils  # optional dependency: keras-cait[export]
     from tf2onnx.handler import tf_op  # optional dependency: keras-cait[export]
 
@@ -70,8 +66,7 @@ def _register_tf2onnx_erfc():
 
 
 def _single_spec(input_signature):
-    """The one image spec of `input_signature`, or None if it is another
-    structure (then Keras's exporter takes it as it is)."""
+    """The one image spec of `input_signature`, or None (another structure)."""
     specs = keras.tree.flatten(input_signature)
     if len(specs) == 1 and getattr(specs[0], "shape", None) is not None:
         return specs[0]
@@ -87,8 +82,7 @@ def _torch_exported_program(model, spec):
     dims = {}
     if shape[0] is None:
         dims[0] = torch.export.Dim("batch", min=1, max=65536)
-    # A model of any image size: height and width are multiples of the
-    # patch size (the rest is dropped), traced at twice the stored grid.
+    # Any image size: height and width in whole patches, traced at twice the grid.
     backbone = getattr(model, "backbone", model)
     patch, stored = backbone.patch_size, backbone.grid_size
     axes = (2, 3) if backbone.data_format == "channels_first" else (1, 2)
@@ -100,16 +94,12 @@ def _torch_exported_program(model, spec):
     # torch.export specialises a size-1 dimension: trace a batch of 2.
     if shape[0] is None:
         sample_shape[0] = 2
-    sample = torch.zeros(
-        tuple(sample_shape),
-        dtype=getattr(torch, keras.backend.standardize_dtype(spec.dtype)),
-    )
+    dtype = getattr(torch, keras.backend.standardize_dtype(spec.dtype))
+    sample = torch.zeros(tuple(sample_shape), dtype=dtype)
     # A Keras model's `forward(*args)`: one entry for the args tuple.
     dynamic_shapes = ((dims,),) if dims else None
     model.eval()
-    return torch.export.export(
-        model, (sample,), dynamic_shapes=dynamic_shapes, strict=False
-    )
+    return torch.export.export(model, (sample,), dynamic_shapes=dynamic_shapes, strict=False)
 
 
 def _save_openvino(ov_model, filepath, spec):
@@ -118,11 +108,8 @@ def _save_openvino(ov_model, filepath, spec):
     name = getattr(spec, "name", None) or "images"
     ov_model.inputs[0].get_tensor().set_names({name})
     # The images' shape as `spec` says: -1 for a dynamic batch.
-    ov_model.reshape(
-        {0: openvino.PartialShape([-1 if d is None else d for d in spec.shape])}
-    )
-    # Keras writes its OpenVINO IR in the model's own precision; so do we
-    # (save_model would compress the weights to float16).
+    ov_model.reshape({0: openvino.PartialShape([-1 if d is None else d for d in spec.shape])})
+    # In the model's own precision, as Keras writes it (not float16).
     openvino.save_model(ov_model, filepath, compress_to_fp16=False)
 
 
@@ -144,16 +131,12 @@ class Export:
         `input_signature` fixes it, except for `"litert"` on PyTorch (batch
         1 unless `input_signature` says otherwise).
 
-        Which backend writes which format: docs/export.md.
-
         Args:
-            filepath: string or path. A directory for `"tf_saved_model"`, a
-                `.onnx` file, an `.xml` file for `"openvino"` (its `.bin`
-                is written next to it), a `.tflite` file for `"litert"`, a
-                `.pt2` file for `"torch"`. An existing artefact there is
-                replaced only once the new one is complete.
-            format: one of `"tf_saved_model"`, `"onnx"`, `"openvino"`,
-                `"litert"`, `"torch"`.
+            filepath: string or path: a directory (`"tf_saved_model"`), a
+                `.onnx`, `.xml` (`.bin` beside it), `.tflite` or `.pt2` file.
+                An existing artefact is replaced once the new one is complete.
+            format: `"tf_saved_model"`, `"onnx"`, `"openvino"`, `"litert"` or
+                `"torch"`; which backend writes which: docs/export.md.
             verbose: bool or `None` (Keras's default: print where the
                 artefact went).
             input_signature: `None` for float32 images with a dynamic batch,
@@ -232,10 +215,9 @@ class Export:
         if spec is not None and backend == format == "openvino" and spec.shape[0] is None:
             import openvino  # optional dependency: only on the OpenVINO backend
 
-            # Reason: Keras traces a batch of 1 here, which OpenVINO folds
-            # into the graph's reshapes. Private: keras.src
-            # `OpenVINOTrainer._parameterize_data` (Keras 3.15), the images
-            # parameter with a dynamic batch that Keras's `predict` uses.
+            # Reason: Keras traces a batch of 1, which OpenVINO folds into the
+            # reshapes. Private (Keras 3.15): `OpenVINOTrainer._parameterize_data`,
+            # the dynamic-batch images parameter of Keras's `predict`.
             sample = np.zeros((1,) + tuple(spec.shape[1:]), spec.dtype)
             images = self._parameterize_data(sample)
             outputs = keras.tree.flatten(self(images, training=False))
@@ -270,11 +252,10 @@ class Export:
                 import litert_torch  # noqa: F401  optional: keras-cait[litert-torch]
             except ImportError as error:
                 raise CaiTConfigError(
-                    "format='litert' on the PyTorch backend needs the "
-                    "`litert-torch` package: pip install litert-torch (from a "
-                    "clone of keras-cait: pip install -e '.[litert-torch]'; in "
-                    "its own environment: it pins typing-extensions<4.13), or "
-                    "export from the TensorFlow backend."
+                    "format='litert' on the PyTorch backend needs the `litert-torch` "
+                    "package: pip install litert-torch (from a clone: pip install -e "
+                    "'.[litert-torch]'; in its own environment: it pins "
+                    "typing-extensions<4.13), or export from the TensorFlow backend."
                 ) from error
         super().export(staged, format=format, **quiet)
 
@@ -294,6 +275,5 @@ def _check_format(format, backend, filepath):
     suffix = SUFFIXES.get(format)
     if suffix is not None and not filepath.endswith(suffix):
         raise CaiTConfigError(
-            f"format={format!r} needs a `filepath` ending in {suffix!r}, got "
-            f"{filepath!r}."
+            f"format={format!r} needs a `filepath` ending in {suffix!r}, got {filepath!r}."
         )

@@ -1,7 +1,6 @@
-"""`predict()` for keras-cait models: XLA on TensorFlow by default and no per-call
-data pipeline for in-memory arrays, behind the speed switch (`layers._fast_paths`);
-float32 on the OpenVINO backend. Gains: docs/performance.md, "Predict and export
-overrides"."""
+"""`predict()` for keras-cait models, behind the speed switch: XLA on TensorFlow,
+no data pipeline per call, no variable round trip per call on JAX; float32 on
+OpenVINO. Gains: docs/performance.md, "What the models do for you"."""
 
 import keras
 import numpy as np
@@ -18,33 +17,25 @@ def _is_array(x):
     return keras.ops.is_tensor(x) and len(x.shape) >= 1
 
 
-def _tf_strategy(model):
-    # Private (Keras 3.15): `TensorFlowTrainer._distribute_strategy`, or None.
-    return getattr(model, "_distribute_strategy", None)
-
-
 class FastPredict:
     """`predict()` overrides; see `keras_cait.runtime.RuntimeMixin`."""
 
     def _resolve_auto_jit_compile(self):
         # Reason: Keras resolves jit_compile="auto" to no XLA on a CPU-only
-        # TensorFlow machine. Private: keras.src
-        # `Trainer._resolve_auto_jit_compile` (Keras 3.15), which Keras calls
-        # at compile(jit_compile="auto") and on an uncompiled model's first
-        # use; the only hook that covers both.
+        # TensorFlow. Private: keras.src `Trainer._resolve_auto_jit_compile`
+        # (Keras 3.15), the one hook for compile() and an uncompiled model.
         if keras.backend.backend() == "tensorflow" and use_fast_paths():
-            return _tf_strategy(self) is None and all(
+            # Private (Keras 3.15): `TensorFlowTrainer._distribute_strategy`.
+            return getattr(self, "_distribute_strategy", None) is None and all(
                 getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
             )
         return super()._resolve_auto_jit_compile()
 
     def _get_compiled_model(self, data):
-        # Reason: OpenVINO compiles in bf16 on CPUs that have it (1e-2 off
-        # timm for CaiT); compile Keras's graph again in float32, once per
-        # compiled model Keras builds. Private: keras.src
-        # `OpenVINOTrainer._get_compiled_model` and the `struct_params`,
-        # `struct_outputs`, `_output_mask_indices`, `ov_device` it sets
-        # (Keras 3.15).
+        # Reason: OpenVINO compiles in bf16 where the CPU has it (1e-2 off
+        # timm); compile Keras's graph again in float32, once per compiled
+        # model. Private (Keras 3.15): `OpenVINOTrainer._get_compiled_model`,
+        # `struct_params`, `struct_outputs`, `_output_mask_indices`, `ov_device`.
         compiled = super()._get_compiled_model(data)
         if self.__dict__.get("_f32_compiled", (None,))[0] is not compiled:
             import openvino  # optional dependency: only on the OpenVINO backend
@@ -80,10 +71,10 @@ class FastPredict:
         """Generates outputs for `x`, as `keras.Model.predict`.
 
         With the speed switch on (the default), a NumPy array or backend
-        tensor is cut into batches here, each run through `predict_on_batch`
-        (the same compiled function; a task's `preprocessor` per batch): no
-        data pipeline per call. Other inputs, `steps`, callbacks, distributed
-        models and the OpenVINO backend use Keras's own `predict()`.
+        tensor is cut into batches here, each run through Keras's compiled
+        predict step (a task's `preprocessor` per batch): no data pipeline,
+        and on JAX no variable round trip, per call. Other inputs, `steps`,
+        callbacks, distributed models and OpenVINO use Keras's `predict()`.
 
         Args:
             x: images `(batch, height, width, channels)`, or anything
@@ -107,7 +98,7 @@ class FastPredict:
             and steps is None
             and not callbacks
             and _is_array(x)
-            and _tf_strategy(self) is None
+            and getattr(self, "_distribute_strategy", None) is None
             and keras.distribution.distribution() is None
         ):
             return super().predict(
@@ -127,7 +118,7 @@ class FastPredict:
             progbar = keras.utils.Progbar(len(starts), verbose=verbose == "auto" or verbose)
         outputs = []
         for step, start in enumerate(starts):
-            outputs.append(self.predict_on_batch(x[start : start + batch_size]))
+            outputs.append(self._predict_batch(x[start : start + batch_size]))
             if progbar is not None:
                 progbar.update(step + 1)
         if len(outputs) == 1:
@@ -135,3 +126,30 @@ class FastPredict:
         return keras.tree.map_structure(
             lambda *batches: np.concatenate(batches, axis=0), *outputs
         )
+
+    def _predict_batch(self, x):
+        # Reason: Keras's JAX `predict_on_batch` donates every variable and
+        # writes each one back per call; here only what the step changed is.
+        # Private: keras.src `JAXTrainer.predict_step(state, data)` (Keras 3.15).
+        if keras.backend.backend() != "jax" or self.run_eagerly or not self.jit_compile:
+            return self.predict_on_batch(x)
+        import jax  # start-up: JAX is imported only on the JAX backend
+
+        if hasattr(self, "preprocess_samples"):  # a KerasHub task preprocesses first
+            x = keras.utils.unpack_x_y_sample_weight(self.preprocess_samples(x))[0]
+        step = self.__dict__.get("_jax_predict_step")  # not tracked by Keras
+        if step is None or step[0] is not self.predict_function:
+            step = (self.predict_function, jax.jit(self._changed_state_predict_step))
+            self.__dict__["_jax_predict_step"] = step
+        non_trainable = self.non_trainable_variables
+        state = ([v.value for v in self.trainable_variables], [v.value for v in non_trainable])
+        outputs, changed = step[1](state, x)
+        for index, value in changed.items():
+            non_trainable[index].assign(value)
+        return keras.tree.map_structure(np.asarray, outputs)
+
+    def _changed_state_predict_step(self, state, x):
+        outputs, non_trainable = self.predict_step(state, (x,))
+        # A variable the step left alone comes back as the same tracer.
+        pairs = enumerate(zip(state[1], non_trainable))
+        return outputs, {index: new for index, (old, new) in pairs if new is not old}
