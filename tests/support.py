@@ -20,9 +20,8 @@ from keras_cait.convert.timm_config import (
 from keras_cait.testing import seeded_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures"
-TIMM = FIXTURES / "timm"
-IMAGES = FIXTURES / "images"
+TIMM = REPO / "tests" / "fixtures" / "timm"
+IMAGES = REPO / "tests" / "fixtures" / "images"
 
 # Small configurations used throughout the suite.
 TINY_BACKBONE = dict(
@@ -122,9 +121,8 @@ def load_tool(name):
 
 
 def make_photos(directory, count, prefix="photo", seed=0, size=None):
-    """`count` small, different photos (random crops of the sample images,
-    40-90 px or `(width, height)`, PNG and JPEG in turn) in `directory`;
-    returns their paths (str), sorted."""
+    """Writes `count` different photos (crops of the sample images, 40-90 px or `size`,
+    PNG and JPEG in turn) in `directory`; returns their paths (str), sorted."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -145,9 +143,8 @@ def make_photos(directory, count, prefix="photo", seed=0, size=None):
 
 
 def eager_predictions(classifier, paths):
-    """Probabilities `(n, classes)` (float64) and class-token features of
-    image files, computed one by one without the collection pipeline:
-    `load_image`, the preset's converter called eagerly, the model."""
+    """Probabilities (float64) and class-token features of image files, without the
+    collection pipeline: `load_image`, the converter called eagerly, the model."""
     converter = classifier.preprocessor.image_converter
     images = np.stack([to_numpy(converter(keras_cait.load_image(p))) for p in paths])
     logits = np.asarray(to_numpy(classifier(images)), np.float64)

@@ -32,7 +32,7 @@ def save_artefacts(root):
     for index, policy in enumerate(POLICIES):
         keras.utils.set_random_seed(index)
         backbone = keras_cait.CaiTBackbone(**TINY_BACKBONE, dtype=policy)
-        model = keras_cait.CaiTImageClassifier(backbone, num_classes=5, compile=False)
+        model = keras_cait.CaiTImageClassifier(backbone, 5, pooling="avg", compile=False)
         folder = pathlib.Path(root) / policy
         folder.mkdir(parents=True)
         model.save(folder / "model.keras")
@@ -68,6 +68,7 @@ def test_saved_on_any_backend_loads_here_bit_identically(artefacts, saved_on, po
     else:  # KerasHub casts presets to the default policy unless a dtype is given.
         model = keras_cait.CaiTImageClassifier.from_preset(str(folder / "preset"), dtype=policy)
     assert isinstance(model, keras_cait.CaiTImageClassifier)
+    assert model.pooling == "avg" and model.num_classes == 5
     saved = np.load(folder / "weights.npz")
     loaded = weights_of(model)
     assert list(loaded) == list(saved["paths"])

@@ -16,7 +16,7 @@ import pytest
 import keras_cait
 from keras_cait_base import collection_runs
 from tests.support import IMAGES, REPO, eager_predictions, make_photos
-from tests.test_cli import _main
+from tests.test_cli import _main, check_predictions
 
 
 @pytest.fixture
@@ -24,16 +24,6 @@ def predict(capfd, tiny_preset, backend):
     """`keras-cait predict --preset <tiny> --backend <backend> ...` in process."""
     return functools.partial(_main, capfd, "predict", "--preset", tiny_preset,
                              "--backend", backend)
-
-
-def _check_predictions(records, classifier, top):
-    expected, _ = eager_predictions(classifier, [record["image"] for record in records])
-    for record, scores in zip(records, expected):
-        ids = [p["class_id"] for p in record["predictions"]]
-        assert ids == list(np.argsort(-scores, kind="stable")[:top])
-        probabilities = [p["probability"] for p in record["predictions"]]
-        np.testing.assert_allclose(probabilities, scores[ids], atol=1e-4)
-        assert all(p["label"] is None for p in record["predictions"])  # 10 classes
 
 
 def test_bad_inputs_in_a_folder_are_error_records(tiny_classifier, predict, tmp_path):
@@ -51,10 +41,10 @@ def test_bad_inputs_in_a_folder_are_error_records(tiny_classifier, predict, tmp_
     order = sorted([*good, str(text), str(broken)]) + [str(truncated), str(missing)]
     failing = {str(truncated): "truncated", str(text): "not an image",
                str(broken): "not found", str(missing): "not found"}
-    run = functools.partial(predict, *inputs, "--top", "3", "--batch-size", "4", "--output")
+    run = functools.partial(predict, *inputs, "--top", "3", "--batch-size", "4")
 
     output = tmp_path / "results.jsonl"
-    status, out, err = run(output)
+    status, out, err = run("--output", output)
     assert status == 3 and out == ""
     assert "4 of 10 inputs failed" in err and "Traceback" not in err
     assert f"wrote 10 records to {output}" in err
@@ -68,15 +58,18 @@ def test_bad_inputs_in_a_folder_are_error_records(tiny_classifier, predict, tmp_
             assert failing[record["image"]] in record["error"]
     successes = [r for r in records if "error" not in r]
     assert [set(r) for r in successes] == [{"image", "predictions"}] * 6
-    _check_predictions(successes, tiny_classifier, top=3)
-    # The same run into a CSV file holds the same records.
-    table = tmp_path / "results.csv"
-    assert run(table)[0] == 3
-    assert keras_cait.read_records(table) == records
+    check_predictions(successes, tiny_classifier, top=3)
+    # On stdout: the same records as JSON; in the table, each error under its input.
+    status, out, _ = run("--json")
+    assert status == 3 and json.loads(out) == records
+    status, out, _ = run()
+    assert status == 3 and out.count("  error: ") == 4
+    assert "  1. class " in out and "(class " not in out  # without class names: named once
+    assert f"{missing}\n  error: Image file not found: '{missing}'." in out
     # An existing output is never overwritten without --resume.
-    status, _, err = predict(folder, "--output", table)
+    status, _, err = predict(folder, "--output", output)
     assert status == 1 and "already exists: add --resume" in err
-    assert keras_cait.read_records(table) == records
+    assert keras_cait.read_records(output) == records
 
 
 def test_predict_files_streams_records_with_embeddings(tiny_classifier, tmp_path):
@@ -88,7 +81,7 @@ def test_predict_files_streams_records_with_embeddings(tiny_classifier, tmp_path
     records = list(records)
     images = [r["image"] for r in records]
     assert images == sorted(paths, key=lambda p: p.endswith(".jpg"))  # the glob first
-    _check_predictions(records, tiny_classifier, top=2)
+    check_predictions(records, tiny_classifier, top=2)
     _, pooled = eager_predictions(tiny_classifier, images)
     np.testing.assert_allclose([r["embedding"] for r in records], pooled, atol=1e-5)
     assert len(records[0]["embedding"]) == tiny_classifier.backbone.hidden_dim
@@ -129,49 +122,28 @@ def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_run(
         process.send_signal(signal.SIGKILL)
         process.communicate()
     assert process.returncode == -signal.SIGKILL
-    assert output.read_bytes().count(b"\n") == 8
     os.remove(blocked)
     blocked.write_bytes(data)
 
-    status, _, err = predict(folder, "--output", output, "--resume", "--batch-size", "4")
-    assert status == 0, err
-    assert f"wrote 6 records after 8 kept to {output}" in err
     uninterrupted = tmp_path / "uninterrupted.jsonl"
-    summary = keras_cait.write_predictions(folder, uninterrupted, tiny_classifier, batch_size=4)
-    assert summary == {"output": str(uninterrupted), "images": 14, "kept": 0,
-                       "written": 14, "failed": 0}
-    assert output.read_bytes() == uninterrupted.read_bytes()
-    assert [r["image"] for r in keras_cait.read_records(output)] == paths
-
-
-def test_resume_after_a_half_written_line_keeps_the_complete_records(tiny_classifier, predict, tmp_path):
-    folder = tmp_path / "photos"
-    make_photos(folder, 11)
-    uninterrupted = tmp_path / "uninterrupted.jsonl"
-    keras_cait.write_predictions(folder, uninterrupted, tiny_classifier, top=3, batch_size=4)
+    keras_cait.write_predictions(folder, uninterrupted, tiny_classifier, batch_size=4)
     lines = uninterrupted.read_bytes().splitlines(keepends=True)
-    assert len(lines) == 11
-    # Six records and half of the seventh; the first is marked, to see it kept.
+    assert output.read_bytes() == b"".join(lines[:8])
+    # Half of a ninth record too, as a kill mid-write leaves; the first is marked, to see it kept.
     first = json.loads(lines[0])
     first["predictions"][0]["probability"] = 0.125
     marked = (json.dumps(first) + "\n").encode()
-    output = tmp_path / "results.jsonl"
-    output.write_bytes(marked + b"".join(lines[1:6]) + lines[6][: len(lines[6]) // 2])
-    resume = functools.partial(predict, folder, "--output", output, "--resume")
+    output.write_bytes(marked + b"".join(lines[1:8]) + lines[8][: len(lines[8]) // 2])
+    resume = functools.partial(predict, folder, "--output", output, "--resume", "--batch-size", "4")
 
-    status, _, err = resume("--top", "3", "--batch-size", "4")
-    assert status == 0, err
-    assert "wrote 5 records after 6 kept" in err
-    assert output.read_bytes() == marked + b"".join(lines[1:])
-    # Resuming a finished run writes nothing.
-    status, _, err = resume("--top", "3", "--batch-size", "4")
-    assert status == 0 and "is complete (every input has a record); nothing to do" in err
-    assert output.read_bytes() == marked + b"".join(lines[1:])
-    # Resuming with other options or other inputs is refused.
     status, _, err = resume()
-    assert status == 1 and "written with other options" in err
+    assert status == 0, err
+    assert f"wrote 6 records after 8 kept to {output}" in err
+    assert output.read_bytes() == marked + b"".join(lines[1:])
+    assert [r["image"] for r in keras_cait.read_records(output)] == paths
+    # Resuming with other inputs is refused.
     os.remove(folder / "photo_000.png")
-    status, _, err = resume("--top", "3")
+    status, _, err = resume()
     assert status == 1 and "written for other inputs" in err
 
 

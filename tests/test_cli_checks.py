@@ -18,6 +18,7 @@ from keras_cait_cli import cache_weights, checks, predict
 from keras_cait_cli import main as cli
 from tests.hf_cache import TIMM, add_snapshot
 from tests.support import REPO
+from tests.test_cli import _main
 
 PHOTO = str(REPO / "examples" / "images" / "chelsea.png")
 # Each case runs `main(argv)` in one fresh process that never imports Keras.
@@ -49,7 +50,8 @@ def test_cheap_mistakes_and_help_are_answered_before_keras_is_imported(tmp_path)
     (tmp_path / "ft.keras").write_bytes(b"PK")
     t, e = str(tmp_path), str(tmp_path / "e")
     cases = {
-        "misspelt preset": (["predict", PHOTO, "--preset", "cait_xxs42_224"], "Did you mean 'cait_xxs24_224'?"),
+        "misspelt preset": (["predict", PHOTO, "--preset", "cait_xxs42_224"],
+                            "Unknown preset 'cait_xxs42_224'. Did you mean 'cait_xxs24_224'?"),
         "unknown preset": (["predict", PHOTO, "--preset", "nope"], "Unknown preset 'nope'. Choose one of cait_m36_384"),
         "output exists": (["predict", PHOTO, "--output", f"{t}/done.jsonl"], "already exists: add --resume"),
         "wrong extension": (["predict", PHOTO, "--output", f"{t}/out.txt"], "must end in .jsonl or .csv"),
@@ -64,6 +66,10 @@ def test_cheap_mistakes_and_help_are_answered_before_keras_is_imported(tmp_path)
         "evaluate overwrite": (["evaluate", str(full), "--output", str(full)], "nothing is overwritten"),
         "missing label map": (["evaluate", str(full), "--output", e, "--label-map", f"{t}/m.txt"], "--label-map"),
         "cache-weights without files": (["cache-weights", "--from", str(empty)], "neither config.json"),
+        "cache dir is a file": (["predict", PHOTO, "--engine", "onnxruntime", "--cache-dir",
+                                 f"{t}/ft.keras"], f"--cache-dir {t}/ft.keras: {t}/ft.keras is a file"),
+        "cache dir in a file": (["predict", PHOTO, "--engine", "onnxruntime", "--cache-dir",
+                                 f"{t}/ft.keras/sub"], f"ft.keras/sub: {t}/ft.keras is a file"),
     }
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     argvs = json.dumps([argv for argv, _ in cases.values()] + [["predict", "--help"]])
@@ -118,7 +124,6 @@ def test_os_errors_become_sentences(error, expected):
 
 
 def _hub_download(cache, repo_id, filename):
-    """`hf_hub_download` in a fresh offline process; returns the path."""
     code = f"import huggingface_hub as h\nprint(h.hf_hub_download({repo_id!r}, {filename!r}))"
     env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -169,27 +174,24 @@ def test_cache_weights_refuses_bad_sources(tmp_path):
     json.loads((folder / "config.json").read_text())
 
 
-def _main(capfd, *argv):
-    status = cli.main(list(argv))
-    return status, capfd.readouterr().err
-
-
 def test_resume_of_a_complete_file_loads_no_model(tmp_path, capfd, monkeypatch, backend):
     output = tmp_path / "done.jsonl"
     prediction = {"label": "tabby", "class_id": 281, "probability": 0.5}
-    output.write_text(json.dumps({"image": PHOTO, "predictions": [prediction]}) + "\n")
+    record = json.dumps({"image": PHOTO, "predictions": [prediction]}) + "\n"
+    output.write_text(record)
     monkeypatch.setattr(predict, "load_classifier", mock.Mock(side_effect=AssertionError("loaded")))
     resume = ("--output", str(output), "--resume", "--backend", backend)
-    status, err = _main(capfd, "predict", PHOTO, *resume, "--top", "1")
+    status, _, err = _main(capfd, "predict", PHOTO, *resume, "--top", "1")
     assert status == 0 and "is complete (every input has a record); nothing to do" in err
+    assert output.read_text() == record  # resuming a finished run writes nothing
     # Complete, but written with another --top: refused, as a resumed run refuses it.
-    status, err = _main(capfd, "predict", PHOTO, *resume)
+    status, _, err = _main(capfd, "predict", PHOTO, *resume)
     assert status == 1 and "Use the same --top and --embeddings" in err
     # Complete with an error record: the exit status of the run that wrote it.
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")
     output.write_text(json.dumps({"image": str(broken), "error": "cannot read"}) + "\n")
-    status, err = _main(capfd, "predict", str(broken), *resume, "--top", "1")
+    status, _, err = _main(capfd, "predict", str(broken), *resume, "--top", "1")
     assert status == cli.FAILED_INPUTS and "nothing to do" in err and "1 of 1 inputs failed" in err
 
 
@@ -198,10 +200,10 @@ def test_one_record_interrupts_and_evaluate_top_k(tmp_path, capfd, monkeypatch, 
     argv = ("predict", PHOTO, "--output", output, "--backend", backend)
     summary = {"output": output, "images": 1, "kept": 0, "written": 1, "failed": 0}
     monkeypatch.setattr(predict, "predict", lambda args: (None, summary))
-    status, err = _main(capfd, *argv)
+    status, _, err = _main(capfd, *argv)
     assert status == 0 and f"wrote 1 record to {output}" in err
     monkeypatch.setattr(predict, "predict", mock.Mock(side_effect=KeyboardInterrupt))
-    status, err = _main(capfd, *argv)
+    status, _, err = _main(capfd, *argv)
     assert status == 130
     assert err.strip().endswith("interrupted; run the same command with --resume to continue it")
     lines = evaluation.format_summary({"top1": 50.0, "top5": 100.0, "top1_correct": 1, "top5_correct": 2,

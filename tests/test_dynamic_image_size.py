@@ -134,11 +134,9 @@ def test_predict_attention_and_intermediates_at_each_size():
         maps = backbone.get_attention_maps(images, indices=[-1], batch_size=2)
         assert maps["class_attention_1"].shape == (3, 4, 1, 1 + tokens)
         assert maps["talking_head_attention_1"].shape == (3, 4, tokens, tokens)
+        # The grid's values (the row-major tokens): test_intermediates.py.
         grid = backbone.get_intermediate_outputs(images, indices=[0], output_format="grid")
-        grid = to_numpy(grid["self_attention_block_0"])
-        assert grid.shape == (3, rows, columns, 48)
-        flat = backbone.get_intermediate_outputs(images, indices=[0])["self_attention_block_0"]
-        np.testing.assert_array_equal(grid.reshape(3, -1, 48), to_numpy(flat))
+        assert tuple(grid["self_attention_block_0"].shape) == (3, rows, columns, 48)
 
 
 def test_fit_at_one_size_then_predict_at_another(tmp_path):
@@ -156,11 +154,7 @@ def test_fit_at_one_size_then_predict_at_another(tmp_path):
     images = _images((16, 40), batch=2, seed=3)
     logits = classifier.predict(images, verbose=0)
     assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
-    # `.keras` round trip and preset round trip keep the any-size model.
-    classifier.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert loaded.backbone.image_shape == DYNAMIC
-    np.testing.assert_allclose(loaded.predict(images, verbose=0), logits, atol=1e-6)
+    # A preset round trip keeps the any-size model (`.keras`: test_keras_hub_harness.py).
     preset = str(tmp_path / "preset")
     classifier.save_to_preset(preset)
     reloaded = keras_cait.CaiTImageClassifier.from_preset(preset)

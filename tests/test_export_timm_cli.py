@@ -34,10 +34,6 @@ def test_export_with_label_names_and_upload(tmp_path, monkeypatch, capsys):
                      ("upload_folder", "someone/cait-tiny", str(out))]
     config = json.loads((out / "config.json").read_text())
     assert config["label_names"] == [f"kind {i}" for i in range(10)]
-    card = (out / "README.md").read_text()
-    for text in ("cait_xxs24_224", "10 classes (kind 0", "bicubic", "crop_pct=1.0",
-                 "timm.create_model", "CaiTImageClassifier.from_preset"):
-        assert text in card, text
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp")]
 
 

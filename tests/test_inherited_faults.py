@@ -37,23 +37,14 @@ def _cait(num_classes=3):
 
 def _vit(num_classes=3):
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(32, 32, 3),
-        patch_size=8,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-    )
+    backbone = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=1,
+                                            num_heads=2, hidden_dim=16, mlp_dim=32)
     return keras_hub.models.ViTImageClassifier(backbone, num_classes)
 
 
 def _compiled(model, optimizer):
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=JIT,
-    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=JIT)
     return model
 
 

@@ -60,6 +60,7 @@ def test_blocks_differ_and_model_is_cached_and_shares_weights(backbone, images):
 
 def test_backbone_still_saves_after_deriving(backbone, images, tmp_path):
     backbone.intermediate_model(indices=1, output_format="grid", norm=True)
+    backbone.attention_model(indices=[0])
     backbone.save(tmp_path / "backbone.keras")
     restored = keras.saving.load_model(tmp_path / "backbone.keras")
     np.testing.assert_allclose(to_numpy(restored(images)), to_numpy(backbone(images)), atol=1e-6)
@@ -70,7 +71,7 @@ def test_backbone_still_saves_after_deriving(backbone, images, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_block_selection_follows_timm():
+def test_block_selection_follows_timm(backbone):
     assert block_indices(4, None) == (0, 1, 2, 3)
     assert block_indices(4, 1) == (3,)
     assert block_indices(4, 3) == (1, 2, 3)
@@ -83,12 +84,17 @@ def test_block_selection_follows_timm():
         ([-5], "out of range"),
         ([], "empty"),
         (["0"], "must be ints"),
+        ([True], "must be ints"),
         (True, "None, an int"),
         (1.5, "None, an int"),
         ("all", "None, an int"),  # one spelling: None is every block
     ):
         with pytest.raises(CaiTConfigError, match=message):
             block_indices(4, bad)
+    # The models check the selection with it.
+    for method in (backbone.attention_model, backbone.intermediate_model):
+        with pytest.raises(CaiTConfigError, match="out of range"):
+            method([-4])
 
 
 def test_bad_output_format_and_one_spelling_of_the_block_selection(backbone):

@@ -1,7 +1,7 @@
-"""Each layer: config round trip, output shapes, and its own behaviour."""
+"""Each layer's own behaviour (configs and shapes: test_keras_hub_harness.py), and the
+speed paths."""
 
 import importlib
-import inspect
 import sys
 from math import erf, sqrt
 
@@ -16,18 +16,6 @@ from tests.support import TINY_BACKBONE, to_numpy
 TOKENS = np.random.default_rng(0).standard_normal((2, 5, 16)).astype("float32")
 BACKEND = keras.backend.backend()
 
-LAYERS = {
-    "LayerScale": lambda: keras_cait.LayerScale(0.1),
-    "DropPath": lambda: keras_cait.DropPath(0.2, seed=3),
-    "CaiTMLP": lambda: keras_cait.CaiTMLP(16, 32, dropout_rate=0.1),
-    "TalkingHeadsAttention": lambda: keras_cait.TalkingHeadsAttention(16, 4),
-    "ClassAttention": lambda: keras_cait.ClassAttention(16, 2),
-    "SelfAttentionBlock": lambda: keras_cait.SelfAttentionBlock(16, 4, seed=7),
-    "ClassAttentionBlock": lambda: keras_cait.ClassAttentionBlock(16, 4),
-    "PatchEmbedding": lambda: keras_cait.PatchEmbedding((8, 12), 4, 16),
-    "ClassToken": lambda: keras_cait.ClassToken(16),
-}
-
 
 @pytest.fixture(params=[True, False], ids=["fast", "plain"])
 def fast_paths(request):
@@ -36,23 +24,6 @@ def fast_paths(request):
     _fast_paths.set_fast_paths(request.param)
     yield request.param
     _fast_paths.set_fast_paths(previous)
-
-
-@pytest.mark.parametrize("name", sorted(LAYERS))
-def test_config_names_every_constructor_argument(name):
-    # The rest of the config round trip: KerasHub's harness (run_layer_test).
-    layer = LAYERS[name]()
-    arguments = set(inspect.signature(type(layer).__init__).parameters)
-    assert arguments - {"self", "kwargs"} <= set(layer.get_config())
-
-
-def test_attention_maps_shapes_and_normalisation():
-    _, maps = keras_cait.TalkingHeadsAttention(16, 4)(TOKENS, return_attention=True)
-    assert tuple(maps.shape) == (2, 4, 5, 5)
-    block = keras_cait.ClassAttentionBlock(16, 4)
-    class_maps = to_numpy(block(TOKENS, TOKENS[:, :1], return_attention=True)[1])
-    assert class_maps.shape == (2, 4, 1, 6)
-    np.testing.assert_allclose(class_maps.sum(-1), 1.0, atol=1e-5)
 
 
 def test_layer_scale_multiplies_by_gamma():

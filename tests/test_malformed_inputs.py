@@ -5,10 +5,7 @@ import hashlib
 import json
 import re
 import shutil
-import struct
-import zipfile
 
-import keras
 import numpy as np
 import pytest
 from huggingface_hub import constants as hf_constants
@@ -16,7 +13,6 @@ from safetensors.numpy import load_file, save_file
 
 import keras_cait
 from keras_cait.loading import loader, timm_repo
-from keras_cait.loading.safe_loading import load_model
 from keras_cait_base import registry
 from keras_cait_base.errors import (
     CaiTConfigError,
@@ -27,7 +23,7 @@ from keras_cait_base.errors import (
     CaiTWeightsError,
 )
 from tests import hf_cache
-from tests.support import TIMM, TINY_BACKBONE, to_numpy
+from tests.support import TIMM, to_numpy
 
 TINY = TIMM / "tiny_token_head"
 REPO = "timm/tiny_token_head"
@@ -45,17 +41,6 @@ def timm_dir(tmp_path):
 def preset_dir(tiny_preset, tmp_path):
     """A private copy of a keras-cait preset directory (`save_to_preset`)."""
     return shutil.copytree(tiny_preset, tmp_path / "preset")
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An offline HF cache holding copies of `timm/tiny_token_head`'s files."""
-    cache = tmp_path / "hf"
-    files = {name: (TINY / name).read_bytes() for name in ("config.json", "model.safetensors")}
-    commit = hf_cache.add_snapshot(cache, REPO, files)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    return hf_cache.repo_folder(cache, REPO) / "snapshots" / commit
 
 
 def from_preset(preset):
@@ -79,7 +64,7 @@ def _nan(t):
 
 
 def put(name, data):
-    """A setup writing `data` (text, bytes, a function of the old bytes, or None to delete)
+    """A setup writing `data` (text, a function of the old bytes, or None to delete)
     to `tmp_path / name`; the folder is loaded."""
     def setup(tmp_path):
         path = tmp_path / name
@@ -88,7 +73,7 @@ def put(name, data):
         elif isinstance(data, str):
             path.write_text(data)
         else:
-            path.write_bytes(data(path.read_bytes()) if callable(data) else data)
+            path.write_bytes(data(path.read_bytes()))
         return path.parent
     return setup
 
@@ -100,36 +85,6 @@ def edit(name, change):
         (save_tensors if name.endswith(".safetensors") else edit_json)(path, change)
         return path.parent
     return setup
-
-
-def lying_header(data):
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    header["head.bias"]["shape"] = [1000]
-    encoded = json.dumps(header).encode()
-    return struct.pack("<Q", len(encoded)) + encoded + data[8 + length :]
-
-
-def tiny_keras(tmp_path):
-    keras.utils.set_random_seed(0)
-    keras_cait.CaiTBackbone(**{**TINY_BACKBONE, "num_layers": 1}).save(tmp_path / "model.keras")
-    return tmp_path / "model.keras"
-
-
-def truncated_keras_weights(tmp_path):
-    with zipfile.ZipFile(tiny_keras(tmp_path)) as source:
-        contents = {name: source.read(name) for name in source.namelist()}
-    contents["model.weights.h5"] = contents["model.weights.h5"][:3000]
-    with zipfile.ZipFile(tmp_path / "short.keras", "w") as target:
-        for name, data in contents.items():
-            target.writestr(name, data)
-    return lambda: load_model(tmp_path / "short.keras")
-
-
-def truncated_keras(tmp_path):
-    path = tiny_keras(tmp_path)
-    put("model.keras", lambda data: data[: len(data) // 2])(tmp_path)
-    return lambda: load_model(path)
 
 
 def hostile_backbone(tmp_path):
@@ -168,7 +123,6 @@ CASES = {
         ("hf_handle_too_many_parts", handle("hf://a/b/c"), r"'hf://a/b/c'.*expected 'hf://owner/repo'"),
         ("hf_handle_empty_revision", handle("hf://timm/x@"), r"'hf://timm/x@'.*nothing after '@'"),
         ("other_scheme", handle("s3://bucket/model"), r"'s3://bucket/model'.*only 'hf://'"),
-        ("unknown_preset_name", handle("cait_xxs24_225"), r"cait_xxs24_225.*cait_xxs24_224"),
         ("preset_config_invalid_json", put(PRESET_CONFIG, '{"module": '),
          r"preset/config\.json.*not valid JSON"),
         ("preset_task_json_invalid_json", put("preset/task.json", "{nope"),
@@ -194,27 +148,14 @@ CASES = {
           for i, name in enumerate(["../outside.weights.h5", "/etc/passwd", "sub/x.h5"])],
     ],
     CaiTWeightsError: [
-        ("weights_empty", put(WEIGHTS, b""), r"model\.safetensors: the file is empty"),
         ("weights_truncated", put(WEIGHTS, lambda data: data[:-100]), r"model\.safetensors.*truncated"),
-        ("weights_random_bytes", put(WEIGHTS, np.random.default_rng(0).bytes(10_000)),
-         r"model\.safetensors"),
-        ("weights_header_lies_about_sizes", put(WEIGHTS, lying_header),
-         r"model\.safetensors: not a valid safetensors file: the header lies"),
         ("tensor_missing", edit(WEIGHTS, lambda t: t.pop("head.bias")),
          r"model\.safetensors.*missing tensors \['head\.bias'\]"),
         ("tensor_wrong_shape",
          edit(WEIGHTS, lambda t: t.update({"head.weight": np.zeros((10, 47), "float32")})),
          r"model\.safetensors: tensor 'head\.weight' has shape \(10, 47\)"),
-        ("tensor_wrong_dtype", edit(WEIGHTS, lambda t: t.update({"head.bias": np.zeros(10, "int32")})),
-         r"model\.safetensors: tensor 'head\.bias' has dtype int32"),
         ("weights_nan", edit(WEIGHTS, _nan),
          r"model\.safetensors: tensor 'blocks\.0\.attn\.qkv\.weight' holds 1 NaN"),
-        ("weights_inf", edit(WEIGHTS, lambda t: t["norm.weight"].__setitem__(3, np.inf)),
-         r"model\.safetensors: tensor 'norm\.weight' holds 1 NaN or Inf"),
-        ("keras_file_truncated", truncated_keras,
-         r"model\.keras: not a readable \.keras archive \(truncated"),
-        ("keras_weights_member_truncated", truncated_keras_weights,
-         r"short\.keras: model\.weights\.h5 is not a readable HDF5"),
         ("preset_weights_truncated", put("preset/model.weights.h5", lambda data: data[:2000]),
          r"model\.weights\.h5.*truncated"),
     ],
@@ -234,18 +175,16 @@ def test_malformed_input(tmp_path, timm_dir, preset_dir, setup, error, message):
     assert re.search(message, str(info.value)), f"{message!r} not in {info.value}"
 
 
-def test_revision_not_in_the_cache(offline_hub):
-    with pytest.raises(CaiTFileNotFoundError, match=r"hf://timm/tiny_token_head@nope"):
-        from_preset("hf://timm/tiny_token_head@nope")
-    with pytest.raises(CaiTFileNotFoundError, match=r"hf://timm/absent_repo"):
-        from_preset("hf://timm/absent_repo")
-
-
 @pytest.fixture
-def named_tiny(offline_hub, monkeypatch):
-    """A preset name `cait_tiny_test` whose JSON carries the sha256 of the tiny repo's
-    weights, with the tiny model's hyper-parameters; returns the cached weights file."""
-    weights = offline_hub / "model.safetensors"
+def named_tiny(tmp_path, monkeypatch):
+    """A preset name `cait_tiny_test` for copies of `timm/tiny_token_head`'s files in an
+    offline HF cache, its JSON carrying their sha256; returns the cached weights file."""
+    cache = tmp_path / "hf"
+    files = {name: (TINY / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    commit = hf_cache.add_snapshot(cache, REPO, files)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    weights = hf_cache.repo_folder(cache, REPO) / "snapshots" / commit / "model.safetensors"
     checkpoint = timm_repo.TimmCheckpoint.from_config(
         json.loads((TINY / "config.json").read_text()), "tiny config.json")
     sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -261,61 +200,23 @@ def named_tiny(offline_hub, monkeypatch):
     return weights
 
 
-def test_sha256_in_preset_json_accepts_the_right_file(named_tiny):
+def test_sha256_in_preset_json_accepts_the_right_file_and_catches_tampering(named_tiny):
     model = from_preset("cait_tiny_test")
     reference = load_file(TINY / "model.safetensors")
     np.testing.assert_array_equal(to_numpy(model.output_dense.bias), reference["head.bias"])
-
-
-@pytest.mark.parametrize("tamper", [
-    lambda data: data[:-5] + bytes([data[-5] ^ 0x40]) + data[-4:],  # still a valid file
-    lambda data: data[:-4096],
-], ids=["one_byte_flip", "truncation"])
-def test_sha256_in_preset_json_catches_tampering(named_tiny, tamper):
-    named_tiny.write_bytes(tamper(named_tiny.read_bytes()))
+    data = named_tiny.read_bytes()  # a flipped bit (truncation: test_safe_io.py)
+    named_tiny.write_bytes(data[:-5] + bytes([data[-5] ^ 0x40]) + data[-4:])
     with pytest.raises(CaiTIntegrityError, match="SHA-256 mismatch") as info:
         from_preset("cait_tiny_test")
     assert "model.safetensors" in str(info.value) and "cait_tiny_test" in str(info.value)
 
 
-def test_keras_cait_preset_loads(preset_dir):
-    assert isinstance(from_preset(preset_dir), keras_cait.CaiTImageClassifier)
-
-
-@pytest.mark.parametrize("kind", ["lambda", "os_system", "subprocess"])
-def test_hostile_preset_config_is_refused_without_side_effect(preset_dir, tmp_path, kind):
+def test_hostile_preset_config_is_refused_without_side_effect(preset_dir, tmp_path):
+    # The other hostile objects (lambda, subprocess...): test_safe_loading.py, same check.
     marker = tmp_path / "marker"
-    if kind == "lambda":
-        with pytest.warns(UserWarning, match="lambda"):
-            hostile = keras.saving.serialize_keras_object(
-                lambda x, m=str(marker): (__import__("pathlib").Path(m).touch(), x)[1])
-    elif kind == "os_system":
-        hostile = {"module": "os", "class_name": "system",
-                   "config": {"command": f"touch {marker}"}, "registered_name": None}
-    else:
-        hostile = {"module": "subprocess", "class_name": "run",
-                   "config": {"args": ["touch", str(marker)]}, "registered_name": None}
+    hostile = {"module": "os", "class_name": "system",
+               "config": {"command": f"touch {marker}"}, "registered_name": None}
     edit_json(preset_dir / "task.json", lambda c: c["config"].update(activation=hostile))
     with pytest.raises(CaiTUnsafeModelError, match=r"task\.json"):
         from_preset(preset_dir)
     assert not marker.exists()
-
-
-def test_non_finite_weights_load_when_the_caller_opts_in(timm_dir):
-    save_tensors(timm_dir / "model.safetensors", _nan)
-    from keras_cait_base.io.safetensors_io import read_safetensors
-
-    state = read_safetensors(timm_dir / "model.safetensors", allow_non_finite=True)
-    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY), load_weights=False)
-    keras_cait.load_timm_state_dict(model, state, allow_non_finite=True)
-    qkv = model.backbone.get_layer("self_attention_block_0").attn.qkv.kernel
-    assert np.isnan(to_numpy(qkv)[0, 0])
-
-
-def test_float64_weights_are_converted_explicitly(timm_dir):
-    tensors = load_file(TINY / "model.safetensors")
-    save_file({k: v.astype("float64") for k, v in tensors.items()},
-              str(timm_dir / "model.safetensors"))
-    with pytest.warns(UserWarning, match="float64; converted to float32"):
-        model = from_preset(timm_dir)
-    np.testing.assert_array_equal(to_numpy(model.output_dense.bias), tensors["head.bias"])

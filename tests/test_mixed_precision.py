@@ -8,27 +8,13 @@ import pytest
 import keras_cait
 from keras_cait.layers import _fast_paths
 from tests.support import TINY_BACKBONE, to_numpy
+from tests.test_keras_hub_harness import LAYERS, TOKENS
 
 POLICIES = ("bfloat16", "mixed_bfloat16", "mixed_float16")
 COMPUTE = {"bfloat16": "bfloat16", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 # Relative tolerance against float32, by compute dtype (8 / 11 mantissa bits, a few layers).
 RTOL = {"bfloat16": 5e-2, "float16": 1e-2}
 SMALL = dict(TINY_BACKBONE, num_layers=1, num_class_attention_layers=1)
-TOKENS = (2, 5, 16)
-LAYERS = {  # name: (constructor, input shapes; input i drawn with seed i)
-    "LayerScale": (lambda: keras_cait.LayerScale(0.5), [TOKENS]),
-    "DropPath": (lambda: keras_cait.DropPath(0.2), [TOKENS]),
-    "CaiTMLP": (lambda: keras_cait.CaiTMLP(16, 32), [TOKENS]),
-    "TalkingHeadsAttention": (lambda: keras_cait.TalkingHeadsAttention(16, 4), [TOKENS]),
-    "ClassAttention": (lambda: keras_cait.ClassAttention(16, 4), [(2, 6, 16)]),
-    "SelfAttentionBlock": (
-        lambda: keras_cait.SelfAttentionBlock(16, 4, layer_scale_init_value=0.5), [TOKENS]),
-    "ClassAttentionBlock": (
-        lambda: keras_cait.ClassAttentionBlock(16, 4, layer_scale_init_value=0.5),
-        [TOKENS, (2, 1, 16)]),
-    "PatchEmbedding": (lambda: keras_cait.PatchEmbedding((16, 16), 8, 16), [(2, 16, 16, 3)]),
-    "ClassToken": (lambda: keras_cait.ClassToken(16), [TOKENS]),
-}
 
 
 def _rng_array(shape, seed=0):
@@ -59,11 +45,12 @@ def _small_classifier():
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_layer_matches_float32(policy, name):
-    make, shapes = LAYERS[name]
+    cls, kwargs, shapes, _ = LAYERS[name]
+    shapes = list(shapes.values()) if isinstance(shapes, dict) else [shapes]
     inputs = [_rng_array(shape, seed) for seed, shape in enumerate(shapes)]
-    reference = make()
+    reference = cls(**kwargs)
     expected = reference(*inputs)
-    layer = _with_policy(policy, make)
+    layer = _with_policy(policy, lambda: cls(**kwargs))
     assert layer.compute_dtype == COMPUTE[policy]
     layer(*inputs)  # builds
     assert len(layer.weights) == len(reference.weights)
@@ -75,14 +62,6 @@ def test_layer_matches_float32(policy, name):
     outputs = layer(*inputs)
     assert keras.backend.standardize_dtype(outputs.dtype) == COMPUTE[policy]
     _close(outputs, expected, COMPUTE[policy])
-
-
-@pytest.fixture(params=[True, False], ids=["fast", "plain"])
-def fast_paths(request):
-    previous = _fast_paths.use_fast_paths()
-    _fast_paths.set_fast_paths(request.param)
-    yield request.param
-    _fast_paths.set_fast_paths(previous)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -120,7 +99,9 @@ def _large_logits(layer):
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", ["TalkingHeadsAttention", "ClassAttention"])
-def test_logits_above_float16_range_stay_finite(policy, name, fast_paths):
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["fast", "plain"])
+def test_logits_above_float16_range_stay_finite(policy, name, fast_paths, monkeypatch):
+    monkeypatch.setattr(_fast_paths, "_enabled", fast_paths)
     tokens = (np.random.default_rng(3).random(TOKENS) < 0.5).astype("float32")
     reference = getattr(keras_cait, name)(16, 2)
     reference(tokens)

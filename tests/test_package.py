@@ -1,6 +1,5 @@
 """The package imports cleanly on the chosen backend and exposes its API."""
 
-import ast
 import json
 import subprocess
 import sys
@@ -11,29 +10,7 @@ import pytest
 import keras_cait
 from tests.support import REPO, run_python
 
-BACKEND_MODULES = {"tensorflow", "jax", "jaxlib", "torch"}
 _HEAVY = ("keras", "keras_cait", "keras_hub", "tensorflow", "jax", "torch", "numpy")
-
-
-def _import_time_imports(node):
-    """Imports outside function bodies (a function may import its backend lazily)."""
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.Import):
-            yield from (alias.name for alias in child.names)
-        elif isinstance(child, ast.ImportFrom):
-            yield child.module or ""
-        elif not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            yield from _import_time_imports(child)
-
-
-def test_no_keras_cait_module_imports_a_backend_at_import_time():
-    for package in ("keras_cait", "keras_cait_base", "keras_cait_cli"):
-        for path in (REPO / package).rglob("*.py"):
-            for name in _import_time_imports(ast.parse(path.read_text())):
-                assert name.split(".")[0] not in BACKEND_MODULES, (path, name)
-    # The check sees through classes and conditionals but not functions.
-    tree = ast.parse("class A:\n    import torch\ndef f():\n    import jax\n")
-    assert list(_import_time_imports(tree)) == ["torch"]
 
 
 def test_import_uses_the_selected_backend(backend):
@@ -81,14 +58,10 @@ def test_the_command_line_starts_without_keras(setup, statement):
 
 
 def test_console_script_and_module_run_the_command_line():
-    """`keras-cait` is `keras_cait_cli.main:main`; `python -m keras_cait_cli` is the only -m."""
+    """`keras-cait` is `keras_cait_cli.main:main`; `python -m keras_cait_cli` (run above,
+    through runpy) is the only -m: the package's would import Keras."""
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'keras-cait = "keras_cait_cli.main:main"' in pyproject
-    result = subprocess.run([sys.executable, "-m", "keras_cait_cli", "presets"],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "cait_xxs24_224" in result.stdout
-    # The only `python -m` entry point (the package's would import Keras).
     assert not (REPO / "keras_cait" / "__main__.py").exists()
 
 

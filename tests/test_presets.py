@@ -2,7 +2,6 @@
 (no Hugging Face Hub involved; see test_presets_hub.py for `hf://`)."""
 
 import json
-import os
 import shutil
 
 import keras_hub
@@ -20,7 +19,7 @@ from keras_cait.convert.timm_config import (
 )
 from keras_cait.loading import loader
 from keras_cait_base import registry
-from keras_cait_base.errors import CaiTConfigError, CaiTWeightsError
+from keras_cait_base.errors import CaiTConfigError
 from keras_cait_base.io.files import SHA256_PATTERN
 from keras_cait_base.schema import (
     BACKBONE_DEFAULTS,
@@ -40,14 +39,6 @@ def _offline(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-
-
-def _copy_repo(dst, skip=()):
-    os.makedirs(dst)
-    for name in ("config.json", "model.safetensors"):
-        if name not in skip:
-            shutil.copyfile(TINY / name, dst / name)
-    return dst
 
 
 def _assert_same_weights(a, b):
@@ -149,27 +140,19 @@ def test_presets_from_the_shipped_json_without_network(monkeypatch):
 
 
 @pytest.mark.openvino
-def test_local_timm_directory_reproduces_timm():
+def test_local_timm_directories_reproduce_timm_through_keras_hub_base_classes():
     ref = expected("tiny_token_head")
-    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
+    model = keras_hub.models.ImageClassifier.from_preset(str(TINY))
+    assert isinstance(model, keras_cait.CaiTImageClassifier)
     np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["logits"], atol=1e-4)
     # The backbone alone gets the same (checked) weights, without the head.
-    backbone = keras_cait.CaiTBackbone.from_preset(str(TINY))
+    backbone = keras_hub.models.Backbone.from_preset(str(TINY))
+    assert isinstance(backbone, keras_cait.CaiTBackbone)
     _assert_same_weights(backbone.weights, model.backbone.weights)
     ref = expected("tiny_avg_headless")
     model = keras_cait.CaiTImageClassifier.from_preset(str(HEADLESS))
     assert model.num_classes == 0 and model.pooling == "avg"
     np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["pre_logits"], atol=1e-4)
-
-
-@pytest.mark.openvino
-def test_keras_hub_base_classes_dispatch_cait():
-    ref = expected("tiny_token_head")
-    model = keras_hub.models.ImageClassifier.from_preset(str(TINY))
-    assert isinstance(model, keras_cait.CaiTImageClassifier)
-    np.testing.assert_allclose(to_numpy(model(ref["images"])), ref["logits"], atol=1e-4)
-    backbone = keras_hub.models.Backbone.from_preset(str(TINY))
-    assert isinstance(backbone, keras_cait.CaiTBackbone)
     # Other timm architectures still reach KerasHub's own loader.
     from keras_hub.src.utils.timm.preset_loader import TimmPresetLoader
 
@@ -179,8 +162,8 @@ def test_keras_hub_base_classes_dispatch_cait():
 
 def test_new_head_dtype_and_image_shape_pass_through():
     pretrained = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
-    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY), num_classes=3)
-    assert model.output_dense.kernel.shape == (48, 3)
+    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY), num_classes=3, name="small")
+    assert model.output_dense.kernel.shape == (48, 3) and model.name == "small"
     _assert_same_weights(model.backbone.weights, pretrained.backbone.weights)
     # A backbone of the caller's stays untouched; the head is timm's.
     own = keras_cait.CaiTBackbone(**TINY_BACKBONE)
@@ -206,55 +189,32 @@ def test_half_precision_checkpoints_load_as_load_timm_state_dict(tmp_path, dtype
     """float16/bfloat16 files (`safe_open` with `ml_dtypes`) load as `load_timm_state_dict`."""
     cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
     state = {k: v.astype(cast) for k, v in STATE.items()}
-    repo = _copy_repo(tmp_path / dtype, skip=("model.safetensors",))
-    save_file(state, str(repo / "model.safetensors"))
-    model = keras_cait.CaiTImageClassifier.from_preset(str(repo))
+    repo = shutil.copytree(TINY, tmp_path / "repo", ignore=shutil.ignore_patterns("*.safetensors"))
+    # `load_weights=False` needs no weights file.
     reference = keras_cait.CaiTImageClassifier.from_preset(str(repo), load_weights=False)
     keras_cait.load_timm_state_dict(reference, state)
+    save_file(state, str(repo / "model.safetensors"))
+    model = keras_cait.CaiTImageClassifier.from_preset(str(repo))
     _assert_same_weights(model.weights, reference.weights)
     head = to_numpy(model.output_dense.bias)
     np.testing.assert_array_equal(head, state["head.bias"].astype("float32"))
 
 
-def test_save_to_preset_round_trip(tmp_path):
+def test_save_to_preset_round_trip(tiny_preset, tiny_classifier):
+    """conftest.py's `tiny_preset` (`save_to_preset`), loaded back as `tiny_classifier`."""
     ref = expected("tiny_token_head")
-    saved = str(tmp_path / "saved")
-    model = keras_cait.CaiTImageClassifier.from_preset(str(TINY))
-    model.save_to_preset(saved)
-    loaded = keras_cait.CaiTImageClassifier.from_preset(saved)
-    assert isinstance(loaded.preprocessor, keras_cait.CaiTImageClassifierPreprocessor)
-    np.testing.assert_allclose(to_numpy(loaded(ref["images"])), ref["logits"], atol=1e-4)
-    backbone = keras_cait.CaiTBackbone.from_preset(saved)
+    assert isinstance(tiny_classifier.preprocessor, keras_cait.CaiTImageClassifierPreprocessor)
+    np.testing.assert_allclose(to_numpy(tiny_classifier(ref["images"])), ref["logits"], atol=1e-4)
+    backbone = keras_cait.CaiTBackbone.from_preset(tiny_preset)
     np.testing.assert_allclose(to_numpy(backbone(ref["images"])), ref["features"], atol=1e-4)
-    fresh = keras_cait.CaiTImageClassifier.from_preset(saved, num_classes=2)
+    fresh = keras_cait.CaiTImageClassifier.from_preset(tiny_preset, num_classes=2)
     assert fresh.output_dense.kernel.shape == (48, 2)
     # Another image_shape (the resampled weights: test_resample.py): the converter follows.
-    wider = keras_cait.CaiTImageClassifier.from_preset(saved, image_shape=(48, 48, 3))
+    wider = keras_cait.CaiTImageClassifier.from_preset(tiny_preset, image_shape=(48, 48, 3))
     assert tuple(wider.preprocessor.image_converter.image_size) == (48, 48)
 
 
-# --- errors (other bad files and handles: test_malformed_inputs.py's table) ---
-
-
-def test_load_weights_false_needs_no_weights_file(tmp_path):
-    repo = _copy_repo(tmp_path / "repo", skip=("model.safetensors",))
-    keras_cait.CaiTBackbone.from_preset(str(repo), load_weights=False)
-
-
-def test_a_timm_keyword_keras_cait_cannot_honour_is_refused(tmp_path):
-    repo = _copy_repo(tmp_path / "repo")
-    config = json.loads((repo / "config.json").read_text())
-    config["model_args"]["use_fused_attn"] = True
-    (repo / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CaiTConfigError, match="`model_args.use_fused_attn` is not"):
-        keras_cait.CaiTImageClassifier.from_preset(str(repo))
-
-
-def test_unexpected_tensors_are_named(tmp_path):
-    repo = _copy_repo(tmp_path / "repo")
-    save_file(dict(STATE, dist_token=np.zeros((1, 1, 48), "float32")), repo / "model.safetensors")
-    with pytest.raises(CaiTWeightsError, match=r"unexpected tensors \['dist_token'\]"):
-        keras_cait.CaiTImageClassifier.from_preset(str(repo))
+# --- predictions and the KerasHub version ------------------------------------
 
 
 @pytest.mark.openvino

@@ -1,6 +1,5 @@
 """README's commands and quickstart run as written, offline, with seeded real-shape weights."""
 
-import json
 import os
 import re
 import subprocess
@@ -8,10 +7,8 @@ import sys
 
 import keras
 import pytest
-from safetensors.numpy import save_file
 
-from keras_cait.testing import seeded_state_dict
-from tests.hf_cache import TIMM
+from tests.hf_cache import write_seeded_timm_repo
 from tests.support import REPO
 
 pytestmark = pytest.mark.skipif(keras.config.backend() != "jax",
@@ -31,12 +28,7 @@ def workdir(tmp_path_factory):
     """A clone's layout holding what `hf download ... --local-dir cait_xxs24_224` gives."""
     root = tmp_path_factory.mktemp("clone")
     (root / "examples").symlink_to(REPO / "examples")
-    downloaded = root / "cait_xxs24_224"
-    downloaded.mkdir()
-    (downloaded / "config.json").write_bytes((TIMM / "configs" / "cait_xxs24_224.json").read_bytes())
-    variant = json.loads((TIMM / "variants.json").read_text())["cait_xxs24_224"]
-    state_dict = seeded_state_dict(variant["state_dict"], variant["seed"])
-    save_file(state_dict, downloaded / "model.safetensors")
+    write_seeded_timm_repo(root / "cait_xxs24_224")
     return root
 
 

@@ -1,19 +1,13 @@
-"""The package's layers: every module's layer, declared once, and the import
-rule that keeps dependencies one way (CONTRIBUTING.md quotes this).
-
-A module imports only from its own layer or below, never upward, and the
-import graph has no cycle. A function-local import also goes only downward
-(or sideways), and carries a comment saying why it is local: `start-up`
-(it is heavy and only some paths need it) or `optional` (an optional
-dependency). Every import counts: module level, inside classes, functions
-and conditionals. Importing a submodule also imports its parent packages;
-those edges count too (but not a module's edge to its own package, which
-Python loads first anyway), except for the roots `keras_cait` (the public
-API, which imports everything) and `keras_cait_cli`, which count only when
-named.
+"""The package's layers (CONTRIBUTING.md's table, declared here once) and its import
+rule: no import goes upward or closes a cycle, and a function-local import says why
+it is local (`start-up` or `optional`). Every import counts: module level, inside
+classes, functions and conditionals. An import also loads the parent packages of its
+module (not the importer's own packages, loaded first anyway); the roots
+`keras_cait`, `keras_cait_base` and `keras_cait_cli` count only when named.
 """
 
 import ast
+import graphlib
 import io
 import os
 import re
@@ -30,114 +24,72 @@ from tests.support import REPO
 # `keras_cait_cli`, once.
 LAYERS = {
     0: [  # foundations: no keras_cait imports
-        "keras_cait_base.errors",
-        "keras_cait_base.version",
-        "keras_cait_base.image_geometry",
-        "keras_cait_base.predictions",
-        "keras_cait.arguments",
-        "keras_cait.serialization",
-        "keras_cait.testing",
+        "keras_cait_base.errors", "keras_cait_base.version",
+        "keras_cait_base.image_geometry", "keras_cait_base.predictions",
+        "keras_cait.arguments", "keras_cait.serialization", "keras_cait.testing",
     ],
     1: [  # no deep-learning framework: I/O, the schema, the presets' JSON,
         # collection runs, the artefact cache and the engines
-        "keras_cait_base",
-        "keras_cait_base.artifact_cache",
-        "keras_cait_base.collection_runs",
-        "keras_cait_base.engines",
-        "keras_cait_base.handles",
-        "keras_cait_base.io",
-        "keras_cait_base.io.files",
-        "keras_cait_base.io.hub",
-        "keras_cait_base.io.image_paths",
-        "keras_cait_base.io.images",
-        "keras_cait_base.io.records",
-        "keras_cait_base.io.safetensors_io",
-        "keras_cait_base.pillow_pipeline",
-        "keras_cait_base.registry",
-        "keras_cait_base.schema",
+        "keras_cait_base", "keras_cait_base.artifact_cache", "keras_cait_base.collection_runs",
+        "keras_cait_base.engines", "keras_cait_base.handles",
+        "keras_cait_base.io", "keras_cait_base.io.files", "keras_cait_base.io.hub",
+        "keras_cait_base.io.image_paths", "keras_cait_base.io.images",
+        "keras_cait_base.io.records", "keras_cait_base.io.safetensors_io",
+        "keras_cait_base.pillow_pipeline", "keras_cait_base.registry", "keras_cait_base.schema",
     ],
     2: [  # keras.ops layers; timm conversion (NumPy)
-        "keras_cait.layers",
-        "keras_cait.layers._fast_paths",
-        "keras_cait.layers.class_attention",
-        "keras_cait.layers.class_attention_block",
-        "keras_cait.layers.drop_path",
-        "keras_cait.layers.embedding",
-        "keras_cait.layers.layer_scale",
-        "keras_cait.layers.mlp",
+        "keras_cait.layers", "keras_cait.layers._fast_paths",
+        "keras_cait.layers.class_attention", "keras_cait.layers.class_attention_block",
+        "keras_cait.layers.drop_path", "keras_cait.layers.embedding",
+        "keras_cait.layers.layer_scale", "keras_cait.layers.mlp",
         "keras_cait.layers.position_embedding_resample",
-        "keras_cait.layers.self_attention_block",
-        "keras_cait.layers.talking_heads_attention",
-        "keras_cait.convert",
-        "keras_cait.convert.resample",
-        "keras_cait.convert.timm_config",
-        "keras_cait.convert.timm_export",
-        "keras_cait.convert.timm_weights",
+        "keras_cait.layers.self_attention_block", "keras_cait.layers.talking_heads_attention",
+        "keras_cait.convert", "keras_cait.convert.resample", "keras_cait.convert.timm_config",
+        "keras_cait.convert.timm_export", "keras_cait.convert.timm_weights",
     ],
     3: [  # loading: from_preset, timm repos, safety checks
-        "keras_cait.loading",
-        "keras_cait.loading.keras_hub_dispatch",
-        "keras_cait.loading.loader",
-        "keras_cait.loading.safe_loading",
+        "keras_cait.loading", "keras_cait.loading.keras_hub_dispatch",
+        "keras_cait.loading.loader", "keras_cait.loading.safe_loading",
         "keras_cait.loading.timm_repo",
-        "keras_cait.runtime",  # predict/export overrides attached to the models
-        "keras_cait.runtime.export",
-        "keras_cait.runtime.predict",
-        "keras_cait.model_extensions",  # derived models, photo lists, fit fixes
-        "keras_cait.model_extensions.derived_models",
-        "keras_cait.model_extensions.image_lists",
-        "keras_cait.model_extensions.layout_map",
+        # predict/export overrides attached to the models
+        "keras_cait.runtime", "keras_cait.runtime.export", "keras_cait.runtime.predict",
+        # derived models, photo lists, fit fixes
+        "keras_cait.model_extensions", "keras_cait.model_extensions.derived_models",
+        "keras_cait.model_extensions.image_lists", "keras_cait.model_extensions.layout_map",
         "keras_cait.model_extensions.shuffled_batches",
         "keras_cait.model_extensions.training_state",
     ],
     4: [  # the model, in one folder (as KerasHub's models/vit/)
-        "keras_cait.models",
-        "keras_cait.models.cait_backbone",
+        "keras_cait.models", "keras_cait.models.cait_backbone",
         "keras_cait.models.cait_image_classifier",
         "keras_cait.models.cait_image_classifier_preprocessor",
-        "keras_cait.models.cait_image_converter",
-        "keras_cait.models.cait_presets",
+        "keras_cait.models.cait_image_converter", "keras_cait.models.cait_presets",
     ],
     5: [  # applications on the model, one folder per concern; the public API
-        "keras_cait.explain",
-        "keras_cait.explain.saliency",
-        "keras_cait.explain.visualization",
-        "keras_cait.inference",
-        "keras_cait.inference.artifact_export",
-        "keras_cait.inference.batch_prediction",
-        "keras_cait.inference.evaluation",
-        "keras_cait.inference.image_pipeline",
-        "keras_cait.inference.predictions",
+        "keras_cait.explain", "keras_cait.explain.saliency", "keras_cait.explain.visualization",
+        "keras_cait.inference", "keras_cait.inference.artifact_export",
+        "keras_cait.inference.batch_prediction", "keras_cait.inference.evaluation",
+        "keras_cait.inference.image_pipeline", "keras_cait.inference.predictions",
         "keras_cait.inference.ray_prediction",
-        "keras_cait.training",
-        "keras_cait.training.finetuning",
-        "keras_cait.training.resolution",
+        "keras_cait.training", "keras_cait.training.finetuning", "keras_cait.training.resolution",
         "keras_cait",
     ],
     6: [  # the command line and checkpoint publishing (outside the package,
         # so that it starts at once)
-        "keras_cait_cli",
-        "keras_cait_cli.__main__",
-        "keras_cait_cli.cache_weights",
-        "keras_cait_cli.cached_predict",
-        "keras_cait_cli.checks",
-        "keras_cait_cli.convert",
-        "keras_cait_cli.export_timm",
-        "keras_cait_cli.main",
-        "keras_cait_cli.predict",
+        "keras_cait_cli", "keras_cait_cli.__main__", "keras_cait_cli.cache_weights",
+        "keras_cait_cli.cached_predict", "keras_cait_cli.checks", "keras_cait_cli.convert",
+        "keras_cait_cli.export_timm", "keras_cait_cli.main", "keras_cait_cli.predict",
     ],
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 ROOTS = ("keras_cait", "keras_cait_base", "keras_cait_cli")
+# Imported only inside functions: the backends, and matplotlib (optional; Keras may on TF).
+FUNCTION_ONLY_MODULES = {"tensorflow", "jax", "jaxlib", "torch", "matplotlib"}
 LOCAL_IMPORT_REASON = re.compile(r"#.*\b(start-up|optional)\b")
 
 
 def _module_name(path):
-    relative = path.relative_to(REPO).with_suffix("")
-    parts = list(relative.parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
 
 
 def _source_files():
@@ -146,11 +98,8 @@ def _source_files():
 
 
 def _comments_by_line(source):
-    comments = {}
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.COMMENT:
-            comments[token.start[0]] = token.string
-    return comments
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return {token.start[0]: token.string for token in tokens if token.type == tokenize.COMMENT}
 
 
 def _imports(tree):
@@ -226,6 +175,13 @@ def test_no_import_goes_upward():
     assert upward == []
 
 
+def test_backends_and_matplotlib_are_imported_only_inside_functions():
+    for path in _source_files():
+        for _, names, local in _imports(ast.parse(path.read_text())):
+            heavy = {name.split(".")[0] for name in names} & FUNCTION_ONLY_MODULES
+            assert local or not heavy, (path, names)
+
+
 def test_function_local_imports_say_why():
     unexplained = []
     for module, edges in import_graph().items():
@@ -235,39 +191,31 @@ def test_function_local_imports_say_why():
     assert unexplained == []
 
 
+def _cycle(graph):
+    """A cycle of `{module: {imported module}}` as a list of modules, or None."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as error:
+        return error.args[1]
+    return None
+
+
 def test_no_import_cycle():
-    graph = {
-        module: {t for t in edges if t != "<local>"}
-        for module, edges in import_graph().items()
-    }
-    state, stack, cycles = {}, [], []
-
-    def visit(module):
-        state[module] = "open"
-        stack.append(module)
-        for target in sorted(graph.get(module, ())):
-            if state.get(target) == "open":
-                cycles.append(stack[stack.index(target):] + [target])
-            elif target not in state:
-                visit(target)
-        stack.pop()
-        state[module] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module)
-    assert cycles == []
+    graph = {module: set(edges) - {"<local>"} for module, edges in import_graph().items()}
+    assert _cycle(graph) is None
 
 
 def test_the_checks_see_local_imports_and_cycles():
-    tree = ast.parse("import os\ndef f():\n    from keras_cait_base.io import files\n")
+    tree = ast.parse("import os\nclass A:\n    import torch\n"
+                     "def f():\n    from keras_cait_base.io import files\n")
     found = [(names, local) for _, names, local in _imports(tree)]
-    assert found == [(["os"], False), (["keras_cait_base.io", "keras_cait_base.io.files"], True)]
+    assert found == [(["os"], False), (["torch"], False),
+                     (["keras_cait_base.io", "keras_cait_base.io.files"], True)]
     assert _targets(["keras_cait.loading", "keras_cait.loading.loader"]) == {
-        "keras_cait.loading",
-        "keras_cait.loading.loader",
-    }
+        "keras_cait.loading", "keras_cait.loading.loader"}
     assert _targets(["keras_cait", "keras_cait.CaiTBackbone"]) == {"keras_cait"}
+    assert set(_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}})) == {"a", "b", "c"}
+    assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
 @pytest.mark.skipif(
@@ -297,11 +245,8 @@ for module in {modules!r}:
         failures.append(module)
 print("FAILED", failures)
 """
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-        text=True, timeout=900,
-    )
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, KERAS_BACKEND="jax"),
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.stdout.strip().splitlines()[-1] == "FAILED []", result.stderr[-3000:]
 
 

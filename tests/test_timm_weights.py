@@ -114,6 +114,7 @@ def test_non_finite_allowed_and_float64_converted_with_a_warning(classifier, sta
     keras_cait.load_timm_state_dict(
         classifier, {**state_dict, "head.bias": np.full((10,), np.nan, "float32")},
         allow_non_finite=True)
+    assert np.isnan(to_numpy(classifier.output_dense.bias)).all()
     converted = {key: value.astype(np.float64) for key, value in state_dict.items()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -1,6 +1,5 @@
 """Attention pictures: rendered PNGs have the right size, panels and content."""
 
-import ast
 import sys
 from unittest import mock
 
@@ -121,19 +120,6 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch):
         visualization.plot_attention_heads(_attention(), GRID)
 
 
-def test_no_keras_cait_module_imports_matplotlib_at_import_time():
-    """keras-cait imports matplotlib only inside the functions that draw (Keras may on TF)."""
-    for path in (REPO / "keras_cait").rglob("*.py"):
-        for node in ast.parse(path.read_text()).body:  # module level only
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            assert not any(n.split(".")[0] == "matplotlib" for n in names), path
-
-
 def test_example_script_walks_the_tutorial_path(tiny_preset, tmp_path, monkeypatch, capsys):
     import runpy
     output = tmp_path / "out"
@@ -144,8 +130,6 @@ def test_example_script_walks_the_tutorial_path(tiny_preset, tmp_path, monkeypat
     assert "class_attention_0: (1, 4, 1, 17)" in printed
     assert "talking_head_attention_1: (1, 4, 16, 16)" in printed
     assert "Top-5:" in printed and "Most attended patch" in printed
-    names = sorted(p.name for p in output.iterdir())
-    assert names == ["chelsea_class_attention_0.png", "chelsea_class_attention_1.png",
-                     "chelsea_saliency.png"]
-    for name in names:
-        _assert_nontrivial(_png(output / name), min_colours=100)
+    # The pictures' content: test_saved_attention_figures_for_each_block.
+    assert sorted(p.name for p in output.iterdir()) == [
+        "chelsea_class_attention_0.png", "chelsea_class_attention_1.png", "chelsea_saliency.png"]

@@ -1,12 +1,5 @@
-"""timm (1.0.31, installed without its dependencies) for tests that check
-keras-cait against timm itself.
-
-`import_timm()` puts `tests/stubs` on `sys.path` first, so that a missing
-torchvision is served by the test-only stand-in `tests/stubs/torchvision`
-(the names timm reads when imported; timm's CaiT runs no torchvision code).
-A real torchvision, where installed, is used instead. CI installs timm and
-torch on every backend, so these tests run there; they do not skip.
-"""
+"""timm (installed without its dependencies; CI has it with torch on every backend)
+for tests that check keras-cait against timm itself."""
 
 import importlib.util
 import pathlib
@@ -16,12 +9,8 @@ STUBS = pathlib.Path(__file__).resolve().parent / "stubs"
 
 
 def import_timm():
-    """The `timm` module, imported through the torchvision stand-in when
-    torchvision is not installed.
-
-    Raises:
-        ImportError: timm or torch is not installed.
-    """
+    """The `timm` module; without torchvision, through the test-only stand-in
+    `tests/stubs/torchvision` (timm's CaiT runs no torchvision code)."""
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         if str(STUBS) not in sys.path:
             sys.path.insert(0, str(STUBS))

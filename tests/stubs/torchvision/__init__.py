@@ -1,14 +1,7 @@
-"""A test-only stand-in for torchvision: the names `import timm` (1.0.31)
-reads at import time, nothing more.
-
-timm's CaiT runs no torchvision code, but timm imports torchvision's
-datasets, transforms and ops modules when it is imported, and no
-torchvision build matches the CPU torch the tests use. Put `tests/stubs`
-on `sys.path` (`tests.timm_support.import_timm()` does) before importing
-timm. Every class here refuses to be instantiated, so code that really
-needs torchvision fails loudly instead of computing something else.
-Never imported by keras-cait itself.
-"""
+"""A test-only stand-in for torchvision: the names `import timm` (1.0.31) reads at
+import time (no torchvision build matches the CPU torch the tests use), put on
+`sys.path` by `tests.timm_support.import_timm()`. Its classes refuse to be
+instantiated, so code that really needs torchvision fails loudly."""
 
 __version__ = "0.0.0+keras-cait-test-stand-in"
 
