@@ -56,6 +56,7 @@ LAYERS = {
         # derived models, photo lists, fit fixes
         "keras_cait.model_extensions", "keras_cait.model_extensions.derived_models",
         "keras_cait.model_extensions.image_lists", "keras_cait.model_extensions.layout_map",
+        "keras_cait.model_extensions.quantization",
         "keras_cait.model_extensions.shuffled_batches",
         "keras_cait.model_extensions.training_state",
     ],

@@ -65,7 +65,6 @@ def _check_grid(name, grid):
     return rows, columns
 
 
-
 def resample_position_embedding(pos_embed, old_grid, new_grid):
     """Resamples a CaiT position embedding from one patch grid to another.
 

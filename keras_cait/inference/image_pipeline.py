@@ -9,7 +9,6 @@ TensorFlow ops, as in a KerasHub preprocessor's `predict()` pipeline.
 """
 
 
-
 from keras_cait_base.collection_runs import PREFETCH_BATCHES, ImageBatch, read_image
 from keras_cait_base.errors import CaiTConfigError
 

@@ -11,7 +11,6 @@ class LayerScale(keras.layers.Layer):
     `gamma_1`/`gamma_2`; Touvron et al., 2021), every entry initialised to
     `init_values`, which lets very deep transformers train."""
 
-
     def __init__(self, init_values=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.init_values = init_values

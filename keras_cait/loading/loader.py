@@ -215,7 +215,6 @@ class CaiTTimmPresetLoader(PresetLoader):
     """A KerasHub `PresetLoader` building keras-cait models from a
     `TimmCheckpoint` (`preset`: the handle, as given)."""
 
-
     def __init__(self, preset, checkpoint):
         super().__init__(preset, {})
         self.checkpoint = checkpoint

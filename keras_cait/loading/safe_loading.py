@@ -53,6 +53,7 @@ DEFAULT_MAX_WEIGHTS_BYTES = 16 * 2**30
 MAX_COMPRESSION_RATIO = 100
 _RATIO_FLOOR_BYTES = 2**20
 
+
 def _unsafe(source, message):
     return CaiTUnsafeModelError(f"{source}: {message}")
 
