@@ -17,6 +17,10 @@ def _is_array(x):
     return keras.ops.is_tensor(x) and len(x.shape) >= 1
 
 
+def _tf_strategy(model):  # private (Keras 3.15): TensorFlowTrainer's, or None
+    return getattr(model, "_distribute_strategy", None)
+
+
 class FastPredict:
     """`predict()` overrides; see `keras_cait.runtime.RuntimeMixin`."""
 
@@ -25,16 +29,14 @@ class FastPredict:
         # TensorFlow. Private: keras.src `Trainer._resolve_auto_jit_compile`
         # (Keras 3.15), the one hook for compile() and an uncompiled model.
         if keras.backend.backend() == "tensorflow" and use_fast_paths():
-            # Private (Keras 3.15): `TensorFlowTrainer._distribute_strategy`.
-            return getattr(self, "_distribute_strategy", None) is None and all(
+            return _tf_strategy(self) is None and all(
                 getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
             )
         return super()._resolve_auto_jit_compile()
 
     def _get_compiled_model(self, data):
-        # Reason: OpenVINO compiles in bf16 where the CPU has it (1e-2 off
-        # timm); compile Keras's graph again in float32, once per compiled
-        # model. Private (Keras 3.15): `OpenVINOTrainer._get_compiled_model`,
+        # Reason: OpenVINO compiles in bf16 where the CPU has it (1e-2 off timm);
+        # compile it again in float32. Private (Keras 3.15): `_get_compiled_model`,
         # `struct_params`, `struct_outputs`, `_output_mask_indices`, `ov_device`.
         compiled = super()._get_compiled_model(data)
         if self.__dict__.get("_f32_compiled", (None,))[0] is not compiled:
@@ -98,7 +100,7 @@ class FastPredict:
             and steps is None
             and not callbacks
             and _is_array(x)
-            and getattr(self, "_distribute_strategy", None) is None
+            and _tf_strategy(self) is None
             and keras.distribution.distribution() is None
         ):
             return super().predict(
@@ -128,9 +130,8 @@ class FastPredict:
         )
 
     def _predict_batch(self, x):
-        # Reason: Keras's JAX `predict_on_batch` donates every variable and
-        # writes each one back per call; here only what the step changed is.
-        # Private: keras.src `JAXTrainer.predict_step(state, data)` (Keras 3.15).
+        # Reason: Keras's JAX `predict_on_batch` writes back every variable per
+        # call. Private (Keras 3.15): `JAXTrainer.predict_step(state, data)`.
         if keras.backend.backend() != "jax" or self.run_eagerly or not self.jit_compile:
             return self.predict_on_batch(x)
         import jax  # start-up: JAX is imported only on the JAX backend
